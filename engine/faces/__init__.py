@@ -1,0 +1,1 @@
+"""Face geometry and analysis: detection, alignment, masks, identity, smoothing."""
