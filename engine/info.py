@@ -1,0 +1,31 @@
+"""`python -m engine info`: what the add-on's "Check engine" button shows."""
+
+import platform
+
+from . import __version__
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args, events) -> None:
+    import cv2
+    import numpy
+    import torch
+
+    cuda = torch.cuda.is_available()
+    summary = {
+        "engine": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "opencv": cv2.__version__,
+        "cuda": cuda,
+        "cuda_version": torch.version.cuda,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+    }
+    if not args.events:
+        for key, value in summary.items():
+            print(f"{key}: {value}")
+    events.done(**summary)
