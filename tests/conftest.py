@@ -1,0 +1,31 @@
+"""Shared fixtures: short shots made from the public-domain photos, and facesets extracted from them.
+
+Session-scoped, so the whole suite extracts each sample once.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from demo import samples  # noqa: E402
+
+SHOT_SIZE = (320, 240)
+SHOT_FRAMES = 16
+
+
+@pytest.fixture(scope="session")
+def shot_a(tmp_path_factory) -> Path:
+    """Astronaut, an image sequence folder frame_0001.png ... with drift, zoom, roll and light changes."""
+    frames, _ = samples.make_clip("astronaut", SHOT_FRAMES, SHOT_SIZE)
+    return samples.write_sequence(tmp_path_factory.mktemp("shot_a") / "frames", frames)
+
+
+@pytest.fixture(scope="session")
+def shot_b(tmp_path_factory) -> Path:
+    """Grace Hopper, an mp4 video."""
+    frames, _ = samples.make_clip("grace_hopper", SHOT_FRAMES, SHOT_SIZE, scale=0.6)
+    return samples.write_video(tmp_path_factory.mktemp("shot_b") / "hopper.mp4", frames)
