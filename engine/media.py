@@ -330,3 +330,18 @@ def write_image(path: str | os.PathLike, image: np.ndarray, metadata: dict[str, 
         write_bytes(path, buf.tobytes())
     else:
         raise EngineError(f"cannot write images of type {suffix}")
+
+
+def contact_sheet(tiles: list[np.ndarray], columns: int, labels: list[str] | None = None) -> np.ndarray:
+    """Tiles (RGB uint8, one size) in a grid, each optionally captioned, for people to look at."""
+    h, w = tiles[0].shape[:2]
+    rows = -(-len(tiles) // columns)
+    sheet = np.full((rows * h, columns * w, 3), 32, np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        cell = np.ascontiguousarray(tile[..., :3])
+        if labels:
+            cv2.putText(cell, labels[i], (3, h - 5), cv2.FONT_HERSHEY_SIMPLEX, max(0.3, h / 400), (255, 255, 0), 1,
+                        cv2.LINE_AA)
+        sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = cell
+    return sheet

@@ -29,3 +29,22 @@ def shot_b(tmp_path_factory) -> Path:
     """Grace Hopper, an mp4 video."""
     frames, _ = samples.make_clip("grace_hopper", SHOT_FRAMES, SHOT_SIZE, scale=0.6)
     return samples.write_video(tmp_path_factory.mktemp("shot_b") / "hopper.mp4", frames)
+
+
+def _extract(shot: Path, folder: Path) -> Path:
+    from engine.extract import extract
+
+    extract(shot, folder, detector="dlib", size=128)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def faceset_a(shot_a, tmp_path_factory) -> Path:
+    """The astronaut faceset (dlib backend, 128 px faces)."""
+    return _extract(shot_a, tmp_path_factory.mktemp("faceset_a") / "faceset")
+
+
+@pytest.fixture(scope="session")
+def faceset_b(shot_b, tmp_path_factory) -> Path:
+    """The Grace Hopper faceset (dlib backend, 128 px faces), from the mp4."""
+    return _extract(shot_b, tmp_path_factory.mktemp("faceset_b") / "faceset")
