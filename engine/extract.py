@@ -228,7 +228,7 @@ def _detect_all(source, numbers, path: Path, detector, events: Events) -> dict[i
     todo = [n for n in numbers if n not in done]
     if done:
         events.emit("resume", frames_done=len(numbers) - len(todo))
-    started, last_flush = time.monotonic(), time.monotonic()
+    started = last_sync = time.monotonic()
     with open(path, "a") as log_file:
         for i, (number, image) in enumerate(_prefetch(source, todo), 1):
             rgb = media.to_srgb8(image)
@@ -237,10 +237,10 @@ def _detect_all(source, numbers, path: Path, detector, events: Events) -> dict[i
             faces = [_detection_to_json(d, e) for d, e in zip(found, embeddings, strict=True)]
             done[number] = faces
             log_file.write(json.dumps({"frame": number, "faces": faces}) + "\n")
-            if time.monotonic() - last_flush > 1.0 or i == len(todo):
-                log_file.flush()
+            log_file.flush()  # a killed process loses nothing the OS has; fsync guards power loss
+            if time.monotonic() - last_sync > 1.0 or i == len(todo):
                 os.fsync(log_file.fileno())
-                last_flush = time.monotonic()
+                last_sync = time.monotonic()
             fps = i / max(time.monotonic() - started, 1e-9)
             events.progress(len(numbers) - len(todo) + i, len(numbers), frame=number, fps=round(fps, 2),
                             faces=len(faces))

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .align import transform_points, umeyama
+
 
 @dataclass
 class SmoothSettings:
     min_cutoff: float = 1.0  # Hz: lower smooths a still face more
-    beta: float = 2.0  # how fast the cutoff rises with speed (speed in face sizes per second)
-    d_cutoff: float = 1.0  # Hz: cutoff for the speed estimate
+    beta: float = 5.0  # how fast the cutoff rises with speed (speed in face sizes per second)
+    d_cutoff: float = 4.0  # Hz: cutoff for the speed estimate
 
 
 def _alpha(cutoff: float, dt: float) -> float:
@@ -24,13 +26,18 @@ def _alpha(cutoff: float, dt: float) -> float:
 
 
 def one_euro(track: np.ndarray, dt: float, settings: SmoothSettings) -> np.ndarray:
-    """Causal One-Euro filter over axis 0 of `track` (T x ...), in face-size units."""
+    """Causal One-Euro filter over a T x 68 x 2 landmark track, in face-size units.
+
+    The speed that opens the filter is the face's coherent motion (a similarity fitted from the last
+    output to the new points), not each point's own jump, so detector noise does not open it.
+    """
     out = np.empty_like(track)
     out[0] = track[0]
     speed = np.zeros_like(track[0])
     a_d = _alpha(settings.d_cutoff, dt)
     for t in range(1, len(track)):
-        raw_speed = (track[t] - out[t - 1]) / dt
+        motion = umeyama(out[t - 1], track[t])
+        raw_speed = (transform_points(out[t - 1], motion) - out[t - 1]) / dt
         speed = a_d * raw_speed + (1 - a_d) * speed
         cutoff = settings.min_cutoff + settings.beta * np.abs(speed)
         tau = 1.0 / (2 * np.pi * cutoff)
