@@ -1,0 +1,256 @@
+"""The face model: one shared encoder, one decoder per identity (the classic deepfake hourglass), and the
+model folder it lives in.
+
+    MODEL/
+      model.json                  what is in here, for people and the add-on: config, settings, iteration
+      checkpoints/model_%08d.pt   the last few checkpoints (torch.load(weights_only=True), no pickle)
+      history.csv                 losses over time
+      preview.png, previews/      the latest preview grid, and one per preview interval (a timelapse)
+      stop                        create this file to make a running train save and stop
+
+Both identities go through the same encoder, so it learns a description of a face (pose, expression,
+light) that either decoder can draw; decoding B's faces with A's decoder is the swap. Each decoder draws
+RGB and a mask. Upscaling is a 3x3 convolution followed by pixel-shuffle (sub-pixel convolution),
+initialised with ICNR so it starts as nearest-neighbour upsampling rather than a checkerboard.
+"""
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import media
+from .events import EngineError
+
+log = logging.getLogger("engine")
+
+FORMAT = "facereplace.model"
+VERSION = 1
+CHECKPOINTS = "checkpoints"
+SUMMARY_FILE = "model.json"
+SIZES = (64, 128, 192, 256)
+CHECKPOINT_NAME = re.compile(r"model_(\d{8})\.pt")
+
+
+@dataclass
+class ModelConfig:
+    """Every setting that shapes the model, and the training defaults it is tuned for. A preset is one of
+    these; a checkpoint stores one, so a model always rebuilds as it was trained."""
+
+    preset: str = "tiny"
+    size: int = 64  # model input and output, pixels square; a multiple of 16
+    encoder_width: int = 16  # channels of the first downscale; each of the 4 doubles it
+    latent: int = 128  # the dense bottleneck's width
+    decoder_width: int = 64  # channels at size/8, where the decoders start; each upscale halves it
+    residual_blocks: int = 0  # residual blocks after each decoder upscale
+    batch: int = 8  # faces per identity per iteration
+    learning_rate: float = 5e-4
+    # The facesets the model was trained on: convert checks a shot's alignments against these.
+    face_size: int = 0
+    coverage: float = 0.0
+
+
+PRESETS = {
+    # Tests and the quickest look: learns a recognisable face in a few hundred CPU iterations.
+    "tiny": ModelConfig(),
+    # Previews and CPU training: small enough to run at a few iterations a second on a laptop.
+    "fast": ModelConfig(preset="fast", size=64, encoder_width=32, latent=256, decoder_width=256,
+                        residual_blocks=0, batch=16, learning_rate=2e-4),
+    # GPU training for finished shots: 128 px by default (--size 192 or 256 for close-ups).
+    "quality": ModelConfig(preset="quality", size=128, encoder_width=64, latent=512, decoder_width=512,
+                           residual_blocks=1, batch=16, learning_rate=5e-5),
+}
+
+
+def make_config(preset: str, size: int | None = None, **overrides) -> ModelConfig:
+    """A preset's config with `size` and any other field (None means keep the preset's) changed."""
+    if preset not in PRESETS:
+        raise EngineError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    config = replace(PRESETS[preset], **{k: v for k, v in dict(size=size, **overrides).items() if v is not None})
+    if config.size not in SIZES:
+        raise EngineError(f"model size {config.size} is not supported; choose one of {', '.join(map(str, SIZES))}")
+    for name in ("encoder_width", "latent", "decoder_width", "batch"):
+        if getattr(config, name) < 1:
+            raise EngineError(f"{name.replace('_', '-')} must be 1 or more, got {getattr(config, name)}")
+    if config.decoder_width % 8:
+        raise EngineError(f"decoder width must be a multiple of 8 (it halves three times), got {config.decoder_width}")
+    return config
+
+
+# ---------------------------------------------------------------- layers
+
+
+def _downscale(channels_in: int, channels_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(channels_in, channels_out, 5, stride=2, padding=2), nn.LeakyReLU(0.1))
+
+
+def _upscale(channels_in: int, channels_out: int) -> nn.Sequential:
+    conv = nn.Conv2d(channels_in, channels_out * 4, 3, padding=1)
+    # ICNR (Aitken et al. 2017): the four sub-pixel kernels of each output channel start equal.
+    with torch.no_grad():
+        conv.weight.copy_(conv.weight[:channels_out].repeat_interleave(4, dim=0))
+        conv.bias.copy_(conv.bias[:channels_out].repeat_interleave(4))
+    return nn.Sequential(conv, nn.LeakyReLU(0.1), nn.PixelShuffle(2))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return F.leaky_relu(x + self.conv2(F.leaky_relu(self.conv1(x), 0.2)), 0.2)
+
+
+class Encoder(nn.Module):
+    """Face -> features at size/8: four stride-2 5x5 convolutions, a dense bottleneck, one upscale."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        widths = [3] + [config.encoder_width * 2**i for i in range(4)]
+        self.bottom = config.size // 16
+        self.downscales = nn.Sequential(*[_downscale(a, b) for a, b in zip(widths, widths[1:], strict=False)])
+        flat = widths[-1] * self.bottom**2
+        self.dense = nn.Sequential(nn.Linear(flat, config.latent), nn.Linear(config.latent, flat))
+        self.upscale = _upscale(widths[-1], config.decoder_width)
+
+    def forward(self, faces):
+        x = self.downscales(faces)
+        return self.upscale(self.dense(x.flatten(1)).view(x.shape))
+
+
+class Decoder(nn.Module):
+    """Features -> (RGB in [0, 1], mask logits): three upscales, halving the channels each time."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        widths = [config.decoder_width // 2**i for i in range(4)]
+        stages = []
+        for a, b in zip(widths, widths[1:], strict=False):
+            stages += [_upscale(a, b)] + [ResidualBlock(b) for _ in range(config.residual_blocks)]
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Conv2d(widths[-1], 4, 5, padding=2)
+
+    def forward(self, features):
+        out = self.head(self.stages(features))
+        return torch.sigmoid(out[:, :3]), out[:, 3:]
+
+
+class FaceModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoders = nn.ModuleDict({"a": Decoder(config), "b": Decoder(config)})
+
+    def forward(self, faces_a, faces_b):
+        """The training pass: each identity's faces through the shared encoder and its own decoder, as
+        ((rgb_a, mask_logits_a), (rgb_b, mask_logits_b)). One call, so DDP sees every parameter used."""
+        features = self.encoder(torch.cat([faces_a, faces_b]))
+        features_a, features_b = features.split([len(faces_a), len(faces_b)])
+        return self.decoders["a"](features_a), self.decoders["b"](features_b)
+
+    @torch.inference_mode()
+    def swap(self, faces: torch.Tensor, identity: str):
+        """Draw `faces` (float32 NCHW RGB in [0, 1] at config.size, aligned as extract aligns) as
+        `identity` ("a" or "b"): (rgb NCHW, mask N1HW), both float32 in [0, 1]."""
+        if identity not in self.decoders:
+            raise EngineError(f"identity must be 'a' or 'b', got {identity!r}")
+        size = self.config.size
+        if faces.ndim != 4 or faces.shape[1] != 3 or faces.shape[2:] != (size, size):
+            raise EngineError(f"the model takes N x 3 x {size} x {size} faces, got {tuple(faces.shape)}")
+        with torch.autocast(faces.device.type, dtype=torch.bfloat16, enabled=faces.is_cuda):
+            rgb, mask_logits = self.decoders[identity](self.encoder(faces))
+        return rgb.float(), torch.sigmoid(mask_logits.float())
+
+
+# ---------------------------------------------------------------- the model folder
+
+
+def checkpoint_paths(model_dir: str | Path) -> list[Path]:
+    """The model folder's checkpoints, newest (highest iteration) first."""
+    folder = Path(model_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if CHECKPOINT_NAME.fullmatch(p.name)), reverse=True)
+
+
+def write_checkpoint(model_dir: str | Path, state: dict, keep: int = 3) -> Path:
+    """Atomically write `state` as the checkpoint of its iteration, then drop all but the newest `keep`.
+
+    A kill at any moment leaves the previous checkpoints intact and at worst a temp file (swept by
+    `sweep_temp_files`), so the model folder always loads.
+    """
+    path = Path(model_dir) / CHECKPOINTS / f"model_{state['iteration']:08d}.pt"
+    with media.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    for old in checkpoint_paths(model_dir)[max(keep, 1):]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def sweep_temp_files(model_dir: str | Path) -> None:
+    """Remove temp files that a killed save left behind (atomic_path names them .NAME.*.tmp.SUFFIX)."""
+    folder = Path(model_dir) / CHECKPOINTS
+    for tmp in folder.glob(".model_*.tmp.pt") if folder.is_dir() else ():
+        tmp.unlink(missing_ok=True)
+
+
+def read_checkpoint(path: Path, device="cpu") -> dict:
+    """One checkpoint's state; any damage (truncation, bad zip, wrong keys) raises."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError("not a FaceReplace model checkpoint")
+    if state.get("version") != VERSION:
+        raise ValueError(f"checkpoint version {state.get('version')}; this engine reads {VERSION}")
+    return state
+
+
+def config_from_state(state: dict) -> ModelConfig:
+    known = {f.name for f in fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in state["config"].items() if k in known})
+
+
+def latest_checkpoint(model_dir: str | Path, device="cpu", warn=None) -> tuple[dict, Path]:
+    """The newest checkpoint that loads: (state, path). A damaged one is skipped with a warning
+    (`warn(message)`, a log warning by default) and the one before it is used."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise EngineError(f"model folder not found: {model_dir}")
+    paths = checkpoint_paths(model_dir)
+    if not paths:
+        raise EngineError(f"no model checkpoint in {model_dir} (train one first)")
+    for path in paths:
+        try:
+            return read_checkpoint(path, device), path
+        except Exception as e:  # torch.load raises many kinds on a damaged file; any means "skip it"
+            (warn or log.warning)(f"checkpoint {path.name} is damaged ({type(e).__name__}: {e}); using an older one")
+    raise EngineError(f"every checkpoint in {model_dir} is damaged; the model cannot be loaded")
+
+
+def load_model(model_dir: str | Path, device="cpu", warn=None) -> tuple[FaceModel, ModelConfig]:
+    """The model of the newest good checkpoint in `model_dir`, on `device`, in eval mode, and its config."""
+    state, path = latest_checkpoint(model_dir, device, warn)
+    config = config_from_state(state)
+    model = FaceModel(config)
+    model.load_state_dict(state["model"])
+    model.checkpoint = path
+    model.iteration = state["iteration"]
+    return model.to(device).eval(), config
+
+
+def model_hash(model_dir: str | Path) -> str:
+    """Short sha256 of the checkpoint `load_model` uses, to mark outputs with the model that made them."""
+    _, path = latest_checkpoint(model_dir, device="cpu")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
