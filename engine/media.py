@@ -121,13 +121,14 @@ def _read_exr(path: Path) -> np.ndarray:
 
     try:
         with OpenEXR.File(str(path)) as f:
-            channels = f.channels()
+            channels = f.channels()  # valid only while the file is open
+            for name in ("RGBA", "RGB", "Y"):
+                if name in channels:
+                    return np.array(channels[name].pixels, dtype=np.float32)
+            names = sorted(channels)
     except Exception as e:
         raise EngineError(f"cannot read EXR {path}: {e}") from None
-    for name in ("RGBA", "RGB", "Y"):
-        if name in channels:
-            return np.ascontiguousarray(channels[name].pixels, dtype=np.float32)
-    raise EngineError(f"EXR {path} has no RGB, RGBA or Y channels (has {sorted(channels)})")
+    raise EngineError(f"EXR {path} has no RGB, RGBA or Y channels (has {names})")
 
 
 def image_metadata(path: str | os.PathLike) -> dict:

@@ -190,3 +190,17 @@ def test_existing_output_of_another_extract_is_refused(faceset_a, shot_b):
 def test_fan_offline_names_the_fix(shot_a, tmp_path):
     result = run_engine("extract", shot_a, "-o", tmp_path / "fs", "--detector", "fan", "--device", "cpu")
     assert_one_line_error(result, "--fan-weights", "--detector dlib")
+
+
+def test_linear_exr_sequence_extracts_like_its_png(tmp_path):
+    """A scene-linear EXR plate is detected in sRGB, so it finds the same face as the same frames in PNG."""
+    frames, _ = samples.make_clip("astronaut", 3, (320, 240))
+    for i, frame in enumerate(frames, 1):
+        media.write_image(tmp_path / "exr" / f"plate.{i:04d}.exr", media.srgb_to_linear(frame / 255.0))
+    png = extract(samples.write_sequence(tmp_path / "png", frames), tmp_path / "fs_png", detector="dlib", size=64)
+    exr = extract(tmp_path / "exr", tmp_path / "fs_exr", detector="dlib", size=64)
+    assert png["faces"] == exr["faces"] == 3
+    a, b = Alignments.load(tmp_path / "fs_png"), Alignments.load(tmp_path / "fs_exr")
+    assert b.linear and not a.linear
+    for fa, fb in zip(a.frames, b.frames, strict=True):
+        assert np.abs(np.subtract(fa.faces[0].landmarks, fb.faces[0].landmarks)).max() < 1.0
