@@ -219,13 +219,18 @@ def test_sharpness_ignores_face_size_and_exposure_but_not_blur(faceset_a, shot_a
     assert sharpness(cv2.GaussianBlur(large[0], (0, 0), 2.0), large[1]) < curate_module.DEFAULT_BLUR * reference
 
 
-def test_bad_input_gets_one_clear_line(faceset_a, tmp_path, capsys):
-    empty = tmp_path / "empty"
-    shutil.copytree(faceset_a, empty)
-    alignments = Alignments.load(empty)
+def empty_copy(faceset: Path, folder: Path) -> Path:
+    """A copy of `faceset` whose alignments list every frame with no face."""
+    shutil.copytree(faceset, folder)
+    alignments = Alignments.load(folder)
     for frame in alignments.frames:
         frame.faces = []
-    alignments.save(empty / "alignments.json")
+    alignments.save(folder / "alignments.json")
+    return folder
+
+
+def test_bad_input_gets_one_clear_line(faceset_a, tmp_path, capsys):
+    empty = empty_copy(faceset_a, tmp_path / "empty")
     assert main(["curate", str(empty)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: faceset {empty} holds no faces"
 

@@ -1,0 +1,428 @@
+"""Evaluate: measure a converted shot, frame by frame and in summary, the way face-swap papers do.
+
+Each frame's face layer (LAYERS/face/face_%06d.png|exr, straight alpha) is composited over the shot's
+frame in the shot's own space, as a compositor would, and the result is compared with the original:
+
+- identity: cosine similarity of the swapped face's 128-D embedding (dlib, at its re-detected
+  landmarks) to A's mean embedding and to the original face's; ID retrieval is the share of frames
+  whose swapped face is nearer (by cosine) to A than to the face it replaced;
+- expression and pose kept: mean distance between the 68 landmarks re-detected on the swapped face and
+  on the original, over the inter-ocular distance (outer eye corners, as 300-W normalises), and the
+  difference of their yaw and pitch;
+- temporal stability: flicker, the mean frame-to-frame change (8-bit levels) of the aligned face
+  region, beside the original's own change (their ratio is about 1 for a stable swap); landmark jitter,
+  the frame-to-frame change of the swapped face's landmarks relative to the original's, over the
+  inter-ocular distance, which motion of the head cancels out of;
+- seam: the colour step (CIE76 delta E) across the mask's edge, from just inside the layer's opaque
+  part to just outside it, averaged over sectors around the face, beside the same step in the original,
+  and the excess: how far the swap's step is from the original's (0 when the face meets its
+  surround as the original did; about 2 is just noticeable).
+
+Writes OUTPUT/evaluation.json (settings, summary and per-frame values) and OUTPUT/evaluation.png (the
+metrics over time); OUTPUT defaults to LAYERS/evaluate.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import media
+from .convert import MANIFEST_FILE, _check_alignments
+from .events import EngineError, Events
+from .faces import align, identity, masks
+from .faces.pose import head_pose
+from .faceset import ALIGNMENTS_FILE, Alignments
+
+FORMAT = "facereplace.evaluation"
+VERSION = 1
+ANALYSIS_SIZE = 128  # aligned size at which flicker is measured, whatever the faceset's face size
+OPAQUE, CLEAR = 0.95, 0.05  # alpha levels that bound the mask's edge for the seam measure
+SECTORS = 16  # the seam is measured per sector around the face, so one colour does not hide another
+MIN_SECTOR_PIXELS = 4
+CROP_MARGIN = 0.75  # re-detection searches the face box grown by this share of its size on every side
+MIN_OVERLAP = 0.3  # a re-detected face must overlap the stored box this much (IoU) to be the same face
+LEFT_EYE_CORNER, RIGHT_EYE_CORNER = 36, 45
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("shot", help="the target shot: a video file or an image folder, as given to convert")
+    parser.add_argument("--alignments", required=True, help="the shot's alignments.json (or its faceset folder)")
+    parser.add_argument("--layers", required=True, help="convert's output folder (manifest.json, face/...)")
+    parser.add_argument("--source", required=True, metavar="FACESET_A",
+                        help="the faceset of the identity the swap should carry")
+    parser.add_argument("--output", "-o", help="where to write evaluation.json/png (default LAYERS/evaluate)")
+    parser.add_argument("--frames", help="evaluate only frames A-B (inclusive, the shot's numbers)")
+    parser.add_argument("--detector", default="dlib", choices=["dlib", "fan", "auto"],
+                        help="landmark re-detection backend (dlib runs offline)")
+
+
+def run(args, events: Events) -> None:
+    evaluate(args.shot, args.alignments, args.layers, args.source, output=args.output, frames=args.frames,
+             detector=args.detector, device=args.device, events=events)
+
+
+# ---------------------------------------------------------------- inputs and their checks
+
+
+def _load_manifest(layers: Path) -> dict:
+    path = layers / MANIFEST_FILE
+    if not layers.is_dir():
+        raise EngineError(f"layers folder not found: {layers}")
+    if not path.is_file():
+        raise EngineError(f"{layers} is not a convert output folder (it has no {MANIFEST_FILE})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise EngineError(f"cannot read {path}: {e}") from None
+    if not isinstance(manifest, dict) or "face" not in manifest.get("files", {}):
+        raise EngineError(f"{path} is not a FaceReplace convert manifest (no face layer pattern)")
+    return manifest
+
+
+def _check_layers_match(manifest: dict, source: media.FrameSource, layers: Path, events: Events) -> None:
+    """The layers must come from this shot: same frame size, same frame numbers, and the same source."""
+    size = tuple(manifest.get("source_size") or ())
+    if size and size != tuple(source.size):
+        raise EngineError(f"layers in {layers} were made from a {size[0]}x{size[1]} shot but {source.path} "
+                          f"is {source.size[0]}x{source.size[1]}: they belong to another shot")
+    numbers = manifest.get("frame_numbers")
+    if numbers is not None and list(numbers) != list(source.numbers):
+        raise EngineError(f"layers in {layers} were made from a shot of frames {numbers[0]}-{numbers[-1]} "
+                          f"({len(numbers)}) but {source.path} has frames {source.numbers[0]}-{source.numbers[-1]} "
+                          f"({len(source.numbers)}): they belong to another shot")
+    _check_made_from(manifest.get("source", ""), source, f"layers in {layers}", events)
+
+
+def _check_made_from(recorded: str, source: media.FrameSource, what: str, events: Events) -> None:
+    """Same size and frame count do not make the same shot, so the recorded source must be this one. A
+    shot moved to another folder keeps its name: that is only a warning."""
+    made_from, here = Path(recorded), source.path.resolve()
+    if made_from != here:
+        if made_from.name != here.name:
+            raise EngineError(f"{what} were made from {made_from}, not from {here}")
+        events.warning(f"{what} were made from {made_from}; evaluating them against {here}")
+
+
+def _layer_path(layers: Path, manifest: dict, number: int) -> Path:
+    return layers / (manifest["files"]["face"] % number)
+
+
+def source_identity(faceset: str | Path) -> np.ndarray:
+    """The mean 128-D embedding of a faceset's faces (those not moved aside by curate)."""
+    folder = Path(faceset)
+    alignments = Alignments.load(folder / ALIGNMENTS_FILE if folder.is_dir() else folder)
+    base = folder if folder.is_dir() else folder.parent
+    embeddings = [np.asarray(f.embedding, np.float32) for _, f in alignments.faces()
+                  if (base / f.image).is_file() and len(f.embedding) == 128]
+    if not embeddings:
+        raise EngineError(f"source faceset {faceset} holds no faces with identity embeddings")
+    return np.mean(embeddings, axis=0)
+
+
+# ---------------------------------------------------------------- per-frame measures
+
+
+def _composite(frame: np.ndarray, layer: np.ndarray, linear: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(composite as sRGB uint8, alpha float32): straight-alpha over, in the shot's own space.
+
+    PNG layers are 16-bit sRGB and EXR layers scene-linear, as convert writes them."""
+    alpha = layer[..., 3].astype(np.float32)
+    if layer.dtype == np.uint16:
+        alpha /= 65535.0
+    elif layer.dtype == np.uint8:
+        alpha /= 255.0
+    alpha = np.clip(alpha, 0.0, 1.0)
+    if layer.dtype.kind == "f":
+        color = layer[..., :3] if linear else media.linear_to_srgb(layer[..., :3])
+    else:
+        color = media.to_float(layer[..., :3])
+        color = media.srgb_to_linear(color) if linear else color
+    base = frame.astype(np.float32) if linear else media.to_float(frame)
+    mixed = color * alpha[..., None] + base * (1.0 - alpha[..., None])
+    display = media.linear_to_srgb(mixed) if linear else mixed
+    return np.round(np.clip(display, 0.0, 1.0) * 255.0).astype(np.uint8), alpha
+
+
+def _box_iou(a, b) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _redetect(detector, image: np.ndarray, box) -> np.ndarray | None:
+    """68 landmarks (frame pixels) of the face at `box`, found again in a crop around it, or None."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = box
+    grow = CROP_MARGIN * max(x1 - x0, y1 - y0)
+    cx0, cy0 = int(max(0, x0 - grow)), int(max(0, y0 - grow))
+    cx1, cy1 = int(min(w, x1 + grow)), int(min(h, y1 + grow))
+    found = detector.detect(np.ascontiguousarray(image[cy0:cy1, cx0:cx1]))
+    shifted = [(d, np.asarray(d.bbox) + [cx0, cy0, cx0, cy0]) for d in found]
+    best = max(shifted, key=lambda item: _box_iou(item[1], box), default=None)
+    if best is None or _box_iou(best[1], box) < MIN_OVERLAP:
+        return None
+    return np.asarray(best[0].landmarks, np.float64) + [cx0, cy0]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+def _lab(image8: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image8.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+
+
+def seam_steps(composite: np.ndarray, original: np.ndarray, alpha: np.ndarray, band: int) -> dict:
+    """The colour step (CIE76 delta E) across the mask's edge: in the composite ("seam"), in the original
+    at the same place ("seam_original"), and how far the first is from the second ("seam_excess", the
+    length of the difference of the two Lab steps: 0 when the swap meets its surround as the original
+    face did). Empty if the layer has no edge to measure.
+
+    Inside: opaque pixels within `band` of the edge; outside: clear pixels within `band` of it. Each
+    sector around the mask's centre compares its own inside and outside, so the step is local."""
+    opaque, clear = alpha >= OPAQUE, alpha <= CLEAR
+    if opaque.sum() < SECTORS * MIN_SECTOR_PIXELS or clear.sum() == 0:
+        return {}
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+    inner = opaque & (cv2.dilate((~opaque).astype(np.uint8), kernel) > 0)
+    outer = clear & (cv2.dilate((~clear).astype(np.uint8), kernel) > 0)
+    ys, xs = np.nonzero(alpha > 0.5)
+    cy, cx = ys.mean(), xs.mean()
+    grid_y, grid_x = np.indices(alpha.shape)
+    sector = ((np.arctan2(grid_y - cy, grid_x - cx) + math.pi) / (2 * math.pi) * SECTORS).astype(int) % SECTORS
+    lab_swap, lab_orig = _lab(composite), _lab(original)
+    swap_steps, orig_steps = [], []
+    for s in range(SECTORS):
+        inside, outside = inner & (sector == s), outer & (sector == s)
+        if inside.sum() < MIN_SECTOR_PIXELS or outside.sum() < MIN_SECTOR_PIXELS:
+            continue
+        around = lab_orig[outside].mean(0)  # outside the mask the composite is the original
+        swap_steps.append(lab_swap[inside].mean(0) - around)
+        orig_steps.append(lab_orig[inside].mean(0) - around)
+    if not swap_steps:
+        return {}
+    swap_steps, orig_steps = np.array(swap_steps), np.array(orig_steps)
+    return {
+        "seam": float(np.linalg.norm(swap_steps, axis=1).mean()),
+        "seam_original": float(np.linalg.norm(orig_steps, axis=1).mean()),
+        "seam_excess": float(np.linalg.norm(swap_steps - orig_steps, axis=1).mean()),
+    }
+
+
+class FrameMeasures:
+    """Measures one frame, keeping what the next frame's temporal measures need."""
+
+    def __init__(self, alignments: Alignments, identity_a: np.ndarray, detector, linear: bool):
+        self.alignments, self.identity_a, self.detector, self.linear = alignments, identity_a, detector, linear
+        self.inside = masks.hull_mask(align.template_points(ANALYSIS_SIZE, alignments.coverage), ANALYSIS_SIZE) > 0.5
+        self.previous: dict | None = None
+
+    def measure(self, number: int, frame: np.ndarray, layer: np.ndarray, adjacent: bool) -> dict:
+        face = self.alignments.frame(number).faces[0]  # extract keeps one face a frame: the tracked person
+        composite, alpha = _composite(frame, layer, self.linear)
+        original = media.to_srgb8(frame)
+        stored = np.asarray(face.landmarks, np.float64)
+        ocular = float(np.linalg.norm(stored[RIGHT_EYE_CORNER] - stored[LEFT_EYE_CORNER])) or 1.0
+        record = {"frame": number, "swapped": bool(alpha.max() > CLEAR)}
+
+        box = np.asarray(face.bbox, np.float64)
+        points_swap = _redetect(self.detector, composite, box)
+        points_orig = _redetect(self.detector, original, box)
+        record["redetected"] = points_swap is not None
+        if points_orig is None:
+            points_orig = stored  # extract found it; keep the frame rather than lose it
+
+        e_swap = identity.embed_faces(composite, [points_swap if points_swap is not None else stored])[0]
+        # extract embedded the original already, from this frame; the network is most of the time here
+        e_orig = np.asarray(face.embedding, np.float32)
+        if e_orig.shape != (128,):
+            e_orig = identity.embed_faces(original, [points_orig])[0]
+        record["identity_a"] = _cosine(e_swap, self.identity_a)
+        record["identity_b"] = _cosine(e_swap, e_orig)
+        record["distance_a"] = float(identity.distances(e_swap, self.identity_a))
+        record["nearer_a"] = record["identity_a"] > record["identity_b"]
+
+        size = tuple(self.alignments.source_size)
+        if points_swap is not None:
+            record["landmark_error"] = float(np.linalg.norm(points_swap - points_orig, axis=1).mean() / ocular)
+            pose_swap, pose_orig = head_pose(points_swap, size), head_pose(points_orig, size)
+            record["yaw_error"] = abs(pose_swap[0] - pose_orig[0])
+            record["pitch_error"] = abs(pose_swap[1] - pose_orig[1])
+
+        matrix = align.scale_matrix(face.matrix, self.alignments.face_size, ANALYSIS_SIZE)
+        aligned_swap = align.warp_face(composite, matrix, ANALYSIS_SIZE).astype(np.float32)[self.inside]
+        aligned_orig = align.warp_face(original, matrix, ANALYSIS_SIZE).astype(np.float32)[self.inside]
+        offset = points_swap - points_orig if points_swap is not None else None
+        previous = self.previous if adjacent else None
+        if previous is not None:
+            record["flicker"] = float(np.abs(aligned_swap - previous["swap"]).mean())
+            record["flicker_original"] = float(np.abs(aligned_orig - previous["orig"]).mean())
+            if offset is not None and previous["offset"] is not None:
+                record["jitter"] = float(np.linalg.norm(offset - previous["offset"], axis=1).mean() / ocular)
+        self.previous = {"swap": aligned_swap, "orig": aligned_orig, "offset": offset}
+
+        band = max(2, round(0.08 * ocular))
+        x0, y0, x1, y1 = _region(alpha, band)
+        if x1 > x0:
+            record.update(seam_steps(composite[y0:y1, x0:x1], original[y0:y1, x0:x1], alpha[y0:y1, x0:x1], band))
+        return record
+
+
+def _region(alpha: np.ndarray, margin: int) -> tuple[int, int, int, int]:
+    """The box around the layer's visible pixels, grown by `margin` (empty if the layer is blank)."""
+    ys, xs = np.nonzero(alpha > CLEAR)
+    if not len(xs):
+        return 0, 0, 0, 0
+    h, w = alpha.shape
+    return (max(0, xs.min() - 2 * margin), max(0, ys.min() - 2 * margin),
+            min(w, xs.max() + 2 * margin + 1), min(h, ys.max() + 2 * margin + 1))
+
+
+# ---------------------------------------------------------------- summary and plot
+
+
+def _mean(records: list[dict], key: str) -> float | None:
+    values = [r[key] for r in records if r.get(key) is not None]
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def summarise(records: list[dict]) -> dict:
+    swapped = [r for r in records if r["swapped"]]
+    flicker, flicker_original = _mean(swapped, "flicker"), _mean(swapped, "flicker_original")
+    return {
+        "frames_evaluated": len(records),
+        "frames_swapped": len(swapped),
+        "redetected": round(sum(r["redetected"] for r in swapped) / len(swapped), 4) if swapped else None,
+        "identity_a": _mean(swapped, "identity_a"),
+        "identity_b": _mean(swapped, "identity_b"),
+        "distance_a": _mean(swapped, "distance_a"),
+        "id_retrieval": round(sum(r["nearer_a"] for r in swapped) / len(swapped), 4) if swapped else None,
+        "landmark_error": _mean(swapped, "landmark_error"),
+        "yaw_error": _mean(swapped, "yaw_error"),
+        "pitch_error": _mean(swapped, "pitch_error"),
+        "flicker": flicker,
+        "flicker_original": flicker_original,
+        "flicker_ratio": round(flicker / flicker_original, 4) if flicker is not None and flicker_original else None,
+        "jitter": _mean(swapped, "jitter"),
+        "seam": _mean(swapped, "seam"),
+        "seam_original": _mean(swapped, "seam_original"),
+        "seam_excess": _mean(swapped, "seam_excess"),
+    }
+
+
+def _plot(records: list[dict], summary: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    frames = np.array([r["frame"] for r in records])
+
+    def series(key):
+        return np.array([np.nan if r.get(key) is None else r[key] for r in records], np.float64)
+
+    panels = [
+        ("identity (cosine)", [("to A", "identity_a"), ("to original B", "identity_b")]),
+        ("landmark error / inter-ocular", [("swap vs original", "landmark_error"), ("jitter", "jitter")]),
+        ("flicker (8-bit levels)", [("swap", "flicker"), ("original", "flicker_original")]),
+        ("seam (delta E)", [("swap", "seam"), ("original", "seam_original"), ("excess", "seam_excess")]),
+    ]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels)), sharex=True)
+    for axis, (title, lines) in zip(axes, panels, strict=True):
+        for label, key in lines:
+            axis.plot(frames, series(key), marker=".", linewidth=1, label=label)
+        axis.set_ylabel(title, fontsize=8)
+        axis.legend(fontsize=7, loc="upper right")
+        axis.grid(alpha=0.3)
+    axes[-1].set_xlabel("frame")
+    retrieval = summary["id_retrieval"]
+    figure.suptitle(f"ID retrieval {retrieval:.0%}" if retrieval is not None else "no swapped frames", fontsize=10)
+    figure.tight_layout()
+    with media.atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    return path
+
+
+# ---------------------------------------------------------------- the public function
+
+
+def evaluate(
+    shot: str | Path,
+    alignments: str | Path,
+    layers: str | Path,
+    source: str | Path,
+    output: str | Path | None = None,
+    frames: str | None = None,
+    detector: str = "dlib",
+    device: str = "cpu",
+    events: Events | None = None,
+) -> dict:
+    """Measure the converted shot; returns {"summary", "frames", "outputs", ...} as written to evaluation.json."""
+    events = events or Events("evaluate")
+    frame_source = media.FrameSource(shot)
+    alignments_path = Path(alignments)
+    shot_alignments = Alignments.load(alignments_path)
+    _check_alignments(shot_alignments, frame_source, alignments_path)
+    _check_made_from(shot_alignments.source, frame_source, f"alignments {alignments_path}", events)
+    layers = Path(layers)
+    manifest = _load_manifest(layers)
+    _check_layers_match(manifest, frame_source, layers, events)
+    identity_a = source_identity(source)
+    folder = media.check_writable(Path(output) if output else layers / "evaluate")
+
+    numbers = [n for n in frame_source.select(frames) if (f := shot_alignments.frame(n)) is not None and f.faces]
+    missing = [n for n in numbers if not _layer_path(layers, manifest, n).is_file()]
+    if missing and len(missing) == len(numbers):
+        raise EngineError(f"{layers} holds no face layers for the shot's frames with faces "
+                          f"(looked for {_layer_path(layers, manifest, numbers[0]) if numbers else 'any'})")
+    if missing:
+        events.warning(f"{len(missing)} frames with a face have no layer in {layers}; they are left out",
+                       frames=missing)
+    numbers = [n for n in numbers if n not in missing]
+    if not numbers:
+        raise EngineError(f"no frame of {frame_source.path} in the selection has a face to evaluate")
+
+    from .device import pick_device
+    from .faces.detect import make_detector
+
+    torch_device = str(pick_device(device)) if detector != "dlib" else "cpu"
+    measures = FrameMeasures(shot_alignments, identity_a, make_detector(detector, torch_device),
+                             frame_source.linear)
+    events.start(shot=str(frame_source.path), frames=len(numbers), layers=str(layers), output=str(folder))
+    position = {n: i for i, n in enumerate(frame_source.numbers)}
+    step = int(shot_alignments.settings.get("every", 1))  # frames an extract with --every N stepped over
+    records, last = [], None
+    for i, (number, image) in enumerate(frame_source.frames(numbers), 1):
+        layer = media.read_image(_layer_path(layers, manifest, number))
+        if layer.ndim != 3 or layer.shape[2] != 4 or layer.shape[:2] != image.shape[:2]:
+            raise EngineError(f"layer {_layer_path(layers, manifest, number)} is not an RGBA image the size of "
+                              f"the shot's frames ({frame_source.size[0]}x{frame_source.size[1]})")
+        adjacent = last is not None and position[number] - position[last] <= step
+        record = measures.measure(number, image, layer, adjacent)
+        records.append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()})
+        last = number
+        events.progress(i, len(numbers), frame=number, identity_a=records[-1]["identity_a"])
+
+    summary = summarise(records)
+    report = {
+        "format": FORMAT,
+        "version": VERSION,
+        "shot": str(frame_source.path.resolve()),
+        "alignments": str(alignments_path.resolve()),
+        "layers": str(layers.resolve()),
+        "source": str(Path(source).resolve()),
+        "detector": measures.detector.name,
+        "summary": summary,
+        "frames": records,
+        "outputs": {"report": str(folder / "evaluation.json"), "plot": str(folder / "evaluation.png")},
+    }
+    _plot(records, summary, folder / "evaluation.png")
+    media.write_json(folder / "evaluation.json", report)
+    events.done(**summary, **report["outputs"])
+    return report

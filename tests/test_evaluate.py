@@ -1,0 +1,159 @@
+"""Evaluate on the real sample faces. The layers are made the way convert makes them, from real pixels:
+a faceset's aligned faces warped onto shot B's faces by the inverse of B's alignment matrices, written
+as 16-bit straight-alpha RGBA PNGs with a manifest, so what is measured is known: A's own faces (a
+perfect swap), or B's own faces (no swap at all)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engine import media
+from engine.__main__ import main
+from engine.evaluate import evaluate
+from engine.faces import align
+from engine.faceset import Alignments
+from tests.test_curate import empty_copy
+
+
+def write_layers(folder: Path, shot: Path, shot_faceset: Path, donor: Path, noise: float = 0.0,
+                 brighten: float = 0.0, seed: int = 0) -> Path:
+    """Convert-style output for `shot`: the donor faceset's faces at the shot's faces. `noise` (frame
+    pixels) shakes the landmarks the placement is fitted to, as an unsmoothed detector would; `brighten`
+    lifts the face's levels, as a failed colour match would."""
+    source = media.FrameSource(shot)
+    alignments = Alignments.load(shot_faceset)
+    donors = [face for _, face in Alignments.load(donor).faces()]
+    rng = np.random.default_rng(seed)
+    w, h = source.size
+    for i, number in enumerate(source.numbers):
+        layer = np.zeros((h, w, 4), np.uint16)
+        frame = alignments.frame(number)
+        if frame is not None and frame.faces:
+            face, donor_face = frame.faces[0], donors[i % len(donors)]
+            pixels = media.read_image(donor / donor_face.image).astype(np.float32) / 255.0 + brighten
+            mask = media.read_image(donor / donor_face.mask_extended).astype(np.float32) / 255.0
+            mask = cv2.GaussianBlur(mask, (0, 0), 2.0)
+            points = np.asarray(face.landmarks) + rng.normal(0, noise, 2) + rng.normal(0, noise / 2, (68, 2))
+            matrix = align.alignment_matrix(points, alignments.face_size, alignments.coverage) if noise else face.matrix
+            back = align.invert_matrix(matrix)
+            layer[..., :3] = np.round(np.clip(cv2.warpAffine(pixels, back, (w, h), flags=cv2.INTER_CUBIC), 0, 1) * 65535)
+            layer[..., 3] = np.round(np.clip(cv2.warpAffine(mask, back, (w, h)), 0, 1) * 65535)
+        media.write_image(folder / "face" / f"face_{number:06d}.png", layer)
+    media.write_json(folder / "manifest.json", {
+        "format": "facereplace.convert", "version": 1, "source": str(source.path.resolve()),
+        "source_size": list(source.size), "frame_numbers": list(source.numbers), "linear": False,
+        "colorspace": "sRGB", "alpha": "straight", "files": {"face": "face/face_%06d.png"},
+    })
+    return folder
+
+
+@pytest.fixture(scope="module")
+def layers_a(shot_b, faceset_a, faceset_b, tmp_path_factory) -> Path:
+    """A perfect swap: the astronaut's faces in Grace Hopper's place."""
+    return write_layers(tmp_path_factory.mktemp("layers_a"), shot_b, faceset_b, faceset_a)
+
+
+@pytest.fixture(scope="module")
+def clean(shot_b, faceset_a, faceset_b, layers_a) -> dict:
+    return evaluate(shot_b, faceset_b, layers_a, faceset_a)
+
+
+def test_identity_is_high_for_a_faces_and_low_for_b_faces(shot_b, faceset_a, faceset_b, clean, tmp_path):
+    swap = clean["summary"]
+    assert swap["frames_evaluated"] == swap["frames_swapped"] == 16
+    assert swap["redetected"] == 1.0
+    assert swap["identity_a"] > 0.98 and swap["distance_a"] < 0.3
+    assert swap["id_retrieval"] == 1.0
+
+    own = write_layers(tmp_path / "layers_b", shot_b, faceset_b, faceset_b)
+    unchanged = evaluate(shot_b, faceset_b, own, faceset_a)["summary"]
+    assert unchanged["identity_a"] < 0.92 and unchanged["distance_a"] > 0.6
+    assert unchanged["identity_b"] > 0.98
+    assert unchanged["id_retrieval"] == 0.0
+    # B's own face back in place keeps B's expression and pose; A's face is another face shape.
+    assert unchanged["landmark_error"] < 0.04
+    assert unchanged["landmark_error"] < swap["landmark_error"] < 0.15
+    assert unchanged["flicker_ratio"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_writes_the_report_and_the_plot(clean):
+    report = json.loads(Path(clean["outputs"]["report"]).read_text())
+    assert report["summary"] == clean["summary"]
+    assert [r["frame"] for r in report["frames"]] == list(range(1, 17))
+    first, later = report["frames"][0], report["frames"][1]
+    assert "flicker" not in first and {"flicker", "flicker_original", "jitter"} <= later.keys()
+    assert {"identity_a", "identity_b", "nearer_a", "landmark_error", "seam", "seam_original"} <= first.keys()
+    plot = media.read_image(clean["outputs"]["plot"])
+    assert plot.shape[0] > 400 and plot.shape[1] > 600
+
+
+def test_jitter_and_flicker_rise_when_the_landmarks_are_noisy(shot_b, faceset_a, faceset_b, clean, tmp_path):
+    shaky = write_layers(tmp_path / "shaky", shot_b, faceset_b, faceset_a, noise=2.0)
+    noisy = evaluate(shot_b, faceset_b, shaky, faceset_a)["summary"]
+    assert noisy["jitter"] > 1.3 * clean["summary"]["jitter"]
+    assert noisy["flicker_ratio"] > 1.3 * clean["summary"]["flicker_ratio"]
+    assert noisy["id_retrieval"] == 1.0  # still A, only shaking
+
+
+def test_seam_rises_when_the_face_colour_does_not_match(shot_b, faceset_a, faceset_b, tmp_path):
+    matched = evaluate(shot_b, faceset_b, write_layers(tmp_path / "own", shot_b, faceset_b, faceset_b), faceset_a)
+    bright = write_layers(tmp_path / "bright", shot_b, faceset_b, faceset_b, brighten=0.15)
+    mismatched = evaluate(shot_b, faceset_b, bright, faceset_a)
+    assert matched["summary"]["seam_excess"] < 2.0  # B's own face: the original's step, no more
+    assert mismatched["summary"]["seam_excess"] > 8.0  # delta E; about 2 is just noticeable
+
+
+def test_cli_reports_progress_and_the_summary_as_events(shot_b, faceset_a, faceset_b, layers_a, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(shot_b), "--alignments", str(faceset_b / "alignments.json"), "--layers",
+                 str(layers_a), "--source", str(faceset_a), "--output", str(out), "--frames", "3-6",
+                 "--events"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["frame"] for e in events if e["event"] == "progress"] == [3, 4, 5, 6]
+    done = events[-1]
+    assert done["event"] == "done" and done["frames_evaluated"] == 4 and done["id_retrieval"] == 1.0
+    assert (out / "evaluation.json").is_file() and (out / "evaluation.png").is_file()
+
+
+def _error(argv, capsys) -> str:
+    assert main(argv) == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_bad_input_gets_one_clear_line(shot_a, shot_b, faceset_a, faceset_b, layers_a, tmp_path, capsys):
+    def args(shot=shot_b, alignments=faceset_b, layers=layers_a, source=faceset_a):
+        return ["evaluate", str(shot), "--alignments", str(alignments), "--layers", str(layers),
+                "--source", str(source), "--output", str(tmp_path / "out")]
+
+    # Layers made from shot B, evaluated against shot A (same size and frame count, another shot).
+    message = _error(args(shot=shot_a, alignments=faceset_a), capsys)
+    assert message.startswith(f"error: layers in {layers_a} were made from ") and str(shot_a.resolve()) in message
+
+    # Alignments of another shot.
+    assert "alignments" in _error(args(alignments=faceset_a), capsys)
+
+    # Layers of another size than the shot.
+    resized = tmp_path / "resized"
+    shutil.copytree(layers_a, resized)
+    manifest = json.loads((resized / "manifest.json").read_text())
+    manifest["source_size"] = [640, 480]
+    media.write_json(resized / "manifest.json", manifest)
+    assert "were made from a 640x480 shot" in _error(args(layers=resized), capsys)
+
+    # Not a convert output folder.
+    (tmp_path / "plain").mkdir()
+    assert "is not a convert output folder" in _error(args(layers=tmp_path / "plain"), capsys)
+
+    # A source faceset with no faces.
+    empty = empty_copy(faceset_a, tmp_path / "empty")
+    assert _error(args(source=empty), capsys) == f"error: source faceset {empty} holds no faces with identity embeddings"
+
+    # Layer files missing altogether.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(layers_a / "manifest.json", bare / "manifest.json")
+    assert "holds no face layers" in _error(args(layers=bare), capsys)
