@@ -374,7 +374,6 @@ def evaluate(
     manifest = _load_manifest(layers)
     _check_layers_match(manifest, frame_source, layers, events)
     identity_a = source_identity(source)
-    folder = media.check_writable(Path(output) if output else layers / "evaluate")
 
     numbers = [n for n in frame_source.select(frames) if (f := shot_alignments.frame(n)) is not None and f.faces]
     missing = [n for n in numbers if not _layer_path(layers, manifest, n).is_file()]
@@ -387,6 +386,7 @@ def evaluate(
     numbers = [n for n in numbers if n not in missing]
     if not numbers:
         raise EngineError(f"no frame of {frame_source.path} in the selection has a face to evaluate")
+    folder = media.check_writable(Path(output) if output else layers / "evaluate")
 
     from .device import pick_device
     from .faces.detect import make_detector

@@ -157,3 +157,5 @@ def test_bad_input_gets_one_clear_line(shot_a, shot_b, faceset_a, faceset_b, lay
     bare.mkdir()
     shutil.copy(layers_a / "manifest.json", bare / "manifest.json")
     assert "holds no face layers" in _error(args(layers=bare), capsys)
+
+    assert not (tmp_path / "out").exists()  # no error left anything behind
