@@ -24,8 +24,10 @@ Each face sits in a fixed slot of a fixed-size batch (its ordinal in the shot mo
 what the model computes for a face never depends on the chunk or on the faces batched beside it.
 """
 
+import contextlib
 import json
 import math
+import os
 import queue
 import threading
 import time
@@ -489,9 +491,10 @@ def _write_frame(work: FrameWork, composed, frame_size, linear: bool, fmt: str, 
     if composed is not None:
         color, alpha, region = composed
         x0, y0, x1, y1 = work.box
-        opaque = alpha > 0
+        matte[y0:y1, x0:x1] = encode_matte(alpha, fmt)
+        opaque = matte[y0:y1, x0:x1] > 0  # as stored: a 16-bit zero is transparent however small the float
         layer[y0:y1, x0:x1, :3] = np.where(opaque[..., None], encode(color, linear, fmt), 0)
-        layer[y0:y1, x0:x1, 3] = matte[y0:y1, x0:x1] = encode_matte(alpha, fmt)
+        layer[..., 3] = matte
         if finished is not None:  # pixels the mask does not reach keep the shot's own values exactly
             finished[y0:y1, x0:x1] = np.where(opaque[..., None], encode(region, linear, fmt), finished[y0:y1, x0:x1])
     for index, (patch_path, mask_path) in enumerate(out.patches):
@@ -504,20 +507,43 @@ def _write_frame(work: FrameWork, composed, frame_size, linear: bool, fmt: str, 
     media.write_image(out.face, layer, _marking(common, "face", work.number))
 
 
+class StageClock:
+    """Busy seconds per pipeline stage, summed over the threads that run it. The stages overlap, so
+    the slowest one (per thread that runs it) sets the frame rate."""
+
+    STAGES = ("decode", "model", "warp_blend", "encode")
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(self.STAGES, 0.0)
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.seconds[stage] += time.perf_counter() - started
+
+
 class _Reader:
     """Decodes frames on a thread, a few ahead of the consumer; stops early when asked."""
 
-    def __init__(self, source: media.FrameSource, numbers: list[int], depth: int):
+    def __init__(self, source: media.FrameSource, numbers: list[int], depth: int, clock: StageClock):
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._read, args=(source, numbers), daemon=True)
+        self.thread = threading.Thread(target=self._read, args=(source, numbers, clock), daemon=True)
         self.thread.start()
 
-    def _read(self, source, numbers) -> None:
+    def _read(self, source, numbers, clock) -> None:
         try:
-            for item in source.frames(numbers):
-                if not self._put(item):
-                    return
+            frames = source.frames(numbers)
+            while True:
+                with clock("decode"):
+                    item = next(frames, None)
+                if item is None or not self._put(item):
+                    break
         except BaseException as e:  # handed to the consumer, which raises it
             self._put(e)
         self._put(None)
@@ -581,6 +607,8 @@ def convert(
         alignments_path = alignments_path / ALIGNMENTS_FILE
     shot = Alignments.load(alignments_path)
     _check_alignments(shot, source, alignments_path)
+    if Path(shot.source) != source.path.resolve():  # a regraded or re-exported plate is fine, a wrong one is not
+        events.warning(f"the alignments were made from {shot.source}; converting {source.path.resolve()} with them")
     numbers = source.select(frames)
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -603,7 +631,7 @@ def convert(
     feather = _auto_feather(shot) if feather is None else float(feather)
     settings = {"direction": direction, "mask": mask, "erode": erode, "feather": feather, "color": color,
                 "format": fmt}
-    common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True,
+    common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True, "alpha": "straight",
               "model_hash": model_hash(model_dir), "settings": settings}
 
     jobs = _face_jobs(shot, size)
@@ -627,8 +655,18 @@ def convert(
     batch = batch or (32 if torch_device.type == "cuda" else 8)
     converter = Converter(model, size, torch_device, DIRECTIONS[direction], mask, erode, feather, color,
                           source.linear, write_patches)
-    run = _Run(converter, source, folder, fmt, common, batch, events, len(numbers), len(numbers) - len(todo))
-    run.process([work[n] for n in todo], needs_pixels=write_frames)
+    # On the CPU the cores are shared: half for torch, the rest for the reader and the writers, which
+    # would otherwise preempt torch's worker threads mid-operation and stall every small warp.
+    cores = len(os.sched_getaffinity(0))
+    torch_threads = torch.get_num_threads()
+    if torch_device.type == "cpu":
+        torch.set_num_threads(max(1, cores // 2))
+    try:
+        writers = min(8, max(1, cores - (torch.get_num_threads() if torch_device.type == "cpu" else 1)))
+        run = _Run(converter, source, fmt, common, batch, writers, events, len(numbers), len(numbers) - len(todo))
+        run.process([work[n] for n in todo], needs_pixels=write_frames)
+    finally:
+        torch.set_num_threads(torch_threads)
 
     in_selection = [n for n in numbers if jobs.get(n)]
     summary = {
@@ -638,6 +676,7 @@ def convert(
         "frames_with_faces": len(in_selection),
         "faces": sum(len(jobs[n]) for n in in_selection),
         "fps": round(len(todo) / max(time.monotonic() - run.started, 1e-9), 2),
+        "stage_seconds": {k: round(v, 3) for k, v in run.clock.seconds.items()},
         "output": str(folder),
     }
     events.done(**summary)
@@ -667,7 +706,6 @@ def _write_manifest(folder, source, shot, alignments_path, model_dir, config, co
         "model": str(model_dir.resolve()),
         "model_size": config.size,
         "colorspace": "linear" if ext == ".exr" else "sRGB",
-        "alpha": "straight",
         "frame_range": [source.numbers[0], source.numbers[-1]],
         "frame_numbers": list(source.numbers),
         "frames_with_faces": [n for n, faces in jobs.items() if faces],
@@ -689,16 +727,15 @@ def _write_manifest(folder, source, shot, alignments_path, model_dir, config, co
 class _Run:
     """One pass over the frames to do: reader thread -> batched model -> writer pool."""
 
-    def __init__(self, converter: Converter, source, folder, fmt, common, batch, events, total, done):
-        import os
-
+    def __init__(self, converter: Converter, source, fmt, common, batch, workers, events, total, done):
         self.converter, self.source, self.fmt, self.common = converter, source, fmt, common
         self.batch, self.events, self.total, self.done = batch, events, total, done
         self.slots: dict[int, tuple[FrameWork, FaceJob]] = {}
         self.pending: dict[int, FrameWork] = {}
-        self.workers = min(8, os.cpu_count() or 2)
+        self.workers = workers
         self.writers = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="convert-write")
         self.futures: list = []
+        self.clock = StageClock()
         self.started = time.monotonic()
         self.converted = 0
 
@@ -708,7 +745,7 @@ class _Run:
             for w in todo:
                 if not w.jobs and not needs_pixels:
                     self._submit(w, None)
-            reader = _Reader(self.source, [w.number for w in reading], depth=max(4, self.batch))
+            reader = _Reader(self.source, [w.number for w in reading], max(4, self.batch), self.clock)
             try:
                 by_number = {w.number: w for w in reading}
                 for number, image in reader:
@@ -725,10 +762,13 @@ class _Run:
         import torch
 
         work.image = image
+        if not work.jobs:  # read only for its finished frame
+            self._submit(work, None)
+            return
         conv = self.converter
         boxes = [conv.clip(conv.face_box(j), self.source.size) for j in work.jobs]
         work.box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
-        with torch.inference_mode():
+        with torch.inference_mode(), self.clock("warp_blend"):
             work.region = conv.upload(image, work.box)
             for job in work.jobs:
                 work.crops[job.index] = conv.crop(work.region, work.box[:2], job)
@@ -745,28 +785,36 @@ class _Run:
         if not self.slots:
             return
         conv = self.converter
-        with torch.inference_mode():
+        with torch.inference_mode(), self.clock("model"):
             faces = torch.zeros(self.batch, 3, conv.size, conv.size, device=conv.device)
             for slot, (work, job) in self.slots.items():
                 faces[slot] = work.crops[job.index]
             rgb, predicted = conv.model.swap(faces, conv.identity)
+            if conv.device.type == "cuda":  # the time is the model's, not the first warp's that waits on it
+                torch.cuda.synchronize(conv.device)
+        with torch.inference_mode(), self.clock("warp_blend"):
             for slot, (work, job) in self.slots.items():
                 work.results[job.index] = conv.finish_face(job, work.crops.pop(job.index), rgb[slot], predicted[slot],
                                                            self.source.size)
             self.slots.clear()
+            finished = []
             for number in [n for n, w in self.pending.items() if len(w.results) == len(w.jobs)]:
                 work = self.pending.pop(number)
-                composed = conv.composite(work.region, work.box[:2], list(work.results.values()))
+                finished.append((work, conv.composite(work.region, work.box[:2], list(work.results.values()))))
                 work.region = None
-                self._submit(work, composed)
+        for work, composed in finished:
+            self._submit(work, composed)
 
     def _submit(self, work: FrameWork, composed) -> None:
         # Keep at most a few frames per writer in flight (memory), and raise a writer's error promptly.
         while self.futures and (self.futures[0].done() or len(self.futures) > 2 * self.workers):
             self.futures.pop(0).result()
-        self.futures.append(self.writers.submit(_write_frame, work, composed, self.source.size,
-                                                self.source.linear, self.fmt, self.common))
+        self.futures.append(self.writers.submit(self._write, work, composed))
         self.done += 1
         self.converted += 1
         fps = self.converted / max(time.monotonic() - self.started, 1e-9)
         self.events.progress(self.done, self.total, frame=work.number, fps=round(fps, 2))
+
+    def _write(self, work: FrameWork, composed) -> None:
+        with self.clock("encode"):
+            _write_frame(work, composed, self.source.size, self.source.linear, self.fmt, self.common)

@@ -1,0 +1,99 @@
+"""Convert speed: frames per second at 480p and 1080p for each output format, CPU and CUDA, with the time
+split between decode, model, warp/blend and encode.
+
+    .venv/bin/python bench/convert.py [--frames 24] [--preset fast] [--write-frames]
+
+The shots are the Grace Hopper sample moving with known transforms, so their alignments come from the
+transforms (no detector in the timing). The model is a freshly initialised one of the preset: its speed
+does not depend on its weights. Stage times are busy seconds per frame summed over the threads that run
+the stage; the stages overlap (reader thread, model, writer pool), so the frame rate follows the
+slowest stage per thread rather than their sum.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from demo import samples  # noqa: E402
+from engine import model as model_module  # noqa: E402
+from engine.convert import StageClock, convert  # noqa: E402
+from engine.faces import align  # noqa: E402
+from engine.faces.detect import make_detector  # noqa: E402
+from engine.faceset import Alignments, Face, Frame  # noqa: E402
+
+RESOLUTIONS = {"480p": (854, 480), "1080p": (1920, 1080)}
+FACE_SIZE = 256
+
+
+def make_shot(folder: Path, name: str, size: tuple[int, int], frames: int, landmarks: np.ndarray) -> tuple[Path, Path]:
+    """An mp4 of the sample face and its alignments, taken from the clip's known photo->frame transforms."""
+    clip, matrices = samples.make_clip("grace_hopper", frames, size, scale=size[1] / 360 * 0.6)
+    shot = samples.write_video(folder / f"{name}.mp4", clip)
+    alignments = Alignments(source=str(shot), source_kind="video", source_size=list(size),
+                            source_frames=list(range(1, frames + 1)), fps=24.0, linear=False, face_size=FACE_SIZE,
+                            coverage=align.DEFAULT_COVERAGE, detector="known transform", complete=True)
+    for number, m in enumerate(matrices, 1):
+        points = align.transform_points(landmarks, m)
+        matrix = align.alignment_matrix(points, FACE_SIZE)
+        face = Face(bbox=[*points.min(0), *points.max(0)], score=1.0, landmarks=points.tolist(),
+                    landmarks_raw=points.tolist(), matrix=matrix.tolist(), embedding=[0.0] * 128,
+                    image="", mask_hull="", mask_extended="")
+        alignments.frames.append(Frame(number=number, faces=[face]))
+    alignments.save(folder / f"{name}.json")
+    return shot, folder / f"{name}.json"
+
+
+def make_model(folder: Path, preset: str) -> Path:
+    config = model_module.make_config(preset, face_size=FACE_SIZE, coverage=align.DEFAULT_COVERAGE)
+    model = model_module.FaceModel(config)
+    state = {"format": model_module.FORMAT, "version": model_module.VERSION, "config": asdict(config),
+             "model": model.state_dict(), "iteration": 0}
+    model_module.write_checkpoint(folder, state)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--preset", default=None, help="model preset (default: fast on CPU, quality on CUDA)")
+    parser.add_argument("--resolutions", nargs="+", default=list(RESOLUTIONS), choices=list(RESOLUTIONS))
+    parser.add_argument("--devices", nargs="+", default=None, choices=["cpu", "cuda"])
+    parser.add_argument("--write-frames", action="store_true", help="also write finished frames")
+    args = parser.parse_args()
+    import torch
+
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"convert benchmark: {args.frames} frames per run, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
+    landmarks = max(make_detector("dlib").detect(samples.grace_hopper()), key=lambda d: d.area).landmarks
+    stages = " ".join(f"{s:>10s}" for s in StageClock.STAGES)
+    print(f"{'device':6s} {'preset':7s} {'size':6s} {'format':6s} {'frames/s':>9s}   ms per frame: {stages}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shots = {name: make_shot(tmp, name, RESOLUTIONS[name], args.frames, landmarks) for name in args.resolutions}
+        for device in devices:
+            preset = args.preset or ("quality" if device == "cuda" else "fast")
+            model_dir = tmp / f"model-{preset}"
+            if not model_dir.exists():
+                make_model(model_dir, preset)
+            for name, (shot, alignments) in shots.items():
+                for fmt in ("png16", "exr"):
+                    out = tmp / f"out-{device}-{name}-{fmt}"
+                    started = time.perf_counter()
+                    summary = convert(shot, alignments, model_dir, out, fmt=fmt, write_frames=args.write_frames,
+                                      device=device)
+                    seconds = time.perf_counter() - started
+                    split = " ".join(f"{1000 * s / args.frames:10.1f}" for s in summary["stage_seconds"].values())
+                    print(f"{device:6s} {preset:7s} {name:6s} {fmt:6s} {summary['fps']:9.2f}   "
+                          f"{'':14s}{split}   ({seconds:.1f} s incl. model load)")
+
+
+if __name__ == "__main__":
+    main()
