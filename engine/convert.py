@@ -61,23 +61,23 @@ XMP = (
 
 def add_arguments(parser) -> None:
     parser.add_argument("input", help="the shot: a video file or a folder holding an image sequence")
-    parser.add_argument("--alignments", required=True, help="the shot's alignments.json (or its faceset folder)")
-    parser.add_argument("--model", required=True, help="the trained model folder")
-    parser.add_argument("--output", "-o", required=True, help="the output folder")
+    parser.add_argument("--alignments", required=True, metavar="FILE", help="the shot's alignments.json (or its faceset folder)")
+    parser.add_argument("--model", required=True, metavar="DIR", help="the trained model folder")
+    parser.add_argument("--output", "-o", required=True, metavar="DIR", help="the output folder")
     parser.add_argument("--direction", default="a2b", choices=list(DIRECTIONS),
                         help="a2b: draw the shot's faces as A (decoder A); b2a: as B")
     parser.add_argument("--mask", default="predicted", choices=MASK_MODES,
                         help="the model's mask, the landmark hull, the hull with forehead, or predicted ∩ extended")
-    parser.add_argument("--erode", type=int, default=0, help="shrink the mask by PX frame pixels (negative grows it)")
-    parser.add_argument("--feather", type=float, default=None,
-                        help=f"width of the mask's soft edge in frame pixels (default {AUTO_FEATHER:.0%} of the face width)")
+    parser.add_argument("--erode", type=int, default=0, metavar="PX", help="shrink the mask by PX frame pixels (negative grows it)")
+    parser.add_argument("--feather", type=float, default=None, metavar="PX",
+                        help=f"width of the mask's soft edge in frame pixels (default {AUTO_FEATHER * 100:g}%% of the face width)")
     parser.add_argument("--color", default="rct", choices=COLOR_MODES, help="colour matching to the original face")
     parser.add_argument("--format", default="png16", choices=list(FORMATS),
                         help="png16: 16-bit sRGB PNG; exr: 32-bit float scene-linear EXR")
-    parser.add_argument("--frames", help="convert only frames A-B (inclusive, the shot's numbers): a farm chunk")
+    parser.add_argument("--frames", metavar="A-B", help="convert only frames A-B (inclusive, the shot's numbers): a farm chunk")
     parser.add_argument("--write-frames", action="store_true", help="also write finished frames to frames/")
     parser.add_argument("--write-patches", action="store_true", help="also write aligned patches to patch/")
-    parser.add_argument("--batch", type=int, default=None, help="faces per model call (default 8 CPU, 32 CUDA)")
+    parser.add_argument("--batch", type=int, default=None, metavar="N", help="faces per model call (default 8 CPU, 32 CUDA)")
 
 
 def run(args, events: Events) -> None:
@@ -613,7 +613,6 @@ def convert(
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise EngineError(f"model folder not found: {model_dir}")
-    folder = media.check_writable(output)
 
     import torch
 
@@ -626,6 +625,7 @@ def convert(
         torch.backends.cudnn.deterministic = True
     model, config = load_model(model_dir, torch_device, warn=events.warning)
     _check_model(config, shot, model_dir)
+    folder = media.check_writable(output)  # last: a refused input leaves no folder behind
     size = config.size
     ext = FORMATS[fmt]
     feather = _auto_feather(shot) if feather is None else float(feather)
