@@ -42,7 +42,7 @@ ANALYSIS_SIZE = 128  # aligned size at which flicker is measured, whatever the f
 OPAQUE, CLEAR = 0.95, 0.05  # alpha levels that bound the mask's edge for the seam measure
 SECTORS = 16  # the seam is measured per sector around the face, so one colour does not hide another
 MIN_SECTOR_PIXELS = 4
-CROP_MARGIN = 0.75  # re-detection searches the face box grown by this share of its size on every side
+CROP_MARGIN = 0.4  # re-detection searches the face box grown by this share of its size on every side
 MIN_OVERLAP = 0.3  # a re-detected face must overlap the stored box this much (IoU) to be the same face
 LEFT_EYE_CORNER, RIGHT_EYE_CORNER = 36, 45
 
