@@ -74,14 +74,18 @@ def add_arguments(parser) -> None:
     action.add_argument("--restore", action="store_true", help="move every face that is aside back, and stop")
     parser.add_argument("--target", metavar="FACESET_B",
                         help="the target shot's faceset: compare pose coverage with it")
-    parser.add_argument("--identity-threshold", type=float, default=identity.SAME_PERSON,
-                        help="largest embedding distance to the main identity that counts as the same person")
-    parser.add_argument("--blur-threshold", type=float, default=DEFAULT_BLUR,
-                        help="flag faces less sharp than this share of the faceset's median sharpness")
-    parser.add_argument("--duplicate-threshold", type=float, default=DEFAULT_DUPLICATE,
-                        help="flag a face whose RMS grey-level difference to a kept face is below this (0 = off)")
-    parser.add_argument("--confidence-threshold", type=float, default=DEFAULT_CONFIDENCE,
-                        help="flag faces with less than this share of the faceset's median confidence")
+    parser.add_argument("--identity-threshold", type=float, metavar="X", default=identity.SAME_PERSON,
+                        help="largest embedding distance to the main identity that counts as the same person "
+                             "(default %(default)s)")
+    parser.add_argument("--blur-threshold", type=float, metavar="X", default=DEFAULT_BLUR,
+                        help="flag faces less sharp than this share of the faceset's median sharpness "
+                             "(default %(default)s)")
+    parser.add_argument("--duplicate-threshold", type=float, metavar="X", default=DEFAULT_DUPLICATE,
+                        help="flag a face whose RMS grey-level difference to a kept face is below this "
+                             "(default %(default)s; 0 = off)")
+    parser.add_argument("--confidence-threshold", type=float, metavar="X", default=DEFAULT_CONFIDENCE,
+                        help="flag faces with less than this share of the faceset's median confidence "
+                             "(default %(default)s)")
 
 
 def run(args, events: Events) -> None:

@@ -49,12 +49,12 @@ LEFT_EYE_CORNER, RIGHT_EYE_CORNER = 36, 45
 
 def add_arguments(parser) -> None:
     parser.add_argument("shot", help="the target shot: a video file or an image folder, as given to convert")
-    parser.add_argument("--alignments", required=True, help="the shot's alignments.json (or its faceset folder)")
-    parser.add_argument("--layers", required=True, help="convert's output folder (manifest.json, face/...)")
+    parser.add_argument("--alignments", required=True, metavar="FILE", help="the shot's alignments.json (or its faceset folder)")
+    parser.add_argument("--layers", required=True, metavar="DIR", help="convert's output folder (manifest.json, face/...)")
     parser.add_argument("--source", required=True, metavar="FACESET_A",
                         help="the faceset of the identity the swap should carry")
-    parser.add_argument("--output", "-o", help="where to write evaluation.json/png (default LAYERS/evaluate)")
-    parser.add_argument("--frames", help="evaluate only frames A-B (inclusive, the shot's numbers)")
+    parser.add_argument("--output", "-o", metavar="DIR", help="where to write evaluation.json/png (default LAYERS/evaluate)")
+    parser.add_argument("--frames", metavar="A-B", help="evaluate only frames A-B (inclusive, the shot's numbers)")
     parser.add_argument("--detector", default="dlib", choices=["dlib", "fan", "auto"],
                         help="landmark re-detection backend (dlib runs offline)")
 

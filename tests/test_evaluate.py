@@ -20,17 +20,19 @@ from tests.test_curate import empty_copy
 
 
 def write_layers(folder: Path, shot: Path, shot_faceset: Path, donor: Path, noise: float = 0.0,
-                 brighten: float = 0.0, seed: int = 0) -> Path:
+                 brighten: float = 0.0, seed: int = 0, exr: bool = False) -> Path:
     """Convert-style output for `shot`: the donor faceset's faces at the shot's faces. `noise` (frame
     pixels) shakes the landmarks the placement is fitted to, as an unsmoothed detector would; `brighten`
-    lifts the face's levels, as a failed colour match would."""
+    lifts the face's levels, as a failed colour match would; `exr` writes scene-linear float EXR layers
+    instead of 16-bit sRGB PNGs."""
     source = media.FrameSource(shot)
     alignments = Alignments.load(shot_faceset)
     donors = [face for _, face in Alignments.load(donor).faces()]
     rng = np.random.default_rng(seed)
     w, h = source.size
+    ext = ".exr" if exr else ".png"
     for i, number in enumerate(source.numbers):
-        layer = np.zeros((h, w, 4), np.uint16)
+        layer = np.zeros((h, w, 4), np.float32)
         frame = alignments.frame(number)
         if frame is not None and frame.faces:
             face, donor_face = frame.faces[0], donors[i % len(donors)]
@@ -40,13 +42,17 @@ def write_layers(folder: Path, shot: Path, shot_faceset: Path, donor: Path, nois
             points = np.asarray(face.landmarks) + rng.normal(0, noise, 2) + rng.normal(0, noise / 2, (68, 2))
             matrix = align.alignment_matrix(points, alignments.face_size, alignments.coverage) if noise else face.matrix
             back = align.invert_matrix(matrix)
-            layer[..., :3] = np.round(np.clip(cv2.warpAffine(pixels, back, (w, h), flags=cv2.INTER_CUBIC), 0, 1) * 65535)
-            layer[..., 3] = np.round(np.clip(cv2.warpAffine(mask, back, (w, h)), 0, 1) * 65535)
-        media.write_image(folder / "face" / f"face_{number:06d}.png", layer)
+            layer[..., :3] = np.clip(cv2.warpAffine(pixels, back, (w, h), flags=cv2.INTER_CUBIC), 0, 1)
+            layer[..., 3] = np.clip(cv2.warpAffine(mask, back, (w, h)), 0, 1)
+        if exr:
+            layer[..., :3] = media.srgb_to_linear(layer[..., :3])
+        else:
+            layer = np.round(layer * 65535).astype(np.uint16)
+        media.write_image(folder / "face" / f"face_{number:06d}{ext}", layer)
     media.write_json(folder / "manifest.json", {
         "format": "facereplace.convert", "version": 1, "source": str(source.path.resolve()),
         "source_size": list(source.size), "frame_numbers": list(source.numbers), "linear": False,
-        "colorspace": "sRGB", "alpha": "straight", "files": {"face": "face/face_%06d.png"},
+        "colorspace": "linear" if exr else "sRGB", "alpha": "straight", "files": {"face": f"face/face_%06d{ext}"},
     })
     return folder
 
@@ -78,6 +84,13 @@ def test_identity_is_high_for_a_faces_and_low_for_b_faces(shot_b, faceset_a, fac
     assert unchanged["landmark_error"] < 0.04
     assert unchanged["landmark_error"] < swap["landmark_error"] < 0.15
     assert unchanged["flicker_ratio"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_linear_exr_layers_measure_as_their_png_twins(shot_b, faceset_a, faceset_b, clean, tmp_path):
+    exr = write_layers(tmp_path / "exr", shot_b, faceset_b, faceset_a, exr=True)
+    linear = evaluate(shot_b, faceset_b, exr, faceset_a)["summary"]
+    for key, tolerance in (("identity_a", 0.002), ("landmark_error", 0.005), ("flicker", 0.2), ("seam_excess", 0.3)):
+        assert linear[key] == pytest.approx(clean["summary"][key], abs=tolerance), key
 
 
 def test_writes_the_report_and_the_plot(clean):
