@@ -1,0 +1,199 @@
+"""Runs the engine as a subprocess and hands its JSON-line events to Blender's main thread.
+
+No bpy and no torch here: the engine runs in its own Python (a venv with torch), started as
+`<python> -m engine <verb> ... --events`, always from an argument list, never through a shell. A reader
+thread turns each stdout line into an event dict on a queue; Blender's main thread drains the queue
+(from a timer in the UI, in a loop when headless). stderr (the engine's log) is echoed to the console,
+kept whole in a log file and its tail in memory, so a failure can be reported with its cause.
+"""
+
+import collections
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ENGINE_PYTHON_ENV = "FACEREPLACE_ENGINE_PYTHON"  # overrides the preference, e.g. on farm workers
+REQUIREMENTS_FILE = "engine-requirements.txt"  # written beside the bundled engine by the extension build
+TERMINATE_AFTER_S = 10.0  # after SIGTERM, how long before SIGKILL
+
+
+class ClientError(Exception):
+    """Something the user can fix before the engine runs: a missing engine, a bad path or frame range."""
+
+
+def engine_root() -> Path:
+    """The folder that holds the `engine` package: bundled inside the extension, or the repository
+    around addon/ when the add-on runs from a checkout."""
+    here = Path(__file__).resolve().parent
+    for root in (here, here.parent):
+        if (root / "engine" / "__main__.py").is_file():
+            return root
+    raise ClientError("the engine package is missing from the FaceReplace extension: reinstall it")
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def check_python(python: str) -> str:
+    if not python or not Path(python).is_file() or not os.access(python, os.X_OK):
+        raise ClientError(
+            f"engine Python not found: {python or '(none set)'}. Set it in Preferences > Add-ons > FaceReplace "
+            f"(the python of a venv with the engine's packages), or click Set up engine there"
+        )
+    return python
+
+
+def engine_command(python: str, verb: str, args: list[str], device: str | None = None) -> list[str]:
+    """The argument list of one engine run with the events protocol on."""
+    command = [check_python(python), "-m", "engine", verb, *[str(a) for a in args], "--events"]
+    return command + ["--device", device] if device else command
+
+
+def engine_env() -> dict[str, str]:
+    """The environment of an engine run: the bundled engine first on PYTHONPATH, unbuffered output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(engine_root()), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def parse_line(line: str) -> dict:
+    """One stdout line as an event; anything that is not a JSON event (pip's output, say) as "output"."""
+    line = line.rstrip("\r\n")
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and "event" in record:
+            return record
+    return {"event": "output", "line": line}
+
+
+class EngineProcess:
+    """One running engine (or pip) command. `events` fills from a reader thread; `finished` is true
+    once the process has exited and every line it wrote is on the queue."""
+
+    def __init__(self, argv: list[str], log_path: Path | None = None, stop_file: Path | None = None,
+                 echo=None):
+        self.argv = argv
+        self.stop_file = stop_file
+        self.events: queue.Queue = queue.Queue()
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self.error_message: str | None = None
+        self.stop_requested_at: float | None = None
+        self._echo = echo if echo is not None else sys.stderr
+        self._log = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(log_path, "w", encoding="utf-8")  # closed when stderr ends
+            self._log.write(" ".join(argv) + "\n")
+        if stop_file is not None and stop_file.exists():
+            stop_file.unlink()  # a stop file left from an earlier run would end this one at once
+        try:
+            self.process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=engine_env(), text=True, encoding="utf-8", errors="replace", bufsize=1,
+            )
+        except OSError as e:
+            if self._log:
+                self._log.close()
+            raise ClientError(f"cannot start {argv[0]}: {e.strerror or e}") from None
+        self._stdout = threading.Thread(target=self._read_stdout, daemon=True)
+        self._stderr = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stdout.start()
+        self._stderr.start()
+
+    def _read_stdout(self) -> None:
+        for line in self.process.stdout:
+            event = parse_line(line)
+            if event["event"] == "error":
+                self.error_message = event.get("message")
+            self.events.put(event)
+
+    def _read_stderr(self) -> None:
+        for line in self.process.stderr:
+            self.stderr_tail.append(line.rstrip())
+            self._echo.write(line)
+            if self._log:
+                self._log.write(line)
+                self._log.flush()
+        if self._log:
+            self._log.close()
+
+    # -- reading
+
+    def drain(self) -> list[dict]:
+        """Every event queued so far, without waiting."""
+        out = []
+        while True:
+            try:
+                out.append(self.events.get_nowait())
+            except queue.Empty:
+                return out
+
+    def next_event(self, timeout: float) -> dict | None:
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    @property
+    def finished(self) -> bool:
+        return self.process.poll() is not None and not self._stdout.is_alive() and self.events.empty()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+    def failure(self) -> str:
+        """Why a run that exited non-zero failed: the engine's error event, else the end of its log."""
+        self._stderr.join(timeout=2.0)
+        if self.error_message:
+            return self.error_message
+        missing = next((line for line in reversed(self.stderr_tail) if "No module named" in line), None)
+        if missing:
+            return (f"the engine Python ({self.argv[0]}) lacks the engine's packages ({missing.split(':')[-1].strip()}): "
+                    f"point Preferences > Add-ons > FaceReplace at the engine's venv, or click Set up engine")
+        last = next((line for line in reversed(self.stderr_tail) if line.strip()), None)
+        return last or f"{Path(self.argv[0]).name} exited with status {self.returncode}"
+
+    # -- stopping
+
+    def request_stop(self) -> None:
+        """Ask the run to end: through the stop file where it has one (train saves, then exits), else SIGTERM."""
+        if self.stop_requested_at is not None or self.process.poll() is not None:
+            return
+        self.stop_requested_at = time.monotonic()
+        if self.stop_file is not None:
+            self.stop_file.parent.mkdir(parents=True, exist_ok=True)
+            self.stop_file.touch()
+        else:
+            self.process.terminate()
+
+    def enforce_stop(self, grace: float) -> None:
+        """Escalate a stop that was asked for `grace` seconds ago: SIGTERM (train still saves on it),
+        then SIGKILL after TERMINATE_AFTER_S more."""
+        if self.stop_requested_at is None or self.process.poll() is not None:
+            return
+        waited = time.monotonic() - self.stop_requested_at
+        if waited > grace + TERMINATE_AFTER_S:
+            self.process.kill()
+        elif waited > grace:
+            self.process.terminate()
+
+    def stop(self, grace: float) -> int:
+        """Stop and wait for the exit (blocking), escalating as `enforce_stop` does."""
+        self.request_stop()
+        for limit, escalate in ((grace, self.process.terminate), (TERMINATE_AFTER_S, self.process.kill)):
+            try:
+                return self.process.wait(timeout=limit)
+            except subprocess.TimeoutExpired:
+                escalate()
+        return self.process.wait()

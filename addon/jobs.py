@@ -1,0 +1,315 @@
+"""Engine runs inside Blender: one job at a time, polled from a bpy.app.timers callback in the UI, and run
+to completion in a loop when Blender is headless (bpy.app.background), so scripts and farms block until
+the work is done and fail loudly.
+
+A job is a list of steps (extract A then B; make a venv, pip install, check), each one subprocess. Live
+state (progress, loss, it/s, ETA) stays here in Python, not in the .blend, so it is neither saved nor
+undone. What a step produces goes into the scene when it finishes, through its `finish` callback; in the
+UI that happens from the timer, so the job pushes an undo step of its own for it.
+"""
+
+import atexit
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bpy
+from bpy.app.handlers import persistent
+
+from . import previews
+from .engine_client import ClientError, EngineProcess
+
+POLL_S = 0.2
+PRINT_EVERY_S = 2.0  # how often headless runs print progress to the console
+
+
+class JobFailed(Exception):
+    """A step of a job failed; the message is the engine's own."""
+
+
+@dataclass
+class Step:
+    label: str  # what the user sees: "Extract A", "Train"
+    argv: list[str]
+    # Applies the step's "done" summary to the scene and returns the line to report.
+    finish: Callable[[bpy.types.Scene, dict], str] | None = None
+    stop_file: Path | None = None  # train: the file that makes it save and stop
+    log: Path | None = None
+    grace_s: float = 5.0  # how long a stop may take before SIGTERM; for train, time to save
+    expected_packages: int = 0  # pip: "Collecting" lines expected, for a progress estimate
+
+
+@dataclass
+class Job:
+    stage: str
+    scene: str  # the scene's name: the Python object may be gone after an undo or a file load
+    steps: list[Step]
+    index: int = 0
+    process: EngineProcess | None = None
+    summary: dict | None = None  # the running step's "done" event
+    progress: float = 0.0  # 0..1 over all steps
+    text: str = ""
+    live: dict = field(default_factory=dict)  # the latest progress event: iteration, losses, it/s, ETA
+    warnings: list[str] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)
+    cancelled: bool = False
+    collected: int = 0
+    printed_at: float = 0.0
+
+    @property
+    def step(self) -> Step:
+        return self.steps[self.index]
+
+
+_active: Job | None = None
+# (level, message) of the last job that ended, shown in the panel until the next one starts.
+last_report: tuple[str, str] | None = None
+
+
+def active() -> Job | None:
+    return _active
+
+
+def run(stage: str, scene: bpy.types.Scene, steps: list[Step], wait: bool) -> str:
+    """Start a job. With `wait`, block until it ends and return its report (raising JobFailed or
+    ClientError on failure); otherwise start it under the timer and return at once."""
+    global _active, last_report
+    if _active is not None:
+        raise ClientError(f"FaceReplace is busy ({_active.text or _active.stage}): wait for it or cancel it")
+    job = Job(stage, scene.name, steps)
+    last_report = None
+    if wait:
+        return _run_blocking(job)
+    _start_step(job)
+    _active = job
+    if _shows_cursor_progress(job):
+        bpy.context.window_manager.progress_begin(0.0, 1.0)
+    if not bpy.app.timers.is_registered(poll):
+        bpy.app.timers.register(poll, first_interval=POLL_S)
+    _redraw()
+    return ""
+
+
+def cancel() -> None:
+    """Ask the running job to stop; the timer sees it end. Train saves first (its stop file)."""
+    if _active is not None:
+        _active.cancelled = True
+        _active.text = f"Stopping {_active.step.label}..."
+        _active.process.request_stop()
+        _redraw()
+
+
+def stop_all() -> None:
+    """Stop the running job and wait for it: the file is closing, Blender is quitting or the add-on goes."""
+    global _active
+    job, _active = _active, None
+    if job is not None:
+        job.cancelled = True
+        print(f"FaceReplace: stopping {job.step.label}")
+        job.process.stop(job.step.grace_s)
+        if _shows_cursor_progress(job):
+            bpy.context.window_manager.progress_end()
+
+
+# ---------------------------------------------------------------- running
+
+
+def _start_step(job: Job) -> None:
+    job.summary = None
+    job.collected = 0
+    job.text = f"{job.step.label}..."
+    job.process = EngineProcess(job.step.argv, log_path=job.step.log, stop_file=job.step.stop_file)
+
+
+def _end_step(job: Job) -> None:
+    """Apply a finished step to the scene; a failure (not a requested stop) raises JobFailed."""
+    code = job.process.returncode
+    if code != 0 and not job.cancelled:
+        raise JobFailed(f"{job.step.label} failed: {job.process.failure()}")
+    # A stopped train still saved and reported where it got to: that is kept, like a finished one.
+    if job.summary is None or job.step.finish is None:
+        return
+    scene = bpy.data.scenes.get(job.scene)
+    if scene is None:
+        raise JobFailed(f"{job.step.label}: the scene {job.scene!r} is gone")
+    job.reports.append(job.step.finish(scene, job.summary))
+
+
+def _run_blocking(job: Job) -> str:
+    for index in range(len(job.steps)):
+        job.index = index
+        _start_step(job)
+        try:
+            while not job.process.finished:
+                event = job.process.next_event(timeout=0.5)
+                if event is not None:
+                    _handle(job, event, console=True)
+        except KeyboardInterrupt:
+            job.process.stop(job.step.grace_s)
+            raise
+        _end_step(job)
+        print(f"FaceReplace: {job.reports[-1] if job.reports else job.step.label + ' done'}", flush=True)
+    return "; ".join(job.reports)
+
+
+def poll():
+    """The timer: hand new events to the UI, move on to the next step, end the job. Returns the seconds
+    until the next call, or None once no job runs (which unregisters the timer)."""
+    job = _active
+    if job is None:
+        return None
+    try:
+        for event in job.process.drain():
+            _handle(job, event)
+        job.process.enforce_stop(job.step.grace_s)
+        if job.process.finished:
+            _end_step(job)
+            if job.cancelled or job.index + 1 == len(job.steps):
+                _finish(job, None)
+                return None
+            job.index += 1
+            _start_step(job)
+    except (JobFailed, ClientError) as e:
+        _finish(job, str(e))
+        return None
+    if _shows_cursor_progress(job):
+        bpy.context.window_manager.progress_update(job.progress)
+    _redraw()
+    return POLL_S
+
+
+def _finish(job: Job, error: str | None) -> None:
+    global _active, last_report
+    _active = None
+    if _shows_cursor_progress(job):
+        bpy.context.window_manager.progress_end()
+    if error:
+        last_report = ("ERROR", error)
+        print(f"FaceReplace: {error}")
+        _popup(error)
+    else:
+        lines = job.reports + job.warnings[-3:]
+        stopped = "stopped" if job.cancelled else "finished"
+        last_report = ("INFO", "; ".join(lines) if lines else f"{job.stage.capitalize()} {stopped}")
+        if job.reports:
+            # Results came in from a timer, outside any operator: give them their own undo step.
+            bpy.ops.ed.undo_push(message=f"FaceReplace: {job.stage} {stopped}")
+    _redraw()
+
+
+def _shows_cursor_progress(job: Job) -> bool:
+    """The window manager's progress (it takes over the cursor) for the stages that take minutes; hours of
+    training would leave the cursor a counter, so train's progress is in the panel and status bar only."""
+    return job.stage != "train" and not bpy.app.background
+
+
+# ---------------------------------------------------------------- events
+
+
+def _handle(job: Job, event: dict, console: bool = False) -> None:
+    kind = event.get("event")
+    step = job.step
+    if kind == "progress":
+        total = event.get("total") or 0
+        fraction = min(event.get("done", 0) / total, 1.0) if total else 0.0
+        job.progress = (job.index + fraction) / len(job.steps)
+        job.live = event
+        job.text = f"{step.label}: {describe_progress(event)}"
+    elif kind == "preview":
+        job.live["preview"] = event.get("path")
+        if not bpy.app.background:
+            previews.reload(event.get("path"))
+    elif kind == "warning":
+        job.warnings.append(event.get("message", ""))
+        print(f"FaceReplace {step.label}: warning: {event.get('message')}", flush=True)
+    elif kind == "done":
+        job.summary = event
+    elif kind == "output" and step.expected_packages:
+        line = event["line"].strip()
+        if line.startswith("Collecting"):
+            job.collected += 1
+            fraction = min(job.collected / step.expected_packages, 0.95)
+            job.progress = (job.index + fraction) / len(job.steps)
+        if line:
+            job.text = f"{step.label}: {line[:90]}"
+    if console and kind == "progress" and time.monotonic() - job.printed_at > PRINT_EVERY_S:
+        job.printed_at = time.monotonic()
+        print(f"FaceReplace {job.text}", flush=True)
+
+
+def describe_progress(event: dict) -> str:
+    """One line for the status bar and the console: counts, then the stage's own figures."""
+    parts = [f"{event.get('done', 0)}/{event.get('total', '?')}"]
+    if event.get("loss_a") is not None:
+        parts.append(f"loss A {event['loss_a']:.4f} B {event.get('loss_b') or 0:.4f}")
+    if event.get("it_per_s"):
+        parts.append(f"{event['it_per_s']:.1f} it/s")
+    elif event.get("fps"):
+        parts.append(f"{event['fps']:.1f} fps")
+    if event.get("eta_s") is not None:
+        parts.append(f"ETA {format_seconds(event['eta_s'])}")
+    return ", ".join(parts)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+# ---------------------------------------------------------------- the UI around jobs
+
+
+def _redraw() -> None:
+    wm = bpy.context.window_manager
+    for window in wm.windows if wm else ():
+        for area in window.screen.areas:
+            if area.type in {"SEQUENCE_EDITOR", "STATUSBAR", "PREFERENCES"}:
+                area.tag_redraw()
+
+
+def _popup(message: str) -> None:
+    wm = bpy.context.window_manager
+    if bpy.app.background or not wm or not wm.windows:
+        return
+
+    def draw(menu, _context):
+        for line in message.split(": ", 1):
+            menu.layout.label(text=line)
+
+    with bpy.context.temp_override(window=wm.windows[0]):
+        wm.popup_menu(draw, title="FaceReplace", icon="ERROR")
+
+
+def draw_status_bar(self, _context) -> None:
+    """Appended to the status bar: the running job's progress, and a button to stop it."""
+    job = _active
+    if job is None:
+        return
+    row = self.layout.row(align=True)
+    row.progress(factor=job.progress, type="BAR", text=job.text[:80])
+    row.operator("facereplace.cancel", text="", icon="CANCEL")
+
+
+@persistent
+def _on_load_pre(*_args) -> None:
+    stop_all()
+
+
+def register() -> None:
+    bpy.types.STATUSBAR_HT_header.append(draw_status_bar)
+    bpy.app.handlers.load_pre.append(_on_load_pre)
+    atexit.register(stop_all)
+
+
+def unregister() -> None:
+    stop_all()
+    if bpy.app.timers.is_registered(poll):
+        bpy.app.timers.unregister(poll)
+    atexit.unregister(stop_all)
+    bpy.app.handlers.load_pre.remove(_on_load_pre)
+    bpy.types.STATUSBAR_HT_header.remove(draw_status_bar)

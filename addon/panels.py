@@ -1,0 +1,199 @@
+"""The "Face Swap" tab of the sequencer's sidebar: shots, extract, train, convert, in the order of the work."""
+
+import os
+
+import bpy
+
+from . import jobs, previews
+from .jobs import format_seconds
+from .preferences import prefs
+from .strips import TAG, edited_scene, strip_collection
+
+
+class FaceReplacePanel:
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "Face Swap"
+
+
+def _image(layout, path: str, scale: float) -> None:
+    """Draw an image file (a preview grid, a contact sheet) as a large icon, if it exists."""
+    icon = previews.icon(bpy.path.abspath(path)) if path else 0
+    if icon:
+        layout.template_icon(icon_value=icon, scale=scale)
+
+
+def _busy(stage: str) -> bool:
+    job = jobs.active()
+    return job is not None and job.stage == stage
+
+
+class SEQUENCER_PT_facereplace(FaceReplacePanel, bpy.types.Panel):
+    bl_label = "Face Swap"
+
+    def draw(self, context):
+        layout = self.layout
+        job = jobs.active()
+        if job is not None:
+            row = layout.row(align=True)
+            row.progress(factor=job.progress, type="BAR", text=job.text[:60])
+            row.operator("facereplace.cancel", text="", icon="CANCEL")
+            for warning in job.warnings[-2:]:
+                layout.label(text=warning, icon="ERROR")
+        elif jobs.last_report is not None:
+            level, message = jobs.last_report
+            box = layout.box().column(align=True)
+            for i, part in enumerate(message.split("; ")):
+                box.label(text=part, icon=("ERROR" if level == "ERROR" else "INFO") if i == 0 else "BLANK1")
+        preferences = prefs(context)
+        if not preferences.engine_ok:
+            row = layout.row()
+            row.label(text="Engine not checked yet", icon="QUESTION")
+            row.operator("facereplace.check_engine", text="Check")
+
+
+class SEQUENCER_PT_facereplace_shots(FaceReplacePanel, bpy.types.Panel):
+    bl_label = "Shots"
+    bl_parent_id = "SEQUENCER_PT_facereplace"
+
+    def draw(self, context):
+        settings = edited_scene(context).facereplace
+        editor = edited_scene(context).sequence_editor
+        for side, title in (("A", "Source A (the face to put in)"), ("B", "Target B (the shot to change)")):
+            shot = getattr(settings, side.lower())
+            box = self.layout.box()
+            box.label(text=title)
+            box.row().prop(shot, "source", expand=True)
+            row = box.row(align=True)
+            if shot.source == "STRIP":
+                if editor is not None:
+                    row.prop_search(shot, "strip", editor, "strips" if hasattr(editor, "strips") else "sequences",
+                                    text="", icon="SEQUENCE")
+                else:
+                    row.label(text="The sequencer has no strips yet")
+                row.operator("facereplace.use_active_strip", text="", icon="EYEDROPPER").side = side
+            else:
+                row.prop(shot, "folder", text="")
+            row = box.row(align=True)
+            row.prop(shot, "use_custom_range")
+            sub = row.row(align=True)
+            sub.active = shot.use_custom_range
+            sub.prop(shot, "frame_first")
+            sub.prop(shot, "frame_last")
+
+
+class SEQUENCER_PT_facereplace_extract(FaceReplacePanel, bpy.types.Panel):
+    bl_label = "Extract"
+    bl_parent_id = "SEQUENCER_PT_facereplace"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = edited_scene(context).facereplace
+        row = layout.row(align=True)
+        row.operator("facereplace.extract", text="Extract A").side = "A"
+        row.operator("facereplace.extract", text="Extract B").side = "B"
+        row.operator("facereplace.extract", text="Both", icon="PLAY").side = "BOTH"
+        layout.prop(settings, "face_size")
+        for side in ("A", "B"):
+            shot = getattr(settings, side.lower())
+            box = layout.box()
+            header = box.row()
+            header.label(text=f"{side}: " + (f"faces in {shot.frames_with_faces} of {shot.frames} frames"
+                                              if shot.faceset else "not extracted"))
+            if shot.frames_without_faces:
+                box.label(text=f"No face: frames {shot.frames_without_faces}", icon="ERROR")
+            if shot.faceset:
+                _image(box, os.path.join(shot.faceset, "contact_sheet.png"), scale=9.0)
+            row = box.row(align=True)
+            row.prop(shot, "use_reference")
+            sub = row.row(align=True)
+            sub.active = shot.use_reference
+            sub.prop(shot, "reference_frame")
+            sub.operator("facereplace.reference_frame", text="", icon="TIME").side = side
+            sub.prop(shot, "reference_face")
+
+
+class SEQUENCER_PT_facereplace_train(FaceReplacePanel, bpy.types.Panel):
+    bl_label = "Train"
+    bl_parent_id = "SEQUENCER_PT_facereplace"
+
+    def draw(self, context):
+        layout = self.layout
+        train = edited_scene(context).facereplace.train
+        col = layout.column()
+        col.prop(train, "preset")
+        col.prop(train, "size")
+        col.prop(train, "iterations")
+        col.prop(train, "time_budget")
+        row = layout.row(align=True)
+        if _busy("train"):
+            row.operator("facereplace.cancel", text="Stop and Save", icon="PAUSE")
+        elif train.model:
+            row.operator("facereplace.train", text="Resume", icon="PLAY").resume = True
+            row.operator("facereplace.train", text="New Model", icon="FILE_NEW").resume = False
+        else:
+            row.operator("facereplace.train", text="Start Training", icon="PLAY").resume = False
+        if train.model:
+            layout.prop(train, "model")
+        job = jobs.active()
+        live = job.live if _busy("train") else {}
+        preview = live.get("preview") or train.preview
+        _image(layout, preview, scale=12.0)
+        col = layout.column(align=True)
+        col.label(text=f"Iterations: {live.get('iteration', train.iteration)}")
+        loss_a, loss_b = live.get("loss_a", train.loss_a), live.get("loss_b", train.loss_b)
+        col.label(text=f"Loss A {loss_a or 0:.4f}   B {loss_b or 0:.4f}")
+        if live.get("val_loss_a") is not None:
+            col.label(text=f"Validation A {live['val_loss_a']:.4f}   B {live.get('val_loss_b') or 0:.4f}")
+        if live:
+            col.label(text=f"{live.get('it_per_s') or 0:.2f} it/s, ETA {format_seconds(live.get('eta_s') or 0)}")
+
+
+class SEQUENCER_PT_facereplace_convert(FaceReplacePanel, bpy.types.Panel):
+    bl_label = "Convert"
+    bl_parent_id = "SEQUENCER_PT_facereplace"
+
+    def draw(self, context):
+        layout = self.layout
+        convert = edited_scene(context).facereplace.convert
+        col = layout.column()
+        col.prop(convert, "mask")
+        col.prop(convert, "erode")
+        row = col.row(align=True)
+        row.prop(convert, "use_auto_feather")
+        sub = row.row(align=True)
+        sub.active = not convert.use_auto_feather
+        sub.prop(convert, "feather")
+        col.prop(convert, "color")
+        col.prop(convert, "format")
+        row = layout.row(align=True)
+        row.operator("facereplace.convert", icon="PLAY").frames = ""
+        row.operator("facereplace.add_strips", icon="SEQ_STRIP_DUPLICATE")
+        if convert.output:
+            layout.prop(convert, "output")
+            layout.label(text=f"{convert.frames} frames converted, faces in {convert.frames_with_faces}")
+        editor = edited_scene(context).sequence_editor
+        if editor is not None:
+            ours = [s for s in strip_collection(editor) if s.get(TAG)]
+            for strip in ours:
+                layout.label(text=f"{strip.name}: channel {strip.channel}" + (" (muted)" if strip.mute else ""),
+                             icon="SEQ_STRIP_META")
+
+
+CLASSES = (
+    SEQUENCER_PT_facereplace,
+    SEQUENCER_PT_facereplace_shots,
+    SEQUENCER_PT_facereplace_extract,
+    SEQUENCER_PT_facereplace_train,
+    SEQUENCER_PT_facereplace_convert,
+)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

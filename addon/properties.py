@@ -1,0 +1,139 @@
+"""The face swap's state, saved in the .blend as scene properties: the two shots, each stage's settings and
+its last results, so that reopening a file brings the panel back as it was left.
+
+Paths are stored relative to the .blend where they can be ("//facereplace/..."), so a project folder
+can move. What is only true while an engine runs (progress, it/s) is not here: see jobs.py.
+"""
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+
+from .engine_client import ClientError
+from .strips import shot_of
+
+# Blender 4.5 asks path properties to declare that they take "//" (relative to the .blend) paths.
+RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 5, 0) else set()
+
+
+class FaceReplaceShot(bpy.types.PropertyGroup):
+    source: EnumProperty(
+        name="Source",
+        items=[("STRIP", "Strip", "A movie or image strip of this scene's sequencer"),
+               ("FOLDER", "Folder", "A folder holding an image sequence")],
+        default="STRIP",
+    )
+    strip: StringProperty(name="Strip", description="The movie or image strip that holds the shot")
+    folder: StringProperty(name="Folder", subtype="DIR_PATH", options=RELATIVE, description="A folder holding an image sequence")
+    use_custom_range: BoolProperty(
+        name="Custom Range", description="Use only part of the shot; off, the whole strip as trimmed")
+    frame_first: IntProperty(name="First", default=1, description="First frame to use (timeline frame)")
+    frame_last: IntProperty(name="Last", default=250, description="Last frame to use (timeline frame)")
+    use_reference: BoolProperty(
+        name="Pick Person",
+        description="When the shot shows several people, keep the one who is the chosen face in the chosen frame",
+    )
+    reference_frame: IntProperty(name="Frame", default=1, description="Timeline frame that shows the person")
+    reference_face: IntProperty(
+        name="Face", min=0, description="Which face in that frame: 0 is the largest, 1 the next largest, ...")
+    # The last extract's results.
+    faceset: StringProperty(name="Faceset", subtype="DIR_PATH", options=RELATIVE, description="The faceset the last extract wrote")
+    frames: IntProperty(name="Frames")
+    frames_with_faces: IntProperty(name="Frames With Faces")
+    frames_without_faces: StringProperty(name="Frames Without Faces", description="Shot frame numbers")
+
+
+class FaceReplaceTrain(bpy.types.PropertyGroup):
+    preset: EnumProperty(
+        name="Preset",
+        items=[("tiny", "Tiny", "Quickest look: 64 px, learns a recognisable face in minutes on a CPU"),
+               ("fast", "Fast", "Previews and CPU training: 64 px"),
+               ("quality", "Quality", "Finished shots on a GPU: 128 px, or 192/256 for close-ups")],
+        default="fast",
+    )
+    size: EnumProperty(
+        name="Resolution",
+        items=[("PRESET", "Preset's", "The preset's own resolution"), ("64", "64 px", ""), ("128", "128 px", ""),
+               ("192", "192 px", ""), ("256", "256 px", "")],
+        default="PRESET",
+        description="Model resolution: a new model only (a resumed model keeps its own)",
+    )
+    iterations: IntProperty(name="Iterations", default=20000, min=1,
+                            description="Stop after this many iterations in all (a resumed run counts on)")
+    time_budget: FloatProperty(name="Time Budget", default=0.0, min=0.0, subtype="TIME_ABSOLUTE", unit="TIME_ABSOLUTE",
+                               description="Stop after this long (0: no limit); the model is saved first")
+    # The model and how far it got.
+    model: StringProperty(name="Model", subtype="DIR_PATH", options=RELATIVE, description="The model folder")
+    iteration: IntProperty(name="Iterations Done")
+    loss_a: FloatProperty(name="Loss A", precision=4)
+    loss_b: FloatProperty(name="Loss B", precision=4)
+    preview: StringProperty(name="Preview", subtype="FILE_PATH", options=RELATIVE, description="The latest preview grid")
+
+
+class FaceReplaceConvert(bpy.types.PropertyGroup):
+    mask: EnumProperty(
+        name="Mask",
+        items=[("predicted", "Predicted", "The mask the model draws"),
+               ("hull", "Landmark Hull", "The hull of the face's landmarks"),
+               ("extended", "Extended", "The hull reaching up to the forehead"),
+               ("intersection", "Intersection", "Where the predicted and the hull mask agree")],
+        default="predicted",
+    )
+    erode: IntProperty(name="Erode", default=0, soft_min=-32, soft_max=32, subtype="PIXEL",
+                       description="Shrink the mask by this many pixels (negative grows it)")
+    use_auto_feather: BoolProperty(name="Auto Feather", default=True,
+                                   description="A soft edge of 6% of the face's width")
+    feather: IntProperty(name="Feather", default=8, min=0, soft_max=64, subtype="PIXEL",
+                         description="Width of the mask's soft edge in pixels")
+    color: EnumProperty(
+        name="Colour Match",
+        items=[("none", "None", "Keep the model's colours"),
+               ("avg", "Average", "Match the mean colour inside the mask"),
+               ("rct", "Reinhard", "Match mean and spread in Lab"),
+               ("hist", "Histogram", "Match the histogram inside the mask"),
+               ("seamless", "Seamless Clone", "Poisson blend into the frame")],
+        default="rct",
+    )
+    format: EnumProperty(
+        name="Format",
+        items=[("png16", "PNG 16-bit", "16-bit RGBA PNG face layers"),
+               ("exr", "OpenEXR", "32-bit float scene-linear RGBA EXR face layers")],
+        default="png16",
+    )
+    output: StringProperty(name="Output", subtype="DIR_PATH", options=RELATIVE, description="The folder of face layers and mattes")
+    frames: IntProperty(name="Frames Converted")
+    frames_with_faces: IntProperty(name="Frames With Faces")
+
+
+def _target_frames(settings) -> str:
+    """Target B's timeline frames as "first-last" (a farm job's default range); empty while B is unset."""
+    try:
+        shot = shot_of(settings.id_data, settings.b, "B")
+    except ClientError:
+        return ""
+    return f"{shot.start}-{shot.end - 1}"
+
+
+class FaceReplaceSettings(bpy.types.PropertyGroup):
+    a: PointerProperty(type=FaceReplaceShot, name="Source A", description="The face to put in")
+    b: PointerProperty(type=FaceReplaceShot, name="Target B", description="The shot whose face is replaced")
+    face_size: IntProperty(name="Face Size", default=256, min=64, max=1024, subtype="PIXEL",
+                           description="Size of the aligned faces extract writes (at least the model's resolution)")
+    target_frames: StringProperty(name="Target Frames", get=_target_frames,
+                                  description="The timeline frames of target B, as a farm job converts them")
+    train: PointerProperty(type=FaceReplaceTrain)
+    convert: PointerProperty(type=FaceReplaceConvert)
+
+
+CLASSES = (FaceReplaceShot, FaceReplaceTrain, FaceReplaceConvert, FaceReplaceSettings)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.facereplace = PointerProperty(type=FaceReplaceSettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.facereplace
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

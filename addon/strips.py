@@ -1,0 +1,256 @@
+"""Shots and strips: a shot's own frame numbers <-> frames of the timeline, and the result strips (plate,
+face layer, matte) that the add-on adds and, on a rerun, replaces.
+
+The engine numbers a movie's frames from 1 and an image sequence's frames by the number in each file's
+name; a strip shows them from its frame_start, minus whatever its handles trim. Every frame number a
+user types (frame ranges, the reference frame) is a timeline frame; the engine only ever sees its own.
+"""
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import bpy
+
+from .engine_client import ClientError
+
+# The engine's image types (engine.media.IMAGE_EXTENSIONS): the files that make up a sequence folder.
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp"}
+TAG = "facereplace"  # custom property on the strips the add-on adds: "plate", "face" or "matte"
+TAG_TARGET = "facereplace_target"  # ... and the name of the shot they belong to
+MAX_CHANNEL = 128
+
+
+def edited_scene(context):
+    """The scene the sequencer shows: Blender 5.0 gives the sequencer its own (the workspace's sequencer
+    scene); before that, or while none is set, it is the window's scene."""
+    return getattr(context, "sequencer_scene", None) or context.scene
+
+
+def strip_collection(editor):
+    """The top-level strips (Blender 4.4 renamed `sequences` to `strips`)."""
+    return editor.strips if hasattr(editor, "strips") else editor.sequences
+
+
+@dataclass(frozen=True)
+class Shot:
+    """A shot as the engine reads it (`input`, frame `numbers`) and where the timeline shows it:
+    numbers[i] is on timeline frame start + i."""
+
+    name: str  # the strip's name, or the folder's
+    input: Path  # a movie file or an image folder
+    numbers: tuple[int, ...]
+    start: int
+    strip: str | None  # None for a folder that is not in the sequencer
+    channel: int = 1
+
+    @property
+    def end(self) -> int:
+        """The timeline frame after the last one."""
+        return self.start + len(self.numbers)
+
+    @property
+    def frames(self) -> str:
+        """The engine's --frames for this shot."""
+        return f"{self.numbers[0]}-{self.numbers[-1]}"
+
+    def number_at(self, frame: int) -> int:
+        """The shot's own frame number shown on timeline `frame`."""
+        if not self.start <= frame < self.end:
+            raise ClientError(f"frame {frame} is outside {self.name} (frames {self.start}-{self.end - 1})")
+        return self.numbers[frame - self.start]
+
+    def within(self, first: int, last: int) -> "Shot":
+        """The part of the shot on timeline frames first..last (inclusive)."""
+        lo, hi = max(first, self.start), min(last, self.end - 1)
+        if lo > hi:
+            raise ClientError(f"frames {first}-{last} are outside {self.name} (frames {self.start}-{self.end - 1})")
+        return replace(self, numbers=self.numbers[lo - self.start : hi - self.start + 1], start=lo)
+
+
+def parse_ranges(text: str) -> list[tuple[int, int]]:
+    """"101-200", "150" or "1-100,150-250" (timeline frames, inclusive) as [(first, last), ...]."""
+    ranges = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?", part)
+        if not m:
+            raise ClientError(f"frame range {text!r} is not of the form A-B or A-B,C-D")
+        first, last = int(m.group(1)), int(m.group(2) or m.group(1))
+        if first > last:
+            raise ClientError(f"frame range {part.strip()}: start is after end")
+        ranges.append((first, last))
+    return ranges
+
+
+def sequence_numbers(folder: Path) -> dict[str, int]:
+    """{file name: frame number} as the engine numbers an image folder: the last number in each name, or
+    the position in name order when some name has none or two share one (engine.media.FrameSource)."""
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    except OSError as e:
+        raise ClientError(f"cannot read folder {folder}: {e.strerror or e}") from None
+    if not names:
+        raise ClientError(f"folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    digits = [re.findall(r"\d+", Path(n).stem) for n in names]
+    numbers = [int(d[-1]) if d else None for d in digits]
+    if None in numbers or len(set(numbers)) != len(numbers):
+        numbers = list(range(1, len(names) + 1))
+    return dict(zip(names, numbers, strict=True))
+
+
+def shot_from_strip(strip) -> Shot:
+    """The visible (trimmed) part of a movie or image strip."""
+    first = strip.frame_final_start - int(strip.frame_start)  # index of the first visible frame
+    count = strip.frame_final_end - strip.frame_final_start
+    if strip.type == "MOVIE":
+        path = Path(bpy.path.abspath(strip.filepath))
+        first, last = max(first, 0), min(first + count, strip.frame_duration)
+        numbers = tuple(range(first + 1, last + 1))
+    elif strip.type == "IMAGE":
+        path = Path(bpy.path.abspath(strip.directory))
+        by_name = sequence_numbers(path)
+        names = [e.filename for e in strip.elements][max(first, 0) : first + count]
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise ClientError(f"strip {strip.name}: {missing[0]} is missing from {path}")
+        numbers = tuple(by_name[n] for n in names)
+    else:
+        raise ClientError(f"strip {strip.name} is a {strip.type.lower()} strip; pick a movie or image strip")
+    if not path.exists():
+        raise ClientError(f"strip {strip.name}: {path} does not exist")
+    if not numbers:
+        raise ClientError(f"strip {strip.name} shows none of its frames (check its trims)")
+    # The first shown frame of the content (handles dragged past the content only hold a frame).
+    start = int(strip.frame_start) + max(first, 0)
+    return Shot(strip.name, path, numbers, start, strip.name, strip.channel)
+
+
+def shot_from_folder(folder: str) -> Shot:
+    """An image folder outside the sequencer: its frames sit on the timeline from its first number on."""
+    path = Path(bpy.path.abspath(folder))
+    if not path.is_dir():
+        raise ClientError(f"folder not found: {path}")
+    numbers = tuple(sorted(sequence_numbers(path).values()))
+    return Shot(path.name, path, numbers, numbers[0], None)
+
+
+def shot_of(scene, shot_settings, side: str) -> Shot:
+    """The shot a side of the panel names (strip or folder), cut to its custom range if one is set."""
+    if shot_settings.source == "STRIP":
+        editor = scene.sequence_editor
+        strip = strip_collection(editor).get(shot_settings.strip) if editor and shot_settings.strip else None
+        if strip is None:
+            raise ClientError(f"shot {side}: no strip named {shot_settings.strip!r} in the sequencer; pick one")
+        shot = shot_from_strip(strip)
+    else:
+        if not shot_settings.folder:
+            raise ClientError(f"shot {side}: pick a folder of images")
+        shot = shot_from_folder(shot_settings.folder)
+    if shot_settings.use_custom_range:
+        shot = shot.within(shot_settings.frame_first, shot_settings.frame_last)
+    return shot
+
+
+# ---------------------------------------------------------------- result strips
+
+
+def result_files(folder: Path, prefix: str) -> dict[int, str]:
+    """{frame number: file name} of `prefix`_%06d.png|exr files, as convert numbers them."""
+    pattern = re.compile(rf"{prefix}_(\d+)\.(png|exr)")
+    if not folder.is_dir():
+        return {}
+    return {int(m.group(1)): m.group(0) for name in sorted(p.name for p in folder.iterdir())
+            if (m := pattern.fullmatch(name))}
+
+
+def result_strips(scene, target: str) -> dict[str, object]:
+    """{"face": strip, "matte": strip, "plate": strip} that the add-on added for `target`."""
+    editor = scene.sequence_editor
+    if editor is None:
+        return {}
+    return {s[TAG]: s for s in strip_collection(editor) if s.get(TAG) and s.get(TAG_TARGET) == target}
+
+
+def remove_result_strips(scene, target: str) -> None:
+    strips = strip_collection(scene.sequence_editor) if scene.sequence_editor else None
+    for strip in result_strips(scene, target).values():
+        strips.remove(strip)
+
+
+def _free_channel(strips, lowest: int, count: int, start: int, end: int) -> int:
+    """The lowest channel >= `lowest` with `count` channels free from other strips over start..end."""
+    for channel in range(lowest, MAX_CHANNEL - count + 2):
+        if not any(channel <= s.channel < channel + count and s.frame_final_start < end and s.frame_final_end > start
+                   for s in strips):
+            return channel
+    raise ClientError(f"no {count} free channels above channel {lowest} for frames {start}-{end - 1}")
+
+
+def _image_strip(strips, name, folder: Path, files: list[str], channel, start, tag, target, fit="ORIGINAL"):
+    strip = strips.new_image(name=name, filepath=str(folder / files[0]), channel=channel, frame_start=start,
+                             fit_method=fit)
+    for file in files[1:]:
+        strip.elements.append(file)
+    strip[TAG] = tag
+    strip[TAG_TARGET] = target
+    return strip
+
+
+def _match_placement(strip, plate) -> None:
+    """Put a layer exactly over the plate: same transform, crop and flips."""
+    for name in ("offset_x", "offset_y", "scale_x", "scale_y", "rotation", "origin", "filter"):
+        setattr(strip.transform, name, getattr(plate.transform, name))
+    for name in ("min_x", "max_x", "min_y", "max_y"):
+        setattr(strip.crop, name, getattr(plate.crop, name))
+    strip.use_flip_x, strip.use_flip_y = plate.use_flip_x, plate.use_flip_y
+
+
+def _add_color_balance(strip, scene) -> None:
+    """A neutral Color Balance modifier, ready for grading the face to the plate."""
+    workspace = bpy.context.workspace
+    # Blender 5.0 crashes adding a strip modifier while the workspace has no sequencer scene (headless).
+    borrow = workspace is not None and getattr(workspace, "sequencer_scene", False) is None
+    if borrow:
+        workspace.sequencer_scene = scene
+    try:
+        strip.modifiers.new(name="Colour match", type="COLOR_BALANCE")
+    finally:
+        if borrow:
+            workspace.sequencer_scene = None
+
+
+def add_result_strips(scene, target: Shot, output: Path) -> dict[str, object]:
+    """Add the face layer (Alpha Over, with a Color Balance modifier) and the muted matte on the channels
+    above the target, frame-aligned with it, replacing the ones an earlier run added. A folder target
+    gets its plate added below them."""
+    faces = result_files(output / "face", "face")
+    mattes = result_files(output / "matte", "matte")
+    missing = [n for n in target.numbers if n not in faces or n not in mattes]
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        raise ClientError(f"{output} lacks {len(missing)} of the shot's frames ({shown}): convert them first")
+    key = target.strip or target.name
+    remove_result_strips(scene, key)
+    strips = strip_collection(scene.sequence_editor_create())
+    added = {}
+    if target.strip is None:
+        channel = _free_channel(strips, 1, 3, target.start, target.end)
+        files = {n: name for name, n in sequence_numbers(target.input).items()}
+        plate = _image_strip(strips, f"{target.name} plate", target.input, [files[n] for n in target.numbers],
+                             channel, target.start, "plate", key, fit="FIT")
+        added["plate"] = plate
+    else:
+        plate = strips[target.strip]
+    channel = _free_channel(strips, plate.channel + 1, 2, target.start, target.end)
+    face = _image_strip(strips, f"{target.name} face", output / "face", [faces[n] for n in target.numbers],
+                        channel, target.start, "face", key)
+    face.blend_type = "ALPHA_OVER"
+    face.alpha_mode = "STRAIGHT"  # convert writes un-premultiplied alpha
+    _add_color_balance(face, scene)
+    matte = _image_strip(strips, f"{target.name} matte", output / "matte", [mattes[n] for n in target.numbers],
+                         channel + 1, target.start, "matte", key)
+    matte.mute = True
+    for layer in (face, matte):
+        _match_placement(layer, plate)
+    added.update(face=face, matte=matte)
+    return added

@@ -1,0 +1,379 @@
+"""The Blender extension in the real bpy module: built into its zip, installed from disk as a user would,
+then driven through its own operators, headless, on shots made from the sample faces.
+
+bpy runs in this process; the engine always runs as a subprocess of the add-on. Blender's user folders
+point into a temporary folder (set before bpy is imported), so the real user configuration is never
+touched. The tests share one swap (extract, a tiny train, convert) and run in file order.
+"""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from scripts.build_extension import build
+
+_USER = tempfile.mkdtemp(prefix="facereplace-blender-user-")
+os.environ["BLENDER_USER_RESOURCES"] = _USER  # Blender's config, scripts and extensions go here
+_home = os.environ.get("HOME")
+os.environ["HOME"] = _USER  # and whatever bpy creates under HOME as it starts
+try:
+    bpy = pytest.importorskip("bpy")
+finally:
+    if _home is None:
+        del os.environ["HOME"]
+    else:
+        os.environ["HOME"] = _home
+
+PACKAGE = "bl_ext.user_default.facereplace"
+TRAIN_ITERATIONS = 20  # enough for a face that differs from the plate; the tiny preset on a CPU
+
+
+@pytest.fixture(scope="module")
+def extension(tmp_path_factory):
+    """The zip, installed and enabled; yields the add-on's package module."""
+    zip_path = build(dist=tmp_path_factory.mktemp("dist"))
+    result = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default",
+                                                      enable_on_install=True)
+    assert result == {"FINISHED"}
+    return zip_path, importlib.import_module(PACKAGE)
+
+
+@pytest.fixture(scope="module")
+def addon(extension):
+    return extension[1]
+
+
+@pytest.fixture(scope="module")
+def prefs(addon):
+    preferences = bpy.context.preferences.addons[PACKAGE].preferences
+    preferences.detector = "dlib"  # offline
+    preferences.device = "cpu"
+    return preferences
+
+
+@pytest.fixture(scope="module")
+def project(addon, prefs, shot_a, shot_b, tmp_path_factory) -> Path:
+    """A saved .blend: B (Grace Hopper, mp4) as a movie strip starting on frame 10 with its first two
+    frames trimmed off, A (astronaut, image sequence) as an image strip further along."""
+    folder = tmp_path_factory.mktemp("project")
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 320, 240, 100
+    scene.render.fps = 24
+    scene.view_settings.view_transform = "Standard"
+    scene.render.dither_intensity = 0.0
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.color_mode = "RGB"
+    strips = scene.sequence_editor_create().strips
+    movie = strips.new_movie("Hopper", str(shot_b), 2, 10)
+    movie.frame_offset_start = 2  # shows source frames 3..16 on timeline frames 12..25
+    files = sorted(p.name for p in shot_a.iterdir())
+    image = strips.new_image("Astronaut", str(shot_a / files[0]), 1, 40)
+    for name in files[1:]:
+        image.elements.append(name)
+    settings = scene.facereplace
+    settings.a.strip, settings.b.strip = "Astronaut", "Hopper"
+    settings.face_size = 128
+    settings.train.preset = "tiny"
+    settings.train.iterations = TRAIN_ITERATIONS
+    blend = folder / "shot.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    return blend
+
+
+@pytest.fixture(scope="module")
+def swapped(project):
+    """The whole swap through the operators, headless: each blocks until its engine run is done."""
+    for operator in (bpy.ops.facereplace.extract, bpy.ops.facereplace.train, bpy.ops.facereplace.convert):
+        assert operator() == {"FINISHED"}
+
+
+def _result_strips(scene, kind):
+    return [s for s in scene.sequence_editor.strips if s.get("facereplace") == kind]
+
+
+def _render(scene, frame: int, path: Path) -> np.ndarray:
+    scene.frame_set(frame)
+    scene.render.filepath = str(path)
+    bpy.ops.render.render(write_still=True)
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def _video_frame(path: Path, number: int) -> np.ndarray:
+    capture = cv2.VideoCapture(str(path))
+    for _ in range(number):
+        ok, frame = capture.read()
+        assert ok
+    capture.release()
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+# ---------------------------------------------------------------- the package
+
+
+def test_zip_is_an_extension_with_the_engine_inside(extension):
+    zip_path, _ = extension
+    assert zip_path.name == "facereplace-0.1.0.zip"
+    with zipfile.ZipFile(zip_path) as archive:
+        names = set(archive.namelist())
+        manifest = archive.read("blender_manifest.toml").decode()
+        requirements = archive.read("engine-requirements.txt").decode()
+    assert {"blender_manifest.toml", "__init__.py", "operators.py", "engine/__main__.py", "engine/extract.py",
+            "engine/train.py", "engine/convert.py"} <= names
+    assert not any("__pycache__" in n or n.startswith(("tests/", "addon/")) for n in names)
+    for line in ('schema_version = "1.0.0"', 'id = "facereplace"', 'type = "add-on"',
+                 'blender_version_min = "4.2.0"', "[permissions]"):
+        assert line in manifest
+    assert "torch==" in requirements and "bpy" not in requirements and "pytest" not in requirements
+
+
+def test_installed_extension_registers_operators_panel_and_preferences(addon, prefs):
+    assert addon.__file__.startswith(os.path.join(_USER, "extensions", "user_default", "facereplace"))
+    for name in ("extract", "train", "convert", "add_strips", "cancel", "check_engine", "setup_engine"):
+        assert getattr(bpy.ops.facereplace, name).get_rna_type().identifier.startswith("FACEREPLACE_OT_")
+    panel = bpy.types.SEQUENCER_PT_facereplace
+    assert (panel.bl_space_type, panel.bl_region_type, panel.bl_category) == ("SEQUENCE_EDITOR", "UI", "Face Swap")
+    assert hasattr(bpy.types.Scene, "facereplace")
+    assert prefs.bl_rna.identifier == "FaceReplacePreferences" and prefs.work_folder == "//facereplace/"
+
+
+def test_check_engine_reports_versions(prefs):
+    assert bpy.ops.facereplace.check_engine() == {"FINISHED"}
+    assert prefs.engine_ok
+    assert "Engine 0.1.0" in prefs.engine_status and "torch 2." in prefs.engine_status
+
+
+def test_missing_engine_python_gives_a_clear_report(project, prefs):
+    prefs.engine_python = "/nonexistent/venv/bin/python"
+    try:
+        with pytest.raises(RuntimeError, match="engine Python not found: /nonexistent/venv/bin/python.*Set up engine"):
+            bpy.ops.facereplace.extract(side="A")
+    finally:
+        prefs.engine_python = ""
+    assert bpy.context.scene.facereplace.a.faceset == ""  # nothing recorded
+
+
+def test_engine_error_becomes_the_operator_report(project, tmp_path):
+    """The engine refuses a folder of frames of two sizes; its one-line reason is the operator's error."""
+    cv2.imwrite(str(tmp_path / "frame_0001.png"), np.zeros((48, 64, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "frame_0002.png"), np.zeros((40, 64, 3), np.uint8))
+    shot = bpy.context.scene.facereplace.a
+    shot.source, shot.folder = "FOLDER", str(tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="Extract A failed: frame 2 .* all frames of a shot must be one size"):
+            bpy.ops.facereplace.extract(side="A")
+    finally:
+        shot.source = "STRIP"
+    with pytest.raises(RuntimeError, match="extract A first"):
+        bpy.ops.facereplace.train()
+
+
+# ---------------------------------------------------------------- the swap
+
+
+def test_extract_maps_strips_to_the_shots_frames(swapped):
+    scene = bpy.context.scene
+    settings = scene.facereplace
+    assert (settings.a.frames, settings.a.frames_with_faces) == (16, 16)
+    assert (settings.b.frames, settings.b.frames_with_faces) == (14, 14)  # two frames trimmed off
+    assert settings.b.faceset.startswith("//facereplace/Scene/faceset_b-")  # beside the .blend, relative
+    faceset = Path(bpy.path.abspath(settings.b.faceset))
+    alignments = json.loads((faceset / "alignments.json").read_text())
+    assert [f["number"] for f in alignments["frames"]] == list(range(3, 17))
+    assert (faceset / "contact_sheet.png").is_file()
+
+
+def test_train_records_the_model(swapped):
+    scene = bpy.context.scene
+    train = scene.facereplace.train
+    model = Path(bpy.path.abspath(train.model))
+    assert (model / "model.json").is_file()
+    assert train.iteration == TRAIN_ITERATIONS
+    assert 0 < train.loss_a < 2 and 0 < train.loss_b < 2
+    assert Path(bpy.path.abspath(train.preview)).is_file()
+
+
+def test_result_strips_sit_above_the_target_frame_aligned(swapped):
+    scene = bpy.context.scene
+    target = scene.sequence_editor.strips["Hopper"]
+    [face], [matte] = _result_strips(scene, "face"), _result_strips(scene, "matte")
+    output = Path(bpy.path.abspath(scene.facereplace.convert.output))
+    assert face.channel == target.channel + 1 and matte.channel == target.channel + 2
+    for strip, prefix in ((face, "face"), (matte, "matte")):
+        assert (strip.frame_final_start, strip.frame_final_end) == (target.frame_final_start, target.frame_final_end)
+        assert strip.frame_start == 12
+        assert [e.filename for e in strip.elements] == [f"{prefix}_{n:06d}.png" for n in range(3, 17)]
+        assert Path(bpy.path.abspath(strip.directory)) == output / prefix
+    assert face.blend_type == "ALPHA_OVER" and not face.mute
+    assert [m.type for m in face.modifiers] == ["COLOR_BALANCE"]
+    assert matte.mute
+
+
+def test_render_changes_the_face_and_nothing_else(swapped, tmp_path, shot_b):
+    scene = bpy.context.scene
+    face = _result_strips(scene, "face")[0]
+    frame = 15  # timeline 15 shows source frame 15 - 10 + 1 = 6
+    swapped_render = _render(scene, frame, tmp_path / "swapped.png")
+    face.mute = True
+    try:
+        plate_render = _render(scene, frame, tmp_path / "plate.png")
+    finally:
+        face.mute = False
+    output = Path(bpy.path.abspath(scene.facereplace.convert.output))
+    matte = cv2.imread(str(output / "matte" / "matte_000006.png"), cv2.IMREAD_UNCHANGED) / 65535.0
+    outside = cv2.dilate((matte > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) == 0
+    inside = matte > 0.9
+    assert inside.sum() > 500 and outside.sum() > 0.3 * matte.size
+    diff = np.abs(swapped_render.astype(int) - plate_render.astype(int)).max(axis=2)
+    assert diff[outside].max() <= 1
+    assert diff[inside].mean() > 10
+    # The plate under the layer is the source frame the layer was made from.
+    errors = [np.abs(plate_render.astype(int) - _video_frame(shot_b, n).astype(int)).mean() for n in (5, 6, 7)]
+    assert errors[1] < 3 and errors[1] < min(errors[0], errors[2])
+
+
+def test_undo_takes_the_strips_back(swapped):
+    scene = bpy.context.scene
+    for strip in _result_strips(scene, "face") + _result_strips(scene, "matte"):
+        scene.sequence_editor.strips.remove(strip)
+    bpy.ops.ed.undo_push(message="strips removed")  # headless Blender starts its undo system on the first push
+    # Called as a button calls it: with an undo push ("undo=True"), which scripts' calls skip.
+    assert bpy.ops.facereplace.add_strips("EXEC_DEFAULT", True) == {"FINISHED"}
+    assert len(_result_strips(bpy.context.scene, "face")) == 1
+    bpy.ops.ed.undo()
+    assert _result_strips(bpy.context.scene, "face") == []
+    bpy.ops.ed.redo()
+    assert len(_result_strips(bpy.context.scene, "face")) == 1
+
+
+def test_running_again_replaces_rather_than_stacks(swapped):
+    scene = bpy.context.scene
+    before = sorted(s.name for s in scene.sequence_editor.strips)
+    assert bpy.ops.facereplace.convert() == {"FINISHED"}  # every frame already there: it only re-adds
+    assert bpy.ops.facereplace.add_strips() == {"FINISHED"}
+    assert sorted(s.name for s in scene.sequence_editor.strips) == before
+    assert len(_result_strips(scene, "face")) == 1 and len(_result_strips(scene, "matte")) == 1
+
+
+def test_farm_chunk_in_a_fresh_headless_blender(swapped, tmp_path):
+    """A farm task: a new process opens the .blend, converts timeline frames 14-16 (source 5-7), exits 0;
+    a range outside the target exits non-zero with the reason."""
+    scene = bpy.context.scene
+    bpy.ops.wm.save_mainfile()
+    output = Path(bpy.path.abspath(scene.facereplace.convert.output))
+    chunk = [output / "face" / f"face_{n:06d}.png" for n in (5, 6, 7)]
+    before = [p.read_bytes() for p in chunk]
+    for p in chunk:
+        p.unlink()
+    script = ("import sys, bpy, addon_utils; bpy.ops.wm.open_mainfile(filepath=sys.argv[1]); "
+              f"addon_utils.enable({PACKAGE!r}, default_set=True); "
+              "bpy.ops.facereplace.convert(frames=sys.argv[2])")
+    env = {**os.environ, "BLENDER_USER_RESOURCES": _USER}
+
+    def farm(frames):
+        return subprocess.run([sys.executable, "-c", script, bpy.data.filepath, frames], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    done = farm("14-16")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.read_bytes() for p in chunk] == before  # the same bytes as the full run
+    assert "FaceReplace Convert" in done.stdout
+    failed = farm("500-600")
+    assert failed.returncode != 0
+    assert "frames 500-600 are outside Hopper" in failed.stderr
+
+
+# ---------------------------------------------------------------- stopping
+
+
+def _poll_until(addon, condition, timeout=240.0):
+    """Drive the add-on's timer by hand (headless Blender runs no timers) until `condition()` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        addon.jobs.poll()
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_cancel_train_saves_and_leaves_a_consistent_state(swapped, addon):
+    """Stop (the panel's button) during training in the UI's asynchronous mode: the engine saves and
+    exits, the scene records the iteration the checkpoint holds, and training resumes from there."""
+    scene = bpy.context.scene
+    scene.facereplace.train.iterations = 10_000
+    model = Path(bpy.path.abspath(scene.facereplace.train.model))
+    addon.jobs.run("train", scene, [addon.operators.train_step(scene, resume=True)], wait=False)
+    job = addon.jobs.active()
+    _poll_until(addon, lambda: job.live.get("iteration", 0) > TRAIN_ITERATIONS)
+    assert bpy.ops.facereplace.cancel() == {"FINISHED"}
+    _poll_until(addon, lambda: addon.jobs.active() is None)
+    assert job.process.returncode is not None
+    assert not (model / "stop").exists()
+    state = json.loads((model / "model.json").read_text())
+    train = bpy.context.scene.facereplace.train
+    assert train.iteration == state["iteration"] > TRAIN_ITERATIONS
+    level, message = addon.jobs.last_report
+    assert level == "INFO" and f"Train: {train.iteration} iterations" in message
+    assert not list(model.rglob("*.tmp*"))
+    # The results came in from the timer, after the operator: they have an undo step of their own.
+    bpy.ops.ed.undo()
+    assert bpy.context.scene.facereplace.train.iteration == TRAIN_ITERATIONS
+    bpy.ops.ed.redo()
+    assert bpy.context.scene.facereplace.train.iteration == state["iteration"]
+
+
+def test_cancel_extract_records_nothing_and_a_rerun_resumes(swapped, addon):
+    scene = bpy.context.scene
+    faceset = scene.facereplace.a.faceset
+    scene.facereplace.a.use_custom_range = True
+    scene.facereplace.a.frame_first, scene.facereplace.a.frame_last = 41, 52  # a new range: a new faceset
+    try:
+        addon.jobs.run("extract", scene, [addon.operators.extract_step(scene, "A")], wait=False)
+        _poll_until(addon, lambda: addon.jobs.active().live.get("done", 0) >= 1)
+        bpy.ops.facereplace.cancel()
+        _poll_until(addon, lambda: addon.jobs.active() is None)
+        assert scene.facereplace.a.faceset == faceset
+        assert bpy.ops.facereplace.extract(side="A") == {"FINISHED"}
+        assert scene.facereplace.a.faceset != faceset and scene.facereplace.a.frames == 12
+    finally:
+        scene.facereplace.a.use_custom_range = False
+
+
+# ---------------------------------------------------------------- the file and the add-on's end
+
+
+def test_reopening_the_blend_restores_the_panel_state(swapped):
+    scene = bpy.context.scene
+    settings = scene.facereplace
+    saved = {"a": settings.a.strip, "b": settings.b.strip, "faceset": settings.b.faceset,
+             "model": settings.train.model, "iteration": settings.train.iteration, "output": settings.convert.output}
+    bpy.ops.wm.save_mainfile()
+    bpy.ops.wm.open_mainfile(filepath=bpy.data.filepath)
+    settings = bpy.context.scene.facereplace
+    assert {"a": settings.a.strip, "b": settings.b.strip, "faceset": settings.b.faceset,
+            "model": settings.train.model, "iteration": settings.train.iteration,
+            "output": settings.convert.output} == saved
+    assert settings.target_frames == "12-25"
+    assert len(_result_strips(bpy.context.scene, "face")) == 1
+
+
+def test_unregister_leaves_nothing_behind(addon):
+    assert bpy.ops.preferences.addon_disable(module=PACKAGE) == {"FINISHED"}
+    assert PACKAGE not in bpy.context.preferences.addons
+    assert not hasattr(bpy.types.Scene, "facereplace")
+    for name in ("FACEREPLACE_OT_extract", "SEQUENCER_PT_facereplace", "FaceReplacePreferences", "FaceReplaceShot"):
+        assert not hasattr(bpy.types, name)
+    assert not any(getattr(f, "__module__", "").startswith(PACKAGE) for f in bpy.app.handlers.load_pre)
+    draw_funcs = getattr(bpy.types.STATUSBAR_HT_header.draw, "_draw_funcs", [])
+    assert not any(getattr(f, "__module__", "").startswith(PACKAGE) for f in draw_funcs)
+    assert not bpy.app.timers.is_registered(addon.jobs.poll)
