@@ -117,8 +117,8 @@ def curate(
                         ("duplicate", duplicate_threshold), ("confidence", confidence_threshold)):
         if value < 0:
             raise EngineError(f"--{name}-threshold must be 0 or more, got {value}")
-    folder = Faceset(faceset).folder
-    alignments = Alignments.load(folder)
+    opened = Faceset(faceset)
+    folder, alignments = opened.folder, opened.alignments
     faces = list(alignments.faces())
     if not faces:
         raise EngineError(f"faceset {folder} holds no faces")
