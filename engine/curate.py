@@ -50,7 +50,6 @@ DEFAULT_DUPLICATE = 2.0  # RMS grey levels (0-255) between 32 px aligned faces
 
 SHARPNESS_SIZE = 96  # sharpness is measured at one size, so facesets of any face size compare
 THUMB_SIZE = 32  # duplicates are found on small thumbnails, which ignore noise and compression
-CENTRE_SAMPLE = 256  # the identity medoid is taken over at most this many faces spread over the set
 
 # Pose histogram cells, degrees; poses beyond the range fall in the edge cells.
 YAW_EDGES = np.arange(-90, 91, 10)
@@ -227,8 +226,7 @@ def _score_faces(folder: Path, alignments: Alignments, faces: list, events: Even
     valid = [e for e in embeddings if e.shape == (128,)]
     centre = None
     if valid:
-        spread = np.linspace(0, len(valid) - 1, min(len(valid), CENTRE_SAMPLE)).round().astype(int)
-        centre = identity.medoid(np.stack(valid)[spread])
+        centre = identity.medoid(np.stack(valid))
     # Duplicates compare the face inside the template's hull: the same pixels for every aligned face.
     inside = masks.hull_mask(align.template_points(THUMB_SIZE, alignments.coverage), THUMB_SIZE) > 0.5
 

@@ -39,8 +39,15 @@ def distances(embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(embeddings, np.float32) - np.asarray(reference, np.float32), axis=-1)
 
 
+# The medoid is taken over at most this many embeddings spread over the input: the pairwise distances
+# of a 10,000-frame shot would not fit in memory, and a few hundred faces already fix the centre.
+MEDOID_SAMPLE = 256
+
+
 def medoid(embeddings: np.ndarray) -> np.ndarray:
     """The embedding nearest all others: a centre that one stray face cannot drag."""
     embeddings = np.asarray(embeddings, np.float32)
+    spread = np.linspace(0, len(embeddings) - 1, min(len(embeddings), MEDOID_SAMPLE)).round().astype(int)
+    embeddings = embeddings[spread]
     pairwise = np.linalg.norm(embeddings[:, None] - embeddings[None], axis=-1)
     return embeddings[int(np.argmin(pairwise.sum(1)))]
