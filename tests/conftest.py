@@ -48,3 +48,19 @@ def faceset_a(shot_a, tmp_path_factory) -> Path:
 def faceset_b(shot_b, tmp_path_factory) -> Path:
     """The Grace Hopper faceset (dlib backend, 128 px faces), from the mp4."""
     return _extract(shot_b, tmp_path_factory.mktemp("faceset_b") / "faceset")
+
+
+# Iterations of the tiny model: enough that each decoder redraws its own person recognisably (B->B close
+# to B inside the mask), about a minute on 2 CPU cores.
+TINY_ITERATIONS = 600
+
+
+@pytest.fixture(scope="session")
+def tiny_model(faceset_a, faceset_b, tmp_path_factory) -> Path:
+    """A tiny-preset model (64 px) trained A<->B on the sample facesets; previews every 200 iterations."""
+    from engine.train import train
+
+    folder = tmp_path_factory.mktemp("tiny_model") / "model"
+    train(faceset_a, faceset_b, folder, preset="tiny", iterations=TINY_ITERATIONS, preview_every=200, seed=0,
+          device="cpu")
+    return folder

@@ -1,0 +1,205 @@
+"""Training speed: images per second for each preset and resolution, on the CPU and on CUDA when present,
+and our 64-px model against an exact re-implementation of the book's reference model on the same data.
+
+    .venv/bin/python bench/train.py                   # every preset and size, a few seconds each
+    .venv/bin/python bench/train.py --seconds 2 --presets tiny fast --sizes 64
+
+An image is one face through a full training step (augmentation, forward, loss, backward, Adam), so a
+step of batch 8 per identity is 16 images. The data are the sample shots' faces, extracted at 256 px,
+loaded and augmented exactly as training does. On CUDA it also prints the model's FLOPs per image
+(forward and backward, counted by torch) and the share of the GPU's bf16 peak that reached.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from demo import samples  # noqa: E402
+from engine.augment import Augmentation, FaceBatches, augment  # noqa: E402
+from engine.device import pick_device  # noqa: E402
+from engine.extract import extract  # noqa: E402
+from engine.faceset import Faceset  # noqa: E402
+from engine.losses import LossWeights, face_loss  # noqa: E402
+from engine.model import PRESETS, SIZES, FaceModel, make_config  # noqa: E402
+
+# Dense bf16 tensor-core peaks (FLOP/s), from the vendors' data sheets, by a piece of the device name.
+GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
+             "4090": 165e12, "3090": 71e12}
+
+
+class BookReference(nn.Module):
+    """The book's 64-px model: 4 stride-2 5x5 convs (128..1024), dense 1024, dense 4x4x1024, a pixel-shuffle
+    upscale to 512 in the encoder; decoders of three pixel-shuffle upscales (256, 128, 64) and a 5x5 conv
+    to RGB with a sigmoid. Trained with plain Adam (lr 5e-5, betas 0.5, 0.999) on MSE."""
+
+    def __init__(self):
+        super().__init__()
+
+        def down(a, b):
+            return nn.Sequential(nn.Conv2d(a, b, 5, stride=2, padding=2), nn.LeakyReLU(0.1))
+
+        def up(a, b):
+            return nn.Sequential(nn.Conv2d(a, b * 4, 3, padding=1), nn.LeakyReLU(0.1), nn.PixelShuffle(2))
+
+        self.encoder = nn.Sequential(down(3, 128), down(128, 256), down(256, 512), down(512, 1024), nn.Flatten(),
+                                     nn.Linear(4 * 4 * 1024, 1024), nn.Linear(1024, 4 * 4 * 1024),
+                                     nn.Unflatten(1, (1024, 4, 4)), up(1024, 512))
+        self.decoders = nn.ModuleList(
+            nn.Sequential(up(512, 256), up(256, 128), up(128, 64), nn.Conv2d(64, 3, 5, padding=2), nn.Sigmoid())
+            for _ in range(2))
+
+    def forward(self, faces_a, faces_b):
+        features = self.encoder(torch.cat([faces_a, faces_b]))
+        features_a, features_b = features.split([len(faces_a), len(faces_b)])
+        return self.decoders[0](features_a), self.decoders[1](features_b)
+
+
+def make_facesets(folder: Path) -> dict[str, Path]:
+    out = {}
+    for k, photo, scale in (("a", "astronaut", 1.0), ("b", "grace_hopper", 0.7)):
+        frames, _ = samples.make_clip(photo, 24, (640, 480), scale=scale)
+        shot = samples.write_sequence(folder / f"shot_{k}", frames)
+        out[k] = extract(shot, folder / f"faceset_{k}", detector="dlib", size=256)["output"]
+    return out
+
+
+def timed(step, seconds: float, device) -> float:
+    """Seconds per step: two warm-up steps, then as many as fit in `seconds` (at least three)."""
+    for _ in range(2):
+        step()
+    sync(device)
+    count, started = 0, time.perf_counter()
+    while count < 3 or time.perf_counter() - started < seconds:
+        step()
+        count += 1
+        if count % 5 == 0:
+            sync(device)
+    sync(device)
+    return (time.perf_counter() - started) / count
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def training_step(model, optimizer, batch_source, device, loss_fn, compile_model=None):
+    """One step as engine.train runs it: augment on the device, bf16 autocast on CUDA, backward, Adam."""
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    forward = compile_model or model
+
+    def step():
+        batch = batch_source()
+        inputs, targets = {}, {}
+        for k in ("a", "b"):
+            x, *target = augment(batch[k], device)
+            inputs[k], targets[k] = x.contiguous(memory_format=memory_format), target
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            outputs = forward(inputs["a"], inputs["b"])
+        loss = sum(loss_fn(out, targets[k]) for k, out in zip("ab", outputs, strict=True))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def flops_per_image(step, images: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per configuration")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    peak = next((v for k, v in GPU_PEAKS.items() if k in name), None) if device.type == "cuda" else None
+    print(f"device: {name}; torch {torch.__version__}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        facesets = {k: Faceset(p) for k, p in make_facesets(Path(tmp)).items()}
+        faces = {k: f.samples() for k, f in facesets.items()}
+        weights = LossWeights()
+
+        def ours_loss(out, target):
+            return face_loss(*out, *target, weights)
+
+        header = f"{'preset':8} {'size':>4} {'batch':>5} {'params':>8} {'data img/s':>10} {'train img/s':>11}"
+        print(header + ("   GFLOP/img  % of peak" if device.type == "cuda" else ""))
+        ours_at_64 = {}
+        for preset in args.presets:
+            for size in args.sizes:
+                config = make_config(preset, size)
+                batches = FaceBatches(faces, 256, size, config.batch, Augmentation())
+                load_started = time.perf_counter()
+                fixed = [batches[i] for i in range(4)]
+                data_rate = 4 * 2 * config.batch / (time.perf_counter() - load_started)
+                counter = iter(range(10**9))
+
+                def next_batch(fixed=fixed, counter=counter):
+                    return fixed[next(counter) % len(fixed)]
+
+                torch.manual_seed(0)
+                model = FaceModel(config).to(device)
+                if device.type == "cuda":
+                    model = model.to(memory_format=torch.channels_last)
+                optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.5, 0.999),
+                                             fused=device.type == "cuda")
+                images = 2 * config.batch
+                compiled = torch.compile(model) if args.compile else None
+                step = training_step(model, optimizer, next_batch, device, ours_loss, compiled)
+                try:
+                    seconds = timed(step, args.seconds, device)
+                except torch.OutOfMemoryError:
+                    print(f"{preset:8} {size:>4} {config.batch:>5}  out of GPU memory")
+                    continue
+                rate = images / seconds
+                params = sum(p.numel() for p in model.parameters())
+                line = f"{preset:8} {size:>4} {config.batch:>5} {params / 1e6:7.1f}M {data_rate:10.0f} {rate:11.1f}"
+                if device.type == "cuda":
+                    flops = flops_per_image(training_step(model, optimizer, next_batch, device, ours_loss), images)
+                    share = f"{100 * flops * rate / peak:9.1f}%" if peak else "   (peak unknown)"
+                    line += f"   {flops / 1e9:9.2f} {share}"
+                print(line, flush=True)
+                if size == 64:
+                    ours_at_64[preset] = (rate, next_batch)
+                del model, optimizer, step, compiled
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+        if ours_at_64:
+            # The reference on the same data: the first preset's augmented 64-px batches, at its batch size.
+            torch.manual_seed(0)
+            reference = BookReference().to(device)
+            if device.type == "cuda":
+                reference = reference.to(memory_format=torch.channels_last)
+            optimizer = torch.optim.Adam(reference.parameters(), lr=5e-5, betas=(0.5, 0.999))
+            _, next_batch = next(iter(ours_at_64.values()))
+            step = training_step(reference, optimizer, next_batch, device, lambda out, t: F.mse_loss(out.float(), t[0]))
+            batch = next_batch()["a"]["faces"].shape[0]
+            rate = 2 * batch / timed(step, args.seconds, device)
+            params = sum(p.numel() for p in reference.parameters())
+            print(f"\nbook reference, 64 px, batch {batch}: {params / 1e6:.1f}M params, {rate:.1f} img/s")
+            for preset, (ours, _) in ours_at_64.items():
+                print(f"  {preset:8} 64 px: ours / reference = {ours / rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Training data: faces read from the facesets, and the augmentation that makes a few hundred of them
+teach a model to draw any pose and light.
+
+Work is split where it runs best. Loader workers (CPU) decode the faceset's PNGs, resize them to the
+model's size, draw the eye and mouth regions from the landmarks, and draw every random number of the
+batch. The device then does the resampling and colour work on the whole batch at once:
+- a small random rotation, zoom, shift and a horizontal flip, applied to input and target alike;
+- faceswap's random warp: the input alone is resampled through a smooth random grid, the target is not,
+  so the model must learn a face, not an identity copy of its input;
+- a Lab lightness and a/b shift, applied to input and target alike.
+
+Batch i's faces and random numbers come from a generator seeded by (seed, i, rank), so a run gives the
+same batches however many workers load them and however often it stops and resumes.
+"""
+
+import signal
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from . import media
+from .faces import align, masks
+from .faceset import FaceSample
+
+# The random warp's control points: a 5 x 5 grid, as faceswap uses, smoothly interpolated to every pixel.
+WARP_GRID = 5
+# Channels of a loaded face: RGB, the face mask, the eye region, the mouth region.
+CHANNELS = 6
+# How far the priority regions reach beyond their landmarks' hull (a scale about the region's centre):
+# the eyes take in the lids and the creases around them, the mouth its lips' edges.
+EYE_REACH = 1.8
+MOUTH_REACH = 1.2
+
+
+@dataclass
+class Augmentation:
+    rotation: float = 10.0  # degrees, either way
+    zoom: float = 0.05  # share of the size, either way
+    shift: float = 0.05  # share of the size, either way
+    flip: float = 0.5  # chance of a horizontal flip
+    warp: float = 0.02  # random-warp displacement (standard deviation), share of the size
+    lightness: float = 0.3  # Lab L moves up to this share of the way to white or black
+    color_ab: float = 0.08  # Lab a and b move up to this share of the way to their extremes
+
+
+# ---------------------------------------------------------------- on the CPU, in the loader workers
+
+
+def load_face(sample: FaceSample, face_size: int, size: int, mask: str = "extended") -> np.ndarray:
+    """One faceset face at the model's size: uint8 size x size x 6 (RGB, mask, eyes, mouth)."""
+    rgb = media.to_srgb8(media.read_image(sample.image))
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    face_mask = media.to_srgb8(media.read_image(sample.mask_extended if mask == "extended" else sample.mask_hull))
+    points = sample.landmarks
+    regions = [
+        np.maximum(_region(points[align.REGIONS["left_eye"]], EYE_REACH, face_size),
+                   _region(points[align.REGIONS["right_eye"]], EYE_REACH, face_size)),
+        _region(points[48:60], MOUTH_REACH, face_size),  # the outer lip line
+    ]
+    stack = np.dstack([rgb[..., :3], face_mask.reshape(face_size, face_size)] +
+                      [np.round(r * 255).astype(np.uint8) for r in regions])
+    if face_size != size:
+        interpolation = cv2.INTER_AREA if face_size > size else cv2.INTER_CUBIC
+        stack = cv2.resize(stack, (size, size), interpolation=interpolation)
+    return stack
+
+
+def _region(points: np.ndarray, reach: float, size: int) -> np.ndarray:
+    centre = points.mean(0)
+    return masks.hull_mask(centre + (points - centre) * reach, size)
+
+
+def sample_params(rng: np.random.Generator, n: int, augmentation: Augmentation) -> dict[str, np.ndarray]:
+    """The random numbers of `n` faces: an affine `theta` (n x 2 x 3, in affine_grid's convention),
+    warp offsets (n x 2 x 5 x 5, in grid units) and Lab shifts (n x 3)."""
+    a = augmentation
+    angle = np.radians(rng.uniform(-a.rotation, a.rotation, n))
+    scale = 1.0 + rng.uniform(-a.zoom, a.zoom, n)
+    shift = rng.uniform(-a.shift, a.shift, (n, 2)) * 2.0  # grid coordinates span 2
+    mirror = np.where(rng.random(n) < a.flip, -1.0, 1.0)
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    theta = np.stack([np.stack([cos * mirror, -sin, shift[:, 0]], 1),
+                      np.stack([sin * mirror, cos, shift[:, 1]], 1)], 1)
+    warp = rng.normal(0.0, a.warp * 2.0, (n, 2, WARP_GRID, WARP_GRID))
+    lab = rng.uniform(-1.0, 1.0, (n, 3)) * np.array([a.lightness, a.color_ab, a.color_ab])
+    return {"theta": theta.astype(np.float32), "warp": warp.astype(np.float32), "lab": lab.astype(np.float32)}
+
+
+def identity_params(n: int) -> dict[str, np.ndarray]:
+    """No augmentation: for validation and previews."""
+    return sample_params(np.random.default_rng(0), n, Augmentation(0, 0, 0, 0, 0, 0, 0))
+
+
+class FaceBatches(torch.utils.data.Dataset):
+    """Item i is iteration i's batch for both identities: {"a": batch, "b": batch}, each a dict of the
+    loaded faces (uint8 tensor n x size x size x 6) and their augmentation parameters."""
+
+    def __init__(self, samples: dict[str, list[FaceSample]], face_size: int, size: int, batch: int,
+                 augmentation: Augmentation, mask: str = "extended", seed: int = 0, rank: int = 0):
+        self.samples, self.face_size, self.size, self.batch = samples, face_size, size, batch
+        self.augmentation, self.mask, self.seed, self.rank = augmentation, mask, seed, rank
+
+    def __getitem__(self, iteration: int) -> dict:
+        rng = np.random.default_rng([self.seed, iteration, self.rank])
+        out = {}
+        for identity, samples in self.samples.items():
+            picks = rng.choice(len(samples), self.batch, replace=len(samples) < self.batch)
+            out[identity] = self.load(samples[i] for i in picks) | _tensors(
+                sample_params(rng, self.batch, self.augmentation))
+        return out
+
+    def load(self, samples) -> dict:
+        faces = [load_face(s, self.face_size, self.size, self.mask) for s in samples]
+        return {"faces": torch.from_numpy(np.stack(faces))}
+
+    def fixed(self, samples: list[FaceSample]) -> dict:
+        """A batch of `samples` as they are, with no augmentation."""
+        return self.load(samples) | _tensors(identity_params(len(samples)))
+
+
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+def worker_init(_worker_id: int) -> None:
+    cv2.setNumThreads(1)  # each worker is one process; OpenCV's own threads would only contend
+    # Ctrl+C reaches the whole process group: the trainer saves and stops, and its workers must live
+    # until it has (it ends them itself).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# ---------------------------------------------------------------- on the device, batched
+
+
+def augment(batch: dict, device, train: bool = True):
+    """(inputs, targets, masks, eyes, mouths), float32 NCHW on `device`. The inputs are warped when
+    `train`; everything else is only moved, flipped and recoloured."""
+    faces = batch["faces"].to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
+    theta = batch["theta"].to(device, non_blocking=True)
+    n, _, size, _ = faces.shape
+    grid = F.affine_grid(theta, [n, CHANNELS, size, size], align_corners=False)
+    target = F.grid_sample(faces, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if train:
+        offsets = F.interpolate(batch["warp"].to(device, non_blocking=True), size=(size, size), mode="bicubic",
+                                align_corners=True)
+        inputs = F.grid_sample(faces[:, :3], grid + offsets.permute(0, 2, 3, 1), mode="bilinear",
+                               padding_mode="reflection", align_corners=False)
+    else:
+        inputs = target[:, :3]
+    lab = batch["lab"].to(device, non_blocking=True)
+    rgb = shift_lab(torch.cat([inputs, target[:, :3]]), torch.cat([lab, lab]))
+    inputs, target_rgb = rgb.split(n)
+    return inputs, target_rgb, target[:, 3:4], target[:, 4:5], target[:, 5:6]
+
+
+# ---------------------------------------------------------------- Lab colour
+
+# sRGB (D65) primaries to CIE XYZ, and the D65 white point.
+_RGB_TO_XYZ = torch.tensor([[0.4124564, 0.3575761, 0.1804375],
+                            [0.2126729, 0.7151522, 0.0721750],
+                            [0.0193339, 0.1191920, 0.9503041]])
+_WHITE = torch.tensor([0.95047, 1.0, 1.08883])
+_LAB_LOW = torch.tensor([0.0, -128.0, -128.0])
+_LAB_HIGH = torch.tensor([100.0, 127.0, 127.0])
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB NCHW in [0, 1] -> CIE Lab (L 0..100, a and b about -128..127)."""
+    linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = torch.einsum("ij,njhw->nihw", _RGB_TO_XYZ.to(rgb), linear) / _WHITE.to(rgb).view(1, 3, 1, 1)
+    f = torch.where(xyz > (6 / 29) ** 3, xyz.clamp_min(1e-12) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    fy = (lab[:, 0] + 16) / 116
+    f = torch.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], 1)
+    xyz = torch.where(f > 6 / 29, f**3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * _WHITE.to(lab).view(1, 3, 1, 1)
+    linear = torch.einsum("ij,njhw->nihw", torch.linalg.inv(_RGB_TO_XYZ).to(lab), xyz).clamp(0, 1)
+    return torch.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
+
+
+def shift_lab(rgb: torch.Tensor, amounts: torch.Tensor) -> torch.Tensor:
+    """Move each image's L, a and b by `amounts` (n x 3): a positive amount moves a channel that share of
+    the way to its top, a negative one that share of the way to its bottom (faceswap's Lab jitter)."""
+    lab = rgb_to_lab(rgb)
+    amounts = amounts.view(-1, 3, 1, 1)
+    low, high = _LAB_LOW.to(lab).view(1, 3, 1, 1), _LAB_HIGH.to(lab).view(1, 3, 1, 1)
+    lab = lab + torch.where(amounts >= 0, (high - lab) * amounts, (lab - low) * amounts)
+    return lab_to_rgb(lab).clamp(0, 1)

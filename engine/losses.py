@@ -1,0 +1,68 @@
+"""The training loss: structural similarity and L1 inside the face mask, weighted up on the eyes and the
+mouth (where people look, and where a swap first gives itself away), plus a loss on the predicted mask.
+
+Everything is computed in float32 whatever precision the model ran in.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+
+
+@dataclass
+class LossWeights:
+    ssim: float = 1.0  # structural dissimilarity, (1 - SSIM) / 2
+    l1: float = 1.0  # mean absolute error
+    mask: float = 0.5  # binary cross-entropy of the predicted mask against the faceset's mask
+    eyes: float = 3.0  # an eye pixel counts this many times a plain face pixel
+    mouth: float = 2.0  # a mouth pixel counts this many times a plain face pixel
+    background: float = 0.1  # a pixel outside the face mask counts this much (0: ignore the background)
+
+
+def _gaussian_window(channels: int, device) -> torch.Tensor:
+    x = torch.arange(SSIM_WINDOW, device=device, dtype=torch.float32) - SSIM_WINDOW // 2
+    g = torch.exp(-(x**2) / (2 * SSIM_SIGMA**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(channels, 1, SSIM_WINDOW, SSIM_WINDOW).contiguous()
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-pixel SSIM of two NCHW images in [0, 1], averaged over channels: N x 1 x H x W."""
+    channels = x.shape[1]
+    window = _gaussian_window(channels, x.device)
+    pad = SSIM_WINDOW // 2
+
+    def blur(image):
+        return F.conv2d(F.pad(image, [pad] * 4, mode="reflect"), window, groups=channels)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    ssim = ((2 * mu_x * mu_y + SSIM_C1) * (2 * cov + SSIM_C2)) / (
+        (mu_x**2 + mu_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2)
+    )
+    return ssim.mean(1, keepdim=True)
+
+
+def pixel_weights(mask, eyes, mouth, weights: LossWeights) -> torch.Tensor:
+    """How much each pixel counts: `background` outside the face, 1 inside, more on the eyes and mouth."""
+    priority = 1 + (weights.eyes - 1) * eyes + (weights.mouth - 1) * mouth
+    return weights.background + (priority - weights.background) * mask
+
+
+def face_loss(rgb, mask_logits, target, mask, eyes, mouth, weights: LossWeights):
+    """The weighted loss of one identity's batch, a scalar."""
+    rgb, mask_logits = rgb.float(), mask_logits.float()
+    w = pixel_weights(mask, eyes, mouth, weights)
+    total_weight = w.sum().clamp_min(1e-6)
+    dssim = (w * (1 - ssim_map(rgb, target)) / 2).sum() / total_weight
+    l1 = (w * (rgb - target).abs().mean(1, keepdim=True)).sum() / total_weight
+    mask_bce = F.binary_cross_entropy_with_logits(mask_logits, mask)
+    return weights.ssim * dssim + weights.l1 * l1 + weights.mask * mask_bce

@@ -1,0 +1,560 @@
+"""Train: two facesets -> a model folder (see engine.model for its layout).
+
+    python -m engine train --a FACESET_A --b FACESET_B --model MODEL [--preset fast] [--iterations 20000]
+    torchrun --nproc_per_node 4 -m engine train ...     one process per GPU, DistributedDataParallel
+
+The loop below is the whole of training, written to be read top to bottom. It stops at an iteration
+count, a time budget or a target loss, on SIGINT/SIGTERM, or when a file named `stop` appears in the
+model folder, and it always saves before it stops. `--resume` continues exactly where it stopped: the
+model, the optimiser, the iteration, the RNG and the settings all come back from the checkpoint, and the
+batches are a function of (seed, iteration), so a stopped and resumed run gives the same losses as one
+that never stopped.
+"""
+
+import contextlib
+import csv
+import itertools
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import distributed as dist
+
+from . import media
+from .augment import Augmentation, FaceBatches, augment, worker_init
+from .device import pick_device
+from .events import EngineError, Events, log
+from .faceset import Faceset
+from .losses import LossWeights, face_loss
+from .model import (
+    CHECKPOINTS,
+    FORMAT,
+    PRESETS,
+    SUMMARY_FILE,
+    VERSION,
+    FaceModel,
+    ModelConfig,
+    checkpoint_paths,
+    config_from_state,
+    latest_checkpoint,
+    make_config,
+    sweep_temp_files,
+    write_checkpoint,
+)
+
+MIN_FACES = 8  # fewer cannot hold out a validation split and still teach anything
+FEW_FACES = 200  # below this, say that more faces would help
+VALIDATION_FACES = 64  # validation loss is measured on at most this many held-out faces
+HISTORY_FILE = "history.csv"
+HISTORY_COLUMNS = ["iteration", "elapsed_s", "loss_a", "loss_b", "val_loss_a", "val_loss_b"]
+PREVIEW_COLUMNS = "A, A->A, A->B, B, B->B, B->A"
+STOP_FILE = "stop"
+# Overtraining: compare the mean of the last OVERTRAIN_WINDOW validations with the window before it.
+OVERTRAIN_WINDOW = 3
+OVERTRAIN_RISE = 0.01
+# Model fields that a resume may change; any other would not fit the checkpoint.
+RESUMABLE_CHANGES = {"batch", "learning_rate"}
+
+
+@dataclass
+class TrainSettings:
+    """How a model is trained (its shape is ModelConfig); stored in every checkpoint for --resume."""
+
+    seed: int = 0
+    mask: str = "extended"  # the faceset mask the model learns to predict and the loss is weighted by
+    validation: float = 0.1  # share of each faceset held out (its last faces, so it is not the train set's neighbours)
+    log_every: int = 10  # iterations per row of history.csv and per progress event
+    preview_every: int = 100  # iterations per preview grid and validation
+    save_every: int = 500  # iterations per checkpoint (and always on stop)
+    keep: int = 3  # checkpoints kept
+    preview_rows: int = 4
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    loss: LossWeights = field(default_factory=LossWeights)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainSettings":
+        return cls(**{**data, "augmentation": Augmentation(**data["augmentation"]), "loss": LossWeights(**data["loss"])})
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--a", required=True, metavar="FACESET", help="faceset of person A (the face to put in)")
+    parser.add_argument("--b", required=True, metavar="FACESET", help="faceset of person B (the shot's face)")
+    parser.add_argument("--model", required=True, metavar="DIR", help="model folder to create (or continue with --resume)")
+    parser.add_argument("--preset", choices=list(PRESETS),
+                        help="model preset (default: quality on CUDA, fast on the CPU; on --resume, the model's own)")
+    parser.add_argument("--size", type=int, help="model resolution: 64, 128, 192 or 256 (default: the preset's)")
+    parser.add_argument("--batch", type=int, help="faces per identity per iteration (per GPU)")
+    parser.add_argument("--iterations", type=int, help="stop at this iteration (counted over resumes)")
+    parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this long")
+    parser.add_argument("--target-loss", type=float, metavar="X", help="stop when the mean training loss is this low")
+    parser.add_argument("--resume", action="store_true", help="continue the model in --model exactly where it stopped")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--workers", type=int, help="data loader processes (default: 0 on the CPU, up to 8 on CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow to start)")
+    model = parser.add_argument_group("model (override the preset)")
+    model.add_argument("--encoder-width", type=int, help="channels of the first encoder layer (doubles 4 times)")
+    model.add_argument("--decoder-width", type=int, help="channels where the decoders start (halves 3 times)")
+    model.add_argument("--latent", type=int, help="width of the dense bottleneck")
+    model.add_argument("--residual-blocks", type=int, help="residual blocks after each decoder upscale")
+    model.add_argument("--learning-rate", type=float, help="Adam learning rate")
+    feedback = parser.add_argument_group("feedback and checkpoints")
+    feedback.add_argument("--log-every", type=int, help=f"iterations per history row and progress event ({TrainSettings.log_every})")
+    feedback.add_argument("--preview-every", type=int, help=f"iterations per preview and validation ({TrainSettings.preview_every})")
+    feedback.add_argument("--save-every", type=int, help=f"iterations per checkpoint ({TrainSettings.save_every})")
+    feedback.add_argument("--keep", type=int, help=f"checkpoints to keep ({TrainSettings.keep})")
+    feedback.add_argument("--preview-rows", type=int, help=f"faces per identity in the preview ({TrainSettings.preview_rows})")
+    feedback.add_argument("--validation", type=float, help=f"share of each faceset held out ({TrainSettings.validation})")
+    loss = parser.add_argument_group("loss weights")
+    loss.add_argument("--mask", choices=["extended", "hull"], help="faceset mask to learn and weight the loss by (extended)")
+    for f in fields(LossWeights):
+        loss.add_argument(f"--{f.name}-weight", type=float, dest=f"loss_{f.name}", help=f"({f.default})")
+    augmentation = parser.add_argument_group("augmentation")
+    for f in fields(Augmentation):
+        augmentation.add_argument(f"--{f.name.replace('_', '-')}", type=float, dest=f"augment_{f.name}",
+                                  help=f"({f.default})")
+
+
+def run(args, events: Events) -> None:
+    options = vars(args)
+    preset = args.preset
+    if preset is None and not args.resume:
+        preset = "quality" if pick_device(args.device).type == "cuda" else "fast"
+    train(
+        args.a, args.b, args.model, preset=preset, size=args.size, batch=args.batch, iterations=args.iterations,
+        time_budget=args.time_budget, target_loss=args.target_loss, resume=args.resume, seed=args.seed,
+        device=args.device, workers=args.workers, compile=args.compile, events=events,
+        model_options={k: options[k] for k in ("encoder_width", "decoder_width", "latent", "residual_blocks",
+                                               "learning_rate")},
+        loss={f.name: options[f"loss_{f.name}"] for f in fields(LossWeights)},
+        augmentation={f.name: options[f"augment_{f.name}"] for f in fields(Augmentation)},
+        **{k: options[k] for k in ("mask", "validation", "log_every", "preview_every", "save_every", "keep",
+                                   "preview_rows")},
+    )
+
+
+def train(
+    a: str | Path,
+    b: str | Path,
+    model_dir: str | Path,
+    preset: str | None = None,
+    size: int | None = None,
+    batch: int | None = None,
+    iterations: int | None = None,
+    time_budget: float | None = None,
+    target_loss: float | None = None,
+    resume: bool = False,
+    seed: int | None = None,
+    device: str = "auto",
+    workers: int | None = None,
+    compile: bool = False,
+    model_options: dict | None = None,
+    loss: dict | None = None,
+    augmentation: dict | None = None,
+    events: Events | None = None,
+    **settings,
+) -> dict:
+    """Train (or with `resume`, continue) the model in `model_dir` on facesets `a` and `b`.
+
+    `preset` None means "tiny" for a new model (the CLI picks by device) and the model's own on resume.
+    `model_options`, `loss`, `augmentation` and `settings` change fields of ModelConfig, LossWeights,
+    Augmentation and TrainSettings; None values are ignored. Returns the "done" event's summary.
+    """
+    events = events or Events("train")
+    model_dir = Path(model_dir)
+    rank, world, device = _start_processes(device)
+    main_process = rank == 0
+    if not main_process:
+        events = Events("train", stderr=open(os.devnull, "w"))  # only the first process reports
+    run_started = time.monotonic()
+
+    facesets = {"a": Faceset(a), "b": Faceset(b)}
+    _check_facesets(facesets)
+    face_size, coverage = facesets["a"].face_size, facesets["a"].alignments.coverage
+    model_changes = {"size": size, "batch": batch, **(model_options or {})}
+    settings_changes = {"seed": seed, **settings}
+
+    # -- the model's config and settings: new, or as the checkpoint left them
+    if resume:
+        if not model_dir.is_dir() or not checkpoint_paths(model_dir):
+            raise EngineError(f"nothing to resume: {model_dir} holds no model (drop --resume to start one)")
+        state, checkpoint = latest_checkpoint(model_dir, device, warn=events.warning)
+        config = _resumed_config(config_from_state(state), preset, model_changes, face_size, coverage, model_dir)
+        train_settings = TrainSettings.from_dict(state["settings"])
+        start, elapsed, checks = state["iteration"], state["elapsed"], state["checks"]
+        log.info("resuming %s at iteration %d from %s", model_dir, start, checkpoint.name)
+    else:
+        if checkpoint_paths(model_dir):
+            raise EngineError(f"{model_dir} already holds a model: pass --resume to continue it, or choose a new folder")
+        if model_dir.is_file():
+            raise EngineError(f"--model {model_dir} is a file, not a folder")
+        if main_process:
+            media.check_writable(model_dir)
+        config = replace(make_config(preset or "tiny", **model_changes), face_size=face_size, coverage=coverage)
+        train_settings, start, elapsed, checks = TrainSettings(), 0, 0.0, []
+    train_settings = replace(
+        train_settings, **_given(settings_changes),
+        augmentation=replace(train_settings.augmentation, **_given(augmentation or {})),
+        loss=replace(train_settings.loss, **_given(loss or {})),
+    )
+    _check_settings(train_settings, iterations, time_budget, target_loss)
+
+    # -- data: a held-out validation split of each faceset, and a loader of augmented batches
+    samples = {k: f.samples() for k, f in facesets.items()}
+    held_out = {k: max(1, math.ceil(len(s) * train_settings.validation)) if train_settings.validation > 0 else 0
+                for k, s in samples.items()}
+    train_samples = {k: s[: len(s) - held_out[k]] for k, s in samples.items()}
+    batches = FaceBatches(train_samples, face_size, config.size, config.batch, train_settings.augmentation,
+                          train_settings.mask, train_settings.seed, rank)
+    validation = {k: batches.fixed(_spread(s[len(s) - held_out[k]:], VALIDATION_FACES))
+                  for k, s in samples.items() if held_out[k]}
+    preview_rows = min(train_settings.preview_rows, *map(len, samples.values()))
+    preview_faces = {k: batches.fixed(_spread(s, preview_rows)) for k, s in samples.items()}
+    if workers is None:
+        workers = min(8, (os.cpu_count() or 2) // max(world, 1) - 1) if device.type == "cuda" else 0
+    loader = torch.utils.data.DataLoader(
+        batches, batch_size=None, num_workers=max(workers, 0), pin_memory=device.type == "cuda",
+        sampler=range(start + 1, iterations + 1) if iterations is not None else itertools.count(start + 1),
+        worker_init_fn=worker_init, prefetch_factor=4 if workers > 0 else None,
+    )
+
+    # -- model and optimiser
+    torch.manual_seed(train_settings.seed)
+    model = FaceModel(config).to(device)
+    cuda = device.type == "cuda"
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.5, 0.999), fused=cuda)
+    if resume:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if cuda and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        del state
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    if compile:
+        train_model = torch.compile(train_model)
+
+    if main_process:
+        sweep_temp_files(model_dir)
+        _trim_history(model_dir / HISTORY_FILE, start)
+        (model_dir / STOP_FILE).unlink(missing_ok=True)
+        parameters = sum(p.numel() for p in model.parameters())
+        events.start(model=str(model_dir), a=str(a), b=str(b), iteration=start, device=str(device),
+                     processes=world, preset=config.preset, size=config.size, batch=config.batch,
+                     parameters=parameters, faces_a=len(train_samples["a"]), faces_b=len(train_samples["b"]))
+        if config.size > face_size:
+            events.warning(f"the facesets' faces are {face_size} px but the model is {config.size} px: it learns "
+                           f"upscaled faces (extract at --size {config.size} or more for sharper results)")
+        for k, s in samples.items():
+            if len(s) < FEW_FACES:
+                events.warning(f"faceset {k.upper()} has only {len(s)} faces; a few hundred or more, in every pose "
+                               f"and light the shot needs, give a far better model")
+
+    def save(losses):
+        """The checkpoint and model.json (on the main process)."""
+        state = {
+            "format": FORMAT, "version": VERSION, "iteration": iteration, "elapsed": elapsed_now(),
+            "config": asdict(config), "settings": asdict(train_settings), "checks": checks,
+            "facesets": {"a": str(Path(a).resolve()), "b": str(Path(b).resolve())},
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
+        }
+        path = write_checkpoint(model_dir, state, train_settings.keep)
+        media.write_json(model_dir / SUMMARY_FILE, {
+            "format": FORMAT, "version": VERSION, "iteration": iteration, "checkpoint": f"{CHECKPOINTS}/{path.name}",
+            "elapsed_s": round(state["elapsed"], 1), "config": state["config"], "parameters": parameters,
+            "settings": state["settings"], "facesets": state["facesets"], **losses,
+        })
+        return path
+
+    def elapsed_now():
+        return elapsed + time.monotonic() - run_started
+
+    # -- the loop
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    window = torch.zeros(2, device=device)  # summed losses since the last history row
+    window_start, window_iterations = time.monotonic(), 0
+    losses = {"loss_a": None, "loss_b": None, "val_loss_a": None, "val_loss_b": None}
+    iteration, checkpoint, stop_reason = start, None, None
+    with _stop_requests() as requested, _out_of_memory_hint(config):
+        for iteration, batch in zip(itertools.count(start + 1), loader, strict=False):
+            inputs, targets = {}, {}
+            for k in ("a", "b"):
+                x, *target = augment(batch[k], device)
+                inputs[k], targets[k] = x.contiguous(memory_format=memory_format), target
+            with autocast:
+                outputs = train_model(inputs["a"], inputs["b"])
+            loss_a, loss_b = (face_loss(*out, *targets[k], train_settings.loss)
+                              for k, out in zip("ab", outputs, strict=True))
+            optimizer.zero_grad(set_to_none=True)
+            (loss_a + loss_b).backward()
+            optimizer.step()
+            window += torch.stack([loss_a.detach(), loss_b.detach()])
+            window_iterations += 1
+
+            # why stop now, if at all (every process must agree, or DDP would hang)
+            if iterations is not None and iteration >= iterations:
+                stop_reason = "iterations"
+            elif time_budget is not None and time.monotonic() - run_started >= time_budget:
+                stop_reason = "time budget"
+            elif requested["signal"]:
+                stop_reason = requested["signal"]
+            elif main_process and (model_dir / STOP_FILE).exists():
+                stop_reason = "stop file"
+            feedback = iteration % train_settings.preview_every == 0
+            row = iteration % train_settings.log_every == 0 or feedback
+            if row and target_loss is not None and window.sum().item() / (2 * window_iterations) <= target_loss:
+                stop_reason = stop_reason or "target loss"
+            if world > 1:
+                stop_reason = _agree(stop_reason, device)
+            stopping = stop_reason is not None
+
+            if main_process and (row or stopping):
+                mean = (window / window_iterations).tolist()
+                it_per_s = window_iterations / max(time.monotonic() - window_start, 1e-9)
+                losses = {"loss_a": mean[0], "loss_b": mean[1], "val_loss_a": None, "val_loss_b": None}
+                if feedback or stopping:
+                    losses.update(_validate(model, validation, device, train_settings.loss))
+                    if losses["val_loss_a"] is not None:
+                        checks.append([sum(mean) / 2, (losses["val_loss_a"] + losses["val_loss_b"]) / 2])
+                        if overtraining(checks):
+                            events.warning(f"validation loss is rising while training loss still falls (iteration "
+                                           f"{iteration}): the model may be overtraining; more varied faces help, "
+                                           f"or stop here", iteration=iteration)
+                    preview = write_preview(model, preview_faces, model_dir, iteration, device)
+                    events.preview(path=str(preview), iteration=iteration)
+                _append_history(model_dir / HISTORY_FILE, iteration, elapsed_now(), losses)
+                eta = (iterations - iteration) / it_per_s if iterations is not None else None
+                if time_budget is not None:
+                    left = time_budget - (time.monotonic() - run_started)
+                    eta = min(eta, left) if eta is not None else left
+                events.progress(iteration, iterations, iteration=iteration, **losses, it_per_s=round(it_per_s, 3),
+                                eta_s=None if eta is None else round(max(eta, 0.0), 1))
+            if row or stopping:
+                window.zero_()
+                window_start, window_iterations = time.monotonic(), 0
+            if main_process and (stopping or iteration % train_settings.save_every == 0):
+                checkpoint = save(losses)
+            if stopping:
+                break
+    if main_process:
+        (model_dir / STOP_FILE).unlink(missing_ok=True)
+    if world > 1:
+        dist.destroy_process_group()
+    if stop_reason is None:  # the loader ran dry: --iterations was already reached before this run
+        stop_reason = "iterations"
+        checkpoint = checkpoint_paths(model_dir)[0] if main_process else None
+    summary = {"iterations": iteration, **losses, "stopped": stop_reason, "checkpoint": str(checkpoint),
+               "model": str(model_dir), "preview": str(model_dir / "preview.png")}
+    events.done(**summary)
+    return summary
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _given(changes: dict) -> dict:
+    return {k: v for k, v in changes.items() if v is not None}
+
+
+def _check_facesets(facesets: dict[str, Faceset]) -> None:
+    for k, faceset in facesets.items():
+        count = len(faceset)
+        if count < MIN_FACES:
+            raise EngineError(f"faceset {k.upper()} ({faceset.folder}) has {count} faces; training needs at least "
+                              f"{MIN_FACES} (extract more frames)")
+    a, b = facesets["a"], facesets["b"]
+    if (a.face_size, a.alignments.coverage) != (b.face_size, b.alignments.coverage):
+        raise EngineError(f"the facesets differ: A is {a.face_size} px at coverage {a.alignments.coverage:g}, B is "
+                          f"{b.face_size} px at coverage {b.alignments.coverage:g}; extract both with the same "
+                          f"--size and --coverage")
+
+
+def _resumed_config(stored: ModelConfig, preset, changes: dict, face_size: int, coverage: float,
+                    model_dir: Path) -> ModelConfig:
+    """The checkpoint's config with the changes a resume allows; an error for any it does not."""
+    changes = _given({"preset": preset, **changes})
+    for name, value in changes.items():
+        if value != getattr(stored, name) and name not in RESUMABLE_CHANGES:
+            what = {"size": "px", "preset": "preset"}.get(name, name.replace("_", " "))
+            raise EngineError(f"the model in {model_dir} is {getattr(stored, name)} {what}; it cannot resume at "
+                              f"{value} {what} (train a new model folder for that)")
+    if (face_size, coverage) != (stored.face_size, stored.coverage):
+        raise EngineError(f"the model in {model_dir} was trained on {stored.face_size} px faces at coverage "
+                          f"{stored.coverage:g}; these facesets are {face_size} px at coverage {coverage:g}")
+    return replace(stored, **{k: v for k, v in changes.items() if k in RESUMABLE_CHANGES})
+
+
+def _check_settings(settings: TrainSettings, iterations, time_budget, target_loss) -> None:
+    for name in ("log_every", "preview_every", "save_every", "keep", "preview_rows"):
+        if getattr(settings, name) < 1:
+            raise EngineError(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(settings, name)}")
+    if not 0 <= settings.validation < 0.5:
+        raise EngineError(f"--validation must be at least 0 and below 0.5, got {settings.validation}")
+    if settings.mask not in ("extended", "hull"):
+        raise EngineError(f"--mask must be extended or hull, got {settings.mask!r}")
+    for name, value in (("iterations", iterations), ("time-budget", time_budget), ("target-loss", target_loss)):
+        if value is not None and value <= 0:
+            raise EngineError(f"--{name} must be above 0, got {value}")
+
+
+def _spread(items: list, count: int) -> list:
+    """`count` items evenly spread over `items` (all of them when there are fewer)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
+
+
+# ---------------------------------------------------------------- processes, signals, memory
+
+
+def _start_processes(device_name: str):
+    """(rank, world size, device). Under torchrun, one process per GPU (or CPU process) joined for DDP."""
+    if "RANK" not in os.environ:
+        return 0, 1, pick_device(device_name)
+    device = pick_device(device_name)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _agree(stop_reason: str | None, device) -> str | None:
+    """Every process stops if any wants to: the reason is shared as an index into a fixed list."""
+    reasons = [None, "iterations", "time budget", "target loss", "stop file", "SIGINT", "SIGTERM"]
+    flag = torch.tensor([reasons.index(stop_reason)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return reasons[int(flag.item())]
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """SIGINT and SIGTERM ask the loop to save and stop instead of killing it mid-iteration."""
+    requested = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def ask(signum, _frame):
+        if requested["signal"]:
+            log.warning("saving before stopping; please wait")
+        requested["signal"] = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _out_of_memory_hint(config: ModelConfig):
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise EngineError(f"out of GPU memory training {config.size} px at batch {config.batch}: lower --batch "
+                          f"or --size (or use a smaller --preset)") from None
+
+
+# ---------------------------------------------------------------- feedback
+
+
+@torch.no_grad()
+def _validate(model: FaceModel, validation: dict, device, weights: LossWeights) -> dict:
+    """Mean loss of each identity's held-out faces, unaugmented; {} when nothing is held out."""
+    out = {}
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for k, batch in validation.items():
+            inputs, *targets = augment(batch, device, train=False)
+            out[f"val_loss_{k}"] = face_loss(*model.draw(inputs, k), *targets, weights).item()
+    return out
+
+
+def overtraining(checks: list[list[float]]) -> bool:
+    """True when, over the latest validations, validation loss went up while training loss went down.
+
+    `checks` holds [training loss, validation loss] per validation, oldest first. Each trend is the mean
+    of the last few against the few before, so one noisy validation does not raise the alarm.
+    """
+    w = OVERTRAIN_WINDOW
+    if len(checks) < 2 * w:
+        return False
+    before, recent = np.mean(checks[-2 * w : -w], axis=0), np.mean(checks[-w:], axis=0)
+    return bool(recent[1] > before[1] * (1 + OVERTRAIN_RISE) and recent[0] < before[0])
+
+
+def preview_grid(model: FaceModel, faces: dict, device) -> np.ndarray:
+    """Rows of A, A->A, A->B, B, B->B, B->A: each drawn face is laid over its source face by its own
+    predicted mask, as convert would lay it into a frame. uint8 RGB, rows*size x 6*size."""
+    columns = []
+    for source, other in (("a", "b"), ("b", "a")):
+        inputs, *_ = augment(faces[source], device, train=False)
+        columns.append(inputs)
+        for identity in (source, other):
+            rgb, mask = model.swap(inputs, identity)
+            columns.append(rgb * mask + inputs * (1 - mask))
+    tiles = torch.stack(columns, 1).flatten(0, 1)  # row-major: face 0's six columns, then face 1's, ...
+    tiles = (tiles.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return media.contact_sheet(list(tiles), columns=6)
+
+
+def write_preview(model: FaceModel, faces: dict, model_dir: Path, iteration: int, device) -> Path:
+    """previews/preview_%08d.png (the timelapse) and preview.png (the latest)."""
+    grid = media.encode_png(preview_grid(model, faces, device),
+                            {"Columns": PREVIEW_COLUMNS, "Iteration": str(iteration), "Software": "FaceReplace"})
+    media.write_bytes(model_dir / "previews" / f"preview_{iteration:08d}.png", grid)
+    media.write_bytes(model_dir / "preview.png", grid)
+    return model_dir / "preview.png"
+
+
+def _append_history(path: Path, iteration: int, elapsed: float, losses: dict) -> None:
+    """One CSV row. Appended, not rewritten: a row cut short by a kill is dropped by the next resume."""
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(HISTORY_COLUMNS)
+        values = [losses[c] for c in HISTORY_COLUMNS[2:]]
+        writer.writerow([iteration, f"{elapsed:.2f}"] + ["" if v is None else f"{v:.6f}" for v in values])
+
+
+def read_history(path: str | Path) -> list[dict]:
+    """history.csv as dicts of numbers (None where a value is blank); a torn last row is skipped."""
+    rows = []
+    with contextlib.suppress(FileNotFoundError), open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                rows.append({k: (float(v) if v else None) for k, v in row.items() if k in HISTORY_COLUMNS}
+                            | {"iteration": int(row["iteration"])})
+            except (TypeError, ValueError):
+                continue
+    return rows
+
+
+def _trim_history(path: Path, iteration: int) -> None:
+    """Drop rows past the checkpoint being resumed (written after its save by a run that was then killed),
+    and any row a kill cut short."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines[1:] if _row_iteration(line) is not None and _row_iteration(line) <= iteration]
+    media.write_bytes(path, "\n".join([",".join(HISTORY_COLUMNS)] + kept + [""]).encode())
+
+
+def _row_iteration(line: str) -> int | None:
+    cells = line.split(",")
+    return int(cells[0]) if len(cells) == len(HISTORY_COLUMNS) and cells[0].isdigit() else None
