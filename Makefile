@@ -22,6 +22,10 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(BIN)/python demo/run_demo.py
 
+# The installable Blender extension: dist/facereplace-<version>.zip (add-on, manifest, bundled engine).
+extension:
+	$(PYTHON) scripts/build_extension.py
+
 bench: $(STAMP)
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/train.py

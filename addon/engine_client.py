@@ -153,15 +153,16 @@ class EngineProcess:
         return self.process.poll()
 
     def failure(self) -> str:
-        """Why a run that exited non-zero failed: the engine's error event, else the end of its log."""
+        """Why a run that exited non-zero failed: the engine's error event, else the end of its log; a
+        Python without the engine's packages is named as such, with the fix."""
         self._stderr.join(timeout=2.0)
-        if self.error_message:
-            return self.error_message
-        missing = next((line for line in reversed(self.stderr_tail) if "No module named" in line), None)
+        lines = [self.error_message or "", *reversed(self.stderr_tail)]
+        missing = next((line for line in lines if "No module named" in line), None)
         if missing:
-            return (f"the engine Python ({self.argv[0]}) lacks the engine's packages ({missing.split(':')[-1].strip()}): "
-                    f"point Preferences > Add-ons > FaceReplace at the engine's venv, or click Set up engine")
-        last = next((line for line in reversed(self.stderr_tail) if line.strip()), None)
+            module = missing.split("No module named")[-1].strip(" :'\"")
+            return (f"the engine Python ({self.argv[0]}) lacks the engine's packages (no module {module}): point "
+                    f"Preferences > Add-ons > FaceReplace at the engine's venv, or click Set up engine")
+        last = next((line for line in lines if line.strip()), None)
         return last or f"{Path(self.argv[0]).name} exited with status {self.returncode}"
 
     # -- stopping

@@ -240,7 +240,7 @@ def _handle(job: Job, event: dict, console: bool = False) -> None:
 
 def describe_progress(event: dict) -> str:
     """One line for the status bar and the console: counts, then the stage's own figures."""
-    parts = [f"{event.get('done', 0)}/{event.get('total', '?')}"]
+    parts = [" ".join(str(p) for p in (event.get("phase"), f"{event.get('done', 0)}/{event.get('total', '?')}") if p)]
     if event.get("loss_a") is not None:
         parts.append(f"loss A {event['loss_a']:.4f} B {event.get('loss_b') or 0:.4f}")
     if event.get("it_per_s"):

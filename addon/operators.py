@@ -188,6 +188,21 @@ def record_engine(_scene, summary: dict) -> str:
     return status
 
 
+def setup_steps(venv: Path, requirements: Path) -> list[Step]:
+    """Make `venv` with Blender's own Python (unless it exists), pip-install `requirements` into it, then
+    run the engine from it once: what Set up engine does."""
+    if not requirements.is_file():
+        raise ClientError(f"{requirements} is missing: reinstall the FaceReplace extension")
+    python = str(venv_python(venv))
+    packages = sum(1 for line in requirements.read_text().splitlines() if line.strip() and line[0] != "#")
+    steps = [] if Path(python).is_file() else [Step("Make venv", [sys.executable, "-m", "venv", str(venv)])]
+    steps.append(Step("Install packages",
+                      [python, "-m", "pip", "install", "--progress-bar", "off", "-r", str(requirements)],
+                      expected_packages=packages * 4))  # each requirement brings a few of its own
+    steps.append(Step("Check engine", [python, "-m", "engine", "info", "--events"], record_engine))
+    return steps
+
+
 # ---------------------------------------------------------------- operators
 
 
@@ -295,22 +310,12 @@ class FACEREPLACE_OT_setup_engine(EngineOperator, bpy.types.Operator):
         if not bpy.app.online_access:
             raise ClientError("Set up engine downloads the engine's packages: allow Online Access in "
                               "Preferences > System > Network first")
-        prefs(context).engine_ok = False
+        preferences = prefs(context)
+        preferences.engine_ok = False
+        preferences.engine_python = ""  # the made venv is the engine once it exists
 
     def steps(self, scene):
-        requirements = engine_root() / REQUIREMENTS_FILE
-        if not requirements.is_file():
-            raise ClientError(f"{requirements} is missing: reinstall the FaceReplace extension")
-        venv = managed_venv()
-        python = str(venv_python(venv))
-        packages = sum(1 for line in requirements.read_text().splitlines() if line.strip() and line[0] != "#")
-        steps = [] if Path(python).is_file() else [Step("Make venv", [sys.executable, "-m", "venv", str(venv)])]
-        steps.append(Step("Install packages",
-                          [python, "-m", "pip", "install", "--progress-bar", "off", "-r", str(requirements)],
-                          expected_packages=packages * 4))  # each requirement brings a few of its own
-        steps.append(Step("Check engine", [python, "-m", "engine", "info", "--events"], record_engine))
-        prefs().engine_python = ""  # the made venv is the default once it exists
-        return steps
+        return setup_steps(managed_venv(), engine_root() / REQUIREMENTS_FILE)
 
 
 class FACEREPLACE_OT_add_strips(bpy.types.Operator):

@@ -133,8 +133,7 @@ class SEQUENCER_PT_facereplace_train(FaceReplacePanel, bpy.types.Panel):
             row.operator("facereplace.train", text="New Model", icon="FILE_NEW").resume = False
         else:
             row.operator("facereplace.train", text="Start Training", icon="PLAY").resume = False
-        if train.model:
-            layout.prop(train, "model")
+        layout.prop(train, "model")  # also where to pick a model trained elsewhere (a farm, torchrun)
         job = jobs.active()
         live = job.live if _busy("train") else {}
         preview = live.get("preview") or train.preview

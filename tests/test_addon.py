@@ -349,6 +349,22 @@ def test_cancel_extract_records_nothing_and_a_rerun_resumes(swapped, addon):
         scene.facereplace.a.use_custom_range = False
 
 
+def test_set_up_engine_makes_a_venv_and_names_what_it_lacks(addon, project, tmp_path):
+    """Headless Blender is offline unless told otherwise, so the button refuses; the steps themselves,
+    with nothing to install, make the venv, run pip, and the engine check names the missing packages."""
+    with pytest.raises(RuntimeError, match="allow Online Access"):
+        bpy.ops.facereplace.setup_engine()
+    requirements = tmp_path / "engine-requirements.txt"
+    requirements.write_text("# nothing to install\n")
+    venv = tmp_path / "engine-venv"
+    steps = addon.operators.setup_steps(venv, requirements)
+    assert [s.label for s in steps] == ["Make venv", "Install packages", "Check engine"]
+    with pytest.raises(addon.jobs.JobFailed, match=r"Check engine failed: the engine Python .*engine-venv.* lacks "
+                       r"the engine's packages \(no module (cv2|numpy|torch)\).*Set up engine"):
+        addon.jobs.run("setup", bpy.context.scene, steps, wait=True)
+    assert (venv / "bin" / "python").is_file()
+
+
 # ---------------------------------------------------------------- the file and the add-on's end
 
 
