@@ -49,9 +49,11 @@ def check_python(python: str) -> str:
     return python
 
 
-def engine_command(python: str, verb: str, args: list[str], device: str | None = None) -> list[str]:
-    """The argument list of one engine run with the events protocol on."""
-    command = [check_python(python), "-m", "engine", verb, *[str(a) for a in args], "--events"]
+def engine_command(python: str, verb: str, args: list, device: str | None = None, processes: int = 1) -> list[str]:
+    """The argument list of one engine run with the events protocol on; with `processes` > 1 under
+    torchrun, one process per GPU (train's DistributedDataParallel)."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
+    command = [check_python(python), *launcher, "-m", "engine", verb, *[str(a) for a in args], "--events"]
     return command + ["--device", device] if device else command
 
 

@@ -127,7 +127,7 @@ def train_step(scene, resume: bool) -> Step:
         args += ["--preset", train.preset] + (["--size", train.size] if train.size != "PRESET" else [])
     if train.time_budget > 0:
         args += ["--time-budget", round(train.time_budget, 1)]
-    argv = engine_command(engine_python(), "train", args, prefs().device)
+    argv = engine_command(engine_python(), "train", args, prefs().device, processes=prefs().train_processes)
 
     def finish(scene, summary: dict) -> str:
         result = scene.facereplace.train
@@ -409,12 +409,4 @@ CLASSES = (
     FACEREPLACE_OT_reference_frame,
 )
 
-
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from .engine_client import ENGINE_PYTHON_ENV, venv_python
 from .properties import RELATIVE
@@ -47,6 +47,11 @@ class FaceReplacePreferences(bpy.types.AddonPreferences):
                ("cuda", "CUDA", "An NVIDIA GPU (an error without one)"), ("cpu", "CPU", "The processor")],
         default="auto",
     )
+    train_processes: IntProperty(
+        name="Training GPUs",
+        default=1, min=1, max=64,
+        description="Train on this many GPUs of this machine, one process each (torchrun, DistributedDataParallel)",
+    )
     detector: EnumProperty(
         name="Face Detector",
         items=[("auto", "Auto", "FAN where its weights load (downloaded once), else dlib"),
@@ -86,13 +91,8 @@ class FaceReplacePreferences(bpy.types.AddonPreferences):
         layout.separator()
         col = layout.column()
         col.prop(self, "device")
+        col.prop(self, "train_processes")
         col.prop(self, "detector")
         col.prop(self, "work_folder")
 
-
-def register() -> None:
-    bpy.utils.register_class(FaceReplacePreferences)
-
-
-def unregister() -> None:
-    bpy.utils.unregister_class(FaceReplacePreferences)
+register, unregister = bpy.utils.register_classes_factory((FaceReplacePreferences,))

@@ -126,14 +126,14 @@ class FaceReplaceSettings(bpy.types.PropertyGroup):
 
 CLASSES = (FaceReplaceShot, FaceReplaceTrain, FaceReplaceConvert, FaceReplaceSettings)
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
 
 def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Scene.facereplace = PointerProperty(type=FaceReplaceSettings)
 
 
 def unregister() -> None:
     del bpy.types.Scene.facereplace
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()
