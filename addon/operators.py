@@ -19,7 +19,7 @@ from . import jobs, strips
 from .engine_client import REQUIREMENTS_FILE, ClientError, engine_command, engine_root, venv_python
 from .jobs import Step
 from .preferences import engine_python, managed_venv, prefs
-from .strips import edited_scene
+from .strips import absolute, edited_scene
 
 SIDES = [("A", "A", "Source A: the face to put in"), ("B", "B", "Target B: the shot whose face is replaced")]
 TRAIN_STOP_GRACE_S = 60.0  # a stopped train finishes its iteration and saves; a big model on a CPU takes a while
@@ -34,7 +34,7 @@ def work_folder(scene) -> Path:
     if folder.startswith("//") and not bpy.data.filepath:
         raise ClientError(f"save the .blend first: the work folder ({folder}) is beside it; "
                           f"or set an absolute work folder in Preferences > Add-ons > FaceReplace")
-    return Path(bpy.path.abspath(folder)).resolve() / bpy.path.clean_name(scene.name)
+    return absolute(folder) / bpy.path.clean_name(scene.name)
 
 
 def stored(path: Path) -> str:
@@ -49,7 +49,7 @@ def resolved(path: str, missing: str) -> Path:
     """A stored path made absolute; `missing` is the error when none is stored yet."""
     if not path:
         raise ClientError(missing)
-    return Path(bpy.path.abspath(path))
+    return absolute(path)
 
 
 def digest(args: list) -> str:
@@ -154,7 +154,7 @@ def convert_step(scene, frames: tuple[int, int] | None) -> Step:
         raise ClientError(f"there is no model in {model}: train one first")
     convert = settings.convert
     # A farm worker writes where the artist's earlier runs did, whatever its own work folder preference.
-    output = Path(bpy.path.abspath(convert.output)) if convert.output else work_folder(scene) / "output"
+    output = absolute(convert.output) if convert.output else work_folder(scene) / "output"
     args = [chunk.input, "--alignments", faceset_b / "alignments.json", "--model", model, "--output", output,
             "--mask", convert.mask, "--erode", convert.erode, "--color", convert.color, "--format", convert.format,
             "--frames", chunk.frames]

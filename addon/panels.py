@@ -18,9 +18,8 @@ class FaceReplacePanel:
 
 def _image(layout, path: str, scale: float) -> None:
     """Draw an image file (a preview grid, a contact sheet) as a large icon, if it exists."""
-    icon = previews.icon(bpy.path.abspath(path)) if path else 0
-    if icon:
-        layout.template_icon(icon_value=icon, scale=scale)
+    if path and os.path.isfile(full := bpy.path.abspath(path)):
+        layout.template_icon(icon_value=previews.icon(full), scale=scale)
 
 
 def _busy(stage: str) -> bool:

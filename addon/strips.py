@@ -6,6 +6,7 @@ name; a strip shows them from its frame_start, minus whatever its handles trim. 
 user types (frame ranges, the reference frame) is a timeline frame; the engine only ever sees its own.
 """
 
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -98,16 +99,22 @@ def sequence_numbers(folder: Path) -> dict[str, int]:
     return dict(zip(names, numbers, strict=True))
 
 
+def absolute(path: str) -> Path:
+    """A path as Blender stores it ("//" relative to the .blend) made absolute and normal, so the same
+    file always gives the same engine arguments (and so the same faceset folder) wherever the .blend is."""
+    return Path(os.path.normpath(bpy.path.abspath(path)))
+
+
 def shot_from_strip(strip) -> Shot:
     """The visible (trimmed) part of a movie or image strip."""
     first = strip.frame_final_start - int(strip.frame_start)  # index of the first visible frame
     count = strip.frame_final_end - strip.frame_final_start
     if strip.type == "MOVIE":
-        path = Path(bpy.path.abspath(strip.filepath))
+        path = absolute(strip.filepath)
         first, last = max(first, 0), min(first + count, strip.frame_duration)
         numbers = tuple(range(first + 1, last + 1))
     elif strip.type == "IMAGE":
-        path = Path(bpy.path.abspath(strip.directory))
+        path = absolute(strip.directory)
         by_name = sequence_numbers(path)
         names = [e.filename for e in strip.elements][max(first, 0) : first + count]
         missing = [n for n in names if n not in by_name]
@@ -127,7 +134,7 @@ def shot_from_strip(strip) -> Shot:
 
 def shot_from_folder(folder: str) -> Shot:
     """An image folder outside the sequencer: its frames sit on the timeline from its first number on."""
-    path = Path(bpy.path.abspath(folder))
+    path = absolute(folder)
     if not path.is_dir():
         raise ClientError(f"folder not found: {path}")
     numbers = tuple(sorted(sequence_numbers(path).values()))

@@ -295,6 +295,86 @@ def test_farm_chunk_in_a_fresh_headless_blender(swapped, tmp_path):
 # ---------------------------------------------------------------- stopping
 
 
+class RecordingLayout:
+    """A stand-in for Blender's UILayout, which headless Blender has none of: it records what a panel
+    draws, and checks every property and operator it names against the real RNA, as drawing would."""
+
+    def __init__(self, drawn: list):
+        self.drawn = drawn
+        self.active = self.enabled = True
+
+    def row(self, **_options):
+        return self
+
+    column = box = row
+
+    def prop(self, data, name, **_options):
+        assert name in data.bl_rna.properties, f"{data.bl_rna.identifier} has no property {name}"
+        self.drawn.append(("prop", name))
+
+    def prop_search(self, data, name, search_data, search_name, **_options):
+        assert name in data.bl_rna.properties and search_name in search_data.bl_rna.properties
+        self.drawn.append(("prop", name))
+
+    def operator(self, idname, text=None, **_options):
+        module, name = idname.split(".")
+        rna = getattr(getattr(bpy.ops, module), name).get_rna_type()
+        self.drawn.append(("operator", idname, text))
+        drawn = self.drawn
+
+        class Properties:
+            def __setattr__(self, key, value):
+                assert key in rna.properties, f"{idname} has no property {key}"
+                drawn.append(("set", idname, key, value))
+
+        return Properties()
+
+    def label(self, text="", **_options):
+        self.drawn.append(("label", text))
+
+    def progress(self, factor=0.0, text="", **_options):
+        assert 0.0 <= factor <= 1.0
+        self.drawn.append(("progress", text))
+
+    def template_icon(self, icon_value=0, **_options):
+        self.drawn.append(("icon", icon_value))
+
+    def separator(self, **_options):
+        pass
+
+
+def draw_panels() -> list:
+    """Everything the Face Swap tab and the preferences draw now, in order."""
+    drawn: list = []
+    for name in ("SEQUENCER_PT_facereplace", "SEQUENCER_PT_facereplace_shots", "SEQUENCER_PT_facereplace_extract",
+                 "SEQUENCER_PT_facereplace_train", "SEQUENCER_PT_facereplace_convert"):
+        getattr(bpy.types, name).draw(type("Panel", (), {"layout": RecordingLayout(drawn)})(), bpy.context)
+    preferences = bpy.context.preferences.addons[PACKAGE].preferences
+
+    class PreferencesPanel:
+        layout = RecordingLayout(drawn)
+
+        def __getattr__(self, name):
+            return getattr(preferences, name)
+
+    type(preferences).draw(PreferencesPanel(), bpy.context)
+    return drawn
+
+
+def test_panels_draw_the_swap_state(swapped):
+    drawn = draw_panels()
+    labels = [d[1] for d in drawn if d[0] == "label"]
+    assert "A: faces in 16 of 16 frames" in labels and "B: faces in 14 of 14 frames" in labels
+    assert f"Iterations: {TRAIN_ITERATIONS}" in labels
+    assert "14 frames converted, faces in 14" in labels
+    assert ("operator", "facereplace.train", "Resume") in drawn and ("set", "facereplace.train", "resume", True) in drawn
+    assert ("operator", "facereplace.convert", None) in drawn and ("operator", "facereplace.add_strips", None) in drawn
+    assert any(label.startswith("Hopper face: channel 3") for label in labels)
+    assert any(label.startswith("Engine 0.1.0") for label in labels)  # Check engine's result, in the preferences
+    icons = [d[1] for d in drawn if d[0] == "icon"]
+    assert len(icons) == 3  # the contact sheets of A and B, the training preview (ids are 0 headless)
+
+
 def _poll_until(addon, condition, timeout=240.0):
     """Drive the add-on's timer by hand (headless Blender runs no timers) until `condition()` holds."""
     deadline = time.monotonic() + timeout
@@ -315,6 +395,11 @@ def test_cancel_train_saves_and_leaves_a_consistent_state(swapped, addon):
     addon.jobs.run("train", scene, [addon.operators.train_step(scene, resume=True)], wait=False)
     job = addon.jobs.active()
     _poll_until(addon, lambda: job.live.get("iteration", 0) > TRAIN_ITERATIONS)
+    # While it trains, the panel shows it: a progress bar, the live figures, the stop button.
+    drawn = draw_panels()
+    assert any(d[0] == "progress" and d[1].startswith("Train: ") and "it/s" in d[1] for d in drawn)
+    assert ("operator", "facereplace.cancel", "Stop and Save") in drawn
+    assert any(d[0] == "label" and d[1].startswith(f"Iterations: {job.live['iteration']}") for d in drawn)
     assert bpy.ops.facereplace.cancel() == {"FINISHED"}
     _poll_until(addon, lambda: addon.jobs.active() is None)
     assert job.process.returncode is not None
