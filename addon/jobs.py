@@ -101,7 +101,7 @@ def cancel() -> None:
 
 
 def stop_all() -> None:
-    """Stop the running job and wait for it: the file is closing, Blender is quitting or the add-on goes."""
+    """Stop the running job and wait for it: the file is closing or the add-on is being disabled."""
     global _active
     job, _active = _active, None
     if job is not None:
@@ -300,16 +300,22 @@ def _on_load_pre(*_args) -> None:
     stop_all()
 
 
+def _stop_at_exit() -> None:
+    """Blender is quitting: stop the engine (a train saves); Blender's own state is going, so leave it be."""
+    if _active is not None:
+        _active.process.stop(_active.step.grace_s)
+
+
 def register() -> None:
     bpy.types.STATUSBAR_HT_header.append(draw_status_bar)
     bpy.app.handlers.load_pre.append(_on_load_pre)
-    atexit.register(stop_all)
+    atexit.register(_stop_at_exit)
 
 
 def unregister() -> None:
     stop_all()
     if bpy.app.timers.is_registered(poll):
         bpy.app.timers.unregister(poll)
-    atexit.unregister(stop_all)
+    atexit.unregister(_stop_at_exit)
     bpy.app.handlers.load_pre.remove(_on_load_pre)
     bpy.types.STATUSBAR_HT_header.remove(draw_status_bar)

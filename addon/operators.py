@@ -290,9 +290,7 @@ class FACEREPLACE_OT_check_engine(EngineOperator, bpy.types.Operator):
     stage = "check"
 
     def before(self, context):
-        preferences = prefs(context)
-        preferences.engine_ok = False
-        preferences.engine_status = "Checking..."
+        prefs(context).engine_ok = False
 
     def steps(self, scene):
         return [Step("Check engine", engine_command(engine_python(), "info", []), record_engine)]

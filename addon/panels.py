@@ -164,6 +164,9 @@ class SEQUENCER_PT_facereplace_convert(FaceReplacePanel, bpy.types.Panel):
         sub.prop(convert, "feather")
         col.prop(convert, "color")
         col.prop(convert, "format")
+        settings = edited_scene(context).facereplace
+        if settings.target_frames:
+            layout.label(text=f"Target B: frames {settings.target_frames}")
         row = layout.row(align=True)
         row.operator("facereplace.convert", icon="PLAY").frames = ""
         row.operator("facereplace.add_strips", icon="SEQ_STRIP_DUPLICATE")

@@ -86,8 +86,12 @@ class FaceReplacePreferences(bpy.types.AddonPreferences):
             row = col.row(align=True)
             row.progress(factor=job.progress, type="BAR", text=job.text[:100])
             row.operator("facereplace.cancel", text="", icon="CANCEL")
-        elif self.engine_status:
-            col.label(text=self.engine_status, icon="CHECKMARK" if self.engine_ok else "ERROR")
+        elif self.engine_ok:
+            col.label(text=self.engine_status, icon="CHECKMARK")
+        elif jobs.last_report is not None and jobs.last_report[0] == "ERROR":
+            col.label(text=jobs.last_report[1], icon="ERROR")
+        else:
+            col.label(text="Not checked yet: click Check Engine", icon="QUESTION")
         layout.separator()
         col = layout.column()
         col.prop(self, "device")

@@ -107,6 +107,9 @@ def absolute(path: str) -> Path:
 
 def shot_from_strip(strip) -> Shot:
     """The visible (trimmed) part of a movie or image strip."""
+    if len(getattr(strip, "retiming_keys", ())):
+        raise ClientError(f"strip {strip.name} is retimed: FaceReplace needs one frame of the shot per timeline "
+                          f"frame (clear its retiming, or render it to a new strip first)")
     first = strip.frame_final_start - int(strip.frame_start)  # index of the first visible frame
     count = strip.frame_final_end - strip.frame_final_start
     if strip.type == "MOVIE":

@@ -9,6 +9,7 @@ touched. The tests share one swap (extract, a tiny train, convert) and run in fi
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -162,15 +163,23 @@ def test_missing_engine_python_gives_a_clear_report(project, prefs):
     assert bpy.context.scene.facereplace.a.faceset == ""  # nothing recorded
 
 
-def test_engine_error_becomes_the_operator_report(project, tmp_path):
+def test_engine_error_becomes_the_operator_report(project, addon, tmp_path):
     """The engine refuses a folder of frames of two sizes; its one-line reason is the operator's error."""
     cv2.imwrite(str(tmp_path / "frame_0001.png"), np.zeros((48, 64, 3), np.uint8))
     cv2.imwrite(str(tmp_path / "frame_0002.png"), np.zeros((40, 64, 3), np.uint8))
-    shot = bpy.context.scene.facereplace.a
+    scene = bpy.context.scene
+    shot = scene.facereplace.a
     shot.source, shot.folder = "FOLDER", str(tmp_path)
+    reason = "Extract A failed: frame 2 .* all frames of a shot must be one size"
     try:
-        with pytest.raises(RuntimeError, match="Extract A failed: frame 2 .* all frames of a shot must be one size"):
+        with pytest.raises(RuntimeError, match=reason):
             bpy.ops.facereplace.extract(side="A")
+        # The same in the UI's asynchronous mode: the job ends, and the panel shows the engine's reason.
+        addon.jobs.run("extract", scene, [addon.operators.extract_step(scene, "A")], wait=False)
+        _poll_until(addon, lambda: addon.jobs.active() is None)
+        level, message = addon.jobs.last_report
+        assert level == "ERROR" and re.match(reason, message)
+        assert ("label", message) in draw_panels()
     finally:
         shot.source = "STRIP"
     with pytest.raises(RuntimeError, match="extract A first"):
