@@ -10,6 +10,7 @@ UI that happens from the timer, so the job pushes an undo step of its own for it
 
 import atexit
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,10 @@ def poll():
             _start_step(job)
     except (JobFailed, ClientError) as e:
         _finish(job, str(e))
+        return None
+    except Exception as e:  # a bug: end the job and say so, rather than leave the add-on busy forever
+        traceback.print_exc()
+        _finish(job, f"internal error: {type(e).__name__}: {e}")
         return None
     if _shows_cursor_progress(job):
         bpy.context.window_manager.progress_update(job.progress)
