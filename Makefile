@@ -14,13 +14,13 @@ $(STAMP): requirements.txt
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check engine addon tests bench demo
+	$(BIN)/ruff check engine addon tests bench demo scripts
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
-	$(BIN)/python demo/run_demo.py
+	$(BIN)/python demo/blender_demo.py
 
 # The installable Blender extension: dist/facereplace-<version>.zip (add-on, manifest, bundled engine).
 extension:
