@@ -68,17 +68,17 @@ def test_loss_falls_and_each_decoder_learns_its_own_face(tiny_model, faceset_a, 
     model, config = load_model(tiny_model, "cpu")
     assert (config.size, config.face_size) == (SIZE, 128)
     for source, other in (("b", "a"), ("a", "b")):
-        faces, mask = face_tiles(faceset_b if source == "b" else faceset_a)
+        faces, mask = face_tiles(faceset_b if source == "b" else faceset_a, 16)
         own, own_mask = model.swap(faces, source)
         swapped, _ = model.swap(faces, other)
         inside = mask.expand_as(faces) > 0.5
         own_error = (own - faces).abs()[inside].mean()
         # Its own decoder redraws the face recognisably: close to the original inside the mask,
         # far closer than the other person's decoder gets, and with a mask that overlaps the faceset's.
-        assert own_error < 0.08, own_error
-        assert own_error < 0.6 * (swapped - faces).abs()[inside].mean()
+        assert own_error < 0.1, own_error
+        assert own_error < 0.5 * (swapped - faces).abs()[inside].mean()
         overlap = ((own_mask > 0.5) & (mask > 0.5)).sum() / ((own_mask > 0.5) | (mask > 0.5)).sum()
-        assert overlap > 0.8, overlap
+        assert overlap > 0.9, overlap
 
 
 def test_preview_grid_layout(tiny_model, faceset_a, faceset_b):
@@ -242,6 +242,23 @@ def test_damaged_latest_checkpoint_falls_back_with_a_warning(tiny_model, faceset
     assert code == 0, err
     assert any(e["event"] == "warning" and "damaged" in e["message"] for e in events_of(out))
     assert events_of(out)[-1]["iterations"] == iteration + 1
+
+
+def test_distributed_data_parallel_under_torchrun(faceset_a, faceset_b, tmp_path):
+    """Two CPU processes (gloo) train one model; only the first reports and writes files."""
+    model = tmp_path / "m"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "engine",
+         "train", "--a", faceset_a, "--b", faceset_b, "--model", model, "--preset", "tiny", "--iterations", "6",
+         "--log-every", "3", "--device", "cpu", "--events"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = events_of(result.stdout)
+    assert [e["processes"] for e in events if e["event"] == "start"] == [2]
+    assert [e["iteration"] for e in events if e["event"] == "progress"] == [3, 6]
+    assert [e["iterations"] for e in events if e["event"] == "done"] == [6]
+    assert read_checkpoint(checkpoint_paths(model)[0])["iteration"] == 6
 
 
 # ---------------------------------------------------------------- bad input
