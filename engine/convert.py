@@ -28,7 +28,6 @@ import contextlib
 import json
 import math
 import os
-import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -128,7 +127,7 @@ def _outputs(folder: Path, number: int, faces: int, ext: str, write_frames: bool
     return out
 
 
-def _check_alignments(alignments: Alignments, source: media.FrameSource, where: Path) -> None:
+def check_alignments(alignments: Alignments, source: media.FrameSource, where: Path) -> None:
     if not alignments.complete:
         raise EngineError(f"alignments {where} are incomplete: their extract did not finish (rerun it to resume)")
     if tuple(alignments.source_size) != tuple(source.size):
@@ -527,47 +526,6 @@ class StageClock:
                 self.seconds[stage] += time.perf_counter() - started
 
 
-class _Reader:
-    """Decodes frames on a thread, a few ahead of the consumer; stops early when asked."""
-
-    def __init__(self, source: media.FrameSource, numbers: list[int], depth: int, clock: StageClock):
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._read, args=(source, numbers, clock), daemon=True)
-        self.thread.start()
-
-    def _read(self, source, numbers, clock) -> None:
-        try:
-            frames = source.frames(numbers)
-            while True:
-                with clock("decode"):
-                    item = next(frames, None)
-                if item is None or not self._put(item):
-                    break
-        except BaseException as e:  # handed to the consumer, which raises it
-            self._put(e)
-        self._put(None)
-
-    def _put(self, item) -> bool:
-        while not self.stopped.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def __iter__(self):
-        while (item := self.queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join()
-
-
 # ---------------------------------------------------------------- the public function
 
 
@@ -606,7 +564,7 @@ def convert(
     if alignments_path.is_dir():
         alignments_path = alignments_path / ALIGNMENTS_FILE
     shot = Alignments.load(alignments_path)
-    _check_alignments(shot, source, alignments_path)
+    check_alignments(shot, source, alignments_path)
     if Path(shot.source) != source.path.resolve():  # a regraded or re-exported plate is fine, a wrong one is not
         events.warning(f"the alignments were made from {shot.source}; converting {source.path.resolve()} with them")
     numbers = source.select(frames)
@@ -745,14 +703,12 @@ class _Run:
             for w in todo:
                 if not w.jobs and not needs_pixels:
                     self._submit(w, None)
-            reader = _Reader(self.source, [w.number for w in reading], max(4, self.batch), self.clock)
-            try:
+            numbers = [w.number for w in reading]
+            with media.Prefetch(self.source, numbers, max(4, self.batch), lambda: self.clock("decode")) as frames:
                 by_number = {w.number: w for w in reading}
-                for number, image in reader:
+                for number, image in frames:
                     self._add(by_number[number], image)
                 self._run_batch()
-            finally:
-                reader.stop()
             for future in self.futures:
                 future.result()
         finally:

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from . import media
-from .convert import MANIFEST_FILE, _check_alignments
+from .convert import MANIFEST_FILE, check_alignments
 from .events import EngineError, Events
 from .faces import align, identity, masks
 from .faces.pose import head_pose
@@ -368,7 +368,7 @@ def evaluate(
     frame_source = media.FrameSource(shot)
     alignments_path = Path(alignments)
     shot_alignments = Alignments.load(alignments_path)
-    _check_alignments(shot_alignments, frame_source, alignments_path)
+    check_alignments(shot_alignments, frame_source, alignments_path)
     _check_made_from(shot_alignments.source, frame_source, f"alignments {alignments_path}", events)
     layers = Path(layers)
     manifest = _load_manifest(layers)

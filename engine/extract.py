@@ -10,8 +10,6 @@ Two passes over the shot, each resumable:
 
 import json
 import os
-import queue
-import threading
 import time
 from pathlib import Path
 
@@ -204,26 +202,6 @@ def _load_detections(path: Path) -> dict[int, list[dict]]:
     return done
 
 
-def _prefetch(source: media.FrameSource, numbers: list[int], depth: int = 8):
-    """Decode frames on a thread so detection never waits on the decoder."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    end = object()
-
-    def reader():
-        try:
-            for item in source.frames(numbers):
-                q.put(item)
-        except BaseException as e:  # handed to the consumer, which raises it
-            q.put(e)
-        q.put(end)
-
-    threading.Thread(target=reader, daemon=True).start()
-    while (item := q.get()) is not end:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-
-
 def _batches(items, size: int):
     batch = []
     for item in items:
@@ -242,8 +220,8 @@ def _detect_all(source, numbers, path: Path, detector, events: Events, batch: in
         events.emit("resume", frames_done=len(numbers) - len(todo))
     started = last_sync = time.monotonic()
     already, processed = len(numbers) - len(todo), 0
-    with open(path, "a") as log_file:
-        for frames in _batches(_prefetch(source, todo), batch):
+    with open(path, "a") as log_file, media.Prefetch(source, todo) as decoded:
+        for frames in _batches(decoded, batch):
             images = [media.to_srgb8(image) for _, image in frames]
             for (number, _), rgb, found in zip(frames, images, detector.detect_batch(images), strict=True):
                 embeddings = identity.embed_faces(rgb, [d.landmarks for d in found])
@@ -360,15 +338,16 @@ def _write_faces(source, numbers, every, detections, chosen, alignments, folder,
         alignments.frames.append(frame)
 
     by_number = {f.number: f for f in alignments.frames}
-    for i, (n, image) in enumerate(_prefetch(source, todo), 1):
-        face = by_number[n].faces[0]
-        matrix = np.asarray(face.matrix)
-        media.write_image(folder / face.image, align.warp_face(media.to_srgb8(image), matrix, size))
-        points = align.transform_points(np.asarray(face.landmarks), matrix)
-        for kind, path in (("hull", face.mask_hull), ("extended", face.mask_extended)):
-            mask = masks.MASKS[kind](points, size)
-            media.write_image(folder / path, np.round(mask * 255).astype(np.uint8))
-        events.progress(i, len(todo), frame=n, phase="write")
+    with media.Prefetch(source, todo) as decoded:
+        for i, (n, image) in enumerate(decoded, 1):
+            face = by_number[n].faces[0]
+            matrix = np.asarray(face.matrix)
+            media.write_image(folder / face.image, align.warp_face(media.to_srgb8(image), matrix, size))
+            points = align.transform_points(np.asarray(face.landmarks), matrix)
+            for kind, path in (("hull", face.mask_hull), ("extended", face.mask_extended)):
+                mask = masks.MASKS[kind](points, size)
+                media.write_image(folder / path, np.round(mask * 255).astype(np.uint8))
+            events.progress(i, len(todo), frame=n, phase="write")
 
 
 def write_contact_sheet(folder: Path, alignments: Alignments, count: int = 12) -> Path:

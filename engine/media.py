@@ -7,9 +7,11 @@ for scene-linear EXR. OpenCV's BGR order stays inside this module.
 import contextlib
 import json
 import os
+import queue
 import re
 import struct
 import tempfile
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -272,6 +274,58 @@ class FrameSource:
                 position += 1
         finally:
             cap.release()
+
+
+class Prefetch:
+    """Decodes a shot's frames on a thread, `depth` ahead of the consumer, so the detector or the model
+    never waits on the decoder. Use it as a context manager: leaving the block (a consumer's error
+    included) stops the reader instead of leaving it blocked on a full queue.
+
+    `timer()`, if given, is a context manager wrapped around each decode, for stage timings.
+    """
+
+    def __init__(self, source: "FrameSource", numbers: list[int], depth: int = 8, timer=None):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._read, args=(source, numbers, timer), daemon=True)
+        self.thread.start()
+
+    def _read(self, source, numbers, timer) -> None:
+        try:
+            frames = source.frames(numbers)
+            while True:
+                with timer() if timer else contextlib.nullcontext():
+                    item = next(frames, None)
+                if item is None or not self._put(item):
+                    break
+        except BaseException as e:  # handed to the consumer, which raises it
+            self._put(e)
+        self._put(None)
+
+    def _put(self, item) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        while (item := self.queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def __enter__(self) -> "Prefetch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 # ---------------------------------------------------------------- writing
