@@ -65,7 +65,9 @@ def load_face(sample: FaceSample, face_size: int, size: int, mask: str = "extend
                       [np.round(r * 255).astype(np.uint8) for r in regions])
     if face_size != size:
         interpolation = cv2.INTER_AREA if face_size > size else cv2.INTER_CUBIC
-        stack = cv2.resize(stack, (size, size), interpolation=interpolation)
+        # in threes: OpenCV resizes at most 4 channels at a time at non-integer scales
+        stack = np.dstack([cv2.resize(stack[..., i : i + 3], (size, size), interpolation=interpolation)
+                           for i in (0, 3)])
     return stack
 
 
