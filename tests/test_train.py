@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -356,3 +357,19 @@ def test_batches_are_the_same_whatever_the_workers(faceset_a, faceset_b):
                 assert torch.equal(one[k][name], other[k][name])
     assert not torch.equal(loaded[0][0]["a"]["warp"], loaded[0][1]["a"]["warp"])
     assert identity_params(2)["warp"].max() == 0
+
+
+@pytest.mark.parametrize("size", [64, 96, 192, 256])
+def test_faces_load_at_any_model_size(faceset_a, size):
+    """A faceset's faces reach the model at its size, whatever the ratio (96 from 128 px is a non-integer
+    downscale, as 192 from 256 px is); the mask and the eye and mouth regions stay on the face."""
+    sample = Faceset(faceset_a).samples()[0]
+    face = load_face(sample, 128, size)
+    assert face.shape == (size, size, 6) and face.dtype == np.uint8
+    def coarse(image):  # both at 32 px, where resampling differences are gone and only content is left
+        return cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+    assert np.abs(coarse(face[..., :3]) - coarse(media.read_image(sample.image))).mean() < 2
+    mask, eyes, mouth = (face[..., i] > 127 for i in (3, 4, 5))
+    assert 0.2 < mask.mean() < 0.7 and eyes.any() and mouth.any()
+    assert mask[eyes].mean() > 0.95 and mask[mouth].mean() > 0.95
