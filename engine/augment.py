@@ -13,7 +13,9 @@ Batch i's faces and random numbers come from a generator seeded by (seed, i, ran
 same batches however many workers load them and however often it stops and resumes.
 """
 
+import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -105,23 +107,36 @@ class FaceBatches(torch.utils.data.Dataset):
                  augmentation: Augmentation, mask: str = "extended", seed: int = 0, rank: int = 0):
         self.samples, self.face_size, self.size, self.batch = samples, face_size, size, batch
         self.augmentation, self.mask, self.seed, self.rank = augmentation, mask, seed, rank
+        self.cache = None  # identity -> every face already loaded, once `preload` has run
 
     def __getitem__(self, iteration: int) -> dict:
         rng = np.random.default_rng([self.seed, iteration, self.rank])
         out = {}
         for identity, samples in self.samples.items():
             picks = rng.choice(len(samples), self.batch, replace=len(samples) < self.batch)
-            out[identity] = self.load(samples[i] for i in picks) | _tensors(
+            faces = self.cache[identity][picks] if self.cache else self.load([samples[i] for i in picks])
+            out[identity] = {"faces": torch.from_numpy(faces)} | _tensors(
                 sample_params(rng, self.batch, self.augmentation))
         return out
 
-    def load(self, samples) -> dict:
-        faces = [load_face(s, self.face_size, self.size, self.mask) for s in samples]
-        return {"faces": torch.from_numpy(np.stack(faces))}
+    def load(self, samples: list[FaceSample]) -> np.ndarray:
+        return np.stack([load_face(s, self.face_size, self.size, self.mask) for s in samples])
+
+    def preload(self, budget: int) -> bool:
+        """Decode every face once into memory when they fit in `budget` bytes, so a batch is a copy rather
+        than PNG decoding: it is what keeps a GPU fed. Threads share the work (OpenCV releases the GIL)."""
+        count = sum(map(len, self.samples.values()))
+        if count * self.size * self.size * CHANNELS > budget:
+            return False
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            self.cache = {k: np.stack(list(pool.map(lambda s: load_face(s, self.face_size, self.size, self.mask),
+                                                    samples)))
+                          for k, samples in self.samples.items()}
+        return True
 
     def fixed(self, samples: list[FaceSample]) -> dict:
         """A batch of `samples` as they are, with no augmentation."""
-        return self.load(samples) | _tensors(identity_params(len(samples)))
+        return {"faces": torch.from_numpy(self.load(samples))} | _tensors(identity_params(len(samples)))
 
 
 def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -211,6 +211,7 @@ def train(
     train_samples = {k: s[: len(s) - held_out[k]] for k, s in samples.items()}
     batches = FaceBatches(train_samples, face_size, config.size, config.batch, train_settings.augmentation,
                           train_settings.mask, train_settings.seed, rank)
+    cached = batches.preload(_memory_budget() // world)
     validation = {k: batches.fixed(_spread(s[len(s) - held_out[k]:], VALIDATION_FACES))
                   for k, s in samples.items() if held_out[k]}
     preview_rows = min(train_settings.preview_rows, *map(len, samples.values()))
@@ -252,7 +253,8 @@ def train(
         parameters = sum(p.numel() for p in model.parameters())
         events.start(model=str(model_dir), a=str(a), b=str(b), iteration=start, device=str(device),
                      processes=world, preset=config.preset, size=config.size, batch=config.batch,
-                     parameters=parameters, faces_a=len(train_samples["a"]), faces_b=len(train_samples["b"]))
+                     parameters=parameters, faces_a=len(train_samples["a"]), faces_b=len(train_samples["b"]),
+                     faces_in_memory=cached)
         if config.size > face_size:
             events.warning(f"the facesets' faces are {face_size} px but the model is {config.size} px: it learns "
                            f"upscaled faces (extract at --size {config.size} or more for sharper results)")
@@ -430,6 +432,14 @@ def _start_processes(device_name: str):
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def _memory_budget() -> int:
+    """Bytes the faces may take in memory: a quarter of the machine's RAM (2 GiB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (AttributeError, ValueError, OSError):
+        return 2 << 30
 
 
 def _agree(stop_reason: str | None, device) -> str | None:

@@ -343,7 +343,7 @@ def test_lab_is_cie_lab():
     np.testing.assert_allclose(back, rgb, atol=1e-4)
 
 
-def test_batches_are_the_same_whatever_the_workers(faceset_a, faceset_b):
+def test_batches_are_the_same_whatever_the_workers_or_cache(faceset_a, faceset_b):
     """Batch i depends on (seed, i) only, which is what makes resume exact with any loader."""
     samples = {k: Faceset(f).samples() for k, f in (("a", faceset_a), ("b", faceset_b))}
     batches = FaceBatches(samples, 128, SIZE, 4, Augmentation(), seed=5)
@@ -351,10 +351,12 @@ def test_batches_are_the_same_whatever_the_workers(faceset_a, faceset_b):
         list(torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(7, 10), num_workers=workers))
         for workers in (0, 2)
     ]
-    for one, other in zip(*loaded, strict=True):
+    assert batches.preload(budget=10**9) and not FaceBatches(samples, 128, SIZE, 4, None).preload(budget=10**5)
+    loaded.append([batches[i] for i in range(7, 10)])  # from memory
+    for one, other, cached in zip(*loaded, strict=True):
         for k in ("a", "b"):
             for name in ("faces", "theta", "warp", "lab"):
-                assert torch.equal(one[k][name], other[k][name])
+                assert torch.equal(one[k][name], other[k][name]) and torch.equal(one[k][name], cached[k][name])
     assert not torch.equal(loaded[0][0]["a"]["warp"], loaded[0][1]["a"]["warp"])
     assert identity_params(2)["warp"].max() == 0
 
