@@ -1,9 +1,10 @@
 """Training data: faces read from the facesets, and the augmentation that makes a few hundred of them
 teach a model to draw any pose and light.
 
-Work is split where it runs best. Loader workers (CPU) decode the faceset's PNGs, resize them to the
-model's size, draw the eye and mouth regions from the landmarks, and draw every random number of the
-batch. The device then does the resampling and colour work on the whole batch at once:
+Work is split where it runs best. The CPU decodes the faceset's PNGs, resizes them to the model's size
+and draws the eye and mouth regions from the landmarks (once, into memory, when the faces fit; else in
+the loader workers for every batch), and draws every random number of a batch. The device then does the
+resampling and colour work on the whole batch at once:
 - a small random rotation, zoom, shift and a horizontal flip, applied to input and target alike;
 - faceswap's random warp: the input alone is resampled through a smooth random grid, the target is not,
   so the model must learn a face, not an identity copy of its input;
@@ -48,7 +49,7 @@ class Augmentation:
     color_ab: float = 0.08  # Lab a and b move up to this share of the way to their extremes
 
 
-# ---------------------------------------------------------------- on the CPU, in the loader workers
+# ---------------------------------------------------------------- on the CPU
 
 
 def load_face(sample: FaceSample, face_size: int, size: int, mask: str = "extended") -> np.ndarray:

@@ -331,7 +331,7 @@ def train(
                     losses.update(_validate(model, validation, device, train_settings.loss))
                     if losses["val_loss_a"] is not None:
                         checks.append([sum(mean) / 2, (losses["val_loss_a"] + losses["val_loss_b"]) / 2])
-                        if overtraining(checks):
+                        if overtraining(checks) and not overtraining(checks[:-1]):  # once per rise
                             events.warning(f"validation loss is rising while training loss still falls (iteration "
                                            f"{iteration}): the model may be overtraining; more varied faces help, "
                                            f"or stop here", iteration=iteration)
