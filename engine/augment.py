@@ -17,7 +17,7 @@ same batches however many workers load them and however often it stops and resum
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -40,13 +40,16 @@ MOUTH_REACH = 1.2
 
 @dataclass
 class Augmentation:
-    rotation: float = 10.0  # degrees, either way
-    zoom: float = 0.05  # share of the size, either way
-    shift: float = 0.05  # share of the size, either way
-    flip: float = 0.5  # chance of a horizontal flip
-    warp: float = 0.02  # random-warp displacement (standard deviation), share of the size
-    lightness: float = 0.3  # Lab L moves up to this share of the way to white or black
-    color_ab: float = 0.08  # Lab a and b move up to this share of the way to their extremes
+    rotation: float = field(default=10.0, metadata={"help": "random rotation, degrees either way"})
+    zoom: float = field(default=0.05, metadata={"help": "random zoom, a share of the size either way"})
+    shift: float = field(default=0.05, metadata={"help": "random shift, a share of the size either way"})
+    flip: float = field(default=0.5, metadata={"help": "chance of a mirror image"})
+    warp: float = field(default=0.02, metadata={
+        "help": "random warp of the input: displacement (standard deviation) of a 5x5 grid, a share of the size"})
+    lightness: float = field(default=0.3, metadata={
+        "help": "Lab colour augmentation: L moves up to this share of the way to white or black"})
+    color_ab: float = field(default=0.08, metadata={
+        "help": "Lab colour augmentation: a and b move up to this share of the way to their extremes"})
 
 
 # ---------------------------------------------------------------- on the CPU

@@ -4,7 +4,7 @@ mouth (where people look, and where a swap first gives itself away), plus a loss
 Everything is computed in float32 whatever precision the model ran in.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
@@ -17,12 +17,14 @@ SSIM_C2 = 0.03**2
 
 @dataclass
 class LossWeights:
-    ssim: float = 1.0  # structural dissimilarity, (1 - SSIM) / 2
-    l1: float = 1.0  # mean absolute error
-    mask: float = 0.5  # binary cross-entropy of the predicted mask against the faceset's mask
-    eyes: float = 3.0  # an eye pixel counts this many times a plain face pixel
-    mouth: float = 2.0  # a mouth pixel counts this many times a plain face pixel
-    background: float = 0.1  # a pixel outside the face mask counts this much (0: ignore the background)
+    ssim: float = field(default=1.0, metadata={"help": "structural dissimilarity, (1 - SSIM) / 2, in the mask"})
+    l1: float = field(default=1.0, metadata={"help": "mean absolute error, in the mask"})
+    mask: float = field(default=0.5, metadata={
+        "help": "binary cross-entropy of the predicted mask against the faceset's mask"})
+    eyes: float = field(default=3.0, metadata={"help": "an eye pixel counts this many times a plain face pixel"})
+    mouth: float = field(default=2.0, metadata={"help": "a mouth pixel counts this many times a plain face pixel"})
+    background: float = field(default=0.1, metadata={
+        "help": "how much a pixel outside the face mask counts (0: not at all)"})
 
 
 def _gaussian_window(channels: int, device) -> torch.Tensor:

@@ -88,36 +88,38 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model folder to create (or continue with --resume)")
     parser.add_argument("--preset", choices=list(PRESETS),
                         help="model preset (default: quality on CUDA, fast on the CPU; on --resume, the model's own)")
-    parser.add_argument("--size", type=int, help="model resolution: 64, 128, 192 or 256 (default: the preset's)")
-    parser.add_argument("--batch", type=int, help="faces per identity per iteration (per GPU)")
-    parser.add_argument("--iterations", type=int, help="stop at this iteration (counted over resumes)")
+    parser.add_argument("--size", type=int, metavar="N", help="model resolution: 64, 128, 192 or 256 (default: the preset's)")
+    parser.add_argument("--batch", type=int, metavar="N", help="faces per identity per iteration (per GPU)")
+    parser.add_argument("--iterations", type=int, metavar="N", help="stop at this iteration (counted over resumes)")
     parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this long")
     parser.add_argument("--target-loss", type=float, metavar="X", help="stop when the mean training loss is this low")
     parser.add_argument("--resume", action="store_true", help="continue the model in --model exactly where it stopped")
-    parser.add_argument("--seed", type=int, help="random seed (default 0)")
-    parser.add_argument("--workers", type=int, help="data loader processes (default: 0 on the CPU, up to 8 on CUDA)")
+    parser.add_argument("--seed", type=int, metavar="N", help="random seed (default 0)")
+    parser.add_argument("--workers", type=int, metavar="N", help="data loader processes (default: 0 on the CPU, up to 8 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow to start)")
     model = parser.add_argument_group("model (override the preset)")
-    model.add_argument("--encoder-width", type=int, help="channels of the first encoder layer (doubles 4 times)")
-    model.add_argument("--decoder-width", type=int, help="channels where the decoders start (halves 3 times)")
-    model.add_argument("--latent", type=int, help="width of the dense bottleneck")
-    model.add_argument("--residual-blocks", type=int, help="residual blocks after each decoder upscale")
-    model.add_argument("--learning-rate", type=float, help="Adam learning rate")
+    model.add_argument("--encoder-width", type=int, metavar="N",
+                       help="channels of the first of the encoder's 4 downscales (each next one doubles them)")
+    model.add_argument("--decoder-width", type=int, metavar="N", help="channels where the decoders start (halves 3 times)")
+    model.add_argument("--latent", type=int, metavar="N", help="width of the dense bottleneck")
+    model.add_argument("--residual-blocks", type=int, metavar="N", help="residual blocks after each decoder upscale")
+    model.add_argument("--learning-rate", type=float, metavar="X", help="Adam learning rate")
     feedback = parser.add_argument_group("feedback and checkpoints")
-    feedback.add_argument("--log-every", type=int, help=f"iterations per history row and progress event ({TrainSettings.log_every})")
-    feedback.add_argument("--preview-every", type=int, help=f"iterations per preview and validation ({TrainSettings.preview_every})")
-    feedback.add_argument("--save-every", type=int, help=f"iterations per checkpoint ({TrainSettings.save_every})")
-    feedback.add_argument("--keep", type=int, help=f"checkpoints to keep ({TrainSettings.keep})")
-    feedback.add_argument("--preview-rows", type=int, help=f"faces per identity in the preview ({TrainSettings.preview_rows})")
-    feedback.add_argument("--validation", type=float, help=f"share of each faceset held out ({TrainSettings.validation})")
+    feedback.add_argument("--log-every", type=int, metavar="N", help=f"iterations per history row and progress event ({TrainSettings.log_every})")
+    feedback.add_argument("--preview-every", type=int, metavar="N", help=f"iterations per preview and validation ({TrainSettings.preview_every})")
+    feedback.add_argument("--save-every", type=int, metavar="N", help=f"iterations per checkpoint ({TrainSettings.save_every})")
+    feedback.add_argument("--keep", type=int, metavar="N", help=f"checkpoints to keep ({TrainSettings.keep})")
+    feedback.add_argument("--preview-rows", type=int, metavar="N", help=f"faces per identity in the preview ({TrainSettings.preview_rows})")
+    feedback.add_argument("--validation", type=float, metavar="X", help=f"share of each faceset held out ({TrainSettings.validation})")
     loss = parser.add_argument_group("loss weights")
     loss.add_argument("--mask", choices=["extended", "hull"], help="faceset mask to learn and weight the loss by (extended)")
     for f in fields(LossWeights):
-        loss.add_argument(f"--{f.name}-weight", type=float, dest=f"loss_{f.name}", help=f"({f.default})")
+        loss.add_argument(f"--{f.name}-weight", type=float, dest=f"loss_{f.name}", metavar="W",
+                          help=f"{f.metadata['help']} ({f.default:g})")
     augmentation = parser.add_argument_group("augmentation")
     for f in fields(Augmentation):
-        augmentation.add_argument(f"--{f.name.replace('_', '-')}", type=float, dest=f"augment_{f.name}",
-                                  help=f"({f.default})")
+        augmentation.add_argument(f"--{f.name.replace('_', '-')}", type=float, dest=f"augment_{f.name}", metavar="X",
+                                  help=f"{f.metadata['help']} ({f.default:g})")
 
 
 def run(args, events: Events) -> None:
