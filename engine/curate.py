@@ -23,7 +23,6 @@ FACESET/aside/moved.json, and --restore moves them back. Faceset.samples() skips
 missing, so training never sees a face that is aside.
 """
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -489,10 +488,7 @@ def _read_moved(folder: Path) -> list[dict]:
     path = folder / ASIDE_DIR / MOVED_FILE
     if not path.is_file():
         return []
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise EngineError(f"cannot read {path}: {e}") from None
+    data = media.read_json(path)
     if not isinstance(data, dict) or data.get("format") != ASIDE_FORMAT:
         raise EngineError(f"{path} is not a FaceReplace aside record")
     return data["faces"]

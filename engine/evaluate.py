@@ -22,7 +22,6 @@ Writes OUTPUT/evaluation.json (settings, summary and per-frame values) and OUTPU
 metrics over time); OUTPUT defaults to LAYERS/evaluate.
 """
 
-import json
 import math
 from pathlib import Path
 
@@ -73,10 +72,7 @@ def _load_manifest(layers: Path) -> dict:
         raise EngineError(f"layers folder not found: {layers}")
     if not path.is_file():
         raise EngineError(f"{layers} is not a convert output folder (it has no {MANIFEST_FILE})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise EngineError(f"cannot read {path}: {e}") from None
+    manifest = media.read_json(path)
     if not isinstance(manifest, dict) or "face" not in manifest.get("files", {}):
         raise EngineError(f"{path} is not a FaceReplace convert manifest (no face layer pattern)")
     return manifest

@@ -102,18 +102,12 @@ class Alignments:
 
     @classmethod
     def load(cls, path: str | Path) -> "Alignments":
-        import json
-
         path = Path(path)
         if path.is_dir():
             path = path / ALIGNMENTS_FILE
         if not path.is_file():
             raise EngineError(f"alignments file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise EngineError(f"cannot read alignments {path}: {e}") from None
-        return cls.from_json(data, where=str(path))
+        return cls.from_json(media.read_json(path), where=str(path))
 
 
 @dataclass

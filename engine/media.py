@@ -59,6 +59,14 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
+def read_json(path: str | os.PathLike):
+    """A JSON file's content; an unreadable or damaged file is an EngineError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise EngineError(f"cannot read {path}: {e}") from None
+
+
 def check_writable(folder: str | os.PathLike) -> Path:
     """Create `folder` if needed and prove we can write there, before any work starts."""
     folder = Path(folder)
