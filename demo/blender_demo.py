@@ -1,6 +1,6 @@
 """The whole face swap inside Blender, headless, through the FaceReplace extension's own operators.
 
-    .venv/bin/python demo/blender_demo.py [--iterations 400] [--preset tiny] [--device auto]
+    .venv/bin/python demo/blender_demo.py [--iterations 3000] [--preset tiny] [--device auto]
 
 It builds the extension zip and installs it into a private Blender user folder (demo/out/blender-user),
 makes a .blend whose sequencer holds the sample shot (Grace Hopper, an mp4) as target B, with source A the
@@ -99,7 +99,7 @@ def write_still(scene: bpy.types.Scene, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=400, help="training iterations (more: a better face)")
+    parser.add_argument("--iterations", type=int, default=3000, help="training iterations (more: a better face)")
     parser.add_argument("--preset", default="tiny", choices=["tiny", "fast", "quality"])
     parser.add_argument("--frames", type=int, default=48, help="frames per sample shot")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
@@ -118,13 +118,16 @@ def main() -> int:
     bpy.ops.facereplace.check_engine()
     print(preferences.engine_status)
     bpy.ops.facereplace.extract(side="BOTH")
+    for side in ("a", "b"):  # each faceset's faces and masks, where a person looks first
+        faceset = Path(bpy.path.abspath(getattr(scene.facereplace, side).faceset))
+        shutil.copy(faceset / "contact_sheet.png", OUT / f"contact_sheet_{side}.png")
     bpy.ops.facereplace.train()
     bpy.ops.facereplace.convert()
     bpy.ops.wm.save_mainfile()
 
     render_movie(scene, OUT / "demo.mp4")
     write_still(scene, OUT / "still.png")
-    for name in ("demo.blend", "demo.mp4", "still.png"):
+    for name in ("demo.blend", "demo.mp4", "still.png", "contact_sheet_a.png", "contact_sheet_b.png"):
         print(f"wrote {OUT / name}")
     return 0
 
