@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from . import media
+from .color import lab_to_rgb, rgb_to_lab
 from .faces import align, masks
 from .faceset import FaceSample
 
@@ -180,29 +181,9 @@ def augment(batch: dict, device, train: bool = True):
 
 # ---------------------------------------------------------------- Lab colour
 
-# sRGB (D65) primaries to CIE XYZ, and the D65 white point.
-_RGB_TO_XYZ = torch.tensor([[0.4124564, 0.3575761, 0.1804375],
-                            [0.2126729, 0.7151522, 0.0721750],
-                            [0.0193339, 0.1191920, 0.9503041]])
-_WHITE = torch.tensor([0.95047, 1.0, 1.08883])
+# Lab's range, for faceswap-style shifts toward a channel's top or bottom.
 _LAB_LOW = torch.tensor([0.0, -128.0, -128.0])
 _LAB_HIGH = torch.tensor([100.0, 127.0, 127.0])
-
-
-def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """sRGB NCHW in [0, 1] -> CIE Lab (L 0..100, a and b about -128..127)."""
-    linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    xyz = torch.einsum("ij,njhw->nihw", _RGB_TO_XYZ.to(rgb), linear) / _WHITE.to(rgb).view(1, 3, 1, 1)
-    f = torch.where(xyz > (6 / 29) ** 3, xyz.clamp_min(1e-12) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
-
-
-def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
-    fy = (lab[:, 0] + 16) / 116
-    f = torch.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], 1)
-    xyz = torch.where(f > 6 / 29, f**3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * _WHITE.to(lab).view(1, 3, 1, 1)
-    linear = torch.einsum("ij,njhw->nihw", torch.linalg.inv(_RGB_TO_XYZ).to(lab), xyz).clamp(0, 1)
-    return torch.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
 
 
 def shift_lab(rgb: torch.Tensor, amounts: torch.Tensor) -> torch.Tensor:

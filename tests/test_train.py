@@ -21,7 +21,8 @@ import torch
 
 from engine import media
 from engine.__main__ import main
-from engine.augment import Augmentation, FaceBatches, identity_params, lab_to_rgb, load_face, rgb_to_lab
+from engine.augment import Augmentation, FaceBatches, identity_params, load_face
+from engine.color import lab_to_rgb, rgb_to_lab
 from engine.faceset import Faceset
 from engine.model import checkpoint_paths, load_model, model_hash, read_checkpoint
 from engine.train import overtraining, read_history, train
