@@ -2,7 +2,8 @@
 
     OUTPUT/
       manifest.json                  source, model and hash, settings, frame range, file patterns
-      face/face_%06d.png|exr         RGBA face layer, straight alpha, fully transparent where no face is
+      face/face_%06d.png|exr         RGBA face layer, fully transparent where no face is: premultiplied
+                                     alpha in EXR (--alpha straight to change it), straight in PNG
       matte/matte_%06d.png|exr       the layer's alpha as one channel
       frames/frame_%06d.png|exr      the shot with the face composited in (--write-frames)
       patch/patch_%06d.png|exr       the swapped face in aligned space, its mask and matrices.json
@@ -17,7 +18,8 @@ are already there with the same marking (every file is written atomically).
 Per face: crop the frame with the stored matrix scaled to the model's size, run the decoder, match the
 colour to the original face inside the mask (in aligned space), and warp face and mask back by the
 exact inverse matrix (torch grid_sample, on the GPU when there is one); the mask is then eroded or
-dilated and feathered in frame pixels. A reader thread decodes, the model runs in batches, and a pool
+dilated and feathered in frame pixels. The layer goes over the plate in linear light, as compositing
+applications do, so finished frames equal what they make of the layer. A reader thread decodes, the model runs in batches, and a pool
 of writer threads encodes, so the device does not wait on PNG/EXR encoding.
 
 Each face sits in a fixed slot of a fixed-size batch (its ordinal in the shot modulo the batch), so
@@ -42,6 +44,9 @@ from .faces import align, masks
 from .faceset import ALIGNMENTS_FILE, Alignments
 
 FORMATS = {"png16": ".png", "exr": ".exr"}
+# EXR's convention (and what every reader assumes) is premultiplied colour; PNG's specification says straight.
+ALPHA_MODES = ("premultiplied", "straight")
+DEFAULT_ALPHA = {"png16": "straight", "exr": "premultiplied"}
 DIRECTIONS = {"a2b": "a", "b2a": "b"}  # a2b: the shot's faces drawn by decoder A
 MASK_MODES = ("predicted", "hull", "extended", "intersection")
 COLOR_MODES = ("none", "avg", "rct", "hist", "seamless")
@@ -50,6 +55,11 @@ MATRICES_FILE = "matrices.json"
 # --feather's default: this share of the shot's median face width (the landmark box), in frame pixels.
 AUTO_FEATHER = 0.06
 MAX_SUPERSAMPLE = 4  # a crop that shrinks the face is averaged over up to 4x4 samples per pixel
+# A mask level within 2% of 0 or 1 counts as fully outside or inside: a model's sigmoid mask never reaches
+# either, which would let the plate show through the whole face and leave a faint haze around it.
+MASK_SNAP = 0.02
+# ... and after the warp and the feather, whose weights sum to 1 only up to float rounding.
+ROUNDING_SNAP = 1e-5
 XMP = (
     '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
     '<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
@@ -73,6 +83,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--color", default="rct", choices=COLOR_MODES, help="colour matching to the original face")
     parser.add_argument("--format", default="png16", choices=list(FORMATS),
                         help="png16: 16-bit sRGB PNG; exr: 32-bit float scene-linear EXR")
+    parser.add_argument("--alpha", default=None, choices=ALPHA_MODES,
+                        help="the face layer's colour: premultiplied by alpha (EXR's default) or straight "
+                             "(PNG's, the only one PNG allows)")
     parser.add_argument("--frames", metavar="A-B", help="convert only frames A-B (inclusive, the shot's numbers): a farm chunk")
     parser.add_argument("--write-frames", action="store_true", help="also write finished frames to frames/")
     parser.add_argument("--write-patches", action="store_true", help="also write aligned patches to patch/")
@@ -82,7 +95,8 @@ def add_arguments(parser) -> None:
 def run(args, events: Events) -> None:
     convert(
         args.input, args.alignments, args.model, args.output, direction=args.direction, mask=args.mask,
-        erode=args.erode, feather=args.feather, color=args.color, fmt=args.format, frames=args.frames,
+        erode=args.erode, feather=args.feather, color=args.color, fmt=args.format, alpha=args.alpha,
+        frames=args.frames,
         write_frames=args.write_frames, write_patches=args.write_patches, batch=args.batch, events=events,
         device=args.device,
     )
@@ -286,12 +300,22 @@ def _dilate(mask, radius: int, outside: float):
     return out
 
 
-def _gaussian_blur(mask, sigma: float):
-    """Separable Gaussian blur of 1 x 1 x H x W, zeros beyond the edges."""
+def feather_radius(feather: float) -> int:
+    """How far, in whole pixels, the feather reaches beyond the mask's edge: half its width."""
+    return int(feather // 2)
+
+
+def snap_levels(mask, within: float):
+    """Stretch [within, 1 - within] to [0, 1] and clip: levels that close to 0 or 1 become exactly 0 or 1."""
+    return ((mask - within) / (1 - 2 * within)).clamp(0.0, 1.0)
+
+
+def _gaussian_blur(mask, sigma: float, radius: int):
+    """Separable Gaussian blur of 1 x 1 x H x W with the kernel cut at `radius` pixels (so nothing reaches
+    further), zeros beyond the edges."""
     import torch
     from torch.nn import functional as F
 
-    radius = math.ceil(3 * sigma)
     x = torch.arange(-radius, radius + 1, dtype=mask.dtype, device=mask.device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = kernel / kernel.sum()
@@ -300,15 +324,16 @@ def _gaussian_blur(mask, sigma: float):
 
 
 def shape_mask(mask, erode: int, feather: float):
-    """Erode (or, negative, dilate) by `erode` pixels with a round kernel, then feather: a Gaussian
-    with sigma feather/4, so the edge fades from 2% to 98% over about `feather` pixels."""
+    """Erode (or, negative, dilate) by `erode` pixels with a round kernel, then feather: a Gaussian with
+    sigma feather/4 cut at feather/2, so the edge fades from exactly 0 to exactly 1 over `feather` pixels
+    (2% to 98% over 0.87 of them) and the matte is solid inside and clean outside."""
     if erode > 0:
         mask = 1 - _dilate(1 - mask, erode, outside=1.0)
     elif erode < 0:
         mask = _dilate(mask, -erode, outside=0.0)
-    if feather > 0:
-        mask = _gaussian_blur(mask, feather / 4)
-    return mask.clamp(0.0, 1.0)
+    if feather_radius(feather) > 0:
+        mask = _gaussian_blur(mask, feather / 4, feather_radius(feather))
+    return snap_levels(mask, ROUNDING_SNAP)
 
 
 @dataclass
@@ -329,7 +354,7 @@ class Converter:
         self.mask_mode, self.erode, self.feather, self.color = mask, erode, feather, color
         self.linear = linear  # the shot is scene-linear float (EXR); the model works in sRGB
         self.keep_patches = keep_patches
-        self.margin = 2 + max(-erode, 0) + math.ceil(3 * feather / 4)
+        self.margin = 2 + max(-erode, 0) + feather_radius(feather)
 
     # -- geometry
 
@@ -392,7 +417,7 @@ class Converter:
         """Mask, colour-match and warp one swapped face back into frame pixels."""
         from .color import match_color, srgb_to_linear
 
-        mask = self.choose_mask(job, predicted)
+        mask = snap_levels(self.choose_mask(job, predicted), MASK_SNAP)
         face = match_color(self.color, rgb[None], crop[None], mask[None])[0]
         box = self.face_box(job)
         clipped = self.clip(box, frame_size)
@@ -422,10 +447,15 @@ class Converter:
 
     # -- per frame: composite
 
-    def composite(self, region, origin, results: list[FaceResult]):
-        """Alpha-over of the frame's faces, in the shot's space, over the uploaded region: returns the
-        layer's straight colour and alpha and the composited region (h x w x C float32 numpy)."""
+    def composite(self, region, origin, results: list[FaceResult]) -> "Composite":
+        """Alpha-over of the frame's faces over the uploaded region, in linear light (an sRGB shot is
+        decoded first), as compositing applications do it."""
         import torch
+
+        from .color import srgb_to_linear
+
+        def linear(t):
+            return t if self.linear else srgb_to_linear(t)
 
         _, _, h, w = region.shape
         premultiplied = torch.zeros(3, h, w, device=region.device)
@@ -433,15 +463,28 @@ class Converter:
         for r in results:
             x0, y0, x1, y1 = r.box
             window = (slice(None), slice(y0 - origin[1], y1 - origin[1]), slice(x0 - origin[0], x1 - origin[0]))
-            premultiplied[window] = premultiplied[window] * (1 - r.alpha) + r.color * r.alpha
+            premultiplied[window] = premultiplied[window] * (1 - r.alpha) + linear(r.color) * r.alpha
             alpha[window] = alpha[window] * (1 - r.alpha) + r.alpha
-        color = torch.where(alpha > 0, premultiplied / alpha.clamp(min=1e-12), torch.zeros_like(premultiplied))
-        finished = region[0] * (1 - alpha) + premultiplied
+        finished = linear(region[0]) * (1 - alpha) + premultiplied
 
         def to_numpy(t):
             return t.permute(1, 2, 0).float().cpu().numpy()
 
-        return to_numpy(color), to_numpy(alpha)[..., 0], to_numpy(finished)
+        return Composite(to_numpy(premultiplied), to_numpy(alpha)[..., 0], to_numpy(finished))
+
+
+@dataclass
+class Composite:
+    """A frame's faces over its region (h x w float32 numpy, scene-linear): the layer and the result."""
+
+    premultiplied: np.ndarray  # h x w x 3, colour times alpha
+    alpha: np.ndarray  # h x w
+    finished: np.ndarray  # h x w x 3, the region with the layer over it
+
+    def straight(self) -> np.ndarray:
+        """The layer's colour un-premultiplied (zero where alpha is)."""
+        alpha = self.alpha[..., None]
+        return np.where(alpha > 0, self.premultiplied / np.maximum(alpha, 1e-12), 0.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------- files
@@ -478,24 +521,33 @@ class FrameWork:
     results: dict = field(default_factory=dict)
 
 
-def _write_frame(work: FrameWork, composed, frame_size, linear: bool, fmt: str, common: dict) -> None:
+def encode_layer(composed: Composite, fmt: str, alpha_mode: str) -> np.ndarray:
+    """The RGBA face layer's pixels: premultiplied scene-linear EXR, or straight colour in either format."""
+    matte = encode_matte(composed.alpha, fmt)
+    if alpha_mode == "premultiplied":
+        color = composed.premultiplied
+    else:
+        opaque = matte > 0  # as stored: a 16-bit zero is transparent however small the float
+        color = np.where(opaque[..., None], encode(composed.straight(), True, fmt), 0)
+    return np.dstack([color, matte]).astype(matte.dtype)
+
+
+def _write_frame(work: FrameWork, composed: Composite | None, frame_size, linear: bool, fmt: str,
+                 common: dict) -> None:
     """Encode and write one frame's files. The face layer goes last, so its presence (with the right
     marking) means the frame is complete."""
     w, h = frame_size
     out = work.outputs
     empty = np.float32 if fmt == "exr" else np.uint16
     layer = np.zeros((h, w, 4), empty)
-    matte = np.zeros((h, w), empty)
     finished = encode(work.image, linear, fmt) if out.frame else None
     if composed is not None:
-        color, alpha, region = composed
         x0, y0, x1, y1 = work.box
-        matte[y0:y1, x0:x1] = encode_matte(alpha, fmt)
-        opaque = matte[y0:y1, x0:x1] > 0  # as stored: a 16-bit zero is transparent however small the float
-        layer[y0:y1, x0:x1, :3] = np.where(opaque[..., None], encode(color, linear, fmt), 0)
-        layer[..., 3] = matte
-        if finished is not None:  # pixels the mask does not reach keep the shot's own values exactly
-            finished[y0:y1, x0:x1] = np.where(opaque[..., None], encode(region, linear, fmt), finished[y0:y1, x0:x1])
+        layer[y0:y1, x0:x1] = encode_layer(composed, fmt, common["alpha"])
+        if finished is not None:  # pixels the layer does not reach keep the shot's own values exactly
+            touched = layer[y0:y1, x0:x1, 3:] > 0
+            finished[y0:y1, x0:x1] = np.where(touched, encode(composed.finished, True, fmt), finished[y0:y1, x0:x1])
+    matte = np.ascontiguousarray(layer[..., 3])
     for index, (patch_path, mask_path) in enumerate(out.patches):
         result = work.results[index]
         media.write_image(patch_path, encode(result.patch, False, fmt), _marking(common, "patch", work.number))
@@ -540,6 +592,7 @@ def convert(
     feather: float | None = None,
     color: str = "rct",
     fmt: str = "png16",
+    alpha: str | None = None,
     frames: str | None = None,
     write_frames: bool = False,
     write_patches: bool = False,
@@ -554,6 +607,12 @@ def convert(
                                  ("color", color, COLOR_MODES), ("format", fmt, FORMATS)):
         if value not in allowed:
             raise EngineError(f"--{name} {value!r} is not one of {', '.join(allowed)}")
+    alpha = alpha or DEFAULT_ALPHA[fmt]
+    if alpha not in ALPHA_MODES:
+        raise EngineError(f"--alpha {alpha!r} is not one of {', '.join(ALPHA_MODES)}")
+    if fmt == "png16" and alpha != "straight":
+        raise EngineError("--alpha premultiplied needs --format exr: PNG holds straight alpha only, by its "
+                          "specification, and every reader takes it so")
     if feather is not None and feather < 0:
         raise EngineError(f"--feather must be 0 or more, got {feather}")
     if batch is not None and batch < 1:
@@ -589,7 +648,7 @@ def convert(
     feather = _auto_feather(shot) if feather is None else float(feather)
     settings = {"direction": direction, "mask": mask, "erode": erode, "feather": feather, "color": color,
                 "format": fmt}
-    common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True, "alpha": "straight",
+    common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True, "alpha": alpha,
               "model_hash": model_hash(model_dir), "settings": settings}
 
     jobs = _face_jobs(shot, size)

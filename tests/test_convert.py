@@ -303,8 +303,11 @@ def test_erode_dilate_and_feather_are_round_and_in_pixels():
     edge = np.zeros((40, 200), np.float32)
     edge[:, 100:] = 1
     ramp = shape_mask(torch.from_numpy(edge)[None, None], 0, 24)[0, 0, 20].numpy()
+    # The edge lies between pixels 99 and 100: the fade reaches 12 px (half the feather) to either side,
+    # exactly 0 before it and exactly 1 after it.
+    assert not ramp[:88].any() and np.all(ramp[112:188] == 1.0) and np.all((ramp[88:112] > 0) & (ramp[88:112] < 1))
     width = np.argmax(ramp > 0.98) - np.argmax(ramp > 0.02)
-    assert 22 <= width <= 26
+    assert 19 <= width <= 23
 
 
 def test_mask_modes(tiny_model, faceset_b, shot_b, tmp_path):
