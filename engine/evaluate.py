@@ -1,7 +1,7 @@
 """Evaluate: measure a converted shot, frame by frame and in summary, the way face-swap papers do.
 
-Each frame's face layer (LAYERS/face/face_%06d.png|exr, straight alpha) is composited over the shot's
-frame in the shot's own space, as a compositor would, and the result is compared with the original:
+Each frame's face layer (LAYERS/face/face_%06d.png|exr, with the alpha its manifest names) is composited
+over the shot's frame in the shot's own space, as a compositor would, and the result is compared with the original:
 
 - identity: cosine similarity of the swapped face's 128-D embedding (dlib, at its re-detected
   landmarks) to A's mean embedding and to the original face's; ID retrieval is the share of frames
@@ -399,6 +399,9 @@ def evaluate(
         if layer.ndim != 3 or layer.shape[2] != 4 or layer.shape[:2] != image.shape[:2]:
             raise EngineError(f"layer {_layer_path(layers, manifest, number)} is not an RGBA image the size of "
                               f"the shot's frames ({frame_source.size[0]}x{frame_source.size[1]})")
+        if manifest.get("alpha") == "premultiplied":  # convert's EXR layers: colour times alpha
+            alpha = layer[..., 3:]
+            layer = np.dstack([np.where(alpha > 0, layer[..., :3] / np.maximum(alpha, 1e-12), 0), alpha])
         adjacent = last is not None and position[number] - position[last] <= step
         record = measures.measure(number, image, layer, adjacent)
         records.append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()})
