@@ -6,6 +6,7 @@ name; a strip shows them from its frame_start, minus whatever its handles trim. 
 user types (frame ranges, the reference frame) is a timeline frame; the engine only ever sees its own.
 """
 
+import json
 import os
 import re
 from dataclasses import dataclass, replace
@@ -20,6 +21,8 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp"}
 TAG = "facereplace"  # custom property on the strips the add-on adds: "plate", "face" or "matte"
 TAG_TARGET = "facereplace_target"  # ... and the name of the shot they belong to
 MAX_CHANNEL = 128
+# The face layer's alpha as convert's manifest names it -> Blender's strip alpha mode.
+ALPHA_MODES = {"straight": "STRAIGHT", "premultiplied": "PREMUL"}
 
 
 def edited_scene(context):
@@ -229,6 +232,19 @@ def _add_color_balance(strip, scene) -> None:
             workspace.sequencer_scene = None
 
 
+def layer_alpha_mode(output: Path) -> str:
+    """The Blender alpha mode of convert's face layers in `output`, as its manifest.json records them
+    (premultiplied EXR, straight PNG)."""
+    path = output / "manifest.json"
+    try:
+        alpha = json.loads(path.read_text()).get("alpha")
+    except (OSError, ValueError, AttributeError):
+        raise ClientError(f"cannot read {path}: convert the shot again") from None
+    if alpha not in ALPHA_MODES:
+        raise ClientError(f"{path} names no known alpha ({alpha!r}): convert the shot again")
+    return ALPHA_MODES[alpha]
+
+
 def add_result_strips(scene, target: Shot, output: Path) -> dict[str, object]:
     """Add the face layer (Alpha Over, with a Color Balance modifier) and the muted matte on the channels
     above the target, frame-aligned with it, replacing the ones an earlier run added. A folder target
@@ -239,6 +255,7 @@ def add_result_strips(scene, target: Shot, output: Path) -> dict[str, object]:
     if missing:
         shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
         raise ClientError(f"{output} lacks {len(missing)} of the shot's frames ({shown}): convert them first")
+    alpha_mode = layer_alpha_mode(output)
     key = target.strip or target.name
     remove_result_strips(scene, key)
     strips = strip_collection(scene.sequence_editor_create())
@@ -255,7 +272,7 @@ def add_result_strips(scene, target: Shot, output: Path) -> dict[str, object]:
     face = _image_strip(strips, f"{target.name} face", output / "face", [faces[n] for n in target.numbers],
                         channel, target.start, "face", key)
     face.blend_type = "ALPHA_OVER"
-    face.alpha_mode = "STRAIGHT"  # convert writes un-premultiplied alpha
+    face.alpha_mode = alpha_mode
     _add_color_balance(face, scene)
     matte = _image_strip(strips, f"{target.name} matte", output / "matte", [mattes[n] for n in target.numbers],
                          channel + 1, target.start, "matte", key)
