@@ -19,8 +19,9 @@ Per face: crop the frame with the stored matrix scaled to the model's size, run 
 colour to the original face inside the mask (in aligned space), and warp face and mask back by the
 exact inverse matrix (torch grid_sample, on the GPU when there is one); the mask is then eroded or
 dilated and feathered in frame pixels. The layer goes over the plate in linear light, as compositing
-applications do, so finished frames equal what they make of the layer. A reader thread decodes, the model runs in batches, and a pool
-of writer threads encodes, so the device does not wait on PNG/EXR encoding.
+applications do, so finished frames equal what they make of the layer. A reader thread decodes, the
+model runs in batches, and a pool of writer threads encodes, so the device does not wait on PNG/EXR
+encoding.
 
 Each face sits in a fixed slot of a fixed-size batch (its ordinal in the shot modulo the batch), so
 what the model computes for a face never depends on the chunk or on the faces batched beside it.
@@ -96,9 +97,8 @@ def run(args, events: Events) -> None:
     convert(
         args.input, args.alignments, args.model, args.output, direction=args.direction, mask=args.mask,
         erode=args.erode, feather=args.feather, color=args.color, fmt=args.format, alpha=args.alpha,
-        frames=args.frames,
-        write_frames=args.write_frames, write_patches=args.write_patches, batch=args.batch, events=events,
-        device=args.device,
+        frames=args.frames, write_frames=args.write_frames, write_patches=args.write_patches, batch=args.batch,
+        events=events, device=args.device,
     )
 
 
