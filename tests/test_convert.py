@@ -49,10 +49,24 @@ class IdentityModel:
         return faces.clone(), torch.ones_like(faces[:, :1])
 
 
+class SoftMaskModel(IdentityModel):
+    """The same under a mask as a trained model draws one: a sigmoid over a disk, 0.9995 in the middle and
+    0.0005 at the corners, never quite 1 or 0."""
+
+    def swap(self, faces, identity):
+        size = faces.shape[-1]
+        y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        distance = ((x - size / 2) ** 2 + (y - size / 2) ** 2).sqrt()
+        mask = 0.0005 + 0.999 * torch.sigmoid(2 * (0.35 * size - distance))
+        return faces.clone(), mask.expand(len(faces), 1, size, size).clone()
+
+
 @pytest.fixture
-def identity_model(monkeypatch, tmp_path):
+def identity_model(monkeypatch, tmp_path, request):
+    """IdentityModel, or the model class an indirect parametrization names, loaded from a dummy folder."""
     def load(model_dir, device, warn=None):
-        return IdentityModel(), ModelConfig(size=256, face_size=128, coverage=align.DEFAULT_COVERAGE)
+        model = getattr(request, "param", IdentityModel)()
+        return model, ModelConfig(size=256, face_size=128, coverage=align.DEFAULT_COVERAGE)
 
     monkeypatch.setattr(model_module, "load_model", load)
     monkeypatch.setattr(model_module, "model_hash", lambda model_dir: "identity")
@@ -310,6 +324,29 @@ def test_erode_dilate_and_feather_are_round_and_in_pixels():
     assert 19 <= width <= 23
 
 
+@pytest.mark.parametrize("identity_model", [SoftMaskModel], indirect=True)
+def test_matte_is_exactly_one_inside_and_zero_beyond_the_feather(identity_model, faceset_b, shot_b, tmp_path):
+    """A model's mask that never reaches 1 or 0 still gives a matte (and patch mask) of exactly 1 over the
+    face and exactly 0 past the feather's reach, in both formats: no plate through the face, no haze."""
+    feather = 10
+    for fmt, ext, full in (("exr", ".exr", 1.0), ("png16", ".png", 65535)):
+        out = tmp_path / fmt
+        convert(shot_b, faceset_b, identity_model, out, feather=feather, color="none", fmt=fmt, frames="4-5",
+                write_patches=True, device="cpu")
+        for number in (4, 5):
+            matte = media.read_image(out / "matte" / f"matte_{number:06d}{ext}")
+            inside = (matte >= full / 2).astype(np.uint8)
+            assert matte.max() == full
+            # The sigmoid spreads the edge by about 2 px each way, on top of the feather.
+            reach = feather // 2 + 4
+            assert np.all(matte[cv2.distanceTransform(inside, cv2.DIST_L2, 5) > reach] == full)
+            assert np.all(matte[cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5) > reach] == 0)
+            assert (matte > 0).sum() < 1.5 * inside.sum()  # the rest of the crop is clear
+            patch_mask = media.read_image(out / "patch" / f"patch_mask_{number:06d}{ext}")
+            assert patch_mask.min() == 0 and patch_mask.max() == full
+            assert ((patch_mask > 0) & (patch_mask < full)).mean() < 0.05  # only the sigmoid's edge
+
+
 def test_mask_modes(tiny_model, faceset_b, shot_b, tmp_path):
     mattes = {}
     for mode in ("predicted", "hull", "extended", "intersection"):
@@ -327,7 +364,7 @@ def test_mask_modes(tiny_model, faceset_b, shot_b, tmp_path):
 def test_cli_help_lists_the_options():
     result = run_engine("convert", "--help")
     assert result.returncode == 0, result.stderr
-    for option in ("--alignments", "--direction", "--mask", "--erode", "--feather", "--color", "--format",
+    for option in ("--alignments", "--direction", "--mask", "--erode", "--feather", "--color", "--format", "--alpha",
                    "--frames", "--write-frames", "--write-patches", "--batch", "--events"):
         assert option in result.stdout
 
@@ -372,6 +409,7 @@ def bad_inputs(shot_b, faceset_b, tmp_path_factory):
     ("empty model", ["no model checkpoint"]),
     ("unwritable output", ["not writable"]),
     ("frame range", ["frame range 10-40", "outside"]),
+    ("premultiplied png", ["--alpha premultiplied needs --format exr", "PNG holds straight alpha"]),
 ])
 def test_bad_inputs_give_one_line_errors(case, words, bad_inputs, tiny_model, shot_b, faceset_b, tmp_path):
     args = {"input": shot_b, "--alignments": faceset_b, "--model": tiny_model, "--output": tmp_path / "out"}
@@ -390,6 +428,8 @@ def test_bad_inputs_give_one_line_errors(case, words, bad_inputs, tiny_model, sh
         args["--output"] = bad_inputs / "a-file" / "out"
     elif case == "frame range":
         extra = ["--frames", "10-40"]
+    elif case == "premultiplied png":
+        extra = ["--alpha", "premultiplied"]
     result = run_engine("convert", args.pop("input"), *[x for kv in args.items() for x in kv], *extra,
                         "--device", "cpu")
     assert result.returncode == 2, result.stderr
