@@ -604,7 +604,7 @@ def convert(
     settings = {"direction": direction, "mask": mask, "erode": erode, "feather": feather, "color": color,
                 "format": fmt}
     common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True, "alpha": "straight",
-              "model_hash": model_hash(model_dir), "settings": settings}
+              "model_hash": model_hash(model_dir, model.checkpoint), "settings": settings}
 
     jobs = _face_jobs(shot, size)
     missing = [n for n in numbers if n not in jobs]

@@ -123,6 +123,9 @@ class Alignments:
             raise bad(f"coverage {self.coverage!r} is not above 0 and at most 1")
         if self.fps is not None and not (_finite(self.fps) and self.fps > 0):
             raise bad(f"fps {self.fps!r} is not a positive number")
+        every = self.settings.get("every", 1)
+        if not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
+            raise bad(f"settings.every {every!r} is not a whole number of frames")
         if self.signature is not None:
             _check_signature(self.signature, bad)
         seen = set()
@@ -135,7 +138,7 @@ class Alignments:
             if not isinstance(frame.faces, list) or not (frame.file is None or isinstance(frame.file, str)):
                 raise bad(f"frame {frame.number}: faces or file has the wrong type")
             for index, face in enumerate(frame.faces):
-                _check_face(face, f"frame {frame.number} face {index}", max(size), self.face_size, bad)
+                _check_face(face, f"frame {frame.number} face {index}", size, self.face_size, bad)
 
     def save(self, path: str | Path) -> None:
         media.write_json(path, self.to_json())
@@ -177,11 +180,18 @@ def _check_signature(signature, bad) -> None:
         raise bad("its shot signature is not frame numbers with one thumbnail each")
 
 
-def _check_face(face: Face, what: str, frame_side: int, face_size: int, bad) -> None:
+def _check_face(face: Face, what: str, frame_size: np.ndarray, face_size: int, bad) -> None:
     for name, shape in (("bbox", (4,)), ("landmarks", (68, 2)), ("landmarks_raw", (68, 2)), ("matrix", (2, 3)),
                         ("embedding", (None,))):
         if _numbers(getattr(face, name), shape) is None:
             raise bad(f"{what}: {name} is not {' x '.join(str(n or 'N') for n in shape)} finite numbers")
+    frame_side = int(frame_size.max())
+    x0, y0, x1, y1 = face.bbox
+    if not (x0 < x1 and y0 < y1 and x1 > 0 and y1 > 0 and x0 < frame_size[0] and y0 < frame_size[1]):
+        raise bad(f"{what}: bbox {face.bbox} is not a box that overlaps the frame")
+    for name in ("landmarks", "landmarks_raw"):  # a face may reach past the frame's edge, not far past it
+        if np.abs(np.asarray(getattr(face, name), np.float64)).max() > 16 * frame_side:
+            raise bad(f"{what}: {name} lie far outside the frame")
     for name in ("score", "landmark_confidence"):
         value = getattr(face, name)
         if not (_finite(value) or (value is None and name == "landmark_confidence")):

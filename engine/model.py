@@ -282,9 +282,10 @@ def load_model(model_dir: str | Path, device="cpu", warn=None) -> tuple[FaceMode
     return model.to(device).eval(), config
 
 
-def model_hash(model_dir: str | Path) -> str:
-    """Short sha256 of the checkpoint `load_model` uses, to mark outputs with the model that made them."""
-    _, path = latest_checkpoint(model_dir, device="cpu")
+def model_hash(model_dir: str | Path, checkpoint: Path | None = None) -> str:
+    """Short sha256 of `checkpoint`, by default the one `load_model` uses, to mark outputs with the model
+    that made them. Pass the loaded model's own (`model.checkpoint`) while a train may be writing newer ones."""
+    path = checkpoint or latest_checkpoint(model_dir, device="cpu")[1]
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -194,8 +194,11 @@ def train(
             media.lock_folder(model_dir)
         state, checkpoint = latest_checkpoint(model_dir, device, warn=events.warning)
         config = _resumed_config(config_from_state(state), preset, model_changes, face_size, coverage, model_dir)
-        train_settings = TrainSettings.from_dict(state["settings"])
-        start, elapsed, checks = state["iteration"], state["elapsed"], state["checks"]
+        try:
+            train_settings = TrainSettings.from_dict(state["settings"])
+            start, elapsed, checks = int(state["iteration"]), float(state["elapsed"]), list(state["checks"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise EngineError(f"checkpoint {checkpoint} cannot be resumed: {type(e).__name__}: {e}") from None
         log.info("resuming %s at iteration %d from %s", model_dir, start, checkpoint.name)
     else:
         if checkpoint_paths(model_dir):
