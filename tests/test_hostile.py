@@ -111,7 +111,8 @@ def paused_train(faceset_a, faceset_b, model: Path, pause: str, *extra) -> subpr
     """A train run in its own process, paused (by media's test hook) in the save of the checkpoint named
     `pause`, after its temp file is written and before the rename; returns once it is there."""
     command = [sys.executable, "-m", "engine", "train", "--a", faceset_a, "--b", faceset_b, "--model", model,
-               "--preset", "tiny", "--save-every", "1", "--preview-every", "1000", "--device", "cpu", *extra]
+               "--preset", "tiny", "--save-every", "1", "--preview-every", "1000", "--device", "cpu",
+               "--iterations", "20", *extra]  # ends (and the test fails) if the pause never comes
     process = subprocess.Popen(list(map(str, command)), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, env={**os.environ, media.PAUSE_BEFORE_RENAME: pause})
     for line in process.stderr:

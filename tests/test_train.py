@@ -200,7 +200,8 @@ def test_kill_during_save_never_leaves_an_unloadable_model(faceset_a, faceset_b,
     lands mid-save, however busy the machine. After each kill the model folder loads and resumes."""
     model = tmp_path / "m"
     command = [sys.executable, "-m", "engine", "train", "--a", faceset_a, "--b", faceset_b, "--model", model,
-               "--preset", "tiny", "--save-every", "1", "--keep", "2", "--preview-every", "1000", "--device", "cpu"]
+               "--preset", "tiny", "--save-every", "1", "--keep", "2", "--preview-every", "1000", "--device", "cpu",
+               "--iterations", "20"]  # ends (and the test fails) if the pause never comes
     for iteration in (3, 5):
         resume = ["--resume"] if checkpoint_paths(model) else []
         process = subprocess.Popen(list(map(str, command + resume)), cwd=ROOT, stdout=subprocess.DEVNULL,
