@@ -1,17 +1,32 @@
 """The engine's command line: one verb per stage, each a thin wrapper over its module's `run`.
 
 Each stage module defines `add_arguments(parser)` and `run(args, events)`. Errors the user can fix are
-EngineError: one line on stderr (and an "error" event), exit status 2.
+EngineError: one line on stderr (and an "error" event), exit status 2. So are a command line the parser
+refuses and a failure of the machine (a full disk, no memory) rather than of the engine.
 """
 
 import argparse
+import contextlib
+import errno
 import importlib
 import logging
+import math
+import os
 import sys
 import traceback
 
 from . import __version__
 from .events import EngineError, Events
+
+
+class _ParserError(Exception):
+    """argparse's complaint about the command line, raised instead of printed so it becomes an error event."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _ParserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
 
 VERBS = {
     "extract": ("engine.extract", "frames -> faceset: detect, align, mask and embed faces"),
@@ -25,7 +40,7 @@ VERBS = {
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `verb`'s module is imported, so `extract` never pays for importing torch."""
-    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m engine", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"facereplace-engine {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name, (module_name, help_text) in VERBS.items():
@@ -39,31 +54,77 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def _parse(argv: list[str]) -> argparse.Namespace:
     verb = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(verb).parse_args(argv)
+    for name, value in vars(args).items():  # float("nan") and float("inf") parse; no option means them
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _ParserError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    return args
+
+
+@contextlib.contextmanager
+def _stdout_for_events():
+    """With --events, stdout carries only the events: anything else printed there (a library's
+    "Downloading ..." line, a C library writing to file descriptor 1) goes to stderr for the whole run.
+    Yields the stream the events go to."""
+    events_out = sys.stdout
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture it): Python-level only
+        descriptor = None
+    if descriptor is not None:
+        sys.stdout.flush()
+        events_out = os.fdopen(os.dup(descriptor), "w", buffering=1)
+        os.dup2(sys.stderr.fileno(), descriptor)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield events_out
+    finally:
+        if descriptor is not None:
+            events_out.flush()
+            os.dup2(events_out.fileno(), descriptor)
+            events_out.close()
+
+
+def _fail(events: Events | None, message: str, code: int = 2) -> int:
+    if events is not None:
+        events.error(message)
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = _parse(argv)
+    except _ParserError as e:
+        verb = next((a for a in argv if a in VERBS), "engine")
+        return _fail(Events(verb, json_lines="--events" in argv), str(e))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    events = Events(args.verb, json_lines=args.events)
-    try:
-        importlib.import_module(args.module).run(args, events)
-    except EngineError as e:
-        events.error(str(e))
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        events.error("interrupted")
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # a bug, not bad input: keep the traceback for the report
-        traceback.print_exc()
-        events.error(f"internal error: {type(e).__name__}: {e}")
-        return 1
+    with _stdout_for_events() if args.events else contextlib.nullcontext(sys.stdout) as stdout:
+        events = Events(args.verb, json_lines=args.events, stdout=stdout)
+        try:
+            importlib.import_module(args.module).run(args, events)
+        except EngineError as e:
+            return _fail(events, str(e))
+        except KeyboardInterrupt:
+            return _fail(events, "interrupted", 130)
+        except MemoryError:
+            return _fail(events, "out of memory (a smaller --batch, --size or frame range needs less)")
+        except OSError as e:  # the machine, not the engine: a full disk, a vanished mount, a quota
+            where = f" ({e.filename})" if e.filename else ""
+            reason = "no space left on the disk" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+            return _fail(events, f"{reason}{where}")
+        except Exception as e:  # a bug, not bad input: keep the traceback for the report
+            traceback.print_exc()
+            events.error(f"internal error: {type(e).__name__}: {e}")
+            return 1
     return 0
 
 

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from . import media
 from .color import lab_to_rgb, rgb_to_lab
+from .events import EngineError
 from .faces import align, masks
 from .faceset import FaceSample
 
@@ -62,6 +63,8 @@ def load_face(sample: FaceSample, face_size: int, size: int, mask: str = "extend
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[..., None], 3, axis=2)
     face_mask = media.to_srgb8(media.read_image(sample.mask_extended if mask == "extended" else sample.mask_hull))
+    if rgb.shape[:2] != (face_size, face_size) or face_mask.shape[:2] != (face_size, face_size):
+        raise EngineError(f"face {sample.image} or its mask is not {face_size} px, the size of its faceset's faces")
     points = sample.landmarks
     regions = [
         np.maximum(_region(points[align.REGIONS["left_eye"]], EYE_REACH, face_size),

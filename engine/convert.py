@@ -42,7 +42,8 @@ import numpy as np
 from . import __version__, media
 from .events import EngineError, Events
 from .faces import align, masks
-from .faceset import ALIGNMENTS_FILE, Alignments
+from .faceset import ALIGNMENTS_FILE, Alignments, check_same_shot
+from .options import number_in
 
 FORMATS = {"png16": ".png", "exr": ".exr"}
 # EXR's convention (and what every reader assumes) is premultiplied colour; PNG's specification says straight.
@@ -61,6 +62,7 @@ MAX_SUPERSAMPLE = 4  # a crop that shrinks the face is averaged over up to 4x4 s
 MASK_SNAP = 0.02
 # ... and after the warp and the feather, whose weights sum to 1 only up to float rounding.
 ROUNDING_SNAP = 1e-5
+MAX_ERODE, MAX_FEATHER = 500, 1000  # frame pixels: wider kernels cost time and memory for nothing
 XMP = (
     '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
     '<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
@@ -78,8 +80,9 @@ def add_arguments(parser) -> None:
                         help="a2b: draw the shot's faces as A (decoder A); b2a: as B")
     parser.add_argument("--mask", default="predicted", choices=MASK_MODES,
                         help="the model's mask, the landmark hull, the hull with forehead, or predicted ∩ extended")
-    parser.add_argument("--erode", type=int, default=0, metavar="PX", help="shrink the mask by PX frame pixels (negative grows it)")
-    parser.add_argument("--feather", type=float, default=None, metavar="PX",
+    parser.add_argument("--erode", type=number_in(-MAX_ERODE, MAX_ERODE, kind=int), default=0, metavar="PX",
+                        help="shrink the mask by PX frame pixels (negative grows it)")
+    parser.add_argument("--feather", type=number_in(0, MAX_FEATHER), default=None, metavar="PX",
                         help=f"width of the mask's soft edge in frame pixels (default {AUTO_FEATHER * 100:g}%% of the face width)")
     parser.add_argument("--color", default="rct", choices=COLOR_MODES, help="colour matching to the original face")
     parser.add_argument("--format", default="png16", choices=list(FORMATS),
@@ -91,6 +94,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--write-frames", action="store_true", help="also write finished frames to frames/")
     parser.add_argument("--write-patches", action="store_true", help="also write aligned patches to patch/")
     parser.add_argument("--batch", type=int, default=None, metavar="N", help="faces per model call (default 8 CPU, 32 CUDA)")
+    parser.add_argument("--force", action="store_true",
+                        help="use alignments whose shot signature does not match the input (a deliberate change of plate)")
 
 
 def run(args, events: Events) -> None:
@@ -98,7 +103,7 @@ def run(args, events: Events) -> None:
         args.input, args.alignments, args.model, args.output, direction=args.direction, mask=args.mask,
         erode=args.erode, feather=args.feather, color=args.color, fmt=args.format, alpha=args.alpha,
         frames=args.frames, write_frames=args.write_frames, write_patches=args.write_patches, batch=args.batch,
-        events=events, device=args.device,
+        events=events, device=args.device, force=args.force,
     )
 
 
@@ -581,6 +586,7 @@ class StageClock:
 # ---------------------------------------------------------------- the public function
 
 
+@media.holds_folder_locks
 def convert(
     input: str | Path,
     alignments: str | Path,
@@ -599,8 +605,10 @@ def convert(
     batch: int | None = None,
     events: Events | None = None,
     device: str = "auto",
+    force: bool = False,
 ) -> dict:
     """Convert `input` (a video or image folder) with its alignments and a trained model into `output`.
+    `force` converts with alignments whose shot signature does not match `input`.
     Returns the summary that the "done" event carries."""
     events = events or Events("convert")
     for name, value, allowed in (("direction", direction, DIRECTIONS), ("mask", mask, MASK_MODES),
@@ -613,8 +621,10 @@ def convert(
     if fmt == "png16" and alpha != "straight":
         raise EngineError("--alpha premultiplied needs --format exr: PNG holds straight alpha only, by its "
                           "specification, and every reader takes it so")
-    if feather is not None and feather < 0:
-        raise EngineError(f"--feather must be 0 or more, got {feather}")
+    if feather is not None and not 0 <= feather <= MAX_FEATHER:
+        raise EngineError(f"--feather must be 0 to {MAX_FEATHER}, got {feather}")
+    if not -MAX_ERODE <= erode <= MAX_ERODE:
+        raise EngineError(f"--erode must be {-MAX_ERODE} to {MAX_ERODE}, got {erode}")
     if batch is not None and batch < 1:
         raise EngineError(f"--batch must be 1 or more, got {batch}")
 
@@ -624,6 +634,7 @@ def convert(
         alignments_path = alignments_path / ALIGNMENTS_FILE
     shot = Alignments.load(alignments_path)
     check_alignments(shot, source, alignments_path)
+    check_same_shot(shot, source, alignments_path, force, events.warning)
     if Path(shot.source) != source.path.resolve():  # a regraded or re-exported plate is fine, a wrong one is not
         events.warning(f"the alignments were made from {shot.source}; converting {source.path.resolve()} with them")
     numbers = source.select(frames)
@@ -643,13 +654,16 @@ def convert(
     model, config = load_model(model_dir, torch_device, warn=events.warning)
     _check_model(config, shot, model_dir)
     folder = media.check_writable(output)  # last: a refused input leaves no folder behind
+    media.lock_folder(folder, shared=frames is not None)  # farm chunks write one folder side by side
+    if frames is None:  # alone in the folder: what a killed run left half-written can go
+        media.sweep_temp_files(folder)
     size = config.size
     ext = FORMATS[fmt]
     feather = _auto_feather(shot) if feather is None else float(feather)
     settings = {"direction": direction, "mask": mask, "erode": erode, "feather": feather, "color": color,
                 "format": fmt}
     common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True, "alpha": alpha,
-              "model_hash": model_hash(model_dir), "settings": settings}
+              "model_hash": model_hash(model_dir, model.checkpoint), "settings": settings}
 
     jobs = _face_jobs(shot, size)
     missing = [n for n in numbers if n not in jobs]
@@ -733,8 +747,9 @@ def _write_manifest(folder, source, shot, alignments_path, model_dir, config, co
     if path.is_file():
         try:
             old = json.loads(path.read_text())
-        except ValueError:
+        except (ValueError, RecursionError):
             old = {}
+        old = old if isinstance(old, dict) else {}
         if old.get("settings") != manifest["settings"] or old.get("model_hash") != manifest["model_hash"]:
             events.warning(f"{folder} held a conversion with other settings or another model; frames outside "
                            f"this run's selection keep the old result")

@@ -34,7 +34,7 @@ from . import media
 from .events import EngineError, Events
 from .faces import align, identity, masks
 from .faces.pose import head_pose
-from .faceset import Alignments, Face, Faceset
+from .faceset import ALIGNMENTS_FILE, Alignments, Face, Faceset
 
 REPORT_FORMAT = "facereplace.curate"
 ASIDE_FORMAT = "facereplace.aside"
@@ -97,6 +97,7 @@ def run(args, events: Events) -> None:
     )
 
 
+@media.holds_folder_locks
 def curate(
     faceset: str | Path,
     apply: bool = False,
@@ -122,6 +123,7 @@ def curate(
         raise EngineError(f"faceset {folder} holds no faces")
     target_alignments = _load_target(target) if target is not None else None
     media.check_writable(folder / REPORT_DIR)
+    media.lock_folder(folder)
     events.start(faceset=str(folder), faces=len(faces))
 
     scores = _score_faces(folder, alignments, faces, events)
@@ -185,12 +187,18 @@ def _face_pose(face: Face, alignments: Alignments) -> tuple[float, float, float]
     return head_pose(np.asarray(face.landmarks), tuple(alignments.source_size))
 
 
-def _face_file(folder: Path, relative: str) -> Path | None:
-    """Where a face's file is now: in place, or aside after an --apply; None if neither."""
-    for path in (folder / relative, folder / ASIDE_DIR / relative):
+def _face_file(folder: Path, relative: str, what: str) -> Path | None:
+    """Where a face's file is now: in place, or aside after an --apply; None if neither. A path leading
+    outside the faceset is an EngineError naming `what`."""
+    for path in _places(folder, relative, what):
         if path.is_file():
             return path
     return None
+
+
+def _places(folder: Path, relative: str, what: str) -> tuple[Path, Path]:
+    """A face file's place in the faceset and its place aside, both checked to stay inside the faceset."""
+    return media.inside(folder, relative, what), media.inside(folder / ASIDE_DIR, relative, what)
 
 
 def sharpness(face: np.ndarray, mask: np.ndarray) -> float:
@@ -231,7 +239,9 @@ def _score_faces(folder: Path, alignments: Alignments, faces: list, events: Even
 
     def score(item):
         (number, face), embedding = item
-        image_path, mask_path = _face_file(folder, face.image), _face_file(folder, face.mask_hull)
+        where = f"{folder / ALIGNMENTS_FILE} frame {number}"
+        image_path = _face_file(folder, face.image, f"{where} image")
+        mask_path = _face_file(folder, face.mask_hull, f"{where} mask_hull")
         record = {
             "frame": number,
             "image": face.image,
@@ -246,6 +256,9 @@ def _score_faces(folder: Path, alignments: Alignments, faces: list, events: Even
         if image_path is not None:
             image = media.to_srgb8(media.read_image(image_path))
             mask = media.read_image(mask_path) if mask_path is not None else np.full(image.shape[:2], 255, np.uint8)
+            if image.shape[:2] != (alignments.face_size,) * 2 or mask.shape[:2] != image.shape[:2]:
+                raise EngineError(f"face {image_path} or its mask is not {alignments.face_size} px, the size of "
+                                  f"the faceset's faces")
             record["sharpness"] = sharpness(image, mask)
             thumb = _thumbnail(image, inside)
         return record, thumb
@@ -424,7 +437,7 @@ def _write_flagged_sheet(folder: Path, scores: list[dict], path: Path) -> str | 
         return None
     tiles, labels = [], []
     for s in flagged[:SHEET_LIMIT]:
-        image_path = _face_file(folder, s["image"])
+        image_path = _face_file(folder, s["image"], f"frame {s['frame']} image")
         if image_path is None:
             continue
         tile = cv2.resize(media.to_srgb8(media.read_image(image_path))[..., :3], (128, 128),
@@ -489,8 +502,14 @@ def _read_moved(folder: Path) -> list[dict]:
     if not path.is_file():
         return []
     data = media.read_json(path)
-    if not isinstance(data, dict) or data.get("format") != ASIDE_FORMAT:
+    if not isinstance(data, dict) or data.get("format") != ASIDE_FORMAT or not isinstance(data.get("faces"), list):
         raise EngineError(f"{path} is not a FaceReplace aside record")
+    for i, entry in enumerate(data["faces"]):
+        if not (isinstance(entry, dict) and isinstance(entry.get("files"), list) and "frame" in entry
+                and entry.get("image") in entry["files"]):
+            raise EngineError(f"{path} entry {i} is damaged: it needs a frame, an image and the files moved")
+        for relative in entry["files"]:
+            _places(folder, relative, f"{path} entry {i}")
     return data["faces"]
 
 
@@ -524,6 +543,8 @@ def move_aside(folder: str | Path, flagged: list[dict], alignments: Alignments |
     new = []
     for s in flagged:
         face = by_image[s["image"]]
+        for name in ("image", "mask_hull", "mask_extended"):
+            _places(folder, getattr(face, name), f"{folder / ALIGNMENTS_FILE} frame {s['frame']} {name}")
         if face.image in recorded or not (folder / face.image).is_file():
             continue
         new.append({"frame": s["frame"], "image": face.image,
@@ -537,6 +558,7 @@ def move_aside(folder: str | Path, flagged: list[dict], alignments: Alignments |
     return len(new)
 
 
+@media.holds_folder_locks
 def restore(folder: str | Path, events: Events | None = None) -> dict:
     """Move every face recorded in FACESET/aside/moved.json back to its place, exactly as it was.
 
@@ -546,6 +568,7 @@ def restore(folder: str | Path, events: Events | None = None) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise EngineError(f"faceset folder not found: {folder}")
+    media.lock_folder(folder)
     entries = _read_moved(folder)
     events.start(faceset=str(folder), restoring=len(entries))
     remaining, restored, conflicts = [], 0, []

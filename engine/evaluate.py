@@ -23,6 +23,7 @@ metrics over time); OUTPUT defaults to LAYERS/evaluate.
 """
 
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -33,7 +34,7 @@ from .convert import MANIFEST_FILE, check_alignments
 from .events import EngineError, Events
 from .faces import align, identity, masks
 from .faces.pose import head_pose
-from .faceset import ALIGNMENTS_FILE, Alignments
+from .faceset import ALIGNMENTS_FILE, Alignments, check_same_shot
 
 FORMAT = "facereplace.evaluation"
 VERSION = 1
@@ -44,6 +45,7 @@ MIN_SECTOR_PIXELS = 4
 CROP_MARGIN = 0.4  # re-detection searches the face box grown by this share of its size on every side
 MIN_OVERLAP = 0.3  # a re-detected face must overlap the stored box this much (IoU) to be the same face
 LEFT_EYE_CORNER, RIGHT_EYE_CORNER = 36, 45
+FRAME_PATTERN = re.compile(r"[^%]*%0?\d{0,2}d[^%]*")  # a layer file name with one frame-number field
 
 
 def add_arguments(parser) -> None:
@@ -56,11 +58,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--frames", metavar="A-B", help="evaluate only frames A-B (inclusive, the shot's numbers)")
     parser.add_argument("--detector", default="dlib", choices=["dlib", "fan", "auto"],
                         help="landmark re-detection backend (dlib runs offline)")
+    parser.add_argument("--force", action="store_true",
+                        help="use alignments whose shot signature does not match the shot")
 
 
 def run(args, events: Events) -> None:
     evaluate(args.shot, args.alignments, args.layers, args.source, output=args.output, frames=args.frames,
-             detector=args.detector, device=args.device, events=events)
+             detector=args.detector, device=args.device, events=events, force=args.force)
 
 
 # ---------------------------------------------------------------- inputs and their checks
@@ -73,8 +77,18 @@ def _load_manifest(layers: Path) -> dict:
     if not path.is_file():
         raise EngineError(f"{layers} is not a convert output folder (it has no {MANIFEST_FILE})")
     manifest = media.read_json(path)
-    if not isinstance(manifest, dict) or "face" not in manifest.get("files", {}):
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "face" not in manifest["files"]:
         raise EngineError(f"{path} is not a FaceReplace convert manifest (no face layer pattern)")
+    pattern = manifest["files"]["face"]
+    if not isinstance(pattern, str) or not FRAME_PATTERN.fullmatch(pattern):
+        raise EngineError(f"{path}: the face layer pattern {pattern!r} is not a file name with one %d for the frame")
+    size, numbers, source = manifest.get("source_size"), manifest.get("frame_numbers"), manifest.get("source", "")
+    if not (size is None or (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size))):
+        raise EngineError(f"{path}: source_size {size!r} is not a width and height")
+    if not (numbers is None or (isinstance(numbers, list) and numbers and all(type(v) is int for v in numbers))):
+        raise EngineError(f"{path}: frame_numbers is not a list of frame numbers")
+    if not isinstance(source, str):
+        raise EngineError(f"{path}: source {source!r} is not a path")
     return manifest
 
 
@@ -103,7 +117,7 @@ def _check_made_from(recorded: str, source: media.FrameSource, what: str, events
 
 
 def _layer_path(layers: Path, manifest: dict, number: int) -> Path:
-    return layers / (manifest["files"]["face"] % number)
+    return media.inside(layers, manifest["files"]["face"] % number, f"{layers / MANIFEST_FILE} files.face")
 
 
 def source_identity(faceset: str | Path) -> np.ndarray:
@@ -111,8 +125,8 @@ def source_identity(faceset: str | Path) -> np.ndarray:
     folder = Path(faceset)
     alignments = Alignments.load(folder / ALIGNMENTS_FILE if folder.is_dir() else folder)
     base = folder if folder.is_dir() else folder.parent
-    embeddings = [np.asarray(f.embedding, np.float32) for _, f in alignments.faces()
-                  if (base / f.image).is_file() and len(f.embedding) == 128]
+    embeddings = [np.asarray(f.embedding, np.float32) for n, f in alignments.faces()
+                  if media.inside(base, f.image, f"{faceset} frame {n} image").is_file() and len(f.embedding) == 128]
     if not embeddings:
         raise EngineError(f"source faceset {faceset} holds no faces with identity embeddings")
     return np.mean(embeddings, axis=0)
@@ -348,6 +362,7 @@ def _plot(records: list[dict], summary: dict, path: Path) -> Path:
 # ---------------------------------------------------------------- the public function
 
 
+@media.holds_folder_locks
 def evaluate(
     shot: str | Path,
     alignments: str | Path,
@@ -358,13 +373,16 @@ def evaluate(
     detector: str = "dlib",
     device: str = "cpu",
     events: Events | None = None,
+    force: bool = False,
 ) -> dict:
-    """Measure the converted shot; returns {"summary", "frames", "outputs", ...} as written to evaluation.json."""
+    """Measure the converted shot; returns {"summary", "frames", "outputs", ...} as written to evaluation.json.
+    `force` measures with alignments whose shot signature does not match `shot`."""
     events = events or Events("evaluate")
     frame_source = media.FrameSource(shot)
     alignments_path = Path(alignments)
     shot_alignments = Alignments.load(alignments_path)
     check_alignments(shot_alignments, frame_source, alignments_path)
+    check_same_shot(shot_alignments, frame_source, alignments_path, force, events.warning)
     _check_made_from(shot_alignments.source, frame_source, f"alignments {alignments_path}", events)
     layers = Path(layers)
     manifest = _load_manifest(layers)
@@ -383,6 +401,7 @@ def evaluate(
     if not numbers:
         raise EngineError(f"no frame of {frame_source.path} in the selection has a face to evaluate")
     folder = media.check_writable(Path(output) if output else layers / "evaluate")
+    media.lock_folder(folder)
 
     from .device import pick_device
     from .faces.detect import make_detector

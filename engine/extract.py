@@ -21,6 +21,7 @@ from .faces import align, identity, masks
 from .faces.detect import Detection, make_detector
 from .faces.smooth import SmoothSettings, runs, smooth_landmarks
 from .faceset import ALIGNMENTS_FILE, Alignments, Face, Frame
+from .options import number_in
 
 DETECTIONS_FILE = "detections.jsonl"
 
@@ -44,9 +45,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--identity-threshold", type=float, default=identity.SAME_PERSON,
                         help="largest embedding distance counted as the same person")
     parser.add_argument("--no-smooth", action="store_true", help="keep raw landmarks (no temporal smoothing)")
-    parser.add_argument("--smooth-cutoff", type=float, default=SmoothSettings.min_cutoff,
+    parser.add_argument("--smooth-cutoff", type=number_in(0, 1000, above=True), default=SmoothSettings.min_cutoff,
                         help="One-Euro min cutoff in Hz: lower is smoother for a still face")
-    parser.add_argument("--smooth-beta", type=float, default=SmoothSettings.beta,
+    parser.add_argument("--smooth-beta", type=number_in(0, 1000), default=SmoothSettings.beta,
                         help="One-Euro beta: higher follows fast motion more closely")
 
 
@@ -60,6 +61,7 @@ def run(args, events: Events) -> None:
     )
 
 
+@media.holds_folder_locks
 def extract(
     input: str | Path,
     output: str | Path,
@@ -102,6 +104,8 @@ def extract(
         "smooth": vars(smooth),
     }
     _check_resumable(folder, settings)
+    media.lock_folder(folder)
+    media.sweep_temp_files(folder)
     media.write_json(folder / "extract.json", settings)
     events.start(input=str(source.path), frames=len(numbers), output=str(folder))
 
@@ -134,6 +138,7 @@ def extract(
         coverage=coverage,
         detector=detector_impl.name,
         settings=settings,
+        signature=media.shot_signature(source),
     )
     _write_faces(source, numbers, every, detections, chosen, alignments, folder, smoothing, smooth, events)
     alignments.complete = True
@@ -159,14 +164,14 @@ def _check_resumable(folder: Path, settings: dict) -> None:
     if previous.is_file():
         try:
             old = json.loads(previous.read_text())
-        except ValueError:
+        except (ValueError, RecursionError):
             old = None
         if old != settings:
             raise EngineError(
                 f"{folder} holds an extract with other settings or another source; "
                 f"use a new --output folder or delete it"
             )
-    elif any(folder.iterdir()):
+    elif any(p.name != media.LOCK_FILE for p in folder.iterdir()):
         raise EngineError(f"output folder {folder} is not empty and holds no extract; choose an empty folder")
 
 
@@ -194,7 +199,7 @@ def _load_detections(path: Path) -> dict[int, list[dict]]:
             try:
                 record = json.loads(line)
                 done[int(record["frame"])] = record["faces"]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 break
             good_bytes += len(line)
     if good_bytes != path.stat().st_size:

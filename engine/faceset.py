@@ -10,6 +10,7 @@ Frame numbers are the source's own (1-based for video, the file's number for a s
 no face is still listed, with an empty "faces" list, so convert can write a blank layer for it.
 """
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,9 @@ class Alignments:
     settings: dict = field(default_factory=dict)
     frames: list[Frame] = field(default_factory=list)
     complete: bool = False
+    # Thumbnails of a few of the shot's frames (media.shot_signature): convert and evaluate check that
+    # they are given the shot these alignments belong to. None in files older than the signature.
+    signature: dict | None = None
 
     # -- queries
 
@@ -93,9 +97,48 @@ class Alignments:
         body = {k: v for k, v in data.items() if k not in ("format", "version")}
         try:
             frames = [Frame(**{**f, "faces": [Face(**face) for face in f["faces"]]}) for f in body.pop("frames")]
-            return cls(**body, frames=frames)
-        except (KeyError, TypeError) as e:
+            alignments = cls(**body, frames=frames)
+        except (KeyError, TypeError, AttributeError) as e:
             raise EngineError(f"{where} is damaged or incomplete: {e}") from None
+        alignments.check(where)
+        return alignments
+
+    def check(self, where: str) -> None:
+        """Refuse values no extract writes (wrong types, NaN, a singular or absurd matrix, a frame listed
+        twice), naming the frame: alignments may come from anyone, and every later stage trusts them."""
+        def bad(what: str):
+            return EngineError(f"{where} is damaged: {what}")
+
+        if not (isinstance(self.source, str) and self.source_kind in ("video", "images") and isinstance(self.detector, str)
+                and isinstance(self.settings, dict) and isinstance(self.linear, bool) and isinstance(self.complete, bool)):
+            raise bad("source, source_kind, detector, settings, linear or complete has the wrong type")
+        size = _numbers(self.source_size, (2,), integer=True)
+        if size is None or size.min() < 1:
+            raise bad(f"source_size {self.source_size!r} is not a width and height")
+        if _numbers(self.source_frames, (None,), integer=True) is None:
+            raise bad("source_frames is not a list of frame numbers")
+        if not (isinstance(self.face_size, int) and not isinstance(self.face_size, bool) and 16 <= self.face_size <= 4096):
+            raise bad(f"face_size {self.face_size!r} is not a size in pixels (16 to 4096)")
+        if not (_finite(self.coverage) and 0 < self.coverage <= 1):
+            raise bad(f"coverage {self.coverage!r} is not above 0 and at most 1")
+        if self.fps is not None and not (_finite(self.fps) and self.fps > 0):
+            raise bad(f"fps {self.fps!r} is not a positive number")
+        every = self.settings.get("every", 1)
+        if not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
+            raise bad(f"settings.every {every!r} is not a whole number of frames")
+        if self.signature is not None:
+            _check_signature(self.signature, bad)
+        seen = set()
+        for frame in self.frames:
+            if not isinstance(frame.number, int) or isinstance(frame.number, bool):
+                raise bad(f"frame number {frame.number!r} is not a whole number")
+            if frame.number in seen:
+                raise bad(f"frame {frame.number} is listed twice")
+            seen.add(frame.number)
+            if not isinstance(frame.faces, list) or not (frame.file is None or isinstance(frame.file, str)):
+                raise bad(f"frame {frame.number}: faces or file has the wrong type")
+            for index, face in enumerate(frame.faces):
+                _check_face(face, f"frame {frame.number} face {index}", size, self.face_size, bad)
 
     def save(self, path: str | Path) -> None:
         media.write_json(path, self.to_json())
@@ -108,6 +151,75 @@ class Alignments:
         if not path.is_file():
             raise EngineError(f"alignments file not found: {path}")
         return cls.from_json(media.read_json(path), where=str(path))
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numbers(value, shape: tuple, integer: bool = False) -> np.ndarray | None:
+    """`value` as an array of `shape` (None: any length) if it is nested lists of finite numbers, else None."""
+    if not isinstance(value, list):
+        return None
+    try:
+        array = np.asarray(value)
+    except (ValueError, OverflowError):  # ragged lists
+        return None
+    if array.dtype.kind not in ("iu" if integer else "iuf") or array.ndim != len(shape):
+        return None
+    if any(want is not None and got != want for got, want in zip(array.shape, shape, strict=True)):
+        return None
+    return array if integer or np.isfinite(array).all() else None
+
+
+def _check_signature(signature, bad) -> None:
+    ok = isinstance(signature, dict) and _finite(signature.get("size")) and 1 <= signature["size"] <= 256
+    frames = _numbers(signature.get("frames"), (None,), integer=True) if ok else None
+    thumbnails = _numbers(signature.get("thumbnails"), (None, signature["size"] ** 2)) if ok else None
+    if frames is None or thumbnails is None or len(frames) != len(thumbnails) or not len(frames):
+        raise bad("its shot signature is not frame numbers with one thumbnail each")
+
+
+def _check_face(face: Face, what: str, frame_size: np.ndarray, face_size: int, bad) -> None:
+    for name, shape in (("bbox", (4,)), ("landmarks", (68, 2)), ("landmarks_raw", (68, 2)), ("matrix", (2, 3)),
+                        ("embedding", (None,))):
+        if _numbers(getattr(face, name), shape) is None:
+            raise bad(f"{what}: {name} is not {' x '.join(str(n or 'N') for n in shape)} finite numbers")
+    frame_side = int(frame_size.max())
+    x0, y0, x1, y1 = face.bbox
+    if not (x0 < x1 and y0 < y1 and x1 > 0 and y1 > 0 and x0 < frame_size[0] and y0 < frame_size[1]):
+        raise bad(f"{what}: bbox {face.bbox} is not a box that overlaps the frame")
+    for name in ("landmarks", "landmarks_raw"):  # a face may reach past the frame's edge, not far past it
+        if np.abs(np.asarray(getattr(face, name), np.float64)).max() > 16 * frame_side:
+            raise bad(f"{what}: {name} lie far outside the frame")
+    for name in ("score", "landmark_confidence"):
+        value = getattr(face, name)
+        if not (_finite(value) or (value is None and name == "landmark_confidence")):
+            raise bad(f"{what}: {name} {value!r} is not a number")
+    for name in ("image", "mask_hull", "mask_extended"):
+        if not isinstance(getattr(face, name), str):
+            raise bad(f"{what}: {name} is not a file path")
+    # The crop's side in frame pixels: a matrix that is singular, skewed, or frames a face far smaller
+    # than a pixel or far larger than the frame would make convert allocate without bound.
+    singular = np.linalg.svd(np.asarray(face.matrix, np.float64)[:, :2], compute_uv=False)
+    if singular[1] <= 0 or singular[0] / singular[1] > 100:
+        raise bad(f"{what}: matrix is singular or not a similarity")
+    side = face_size / math.sqrt(singular[0] * singular[1])
+    if not 4 <= side <= 16 * frame_side:
+        raise bad(f"{what}: matrix frames a face {side:.3g} px wide in a frame {frame_side} px wide")
+
+
+def check_same_shot(alignments: Alignments, source: "media.FrameSource", where, force: bool, warn) -> None:
+    """Refuse a shot other than the one `alignments` were extracted from (by their signature), unless
+    `force`: another clip of the same size and length would otherwise get faces drawn in the wrong places."""
+    if alignments.signature is None:
+        warn(f"{where} holds no shot signature (an older extract), so nothing checks that it belongs to "
+             f"{source.path}")
+    elif not media.same_shot(alignments.signature, source):
+        message = f"{source.path} is not the shot {where} was extracted from: its frames look different"
+        if not force:
+            raise EngineError(f"{message} (--force uses them anyway)")
+        warn(f"{message}; going on as --force asks")
 
 
 @dataclass
@@ -136,18 +248,17 @@ class Faceset:
     def samples(self) -> list[FaceSample]:
         out = []
         for number, face in self.alignments.faces():
-            image = self.folder / face.image
+            image, hull, extended = self.paths(number, face)
             if image.is_file():
-                out.append(
-                    FaceSample(
-                        frame=number,
-                        image=image,
-                        mask_hull=self.folder / face.mask_hull,
-                        mask_extended=self.folder / face.mask_extended,
-                        landmarks=face.aligned_landmarks(),
-                    )
-                )
+                out.append(FaceSample(frame=number, image=image, mask_hull=hull, mask_extended=extended,
+                                      landmarks=face.aligned_landmarks()))
         return out
+
+    def paths(self, number: int, face: Face) -> tuple[Path, Path, Path]:
+        """The face's image and masks in this folder; a path leading outside it is an EngineError."""
+        where = f"{self.folder / ALIGNMENTS_FILE} frame {number}"
+        return tuple(media.inside(self.folder, getattr(face, name), f"{where} {name}")
+                     for name in ("image", "mask_hull", "mask_extended"))
 
     def __len__(self) -> int:
         return len(self.samples())

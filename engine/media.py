@@ -5,11 +5,18 @@ for scene-linear EXR. OpenCV's BGR order stays inside this module.
 """
 
 import contextlib
+import contextvars
+import errno
+import fcntl
+import fnmatch
+import functools
 import json
 import os
 import queue
 import re
+import signal
 import struct
+import sys
 import tempfile
 import threading
 import zlib
@@ -28,26 +35,68 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp"}
 # ---------------------------------------------------------------- atomic writes
 
 
+def _read_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (changing it races threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_read_umask()  # what open() would give a new file: mkstemp's 0600 would hide outputs
+# Test hook: a write whose target name matches this glob pauses after its temp file is complete and
+# before the rename, and says so on stderr, so a test can kill it exactly there. Unset, it does nothing.
+PAUSE_BEFORE_RENAME = "FACEREPLACE_PAUSE_BEFORE_RENAME"
+TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?|\.write-test\.[a-z0-9_]{8}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temp path beside `path`; on success fsync it and rename it over `path`, else remove it.
 
     A reader (or a resumed run) therefore sees either the old file or the complete new one, never a
-    half-written file, even if the process is killed mid-write.
+    half-written file, even if the process is killed mid-write (`sweep_temp_files` removes what is left).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        _pause_for_tests(path, tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _pause_for_tests(path: Path, tmp: str) -> None:
+    pattern = os.environ.get(PAUSE_BEFORE_RENAME)
+    if pattern and fnmatch.fnmatch(path.name, pattern):
+        print(f"paused before rename: {tmp}", file=sys.stderr, flush=True)
+        while True:
+            signal.pause()
+
+
+def sweep_temp_files(folder: str | os.PathLike) -> None:
+    """Remove the temp files that writes killed mid-way left in `folder` and below (atomic_path's names)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if TEMP_NAME.fullmatch(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(root, name))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -65,6 +114,8 @@ def read_json(path: str | os.PathLike):
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise EngineError(f"cannot read {path}: {e}") from None
+    except RecursionError:
+        raise EngineError(f"cannot read {path}: its JSON is nested too deeply") from None
 
 
 def check_writable(folder: str | os.PathLike) -> Path:
@@ -77,6 +128,97 @@ def check_writable(folder: str | os.PathLike) -> Path:
     except OSError as e:
         raise EngineError(f"output folder {folder} is not writable: {e.strerror or e}") from None
     return folder
+
+
+# ---------------------------------------------------------------- files from strangers
+
+
+def inside(folder: str | os.PathLike, relative, what: str) -> Path:
+    """`folder / relative` for a path read from a file someone else may have written: refused with an
+    EngineError naming `what` (the entry) unless it is relative and stays inside `folder`, symlinks
+    resolved, so no faceset, model or output folder can make a run read, move or write elsewhere."""
+    folder = Path(folder)
+    if not isinstance(relative, str) or not relative or "\0" in relative:
+        raise EngineError(f"{what}: {relative!r} is not a file path")
+    if os.path.isabs(relative) or ".." in Path(relative).parts:
+        raise EngineError(f"{what}: {relative!r} points outside {folder} (absolute paths and .. are refused)")
+    path = folder / relative
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise EngineError(f"{what}: {relative!r} leads outside {folder} through a link")
+    return path
+
+
+LOCK_FILE = ".facereplace.lock"
+_held_locks: "contextvars.ContextVar[contextlib.ExitStack | None]" = contextvars.ContextVar("locks", default=None)
+
+
+def holds_folder_locks(function):
+    """Mark a stage's function: locks it takes with `lock_folder` are released when it returns or raises."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            token = _held_locks.set(stack)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _held_locks.reset(token)
+
+    return wrapper
+
+
+def lock_folder(folder: str | os.PathLike, shared: bool = False) -> None:
+    """Take `folder`'s lock until the enclosing `holds_folder_locks` function ends: exclusive for the one
+    run that writes a folder, `shared` for runs that may write it side by side (farm chunks of one
+    convert). It is an OS lock (flock) on FOLDER/.facereplace.lock, so a killed run never leaves it
+    held; readers take none. A folder in use is an EngineError naming the run that holds it."""
+    stack = _held_locks.get()
+    if stack is None:
+        raise RuntimeError("lock_folder is for functions marked holds_folder_locks")
+    folder = Path(folder)
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise EngineError(f"output folder {folder} is not writable: {e.strerror or e}") from None
+    stack.callback(os.close, fd)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        raise EngineError(f"{folder} is in use by another run (pid {holder or 'unknown'})") from None
+    except OSError as e:  # a filesystem without locks (some network mounts): run, as before locks
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        return
+    if not shared:  # the holder's pid, for the message another run gets; cleared on a clean exit
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        stack.callback(os.ftruncate, fd, 0)
+
+
+MAX_PIXELS = "FACEREPLACE_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 16384 * 8192  # a 16K x 8K frame; a float RGBA frame this size takes 2 GiB
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) the engine decodes: $FACEREPLACE_MAX_PIXELS or the default."""
+    value = os.environ.get(MAX_PIXELS)
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise EngineError(f"{MAX_PIXELS}={value!r} is not a positive whole number of pixels")
+    return limit
+
+
+def check_dimensions(width: int, height: int, what) -> None:
+    """Refuse an image whose size (from its header) would not fit in memory, before it is decoded."""
+    if width < 1 or height < 1 or width * height > max_pixels():
+        raise EngineError(f"{what} is {width}x{height} pixels: more than the {max_pixels()} pixels this engine "
+                          f"decodes (set {MAX_PIXELS} to raise the limit)")
 
 
 # ---------------------------------------------------------------- colour
@@ -116,6 +258,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if path.suffix.lower() == ".exr":
         return _read_exr(path)
+    _check_header(path)
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise EngineError(f"cannot read image {path}")
@@ -126,9 +269,28 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
+def _check_header(path: Path) -> None:
+    """Refuse an image too large to decode, from the size its header states (PIL reads only the header)."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # max_pixels() is the limit, whatever PIL's own would be
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except Exception:  # not an image PIL knows: OpenCV decides, within its own size limit
+        return
+    check_dimensions(width, height, f"image {path}")
+
+
 def _read_exr(path: Path) -> np.ndarray:
     import OpenEXR
 
+    try:
+        with OpenEXR.File(str(path), header_only=True) as f:
+            (x0, y0), (x1, y1) = f.header()["dataWindow"]
+    except Exception as e:
+        raise EngineError(f"cannot read EXR {path}: {e}") from None
+    check_dimensions(int(x1) - int(x0) + 1, int(y1) - int(y0) + 1, f"EXR {path}")
     try:
         with OpenEXR.File(str(path)) as f:
             channels = f.channels()  # valid only while the file is open
@@ -182,6 +344,10 @@ class FrameSource:
     def _open_video(self) -> None:
         self.kind = "video"
         cap = cv2.VideoCapture(str(self.path))
+        if cap.isOpened():
+            size = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            if size[0] > 0 and size[1] > 0:
+                check_dimensions(*size, f"video {self.path}")
         ok, first = cap.read() if cap.isOpened() else (False, None)
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else 0
         self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or None
@@ -282,6 +448,42 @@ class FrameSource:
                 position += 1
         finally:
             cap.release()
+
+
+SIGNATURE_FRAMES = 3  # frames of a shot whose thumbnails sign it
+SIGNATURE_SIZE = 32  # thumbnail side: blind to grading and re-encoding, not to another take's content
+SAME_SHOT = 0.9  # least mean correlation of the thumbnails for two shots to count as one
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    grey = cv2.cvtColor(np.ascontiguousarray(to_srgb8(image)[..., :3]), cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (SIGNATURE_SIZE, SIGNATURE_SIZE), interpolation=cv2.INTER_AREA)
+
+
+def shot_signature(source: FrameSource) -> dict:
+    """A few frames of the shot (fixed positions inside it) as small grey thumbnails, stored with the
+    alignments so a later stage can tell this shot from another of the same size and length."""
+    count = len(source.numbers)
+    picks = sorted({source.numbers[(2 * i + 1) * count // (2 * SIGNATURE_FRAMES)] for i in range(SIGNATURE_FRAMES)})
+    thumbnails = [_thumbnail(image).ravel().tolist() for n in picks for _, image in source.frames([n])]
+    return {"frames": picks, "size": SIGNATURE_SIZE, "thumbnails": thumbnails}
+
+
+def same_shot(signature: dict, source: FrameSource) -> bool:
+    """Whether `source` looks like the shot `signature` was taken from: its thumbnails of the same frames
+    correlate (a regrade, a re-encode or a linear EXR copy do; another shot does not)."""
+    scores, numbers = [], set(source.numbers)
+    for number, recorded in zip(signature["frames"], signature["thumbnails"], strict=True):
+        if number not in numbers:
+            return False
+        (_, image), = source.frames([number])
+        a = _thumbnail(image).astype(np.float64).ravel()
+        b = np.asarray(recorded, np.float64)
+        if a.std() < 1 or b.std() < 1:  # a flat frame (black, a slate) has no pattern: compare its level
+            scores.append(1.0 if abs(a.mean() - b.mean()) < 8 else 0.0)
+        else:
+            scores.append(float(np.corrcoef(a, b)[0, 1]))
+    return bool(scores) and float(np.mean(scores)) >= SAME_SHOT
 
 
 class Prefetch:

@@ -206,16 +206,17 @@ def write_checkpoint(model_dir: str | Path, state: dict, keep: int = 3) -> Path:
     path = Path(model_dir) / CHECKPOINTS / f"model_{state['iteration']:08d}.pt"
     with media.atomic_path(path) as tmp:
         torch.save(state, tmp)
-    for old in checkpoint_paths(model_dir)[max(keep, 1):]:
+    # Only older ones go: a newer checkpoint (one a resume skipped as damaged) is never what rotation
+    # deletes in place of the good one just written.
+    older = [p for p in checkpoint_paths(model_dir) if p.name < path.name]
+    for old in older[max(keep, 1) - 1:]:
         old.unlink(missing_ok=True)
     return path
 
 
 def sweep_temp_files(model_dir: str | Path) -> None:
-    """Remove temp files that a killed save left behind (atomic_path names them .NAME.*.tmp.SUFFIX)."""
-    folder = Path(model_dir) / CHECKPOINTS
-    for tmp in folder.glob(".model_*.tmp.pt") if folder.is_dir() else ():
-        tmp.unlink(missing_ok=True)
+    """Remove temp files that killed writes left anywhere in the model folder (checkpoints, previews)."""
+    media.sweep_temp_files(model_dir)
 
 
 def read_checkpoint(path: Path, device="cpu") -> dict:
@@ -225,7 +226,26 @@ def read_checkpoint(path: Path, device="cpu") -> dict:
         raise ValueError("not a FaceReplace model checkpoint")
     if state.get("version") != VERSION:
         raise ValueError(f"checkpoint version {state.get('version')}; this engine reads {VERSION}")
+    _check_weights(state)
     return state
+
+
+def _check_weights(state: dict) -> None:
+    """The weights (and the optimiser's moments) must have the shapes the stored config builds, checked
+    against a model on the meta device, which allocates nothing, and be finite numbers."""
+    with torch.device("meta"):
+        expected = FaceModel(config_from_state(state))
+    weights = state.get("model")
+    shapes = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
+    if not isinstance(weights, dict) or {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()} != shapes:
+        raise ValueError("its weights do not fit the model its config describes")
+    if not all(torch.is_tensor(v) and v.is_floating_point() and torch.isfinite(v).all() for v in weights.values()):
+        raise ValueError("its weights are not all finite numbers")
+    parameters = [tuple(p.shape) for p in expected.parameters()]
+    for index, moments in state.get("optimizer", {}).get("state", {}).items():
+        if not (isinstance(index, int) and 0 <= index < len(parameters) and isinstance(moments, dict)
+                and all(tuple(moments[k].shape) == parameters[index] for k in ("exp_avg", "exp_avg_sq"))):
+            raise ValueError("its optimiser state does not fit the model")
 
 
 def config_from_state(state: dict) -> ModelConfig:
@@ -246,8 +266,9 @@ def latest_checkpoint(model_dir: str | Path, device="cpu", warn=None) -> tuple[d
         try:
             return read_checkpoint(path, device), path
         except Exception as e:  # torch.load raises many kinds on a damaged file; any means "skip it"
-            (warn or log.warning)(f"checkpoint {path.name} is damaged ({type(e).__name__}: {e}); using an older one")
-    raise EngineError(f"every checkpoint in {model_dir} is damaged; the model cannot be loaded")
+            reason = f"{type(e).__name__}: {e}"
+            (warn or log.warning)(f"checkpoint {path.name} is damaged ({reason}); using an older one")
+    raise EngineError(f"every checkpoint in {model_dir} is damaged (the last: {reason}); the model cannot be loaded")
 
 
 def load_model(model_dir: str | Path, device="cpu", warn=None) -> tuple[FaceModel, ModelConfig]:
@@ -261,9 +282,10 @@ def load_model(model_dir: str | Path, device="cpu", warn=None) -> tuple[FaceMode
     return model.to(device).eval(), config
 
 
-def model_hash(model_dir: str | Path) -> str:
-    """Short sha256 of the checkpoint `load_model` uses, to mark outputs with the model that made them."""
-    _, path = latest_checkpoint(model_dir, device="cpu")
+def model_hash(model_dir: str | Path, checkpoint: Path | None = None) -> str:
+    """Short sha256 of `checkpoint`, by default the one `load_model` uses, to mark outputs with the model
+    that made them. Pass the loaded model's own (`model.checkpoint`) while a train may be writing newer ones."""
+    path = checkpoint or latest_checkpoint(model_dir, device="cpu")[1]
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -47,6 +47,7 @@ from .model import (
     sweep_temp_files,
     write_checkpoint,
 )
+from .options import number_in
 
 MIN_FACES = 8  # fewer cannot hold out a validation split and still teach anything
 FEW_FACES = 200  # below this, say that more faces would help
@@ -58,6 +59,8 @@ STOP_FILE = "stop"
 # Overtraining: compare the mean of the last OVERTRAIN_WINDOW validations with the window before it.
 OVERTRAIN_WINDOW = 3
 OVERTRAIN_RISE = 0.01
+# Augmentation options range from 0 to 1 (shares and chances), except these.
+AUGMENTATION_LIMITS = {"rotation": 180}
 # Model fields that a resume may change; any other would not fit the checkpoint.
 RESUMABLE_CHANGES = {"batch", "learning_rate"}
 
@@ -94,7 +97,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this long")
     parser.add_argument("--target-loss", type=float, metavar="X", help="stop when the mean training loss is this low")
     parser.add_argument("--resume", action="store_true", help="continue the model in --model exactly where it stopped")
-    parser.add_argument("--seed", type=int, metavar="N", help="random seed (default 0)")
+    parser.add_argument("--seed", type=number_in(0, 2**32 - 1, kind=int), metavar="N", help="random seed (default 0)")
     parser.add_argument("--workers", type=int, metavar="N", help="data loader processes (default: 0 on the CPU, up to 8 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow to start)")
     model = parser.add_argument_group("model (override the preset)")
@@ -103,7 +106,7 @@ def add_arguments(parser) -> None:
     model.add_argument("--decoder-width", type=int, metavar="N", help="channels where the decoders start (halves 3 times)")
     model.add_argument("--latent", type=int, metavar="N", help="width of the dense bottleneck")
     model.add_argument("--residual-blocks", type=int, metavar="N", help="residual blocks after each decoder upscale")
-    model.add_argument("--learning-rate", type=float, metavar="X", help="Adam learning rate")
+    model.add_argument("--learning-rate", type=number_in(0, 1, above=True), metavar="X", help="Adam learning rate")
     feedback = parser.add_argument_group("feedback and checkpoints")
     feedback.add_argument("--log-every", type=int, metavar="N", help=f"iterations per history row and progress event ({TrainSettings.log_every})")
     feedback.add_argument("--preview-every", type=int, metavar="N", help=f"iterations per preview and validation ({TrainSettings.preview_every})")
@@ -114,11 +117,12 @@ def add_arguments(parser) -> None:
     loss = parser.add_argument_group("loss weights")
     loss.add_argument("--mask", choices=["extended", "hull"], help="faceset mask to learn and weight the loss by (extended)")
     for f in fields(LossWeights):
-        loss.add_argument(f"--{f.name}-weight", type=float, dest=f"loss_{f.name}", metavar="W",
+        loss.add_argument(f"--{f.name}-weight", type=number_in(0), dest=f"loss_{f.name}", metavar="W",
                           help=f"{f.metadata['help']} ({f.default:g})")
     augmentation = parser.add_argument_group("augmentation")
     for f in fields(Augmentation):
-        augmentation.add_argument(f"--{f.name.replace('_', '-')}", type=float, dest=f"augment_{f.name}", metavar="X",
+        augmentation.add_argument(f"--{f.name.replace('_', '-')}", type=number_in(0, AUGMENTATION_LIMITS.get(f.name, 1)),
+                                  dest=f"augment_{f.name}", metavar="X",
                                   help=f"{f.metadata['help']} ({f.default:g})")
 
 
@@ -140,6 +144,7 @@ def run(args, events: Events) -> None:
     )
 
 
+@media.holds_folder_locks
 def train(
     a: str | Path,
     b: str | Path,
@@ -185,10 +190,15 @@ def train(
     if resume:
         if not model_dir.is_dir() or not checkpoint_paths(model_dir):
             raise EngineError(f"nothing to resume: {model_dir} holds no model (drop --resume to start one)")
+        if main_process:
+            media.lock_folder(model_dir)
         state, checkpoint = latest_checkpoint(model_dir, device, warn=events.warning)
         config = _resumed_config(config_from_state(state), preset, model_changes, face_size, coverage, model_dir)
-        train_settings = TrainSettings.from_dict(state["settings"])
-        start, elapsed, checks = state["iteration"], state["elapsed"], state["checks"]
+        try:
+            train_settings = TrainSettings.from_dict(state["settings"])
+            start, elapsed, checks = int(state["iteration"]), float(state["elapsed"]), list(state["checks"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise EngineError(f"checkpoint {checkpoint} cannot be resumed: {type(e).__name__}: {e}") from None
         log.info("resuming %s at iteration %d from %s", model_dir, start, checkpoint.name)
     else:
         if checkpoint_paths(model_dir):
@@ -197,6 +207,7 @@ def train(
             raise EngineError(f"--model {model_dir} is a file, not a folder")
         if main_process:
             media.check_writable(model_dir)
+            media.lock_folder(model_dir)
         config = replace(make_config(preset or "tiny", **model_changes), face_size=face_size, coverage=coverage)
         train_settings, start, elapsed, checks = TrainSettings(), 0, 0.0, []
     train_settings = replace(
@@ -232,13 +243,16 @@ def train(
     cuda = device.type == "cuda"
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.5, 0.999), fused=cuda)
     if resume:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+            if cuda and state["rng"]["cuda"]:
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise EngineError(f"checkpoint {checkpoint} cannot be resumed: {type(e).__name__}: {e}") from None
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if cuda and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
         del state
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -266,7 +280,9 @@ def train(
                                f"and light the shot needs, give a far better model")
 
     def save(losses):
-        """The checkpoint and model.json (on the main process)."""
+        """The checkpoint and model.json (on the main process); never of weights that are not finite."""
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise _diverged(model_dir, iteration)
         state = {
             "format": FORMAT, "version": VERSION, "iteration": iteration, "elapsed": elapsed_now(),
             "config": asdict(config), "settings": asdict(train_settings), "checks": checks,
@@ -327,6 +343,8 @@ def train(
 
             if main_process and (row or stopping):
                 mean = (window / window_iterations).tolist()
+                if not all(map(math.isfinite, mean)):
+                    raise _diverged(model_dir, iteration)
                 it_per_s = window_iterations / max(time.monotonic() - window_start, 1e-9)
                 losses = {"loss_a": mean[0], "loss_b": mean[1], "val_loss_a": None, "val_loss_b": None}
                 if feedback or stopping:
@@ -371,6 +389,14 @@ def train(
 
 def _given(changes: dict) -> dict:
     return {k: v for k, v in changes.items() if v is not None}
+
+
+def _diverged(model_dir: Path, iteration: int) -> EngineError:
+    """The error that stops a run whose loss or weights stopped being numbers: nothing of it is saved."""
+    kept = checkpoint_paths(model_dir)
+    last = f"its last good checkpoint, {kept[0].name}, is kept" if kept else "no checkpoint was saved"
+    return EngineError(f"training diverged at iteration {iteration}: the loss is no longer a finite number "
+                       f"(a lower --learning-rate helps); {last}")
 
 
 def _check_facesets(facesets: dict[str, Faceset]) -> None:

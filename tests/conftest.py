@@ -64,3 +64,13 @@ def tiny_model(faceset_a, faceset_b, tmp_path_factory) -> Path:
     train(faceset_a, faceset_b, folder, preset="tiny", iterations=TINY_ITERATIONS, preview_every=200, seed=0,
           device="cpu")
     return folder
+
+
+@pytest.fixture(scope="session")
+def quick_model(faceset_a, faceset_b, tmp_path_factory) -> Path:
+    """A tiny-preset model after 2 iterations: a real model folder for tests of what reads one, in seconds."""
+    from engine.train import train
+
+    folder = tmp_path_factory.mktemp("quick_model") / "model"
+    train(faceset_a, faceset_b, folder, preset="tiny", iterations=2, preview_every=1000, seed=0, device="cpu")
+    return folder

@@ -6,6 +6,7 @@ and train small extra runs of their own where they need to stop, resume or break
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -194,32 +195,26 @@ def test_time_budget_and_target_loss_stop_training(faceset_a, faceset_b, tmp_pat
 
 
 def test_kill_during_save_never_leaves_an_unloadable_model(faceset_a, faceset_b, tmp_path):
-    """SIGKILL at random moments of a run that saves every iteration, until one lands mid-save (a temp
-    file left behind proves it); after every kill the model folder loads and training resumes."""
+    """SIGKILL inside a checkpoint save, after its temp file is complete and before the rename: media's
+    test hook (FACEREPLACE_PAUSE_BEFORE_RENAME) holds the save there and says so, so the kill always
+    lands mid-save, however busy the machine. After each kill the model folder loads and resumes."""
     model = tmp_path / "m"
     command = [sys.executable, "-m", "engine", "train", "--a", faceset_a, "--b", faceset_b, "--model", model,
-               "--preset", "tiny", "--save-every", "1", "--keep", "2", "--preview-every", "1000"]
-    rng = np.random.default_rng(0)
-    kills_mid_save = 0
-    for attempt in range(12):
-        started = len(checkpoint_paths(model))
-        process = subprocess.Popen(command + (["--resume"] if started else []), cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        newest = checkpoint_paths(model)[0].name if started else None
-        deadline = time.monotonic() + 120
-        while not checkpoint_paths(model) or checkpoint_paths(model)[0].name == newest:
-            assert process.poll() is None and time.monotonic() < deadline, "training never saved"
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.3))
+               "--preset", "tiny", "--save-every", "1", "--keep", "2", "--preview-every", "1000", "--device", "cpu",
+               "--iterations", "20"]  # ends (and the test fails) if the pause never comes
+    for iteration in (3, 5):
+        resume = ["--resume"] if checkpoint_paths(model) else []
+        process = subprocess.Popen(list(map(str, command + resume)), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, media.PAUSE_BEFORE_RENAME: f"model_{iteration:08d}.pt"})
+        paused = any(line.startswith("paused before rename:") for line in process.stderr)
+        assert paused, f"the run ended (status {process.wait()}) before the save of iteration {iteration}"
         process.kill()
         process.wait()
-        temp_files = list((model / "checkpoints").glob(".*"))
-        kills_mid_save += bool(temp_files)
+        process.stderr.close()
+        assert list((model / "checkpoints").glob(f".model_{iteration:08d}.*.tmp.pt"))  # killed mid-save
         loaded, config = load_model(model, "cpu")
-        assert config.size == SIZE and loaded.iteration >= 1
-        if kills_mid_save and attempt >= 2:
-            break
-    assert kills_mid_save, "no kill landed during a save"
+        assert config.size == SIZE and loaded.iteration == iteration - 1
     # the resumed run sweeps the dead run's temp file away
     assert quick(faceset_a, faceset_b, model, iterations=loaded.iteration + 1, resume=True)["stopped"] == "iterations"
     assert not list((model / "checkpoints").glob(".*"))

@@ -1,0 +1,440 @@
+"""Files from strangers: facesets, models and output folders someone else made, and runs that share a
+folder. Nothing outside the folder named is touched, one run writes a folder, numbers that are not numbers
+stop the run, memory stays bounded, every failure is one `error:` line, outputs keep the umask's mode,
+stdout carries only events, temp files of a killed write are swept, and a shot and its alignments match."""
+
+import errno
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine import media
+from engine.__main__ import main
+from engine.convert import convert
+from engine.events import EngineError, Events
+from engine.extract import extract
+from engine.faceset import Alignments
+from engine.model import checkpoint_paths, load_model
+from engine.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    """`python -m engine ARGV` in this process: (exit status, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def refused(code: int, err: str, *words: str) -> str:
+    """The one `error:` line of a run that must have failed with exit status 2, holding `words`."""
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert all(word in lines[0] for word in words), lines[0]
+    return lines[0]
+
+
+def copy(folder: Path, to: Path) -> Path:
+    shutil.copytree(folder, to)
+    return to
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def first_face(data: dict) -> dict:
+    return next(f for f in data["frames"] if f["faces"])["faces"][0]
+
+
+# ---------------------------------------------------------------- 1. paths stay inside their folder
+
+
+def test_curate_apply_never_touches_a_file_outside_the_faceset(faceset_a, tmp_path, capsys):
+    victim = tmp_path / "victim" / "photo.png"
+    victim.parent.mkdir()
+    folder = copy(faceset_a, tmp_path / "work" / "faceset")
+    shutil.copy(folder / "faces" / "000001_0.png", victim)
+    edit_json(folder / "alignments.json", lambda d: first_face(d).update(image="../../victim/photo.png"))
+    code, _, err = run(capsys, "curate", folder, "--apply")
+    refused(code, err, "frame 1 image", "../../victim/photo.png", "outside")
+    assert victim.is_file() and not (folder / "aside").exists()
+
+
+def test_curate_restore_never_moves_a_file_outside_the_faceset(faceset_a, tmp_path, capsys):
+    folder = copy(faceset_a, tmp_path / "work" / "faceset")
+    (tmp_path / "work" / "x.txt").write_text("keep me here")
+    media.write_json(folder / "aside" / "moved.json", {"format": "facereplace.aside", "version": 1, "faces": [
+        {"frame": 1, "image": "../../x.txt", "files": ["../../x.txt"], "reasons": ["blurred"]}]})
+    code, _, err = run(capsys, "curate", folder, "--restore")
+    refused(code, err, "entry 0", "../../x.txt")
+    assert (tmp_path / "work" / "x.txt").read_text() == "keep me here" and not (tmp_path / "x.txt").exists()
+
+
+def test_train_and_evaluate_refuse_paths_leading_out(faceset_a, faceset_b, shot_b, tmp_path, capsys):
+    absolute = copy(faceset_a, tmp_path / "absolute")
+    edit_json(absolute / "alignments.json", lambda d: first_face(d).update(image=str(faceset_b / "faces" / "000001_0.png")))
+    code, _, err = run(capsys, "train", "--a", absolute, "--b", faceset_b, "--model", tmp_path / "m1", "--preset", "tiny")
+    refused(code, err, "frame 1 image", "outside")
+
+    linked = copy(faceset_a, tmp_path / "linked")
+    (linked / "faces" / "000001_0.png").unlink()
+    (linked / "faces" / "000001_0.png").symlink_to(faceset_b / "faces" / "000001_0.png")
+    code, _, err = run(capsys, "train", "--a", linked, "--b", faceset_b, "--model", tmp_path / "m2", "--preset", "tiny")
+    refused(code, err, "frame 1 image", "through a link")
+    assert not list((tmp_path / "m1").glob("checkpoints/*")) and not list((tmp_path / "m2").glob("checkpoints/*"))
+
+    layers = tmp_path / "layers"
+    media.write_json(layers / "manifest.json", {"format": "facereplace.convert", "version": 1, "source": str(shot_b.resolve()),
+                                                "files": {"face": "../elsewhere/face_%06d.png"}})
+    code, _, err = run(capsys, "evaluate", shot_b, "--alignments", faceset_b, "--layers", layers, "--source", faceset_a)
+    refused(code, err, "files.face", "outside")
+
+
+# ---------------------------------------------------------------- 3. one writer per folder, 10 and 12
+
+
+def paused_train(faceset_a, faceset_b, model: Path, pause: str, *extra) -> subprocess.Popen:
+    """A train run in its own process, paused (by media's test hook) in the save of the checkpoint named
+    `pause`, after its temp file is written and before the rename; returns once it is there."""
+    command = [sys.executable, "-m", "engine", "train", "--a", faceset_a, "--b", faceset_b, "--model", model,
+               "--preset", "tiny", "--save-every", "1", "--preview-every", "1000", "--device", "cpu",
+               "--iterations", "20", *extra]  # ends (and the test fails) if the pause never comes
+    process = subprocess.Popen(list(map(str, command)), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, media.PAUSE_BEFORE_RENAME: pause})
+    for line in process.stderr:
+        if line.startswith("paused before rename:"):
+            return process
+    raise AssertionError(f"the run ended (status {process.wait()}) without reaching the save of {pause}")
+
+
+def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_lock(faceset_a, faceset_b, tmp_path, capsys):
+    model = tmp_path / "model"
+    first = paused_train(faceset_a, faceset_b, model, "model_00000002.pt")
+    try:
+        code, _, err = run(capsys, "train", "--a", faceset_a, "--b", faceset_b, "--model", model, "--resume",
+                           "--iterations", "5")
+        refused(code, err, f"{model} is in use by another run (pid {first.pid})")
+    finally:
+        first.kill()
+        first.wait()
+    assert [p.name for p in checkpoint_paths(model)] == ["model_00000001.pt"]
+    assert list((model / "checkpoints").glob(".model_00000002.*.tmp.pt"))  # the kill landed mid-save
+    (model / "previews" / ".preview_00000001.k1ll3d00.tmp.png").parent.mkdir(exist_ok=True)
+    (model / "previews" / ".preview_00000001.k1ll3d00.tmp.png").write_bytes(b"half")
+    summary = train(faceset_a, faceset_b, model, resume=True, iterations=3, preview_every=1000, device="cpu")
+    assert summary["iterations"] == 3
+    assert not [p for p in model.rglob(".*") if p.name != media.LOCK_FILE]  # temp files swept
+
+
+def test_extract_and_convert_refuse_a_folder_another_run_writes(shot_b, faceset_b, quick_model, tmp_path, capsys):
+    @media.holds_folder_locks
+    def while_locked(folder: Path, *argv):
+        folder.mkdir(parents=True, exist_ok=True)
+        media.lock_folder(folder)
+        return run(capsys, *argv)
+
+    out = tmp_path / "out"
+    code, _, err = while_locked(out, "convert", shot_b, "--alignments", faceset_b, "--model", quick_model,
+                                "--output", out, "--frames", "1-1")
+    refused(code, err, f"{out} is in use by another run (pid {os.getpid()})")
+    code, _, err = while_locked(tmp_path / "fs", "extract", shot_b, "--output", tmp_path / "fs", "--detector", "dlib")
+    refused(code, err, "is in use by another run")
+
+
+def test_extract_and_convert_sweep_what_a_killed_write_left(faceset_a, shot_a, shot_b, faceset_b, quick_model, tmp_path):
+    folder = copy(faceset_a, tmp_path / "faceset")
+    left = [folder / "faces" / ".000003_0.abcd1234.tmp.png", folder / "masks" / "hull" / ".000003_0.x_y_z123.tmp.png",
+            folder / ".alignments.q1w2e3r4.tmp.json"]
+    for path in left:
+        path.write_bytes(b"half a file")
+    extract(shot_a, folder, detector="dlib", size=128)  # the same settings: a resume
+    assert not any(p.exists() for p in left)
+
+    out = tmp_path / "out"
+    (out / "face").mkdir(parents=True)
+    stray = out / "face" / ".face_000001.abcd1234.tmp.png"
+    stray.write_bytes(b"half")
+    convert(shot_b, faceset_b, quick_model, out, device="cpu", color="none")  # a full run: alone in the folder
+    assert not stray.exists()
+
+
+# ---------------------------------------------------------------- 4. numbers that are not numbers
+
+
+def test_a_diverging_run_stops_with_an_error_and_keeps_its_last_good_checkpoint(faceset_a, faceset_b, tmp_path,
+                                                                                 capsys, monkeypatch):
+    from engine import train as train_module
+
+    calls = {"n": 0}
+    real_loss = train_module.face_loss
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss = real_loss(*args)
+        return loss * float("nan") if calls["n"] > 6 else loss  # iterations 1-3 are fine (2 losses each)
+
+    monkeypatch.setattr(train_module, "face_loss", poisoned)
+    model = tmp_path / "model"
+    code, _, err = run(capsys, "train", "--a", faceset_a, "--b", faceset_b, "--model", model, "--preset", "tiny",
+                       "--iterations", "10", "--save-every", "2", "--log-every", "1", "--keep", "1",
+                       "--preview-every", "1000", "--device", "cpu")
+    refused(code, err, "diverged at iteration 4", "model_00000002.pt")
+    loaded, _ = load_model(model)
+    assert loaded.iteration == 2 and all(torch.isfinite(p).all() for p in loaded.parameters())
+
+
+def poison_checkpoint(path: Path, iteration: int | None = None, change=None) -> Path:
+    """Rewrite a checkpoint: NaN weights (or `change(state)`), optionally as another iteration's file."""
+    state = torch.load(path, weights_only=True)
+    if change is None:
+        state["model"] = {k: v * float("nan") for k, v in state["model"].items()}
+    else:
+        change(state)
+    if iteration is not None:
+        state["iteration"] = iteration
+        path = path.with_name(f"model_{iteration:08d}.pt")
+    torch.save(state, path)
+    return path
+
+
+def test_rotation_never_deletes_the_good_checkpoints_for_a_newer_bad_one(quick_model, faceset_a, faceset_b, tmp_path):
+    model = copy(quick_model, tmp_path / "model")
+    poison_checkpoint(checkpoint_paths(model)[0], iteration=50)
+    stream = io.StringIO()
+    train(faceset_a, faceset_b, model, resume=True, iterations=4, save_every=1, keep=1, preview_every=1000,
+          device="cpu", events=Events("train", json_lines=True, stdout=stream))
+    warnings = [e["message"] for e in map(json.loads, stream.getvalue().splitlines()) if e["event"] == "warning"]
+    assert any("model_00000050.pt" in w and "not all finite" in w for w in warnings)
+    loaded, _ = load_model(model)
+    assert loaded.iteration == 4 and all(torch.isfinite(p).all() for p in loaded.parameters())
+
+
+def test_convert_refuses_a_model_whose_weights_are_not_finite(quick_model, shot_b, faceset_b, tmp_path, capsys):
+    model = copy(quick_model, tmp_path / "model")
+    poison_checkpoint(checkpoint_paths(model)[0])
+    code, _, err = run(capsys, "convert", shot_b, "--alignments", faceset_b, "--model", model, "--output",
+                       tmp_path / "out", "--device", "cpu")
+    refused(code, err, "not all finite")
+    assert not (tmp_path / "out" / "face").exists()
+
+
+IMPOSSIBLE = {
+    "NaN landmark": (lambda f, d: f["landmarks"][0].__setitem__(0, float("nan")), "frame 1 face 0: landmarks"),
+    "infinite matrix": (lambda f, d: f["matrix"][0].__setitem__(2, float("inf")), "frame 1 face 0: matrix"),
+    "singular matrix": (lambda f, d: f.update(matrix=[[1, 1, 0], [1, 1, 0]]), "frame 1 face 0: matrix is singular"),
+    "tiny scale": (lambda f, d: f.update(matrix=[[1e-6, 0, 0], [0, 1e-6, 0]]), "frame 1 face 0: matrix frames a face"),
+    "duplicated frame": (lambda f, d: d["frames"].append(d["frames"][0]), "frame 1 is listed twice"),
+    "string landmarks": (lambda f, d: f.update(landmarks=[["1", "2"]] * 68), "frame 1 face 0: landmarks"),
+    "string face_size": (lambda f, d: d.update(face_size="128"), "face_size '128'"),
+    "zero face_size": (lambda f, d: d.update(face_size=0), "face_size 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPOSSIBLE))
+def test_alignments_with_impossible_values_are_refused_naming_the_frame(case, faceset_b, tmp_path):
+    change, words = IMPOSSIBLE[case]
+    data = json.loads((faceset_b / "alignments.json").read_text())
+    change(first_face(data), data)
+    (tmp_path / "alignments.json").write_text(json.dumps(data))
+    with pytest.raises(EngineError, match="damaged") as refusal:
+        Alignments.load(tmp_path / "alignments.json")
+    assert words in str(refusal.value)
+
+
+def test_convert_refuses_impossible_alignments_in_one_line(faceset_b, shot_b, quick_model, tmp_path, capsys):
+    data = json.loads((faceset_b / "alignments.json").read_text())
+    first_face(data).update(matrix=[[1e-6, 0, 0], [0, 1e-6, 0]])
+    (tmp_path / "alignments.json").write_text(json.dumps(data))
+    code, _, err = run(capsys, "convert", shot_b, "--alignments", tmp_path / "alignments.json", "--model", quick_model,
+                       "--output", tmp_path / "out", "--device", "cpu")
+    refused(code, err, "frame 1 face 0")
+
+
+OUT_OF_RANGE = [
+    ("train", "--learning-rate", "1000"), ("train", "--learning-rate", "nan"), ("train", "--seed", "-1"),
+    ("train", "--rotation", "1000"), ("train", "--time-budget", "inf"), ("convert", "--feather", "nan"),
+    ("convert", "--erode", "100000"), ("extract", "--smooth-cutoff", "-1"), ("extract", "--smooth-cutoff", "nan"),
+]
+
+
+@pytest.mark.parametrize("verb, option, value", OUT_OF_RANGE)
+def test_options_out_of_range_are_refused_by_the_parser(verb, option, value, faceset_a, faceset_b, shot_b, tmp_path,
+                                                        capsys):
+    required = {"train": ["--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "m"],
+                "convert": [shot_b, "--alignments", faceset_b, "--model", tmp_path / "m", "--output", tmp_path / "o"],
+                "extract": [shot_b, "--output", tmp_path / "o"]}[verb]
+    code, out, err = run(capsys, verb, *required, option, value, "--events")
+    refused(code, err, option)
+    assert [json.loads(line)["event"] for line in out.splitlines()] == ["error"]
+    assert not (tmp_path / "m").exists() and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- 5. memory stays bounded
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A real 1x1 PNG whose header says `width` x `height`."""
+    png = media.encode_png(np.zeros((1, 1, 3), np.uint8))
+    ihdr = b"IHDR" + struct.pack(">II", width, height) + png[24:29]
+    return png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+def exr_claiming(path: Path, width: int, height: int) -> Path:
+    """A real 8x8 EXR whose header's data window says `width` x `height`."""
+    media.write_exr(path, np.zeros((8, 8, 3), np.float32))
+    data = path.read_bytes()
+    box = struct.pack("<iiii", 0, 0, 7, 7)
+    at = data.index(b"dataWindow\0box2i\0") + len(b"dataWindow\0box2i\0") + 4
+    assert data[at:at + 16] == box
+    path.write_bytes(data[:at] + struct.pack("<iiii", 0, 0, width - 1, height - 1) + data[at + 16:])
+    return path
+
+
+def test_image_sizes_are_checked_from_the_header_before_decoding(tmp_path, shot_a, monkeypatch):
+    with pytest.raises(EngineError, match="20000x20000 pixels"):
+        media.read_image(exr_claiming(tmp_path / "huge.exr", 20000, 20000))
+    (tmp_path / "huge.png").write_bytes(png_claiming(20000, 20000))
+    with pytest.raises(EngineError, match="20000x20000 pixels"):
+        media.read_image(tmp_path / "huge.png")
+    monkeypatch.setenv(media.MAX_PIXELS, str(320 * 240 - 1))  # the limit is a setting
+    with pytest.raises(EngineError, match=f"320x240 pixels: more than the {320 * 240 - 1}"):
+        media.FrameSource(shot_a)
+    monkeypatch.setenv(media.MAX_PIXELS, str(320 * 240))
+    assert media.FrameSource(shot_a).size == (320, 240)
+
+
+# ---------------------------------------------------------------- 6. one error line, never a traceback
+
+
+def test_a_full_disk_is_one_error_line(faceset_a, tmp_path, capsys, monkeypatch):
+    folder = copy(faceset_a, tmp_path / "faceset")
+
+    def full(_descriptor):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    code, _, err = run(capsys, "curate", folder)
+    refused(code, err, "no space left on the disk")
+
+
+def test_a_checkpoint_with_wrong_shapes_is_one_error_line(quick_model, faceset_a, faceset_b, shot_b, tmp_path, capsys):
+    model = copy(quick_model, tmp_path / "model")
+
+    def reshape(state):
+        name = next(iter(state["model"]))
+        state["model"][name] = torch.zeros(3, 3)
+
+    poison_checkpoint(checkpoint_paths(model)[0], change=reshape)
+    code, _, err = run(capsys, "convert", shot_b, "--alignments", faceset_b, "--model", model, "--output",
+                       tmp_path / "out", "--device", "cpu")
+    refused(code, err, "do not fit")
+    code, _, err = run(capsys, "train", "--a", faceset_a, "--b", faceset_b, "--model", model, "--resume",
+                       "--device", "cpu")
+    refused(code, err, "do not fit")
+
+
+def test_json_nested_too_deep_is_one_error_line(faceset_a, tmp_path, capsys):
+    folder = copy(faceset_a, tmp_path / "faceset")
+    (folder / "alignments.json").write_text("[" * 200_000 + "]" * 200_000)
+    code, _, err = run(capsys, "curate", folder)
+    refused(code, err, "nested too deeply")
+
+
+def test_a_face_of_another_size_is_one_error_line(faceset_a, faceset_b, tmp_path, capsys):
+    folder = copy(faceset_a, tmp_path / "faceset")
+    face = folder / "faces" / "000002_0.png"
+    media.write_image(face, media.read_image(face)[::2, ::2].copy())  # 64 px in a 128 px faceset
+    code, _, err = run(capsys, "train", "--a", folder, "--b", faceset_b, "--model", tmp_path / "m", "--preset",
+                       "tiny", "--iterations", "1", "--device", "cpu")
+    refused(code, err, "000002_0.png", "not 128 px")
+    code, _, err = run(capsys, "curate", folder)
+    refused(code, err, "000002_0.png", "not 128 px")
+
+
+def test_a_manifest_pattern_without_a_frame_number_is_one_error_line(shot_b, faceset_a, faceset_b, tmp_path, capsys):
+    layers = tmp_path / "layers"
+    media.write_json(layers / "manifest.json", {"format": "facereplace.convert", "version": 1, "source": str(shot_b.resolve()),
+                                                "files": {"face": "face/face.png"}})
+    code, _, err = run(capsys, "evaluate", shot_b, "--alignments", faceset_b, "--layers", layers, "--source", faceset_a)
+    refused(code, err, "'face/face.png'", "one %d")
+
+
+# ---------------------------------------------------------------- 7. outputs keep the umask's mode
+
+
+def test_outputs_are_as_readable_as_the_umask_allows(faceset_a, tmp_path):
+    expected = 0o666 & ~media._read_umask()
+    media.write_bytes(tmp_path / "x.bin", b"1")
+    assert (tmp_path / "x.bin").stat().st_mode & 0o777 == expected
+    assert (faceset_a / "alignments.json").stat().st_mode & 0o777 == expected
+    assert (faceset_a / "faces" / "000001_0.png").stat().st_mode & 0o777 == expected
+
+
+# ---------------------------------------------------------------- 8. stdout carries only events
+
+
+def test_with_events_stdout_holds_only_json_lines(tmp_path):
+    """What a library prints to stdout (torch.hub's "Downloading: ...") or a C library writes to its
+    file descriptor goes to stderr while events are on."""
+    script = (
+        "import os, sys\n"
+        "import engine.info as info\n"
+        "real = info.run\n"
+        "def noisy(args, events):\n"
+        "    print('Downloading: \"https://example.invalid/s3fd.pth\"')\n"
+        "    os.write(1, b'written to fd 1\\n')\n"
+        "    real(args, events)\n"
+        "info.run = noisy\n"
+        "from engine.__main__ import main\n"
+        "sys.exit(main(['info', '--events']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events and all("event" in e for e in events)
+    assert "Downloading:" in result.stderr and "written to fd 1" in result.stderr
+
+
+def test_a_command_line_the_parser_refuses_is_an_error_event(capsys, tmp_path):
+    code, out, err = run(capsys, "train", "--events", "--a", tmp_path)
+    refused(code, err, "the following arguments are required: --b, --model")
+    (event,) = [json.loads(line) for line in out.splitlines()]
+    assert event["event"] == "error" and "--b, --model" in event["message"]
+
+
+# ---------------------------------------------------------------- 11. a shot and its alignments belong together
+
+
+def test_alignments_of_another_shot_are_refused_unless_forced(shot_a, shot_b, faceset_a, faceset_b, quick_model,
+                                                              tmp_path, capsys):
+    # Both sample shots are 320x240 and 16 frames long, numbered 1-16: only their pictures differ.
+    common = ["--alignments", faceset_b, "--model", quick_model, "--device", "cpu", "--frames", "1-2"]
+    code, _, err = run(capsys, "convert", shot_a, *common, "--output", tmp_path / "wrong")
+    refused(code, err, f"{shot_a} is not the shot", "--force")
+    assert not (tmp_path / "wrong").exists()
+    code, _, err = run(capsys, "evaluate", shot_a, "--alignments", faceset_b, "--layers", tmp_path, "--source", faceset_a)
+    refused(code, err, f"{shot_a} is not the shot")
+
+    code, out, _ = run(capsys, "convert", shot_a, *common, "--output", tmp_path / "forced", "--force", "--events")
+    assert code == 0 and any("--force" in json.loads(line).get("message", "") for line in out.splitlines())
+
+    old = tmp_path / "old.json"  # an extract from before signatures: a warning, not a refusal
+    shutil.copy(faceset_b / "alignments.json", old)
+    edit_json(old, lambda d: d.pop("signature"))
+    code, out, _ = run(capsys, "convert", shot_b, "--alignments", old, "--model", quick_model, "--device", "cpu",
+                       "--frames", "1-2", "--output", tmp_path / "old", "--events")
+    assert code == 0 and any("no shot signature" in json.loads(line).get("message", "") for line in out.splitlines())
