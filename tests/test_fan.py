@@ -195,3 +195,17 @@ def test_extract_runs_face_alignments_networks_with_random_weights(shot_b, tmp_p
     assert not np.allclose(alignments.frames[0].faces[0].landmarks_raw, batched["faces"][0]["landmarks"])
     np.testing.assert_allclose(batched["faces"][0]["landmarks"], alone.landmarks, atol=0.01)
     assert sorted(p.name for p in folder.parent.iterdir()) == before  # nothing written beside the weights
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fan_batches_on_cuda_like_the_cpu(shot_b, random_weights, monkeypatch):
+    """The CUDA batch path finds the same boxes as the CPU and lands the landmarks nearly where the CPU does
+    (random heat maps have no sharp peak, so a TF32 rounding may move a few of them)."""
+    folder, table = random_weights
+    monkeypatch.setattr(detect, "FAN_WEIGHTS", table)
+    frames = [media.to_srgb8(image) for _, image in media.FrameSource(shot_b).frames([1, 2, 3])]
+    on_cpu = detect.make_detector("fan", "cpu", fan_weights=folder).detect_batch(frames)
+    on_cuda = detect.make_detector("fan", "cuda", fan_weights=folder).detect_batch(frames)
+    for (cpu,), (cuda,) in zip(on_cpu, on_cuda, strict=True):
+        np.testing.assert_allclose(cpu.bbox, cuda.bbox, atol=1.0)
+        assert np.median(np.linalg.norm(cpu.landmarks - cuda.landmarks, axis=1)) < 2.0
