@@ -106,6 +106,7 @@ FAN_WEIGHTS = {
     "detector": WeightFile("s3fd-619a316812.pth", _FAN_URL + "s3fd-619a316812.pth", "619a316812"),
     "landmarks": WeightFile("2DFAN4-11f355bf06.pth.tar", _FAN_URL + "2DFAN4-11f355bf06.pth.tar", "11f355bf06"),
 }
+MAX_WEIGHTS_BYTES = 1 << 30  # the published files are about 90 MB; a larger one is refused unread
 
 
 def weights_folder() -> Path:
@@ -125,6 +126,8 @@ def _download(spec: WeightFile, path: Path) -> None:
                 while chunk := response.read(1 << 20):
                     digest.update(chunk)
                     out.write(chunk)
+                    if out.tell() > MAX_WEIGHTS_BYTES:
+                        raise EngineError(f"the download of {spec.url} is larger than any weights file; nothing was kept")
             if not digest.hexdigest().startswith(spec.sha256_prefix):
                 raise EngineError(f"the download of {spec.url} does not match its published SHA-256; nothing was kept")
     except OSError as e:  # URLError is an OSError: no network, or a download that failed
@@ -133,6 +136,8 @@ def _download(spec: WeightFile, path: Path) -> None:
 
 def _read_verified(spec: WeightFile, path: Path) -> dict:
     """The state dict in `path`, unpickled (weights_only) from the very bytes whose hash was checked."""
+    if path.stat().st_size > MAX_WEIGHTS_BYTES:
+        raise EngineError(f"{path} is not the published {spec.name}: it is {path.stat().st_size >> 20} MB")
     data = path.read_bytes()
     found = hashlib.sha256(data).hexdigest()
     if not found.startswith(spec.sha256_prefix):
@@ -148,6 +153,8 @@ def _read_verified(spec: WeightFile, path: Path) -> dict:
         raise EngineError(f"cannot load {path}: {e}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise EngineError(f"{path} holds no state dict")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
