@@ -103,7 +103,7 @@ def sync(device):
 def training_step(model, optimizer, batch_source, device, loss_fn, compile_model=None):
     """One step as engine.train runs it: augment on the device, bf16 autocast on CUDA, backward, Adam."""
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    forward = compile_model or model
+    forward = model if compile_model is None else compile_model  # a compiled module has no truth value
 
     def step():
         batch = batch_source()
