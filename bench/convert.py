@@ -1,7 +1,8 @@
-"""Convert speed: frames per second at 480p and 1080p for each output format, CPU and CUDA, with the time
-split between decode, model, warp/blend and encode.
+"""Convert speed: frames per second at 480p, 1080p and 4K for each output format, CPU and CUDA, with the
+time split between decode, model, warp/blend and encode.
 
-    .venv/bin/python bench/convert.py [--frames 24] [--preset fast] [--write-frames]
+    .venv/bin/python bench/convert.py [--frames 24] [--preset fast] [--write-frames] [--resolutions 1080p 4k]
+    .venv/bin/python bench/convert.py --resolutions 1080p 4k --devices cuda --json convert.json
 
 The shots are the Grace Hopper sample moving with known transforms, so their alignments come from the
 transforms (no detector in the timing). The model is a freshly initialised one of the preset: its speed
@@ -22,13 +23,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo import samples  # noqa: E402
+from engine import media  # noqa: E402
 from engine import model as model_module  # noqa: E402
 from engine.convert import StageClock, convert  # noqa: E402
 from engine.faces import align  # noqa: E402
 from engine.faces.detect import make_detector  # noqa: E402
 from engine.faceset import Alignments, Face, Frame  # noqa: E402
 
-RESOLUTIONS = {"480p": (854, 480), "1080p": (1920, 1080)}
+RESOLUTIONS = {"480p": (854, 480), "1080p": (1920, 1080), "4k": (3840, 2160)}
+FORMATS = ("png16", "exr")
 FACE_SIZE = 256
 
 
@@ -63,15 +66,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--preset", default=None, help="model preset (default: fast on CPU, quality on CUDA)")
-    parser.add_argument("--resolutions", nargs="+", default=list(RESOLUTIONS), choices=list(RESOLUTIONS))
+    parser.add_argument("--resolutions", nargs="+", default=["480p", "1080p"], choices=list(RESOLUTIONS))
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     parser.add_argument("--devices", nargs="+", default=None, choices=["cpu", "cuda"])
     parser.add_argument("--write-frames", action="store_true", help="also write finished frames")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write every figure to this JSON file")
     args = parser.parse_args()
     import torch
 
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"convert benchmark: {args.frames} frames per run, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
+    report = {"torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "frames": args.frames,
+              "gpu": torch.cuda.get_device_name() if "cuda" in devices else None, "rows": []}
     landmarks = max(make_detector("dlib").detect(samples.grace_hopper()), key=lambda d: d.area).landmarks
     stages = " ".join(f"{s:>10s}" for s in StageClock.STAGES)
     print(f"{'device':6s} {'preset':7s} {'size':6s} {'format':6s} {'frames/s':>9s}   ms per frame: {stages}")
@@ -84,7 +91,7 @@ def main() -> None:
             if not model_dir.exists():
                 make_model(model_dir, preset)
             for name, (shot, alignments) in shots.items():
-                for fmt in ("png16", "exr"):
+                for fmt in args.formats:
                     out = tmp / f"out-{device}-{name}-{fmt}"
                     started = time.perf_counter()
                     summary = convert(shot, alignments, model_dir, out, fmt=fmt, write_frames=args.write_frames,
@@ -93,6 +100,13 @@ def main() -> None:
                     split = " ".join(f"{1000 * s / args.frames:10.1f}" for s in summary["stage_seconds"].values())
                     print(f"{device:6s} {preset:7s} {name:6s} {fmt:6s} {summary['fps']:9.2f}   "
                           f"{'':14s}{split}   ({seconds:.1f} s incl. model load)")
+                    report["rows"].append({
+                        "device": device, "preset": preset, "resolution": name, "format": fmt,
+                        "fps": summary["fps"], "seconds": round(seconds, 2),
+                        "ms_per_frame": {k: round(1000 * v / args.frames, 2)
+                                         for k, v in summary["stage_seconds"].items()}})
+    if args.json:
+        media.write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@ and our 64-px model against an exact re-implementation of the book's reference m
 
     .venv/bin/python bench/train.py                   # every preset and size, a few seconds each
     .venv/bin/python bench/train.py --seconds 2 --presets tiny fast --sizes 64
+    .venv/bin/python bench/train.py --sizes 128 256 --compile --json train.json   # as bench/gpu_check.sh
 
 An image is one face through a full training step (augmentation, forward, loss, backward, Adam), so a
 step of batch 8 per identity is 16 images. The data are the sample shots' faces, extracted at 256 px,
 loaded and augmented exactly as training does. "decode" is the loader reading faces from their PNGs
 (one process), "cached" the same from the in-memory copy that training makes when the faces fit. On CUDA it also prints the model's FLOPs per image
-(forward and backward, counted by torch) and the share of the GPU's bf16 peak that reached.
+(forward and backward, counted by torch) and the share of the GPU's bf16 peak that reached. "warm-up s"
+is the first steps before timing, which with --compile holds the compile time.
 """
 
 import argparse
@@ -24,6 +26,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo import samples  # noqa: E402
+from engine import media  # noqa: E402
 from engine.augment import Augmentation, FaceBatches, augment  # noqa: E402
 from engine.device import pick_device  # noqa: E402
 from engine.extract import extract  # noqa: E402
@@ -64,20 +67,24 @@ class BookReference(nn.Module):
 
 
 def make_facesets(folder: Path) -> dict[str, Path]:
+    """The sample facesets A and B (256 px, dlib) in `folder`; ones already complete there are kept."""
     out = {}
     for k, photo, scale in (("a", "astronaut", 1.0), ("b", "grace_hopper", 0.7)):
-        frames, _ = samples.make_clip(photo, 24, (640, 480), scale=scale)
-        shot = samples.write_sequence(folder / f"shot_{k}", frames)
-        out[k] = extract(shot, folder / f"faceset_{k}", detector="dlib", size=256)["output"]
+        out[k] = folder / f"faceset_{k}"
+        if not (out[k] / "alignments.json").is_file():
+            frames, _ = samples.make_clip(photo, 24, (640, 480), scale=scale)
+            extract(samples.write_sequence(folder / f"shot_{k}", frames), out[k], detector="dlib", size=256)
     return out
 
 
-def timed(step, seconds: float, device) -> float:
-    """Seconds per step: two warm-up steps (one on the CPU, where it is only the first allocation), then
-    as many as fit in `seconds`, at least two."""
+def timed(step, seconds: float, device) -> tuple[float, float]:
+    """(seconds per step, warm-up seconds): two warm-up steps (one on the CPU, where it is only the first
+    allocation), then as many as fit in `seconds`, at least two."""
+    started = time.perf_counter()
     for _ in range(2 if device.type == "cuda" else 1):
         step()
     sync(device)
+    warm_up = time.perf_counter() - started
     count, started = 0, time.perf_counter()
     while count < 2 or time.perf_counter() - started < seconds:
         step()
@@ -85,7 +92,7 @@ def timed(step, seconds: float, device) -> float:
         if count % 5 == 0:
             sync(device)
     sync(device)
-    return (time.perf_counter() - started) / count
+    return (time.perf_counter() - started) / count, warm_up
 
 
 def sync(device):
@@ -96,7 +103,7 @@ def sync(device):
 def training_step(model, optimizer, batch_source, device, loss_fn, compile_model=None):
     """One step as engine.train runs it: augment on the device, bf16 autocast on CUDA, backward, Adam."""
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    forward = compile_model or model
+    forward = model if compile_model is None else compile_model  # a compiled module has no truth value
 
     def step():
         batch = batch_source()
@@ -128,15 +135,19 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per configuration")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
+    parser.add_argument("--compile", action="store_true", help="time the torch.compile'd model instead")
+    parser.add_argument("--no-reference", action="store_true", help="skip the book's reference model at 64 px")
+    parser.add_argument("--facesets", type=Path, help="make (or reuse) the sample facesets in this folder")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write every figure to this JSON file")
     args = parser.parse_args()
     device = pick_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     peak = next((v for k, v in GPU_PEAKS.items() if k in name), None) if device.type == "cuda" else None
     print(f"device: {name}; torch {torch.__version__}")
 
+    report = {"device": name, "torch": torch.__version__, "compile": args.compile, "rows": [], "reference": []}
     with tempfile.TemporaryDirectory() as tmp:
-        facesets = {k: Faceset(p) for k, p in make_facesets(Path(tmp)).items()}
+        facesets = {k: Faceset(p) for k, p in make_facesets(args.facesets or Path(tmp)).items()}
         faces = {k: f.samples() for k, f in facesets.items()}
         weights = LossWeights()
 
@@ -144,7 +155,7 @@ def main() -> None:
             return face_loss(*out, *target, weights)
 
         header = (f"{'preset':8} {'size':>4} {'batch':>5} {'params':>8} {'decode img/s':>12} {'cached img/s':>12} "
-                  f"{'train img/s':>11}")
+                  f"{'train img/s':>11} {'warm-up s':>9}")
         print(header + ("   GFLOP/img  % of peak" if device.type == "cuda" else ""))
         ours_at_64 = {}
         for preset in args.presets:
@@ -173,20 +184,28 @@ def main() -> None:
                 compiled = torch.compile(model) if args.compile else None
                 step = training_step(model, optimizer, next_batch, device, ours_loss, compiled)
                 try:
-                    seconds = timed(step, args.seconds, device)
+                    seconds, warm_up = timed(step, args.seconds, device)
                 except torch.OutOfMemoryError:
                     print(f"{preset:8} {size:>4} {config.batch:>5}  out of GPU memory")
+                    report["rows"].append({"preset": preset, "size": size, "batch": config.batch,
+                                           "error": "out of GPU memory"})
                     continue
                 rate = images / seconds
                 params = sum(p.numel() for p in model.parameters())
+                row = {"preset": preset, "size": size, "batch": config.batch, "params": params,
+                       "decode_img_s": round(decode_rate, 1), "cached_img_s": round(cached_rate, 1),
+                       "train_img_s": round(rate, 2), "warm_up_s": round(warm_up, 2)}
                 line = (f"{preset:8} {size:>4} {config.batch:>5} {params / 1e6:7.1f}M {decode_rate:12.0f} "
-                        f"{cached_rate:12.0f} {rate:11.1f}")
+                        f"{cached_rate:12.0f} {rate:11.1f} {warm_up:9.1f}")
                 if device.type == "cuda":
                     flops = flops_per_image(training_step(model, optimizer, next_batch, device, ours_loss), images)
                     share = f"{100 * flops * rate / peak:9.1f}%" if peak else "   (peak unknown)"
                     line += f"   {flops / 1e9:9.2f} {share}"
+                    row.update(gflop_per_img=round(flops / 1e9, 3),
+                               peak_share=round(flops * rate / peak, 4) if peak else None)
+                report["rows"].append(row)
                 print(line, flush=True)
-                if size == 64:
+                if size == 64 and not args.no_reference:
                     ours_at_64[preset] = (rate, next_batch)
                 del model, optimizer, step, compiled
                 if device.type == "cuda":
@@ -204,11 +223,16 @@ def main() -> None:
                 optimizer = torch.optim.Adam(reference.parameters(), lr=5e-5, betas=(0.5, 0.999))
                 step = training_step(reference, optimizer, next_batch, device,
                                      lambda out, target: F.mse_loss(out.float(), target[0]))
-                reference_rates[batch] = 2 * batch / timed(step, args.seconds, device)
+                reference_rates[batch] = 2 * batch / timed(step, args.seconds, device)[0]
                 params = sum(p.numel() for p in reference.parameters())
                 print(f"book reference, 64 px, batch {batch}: {params / 1e6:.1f}M params, "
                       f"{reference_rates[batch]:.1f} img/s")
             print(f"  {preset:8} 64 px, batch {batch}: ours / reference = {ours / reference_rates[batch]:.2f}")
+            report["reference"].append({"preset": preset, "batch": batch, "ours_img_s": round(ours, 2),
+                                        "reference_img_s": round(reference_rates[batch], 2)})
+    if args.json:
+        media.write_json(args.json, report)
+
 
 if __name__ == "__main__":
     main()

@@ -32,6 +32,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--detector", default="auto", choices=["auto", "fan", "dlib"],
                         help="auto: fan where its weights load, else dlib (offline)")
     parser.add_argument("--fan-weights", help="folder holding the fan backend's weight files, for offline use")
+    parser.add_argument("--offline", action="store_true",
+                        help="never reach the network: fan needs its weights on disk, auto falls back to dlib")
+    parser.add_argument("--batch", type=int,
+                        help="frames per detector call (fan backend; default 8 on CUDA, 1 on the CPU)")
     parser.add_argument("--cnn", action="store_true", help="dlib backend: the CNN detector instead of HOG")
     parser.add_argument("--size", type=int, default=256, help="aligned face size in pixels")
     parser.add_argument("--coverage", type=float, default=align.DEFAULT_COVERAGE,
@@ -58,6 +62,7 @@ def run(args, events: Events) -> None:
         identity_threshold=args.identity_threshold, smoothing=not args.no_smooth,
         smooth=SmoothSettings(min_cutoff=args.smooth_cutoff, beta=args.smooth_beta),
         fan_weights=args.fan_weights, cnn=args.cnn, device=args.device, events=events,
+        offline=args.offline, batch=args.batch,
     )
 
 
@@ -79,6 +84,8 @@ def extract(
     cnn: bool = False,
     device: str = "auto",
     events: Events | None = None,
+    offline: bool = False,
+    batch: int | None = None,
 ) -> dict:
     """Write a faceset for `input` into `output`; returns the summary that the "done" event carries."""
     events = events or Events("extract")
@@ -87,6 +94,8 @@ def extract(
         raise EngineError(f"--size {size} is out of range (32 to 2048)")
     if not 0.1 < coverage <= 1.0:
         raise EngineError(f"--coverage {coverage} is out of range (0.1 to 1)")
+    if batch is not None and not 1 <= batch <= 256:
+        raise EngineError(f"--batch {batch} is out of range (1 to 256)")
     source = media.FrameSource(input)
     numbers = source.select(frames, every)
     folder = media.check_writable(output)
@@ -112,10 +121,11 @@ def extract(
     from .device import pick_device
 
     torch_device = pick_device(device) if detector != "dlib" else "cpu"
-    detector_impl = make_detector(detector, str(torch_device), fan_weights=fan_weights, cnn=cnn)
+    detector_impl = make_detector(detector, str(torch_device), fan_weights=fan_weights, cnn=cnn, offline=offline)
     reference = _reference_embedding(detector_impl, references)
 
-    batch = 8 if str(torch_device) == "cuda" and detector_impl.name == "fan" else 1  # frames per detector call
+    if batch is None:  # frames per detector call
+        batch = 8 if str(torch_device) == "cuda" and detector_impl.name == "fan" else 1
     detections = _detect_all(source, numbers, folder / DETECTIONS_FILE, detector_impl, events, batch)
     if reference is None and reference_face:
         reference = _reference_from_shot(detections, reference_face)

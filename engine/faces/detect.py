@@ -1,26 +1,30 @@
 """Face detection and 68-point landmarks, two backends behind one interface.
 
 - "fan": face-alignment's S3FD detector and 2DFAN4 landmarks; the accurate GPU default. Its weights come
-  from the web at first use (cached by torch.hub), or from a folder given with --fan-weights.
+  from a folder given with --fan-weights, or from the engine's weights folder (downloaded there at first
+  use unless offline). Every file's SHA-256 is checked against the published one before it is unpickled,
+  and then only with weights_only, so a weights file cannot run code; torch.hub is never used.
 - "dlib": dlib's HOG (or CNN) detector and 68-point predictor, with weights that the
   face-recognition-models package ships, so it works with no network.
 Both give the same iBUG 68-point scheme, so everything downstream is backend-agnostic.
 """
 
+import hashlib
 import importlib.util
+import io
 import logging
+import os
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from .. import media
 from ..events import EngineError
 
 log = logging.getLogger("engine")
-
-FAN_WEIGHT_FILES = ("s3fd-619a316812.pth", "2DFAN4-11f355bf06.pth.tar")
-
 
 @dataclass
 class Detection:
@@ -86,87 +90,188 @@ class DlibDetector:
         return [self.detect(image) for image in images]
 
 
+@dataclass(frozen=True)
+class WeightFile:
+    """A published weight file: its name, where it is published, and the first hex digits of its SHA-256
+    (which the name carries, torch.hub style)."""
+
+    name: str
+    url: str
+    sha256_prefix: str
+
+
+_FAN_URL = "https://www.adrianbulat.com/downloads/python-fan/"
+# The files the fan backend trusts. A file is unpickled (weights_only) only after its SHA-256 matched here.
+FAN_WEIGHTS = {
+    "detector": WeightFile("s3fd-619a316812.pth", _FAN_URL + "s3fd-619a316812.pth", "619a316812"),
+    "landmarks": WeightFile("2DFAN4-11f355bf06.pth.tar", _FAN_URL + "2DFAN4-11f355bf06.pth.tar", "11f355bf06"),
+}
+MAX_WEIGHTS_BYTES = 1 << 30  # the published files are about 90 MB; a larger one is refused unread
+
+
+def weights_folder() -> Path:
+    """Where the engine keeps the weights it downloads: $FACEREPLACE_WEIGHTS, else the user's cache."""
+    if os.environ.get("FACEREPLACE_WEIGHTS"):
+        return Path(os.environ["FACEREPLACE_WEIGHTS"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "facereplace" / "weights"
+
+
+def _download(spec: WeightFile, path: Path) -> None:
+    """Fetch `spec` into a temp file beside `path`; it becomes `path` only once its hash matched."""
+    log.info("downloading %s to %s", spec.url, path)
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(spec.url, timeout=60) as response, media.atomic_path(path) as tmp:
+            with open(tmp, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    if out.tell() > MAX_WEIGHTS_BYTES:
+                        raise EngineError(f"the download of {spec.url} is larger than any weights file; nothing was kept")
+            if not digest.hexdigest().startswith(spec.sha256_prefix):
+                raise EngineError(f"the download of {spec.url} does not match its published SHA-256; nothing was kept")
+    except OSError as e:  # URLError is an OSError: no network, or a download that failed
+        raise EngineError(f"could not download {spec.url} ({getattr(e, 'reason', e)})") from None
+
+
+def _read_verified(spec: WeightFile, path: Path) -> dict:
+    """The state dict in `path`, unpickled (weights_only) from the very bytes whose hash was checked."""
+    if path.stat().st_size > MAX_WEIGHTS_BYTES:
+        raise EngineError(f"{path} is not the published {spec.name}: it is {path.stat().st_size >> 20} MB")
+    data = path.read_bytes()
+    found = hashlib.sha256(data).hexdigest()
+    if not found.startswith(spec.sha256_prefix):
+        raise EngineError(
+            f"{path} is not the published {spec.name}: its SHA-256 starts {found[:10]}, not {spec.sha256_prefix}; "
+            f"delete it and get the file again"
+        )
+    import torch
+
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # a file that matches the hash loads; this is a torch that cannot read it
+        raise EngineError(f"cannot load {path}: {e}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise EngineError(f"{path} holds no state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def fan_state_dicts(folder: str | Path | None = None, offline: bool = False) -> dict[str, dict]:
+    """The verified state dict of each of FAN_WEIGHTS, by role. From `folder` (--fan-weights, never written
+    to), else from weights_folder(), which missing files are downloaded into unless `offline`."""
+    if folder is not None:
+        folder = Path(folder)
+        missing = [w.name for w in FAN_WEIGHTS.values() if not (folder / w.name).is_file()]
+        if missing:
+            raise EngineError(f"--fan-weights {folder} lacks {', '.join(missing)}")
+    else:
+        folder = weights_folder()
+        missing = [w for w in FAN_WEIGHTS.values() if not (folder / w.name).is_file()]
+        if missing and offline:
+            raise EngineError(
+                f"the fan backend's weights are not in {folder} and --offline forbids downloading them; "
+                f"put {' and '.join(w.name for w in missing)} there or pass --fan-weights DIR, "
+                f"or use --detector dlib, which works offline"
+            )
+        for spec in missing:
+            try:
+                _download(spec, folder / spec.name)
+            except EngineError as e:
+                raise EngineError(
+                    f"the fan backend could not get its weights: {e}; put {spec.name} in {folder} "
+                    f"or pass --fan-weights DIR, or use --detector dlib, which works offline"
+                ) from None
+    return {role: _read_verified(spec, folder / spec.name) for role, spec in FAN_WEIGHTS.items()}
+
+
+def _fan_networks(states: dict[str, dict], device: str):
+    """face-alignment's own S3FD detector and 2DFAN4 landmark network, holding `states`, wired so that its
+    landmark code runs them. Its constructors would fetch weights through torch.hub, so they are bypassed."""
+    import face_alignment
+    import torch
+    from face_alignment.detection.core import FaceDetector
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.detection.sfd.sfd_detector import SFDDetector
+    from face_alignment.models import FAN
+
+    class Detector(SFDDetector):
+        def __init__(self, net):
+            FaceDetector.__init__(self, device, verbose=False)
+            self.face_detector = net
+            self.filter_threshold = 0.5  # SFDDetector's default
+
+    class Landmarks(face_alignment.FaceAlignment):
+        def __init__(self, detector, net):  # the attributes that FaceAlignment's landmark methods read
+            self.device, self.dtype, self.verbose = device, torch.float32, False
+            self.landmarks_type = face_alignment.LandmarksType.TWO_D
+            self.flip_input = False
+            self.max_batch_size = 8  # faces of one frame per landmark forward pass
+            self.face_detector = detector
+            self.face_alignment_net = net
+
+    nets = {"detector": s3fd(), "landmarks": FAN(4)}
+    for role, net in nets.items():
+        try:
+            net.load_state_dict(states[role])
+        except RuntimeError as e:
+            raise EngineError(f"{FAN_WEIGHTS[role].name} does not fit face-alignment's network: {e}") from None
+        net.to(device).eval()
+    return Landmarks(Detector(nets["detector"]), nets["landmarks"])
+
+
 class FanDetector:
     name = "fan"
 
-    def __init__(self, device: str = "cpu", weights: str | Path | None = None):
-        import face_alignment
-        import torch
-
-        if weights is not None:
-            weights = Path(weights)
-            missing = [f for f in FAN_WEIGHT_FILES if not (weights / f).is_file()]
-            if missing:
-                raise EngineError(f"--fan-weights {weights} lacks {', '.join(missing)}")
-            # face-alignment looks in <torch hub dir>/checkpoints; point the hub at a folder whose
-            # checkpoints/ is the user's weights folder.
-            hub = weights.parent / f".{weights.name}-hub"
-            hub.mkdir(exist_ok=True)
-            link = hub / "checkpoints"
-            if not link.exists():
-                link.symlink_to(weights.resolve(), target_is_directory=True)
-            torch.hub.set_dir(str(hub))
-        try:
-            self.model = face_alignment.FaceAlignment(
-                face_alignment.LandmarksType.TWO_D,
-                device=str(device),
-                flip_input=False,
-                face_detector="sfd",
-                compile=False,
-            )
-        except OSError as e:  # URLError is an OSError: no network, or a download that failed
-            hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
-            raise EngineError(
-                f"the fan backend could not get its S3FD/2DFAN4 weights ({getattr(e, 'reason', e)}); "
-                f"put {' and '.join(FAN_WEIGHT_FILES)} in {hub_dir} or pass --fan-weights DIR, "
-                f"or use --detector dlib, which works offline"
-            ) from None
+    def __init__(self, device: str = "cpu", weights: str | Path | None = None, offline: bool = False):
         self.device = str(device)
+        self.model = _fan_networks(fan_state_dicts(weights, offline), self.device)
 
-    def _to_detections(self, landmarks, scores, boxes) -> list[Detection]:
-        out = []
-        for points, point_scores, box in zip(landmarks or [], scores or [], boxes or [], strict=False):
-            out.append(
-                Detection(
-                    bbox=np.asarray(box[:4], np.float64),
-                    score=float(box[4]) if len(box) > 4 else 1.0,
-                    landmarks=np.asarray(points, np.float64)[:, :2],
-                    landmark_confidence=float(np.mean(point_scores)),
-                )
+    def _landmarks(self, image: np.ndarray, boxes) -> list[Detection]:
+        if len(boxes) == 0:
+            return []
+        landmarks, scores, _ = self.model.get_landmarks_from_image(
+            image, detected_faces=boxes, return_landmark_score=True
+        )
+        return [
+            Detection(
+                bbox=np.asarray(box[:4], np.float64),
+                score=float(box[4]),
+                landmarks=np.asarray(points, np.float64)[:, :2],
+                landmark_confidence=float(np.mean(point_scores)),
             )
-        return out
+            for box, points, point_scores in zip(boxes, landmarks, scores, strict=True)
+        ]
 
     def detect(self, image: np.ndarray) -> list[Detection]:
-        result = self.model.get_landmarks_from_image(image, return_bboxes=True, return_landmark_score=True)
-        return self._to_detections(*result)
+        return self._landmarks(image, self.model.face_detector.detect_from_image(image))
 
     def detect_batch(self, images: list[np.ndarray]) -> list[list[Detection]]:
-        """On CUDA, frames of one size go through the detector as one batch."""
-        if "cuda" not in self.device or len({im.shape for im in images}) != 1:
+        """Frames of one size go through the detector as one batch; landmarks follow face by face."""
+        if len(images) == 1 or len({im.shape for im in images}) != 1:
             return [self.detect(image) for image in images]
         import torch
 
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.device)
-        landmarks, scores, boxes = self.model.get_landmarks_from_batch(
-            batch, return_bboxes=True, return_landmark_score=True
-        )
-        if landmarks is None:
-            return [[] for _ in images]
-        return [self._to_detections(*r) for r in zip(landmarks, scores, boxes, strict=True)]
+        boxes = self.model.face_detector.detect_from_batch(batch)
+        return [self._landmarks(image, found) for image, found in zip(images, boxes, strict=True)]
 
 
 BACKENDS = {"fan": FanDetector, "dlib": DlibDetector}
 
 
-def make_detector(name: str = "auto", device: str = "cpu", fan_weights: str | Path | None = None, cnn: bool = False):
-    """A detector by backend name. "auto" is fan where its weights load, else dlib with a warning."""
+def make_detector(name: str = "auto", device: str = "cpu", fan_weights: str | Path | None = None, cnn: bool = False,
+                  offline: bool = False):
+    """A detector by backend name. "auto" is fan where its weights load, else dlib with a warning.
+    `offline`: never reach the network (fan then needs its weights on disk)."""
     if name == "dlib":
         return DlibDetector(device, cnn=cnn)
     if name == "fan":
-        return FanDetector(device, weights=fan_weights)
+        return FanDetector(device, weights=fan_weights, offline=offline)
     if name == "auto":
         try:
-            return FanDetector(device, weights=fan_weights)
+            return FanDetector(device, weights=fan_weights, offline=offline)
         except EngineError as e:
             log.warning("%s; using the dlib backend", e)
             return DlibDetector(device, cnn=cnn)
