@@ -103,12 +103,13 @@ class Shot:
 
 
 def parse_ranges(text: str) -> list[tuple[int, int]]:
-    """"101-200", "150" or "1-100,150-250" (timeline frames, inclusive) as [(first, last), ...]."""
+    """"101-200", "150" or "1-100,150-250" (timeline frames, inclusive) as [(first, last), ...]; Blender's
+    "1..100" and Flamenco's chunks ("26,27": two frames) too."""
     ranges = []
     for part in text.split(","):
-        m = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?", part)
+        m = re.fullmatch(r"\s*(-?\d+)\s*(?:(?:-|\.\.)\s*(-?\d+)\s*)?", part)
         if not m:
-            raise ClientError(f"frame range {text!r} is not of the form A-B or A-B,C-D")
+            raise ClientError(f"frame range {text!r} is not of the form A-B, A..B or A-B,C-D")
         first, last = int(m.group(1)), int(m.group(2) or m.group(1))
         if first > last:
             raise ClientError(f"frame range {part.strip()}: start is after end")
