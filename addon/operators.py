@@ -143,10 +143,8 @@ def stale_message(scene, side: str) -> str:
 def extract_step(scene, side: str) -> Step:
     shot, args = shot_args(scene, side)
     signature = digest(args)
-    warnings = []
-    if shot.strip is not None:
-        warnings = [w for w in [strips.fps_mismatch(strips.find_strip(scene.sequence_editor, shot.key, shot.strip),
-                                                    scene)] if w]
+    strip = strips.find_strip(scene.sequence_editor, shot.key, shot.strip) if shot.strip else None
+    fps_warning = strips.fps_mismatch(strip, scene) if strip is not None else ""
     work = work_folder(scene)
     folder = work / f"faceset_{side.lower()}-{digest(args + [prefs().detector])}"
     argv = engine_command(engine_python(), "extract", [*args, *detector_args(), "--output", folder], prefs().device)
@@ -160,7 +158,7 @@ def extract_step(scene, side: str) -> Step:
         missing = [shot.start + shot.numbers.index(n) for n in summary.get("frames_without_faces", [])]
         result.frames_without_faces = compact(missing)
         return (f"Extract {side}: faces in {summary['frames_with_faces']} of {summary['frames']} frames"
-                + (f", none in {result.frames_without_faces}" if missing else "") + "".join(f"; {w}" for w in warnings))
+                + (f", none in {result.frames_without_faces}" if missing else "") + (f"; {fps_warning}" if fps_warning else ""))
 
     return Step(f"Extract {side}", argv, finish, log=work / "logs" / f"extract_{side.lower()}.log", env=run_env())
 

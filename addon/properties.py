@@ -16,9 +16,11 @@ RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 5, 0) else
 
 
 def _get_strip(shot) -> str:
-    """The strip's current name: found by its id, so a rename shows (and keeps) the same strip."""
-    strip = find_strip(shot.id_data.sequence_editor, shot.strip_id, shot.get("strip_name", ""))
-    return strip.name if strip is not None else shot.get("strip_name", "")
+    """The strip's current name: found by its id, so a rename shows (and keeps) the same strip. A .blend
+    saved before strips had ids holds the name alone (under "strip")."""
+    name = shot.get("strip_name", shot.get("strip", ""))
+    strip = find_strip(shot.id_data.sequence_editor, shot.strip_id, name)
+    return strip.name if strip is not None else name
 
 
 def _set_strip(shot, name: str) -> None:

@@ -51,7 +51,7 @@ def test_the_reader_drains_the_pipe_to_the_end(tmp_path):
     """An engine that prints an unparsable line and then far more than a pipe holds still runs to its
     end: the reader never stops reading."""
     argv = _engine_script(tmp_path, """
-        print("{" + "[" * 200000, flush=True)
+        print('{"event": ' + "[" * 200000, flush=True)  # json.loads raises RecursionError on it
         for i in range(20000):
             print(json.dumps({"event": "progress", "done": i, "total": 20000, "pad": "x" * 40}))
         print(json.dumps({"event": "done", "frames": 20000}), flush=True)
