@@ -3,7 +3,7 @@ a busy process, with a passive OpenMP wait, and two train runs at once (each tak
 the engine shared them, against the engine's share from its runs' lock files).
 
     .venv/bin/python bench/cpu_share.py                  # fast preset, 64 px, 30 s per run
-    .venv/bin/python bench/cpu_share.py --seconds 10
+    .venv/bin/python bench/cpu_share.py --seconds 10 --preset tiny
 
 Each run is `python -m engine train --time-budget S --events`; the figure is the iteration its "done"
 event reports. The machine's other load changes every figure: run it on an otherwise idle machine.
@@ -36,9 +36,9 @@ def facesets(folder: Path) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
-def train(a: Path, b: Path, model: Path, seconds: float, env: dict) -> subprocess.Popen:
+def train(a: Path, b: Path, model: Path, seconds: float, preset: str, env: dict) -> subprocess.Popen:
     argv = [sys.executable, "-m", "engine", "train", "--a", str(a), "--b", str(b), "--model", str(model),
-            "--preset", "fast", "--size", "64", "--time-budget", str(seconds), "--device", "cpu", "--events"]
+            "--preset", preset, "--size", "64", "--time-budget", str(seconds), "--device", "cpu", "--events"]
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ, **env})
 
@@ -52,6 +52,7 @@ def iterations(process: subprocess.Popen) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--preset", default="fast", choices=["tiny", "fast", "quality"])
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,17 +64,17 @@ def main() -> int:
         def alone(env: dict, busy: bool = False) -> int:
             spinner = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
             try:
-                return iterations(train(a, b, next(models), args.seconds, {**runtime, **env}))
+                return iterations(train(a, b, next(models), args.seconds, args.preset, {**runtime, **env}))
             finally:
                 if spinner:
                     spinner.kill()
                     spinner.wait()
 
         def pair(env: dict) -> list[int]:
-            runs = [train(a, b, next(models), args.seconds, {**runtime, **env}) for _ in range(2)]
+            runs = [train(a, b, next(models), args.seconds, args.preset, {**runtime, **env}) for _ in range(2)]
             return [iterations(r) for r in runs]
 
-        print(f"{cores} cores, fast preset, 64 px, {args.seconds:g} s per run: iterations done")
+        print(f"{cores} cores, {args.preset} preset, 64 px, {args.seconds:g} s per run: iterations done")
         print(f"alone:                                  {alone({})}")
         print(f"beside a busy process:                  {alone({}, busy=True)}")
         print(f"beside a busy process, passive wait:    {alone({'OMP_WAIT_POLICY': 'PASSIVE'}, busy=True)}")
