@@ -24,7 +24,6 @@ from .strips import absolute, edited_scene
 
 SIDES = [("A", "A", "Source A: the face to put in"), ("B", "B", "Target B: the shot whose face is replaced")]
 TRAIN_STOP_GRACE_S = 60.0  # a stopped train finishes its iteration and saves; a big model on a CPU takes a while
-THREADS_ENV = "FACEREPLACE_THREADS"  # read by engine/device.py
 # Why a train ended, as the engine's "done" event says it ("stopped"), in the words of the report.
 STOP_REASONS = {"iterations": "reached its iterations", "time budget": "used its time budget",
                 "target loss": "reached its target loss", "stop file": "stopped", "SIGTERM": "stopped",
@@ -55,16 +54,17 @@ def stored(path: Path) -> str:
 
 def run_env() -> dict[str, str]:
     """What an engine run gets in its environment from the add-on: torch's cache inside the extension's
-    user folder (never the user's home cache), and its CPU manners: a passive OpenMP wait and, started from
-    Blender's window, a core left for Blender."""
-    env = {"TORCH_HOME": str(extension_user_folder("torch"))}
+    user folder (never the user's home cache), and its CPU manners: a share of the cores beside the other
+    runs, a passive OpenMP wait and, started from Blender's window, a core left for Blender."""
+    # The runs' lock files (engine/device.py), so every run the add-on starts shares the cores with the others.
+    env = {"TORCH_HOME": str(extension_user_folder("torch")), "FACEREPLACE_RUNTIME_DIR": str(extension_user_folder("runs"))}
     preferences = prefs()
     if preferences.use_passive_wait:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     if preferences.cpu_threads:
-        env[THREADS_ENV] = str(preferences.cpu_threads)
+        env["FACEREPLACE_THREADS"] = str(preferences.cpu_threads)
     elif not bpy.app.background:
-        env[THREADS_ENV] = str(max(1, (os.cpu_count() or 2) - 1))
+        env["FACEREPLACE_RESERVE_CORES"] = "1"
     return env
 
 

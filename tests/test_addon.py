@@ -240,7 +240,9 @@ def test_offline_blender_keeps_the_engine_off_the_network(project, prefs, addon,
 
 def test_engine_runs_from_blender_share_the_cpu(project, prefs, addon):
     env = addon.operators.run_env()
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and "FACEREPLACE_THREADS" not in env  # headless: all cores
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and "FACEREPLACE_THREADS" not in env
+    assert "FACEREPLACE_RESERVE_CORES" not in env  # headless: no window to leave a core for
+    assert Path(env["FACEREPLACE_RUNTIME_DIR"]).is_relative_to(Path(_USER) / "extensions")  # runs share the cores
     prefs.cpu_threads = 3
     try:
         assert addon.operators.run_env()["FACEREPLACE_THREADS"] == "3"

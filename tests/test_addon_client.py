@@ -94,7 +94,8 @@ def test_extra_environment_reaches_the_engine(tmp_path):
 
 def test_engine_runs_share_the_cores(tmp_path):
     """A second engine run takes half the cores while a first one lives, all of them once it has ended
-    (a killed run's lock goes with it); FACEREPLACE_THREADS overrides."""
+    (a killed run's lock goes with it); FACEREPLACE_THREADS overrides. Without a runtime folder (the
+    command line) torch keeps its own count."""
     env = {"FACEREPLACE_RUNTIME_DIR": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(
         [sys.executable, "-c", "import sys; from engine import device; device._join_runs(); print('ready', "
@@ -109,11 +110,16 @@ def test_engine_runs_share_the_cores(tmp_path):
     try:
         assert first.stdout.readline() == "ready\n"
         assert threads() == 4
+        assert threads(FACEREPLACE_RESERVE_CORES="2") == 3  # (8 - 2) // 2: a core or two left for Blender
         assert threads(FACEREPLACE_THREADS="3") == 3
     finally:
         first.kill()
         first.wait()
     assert threads() == 8
+    done = subprocess.run([sys.executable, "-c", "from engine import device; print(device.cpu_threads(8))"],
+                          capture_output=True, text=True, cwd=ROOT, check=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert done.stdout.strip() == "None"
 
 
 def test_info_reports_what_the_engine_found():
