@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test lint demo extension bench clean
+.PHONY: venv test lint demo extension farm bench clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check engine addon tests bench demo scripts
 
 test: $(STAMP) lint
+	$(BIN)/python scripts/build_extension.py --validate
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
@@ -25,6 +26,10 @@ demo: $(STAMP)
 # The installable Blender extension: dist/facereplace-<version>.zip (add-on, manifest, bundled engine).
 extension:
 	$(PYTHON) scripts/build_extension.py
+
+# The Flamenco job types: dist/flamenco/facereplace_convert.js and facereplace_train.js (docs/farm.md).
+farm:
+	$(PYTHON) scripts/build_extension.py --farm
 
 bench: $(STAMP)
 	$(BIN)/python bench/extract.py

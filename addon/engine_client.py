@@ -57,11 +57,13 @@ def engine_command(python: str, verb: str, args: list, device: str | None = None
     return command + ["--device", device] if device else command
 
 
-def engine_env() -> dict[str, str]:
-    """The environment of an engine run: the bundled engine first on PYTHONPATH, unbuffered output."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(engine_root()), env.get("PYTHONPATH")) if p)
+def engine_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of an engine run: the bundled engine alone on PYTHONPATH (the user's PYTHONPATH and
+    PYTHONHOME belong to Blender's Python, not the engine's), unbuffered output, then `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"}}
+    env["PYTHONPATH"] = str(engine_root())
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
     return env
 
 
@@ -71,7 +73,7 @@ def parse_line(line: str) -> dict:
     if line.startswith("{"):
         try:
             record = json.loads(line)
-        except ValueError:
+        except Exception:  # noqa: BLE001 - any line the engine (or a stranger's engine) prints is not a crash
             record = None
         if isinstance(record, dict) and "event" in record:
             return record
@@ -83,7 +85,7 @@ class EngineProcess:
     once the process has exited and every line it wrote is on the queue."""
 
     def __init__(self, argv: list[str], log_path: Path | None = None, stop_file: Path | None = None,
-                 echo=None):
+                 echo=None, env: dict[str, str] | None = None):
         self.argv = argv
         self.stop_file = stop_file
         self.events: queue.Queue = queue.Queue()
@@ -101,7 +103,7 @@ class EngineProcess:
         try:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=engine_env(), text=True, encoding="utf-8", errors="replace", bufsize=1,
+                env=engine_env(env), cwd=engine_root(), text=True, encoding="utf-8", errors="replace", bufsize=1,
             )
         except OSError as e:
             if self._log:
@@ -113,19 +115,23 @@ class EngineProcess:
         self._stderr.start()
 
     def _read_stdout(self) -> None:
+        # Reads to the end whatever the lines hold, so the engine never blocks on a full pipe.
         for line in self.process.stdout:
             event = parse_line(line)
             if event["event"] == "error":
-                self.error_message = event.get("message")
+                self.error_message = str(event.get("message") or "")
             self.events.put(event)
 
     def _read_stderr(self) -> None:
         for line in self.process.stderr:
             self.stderr_tail.append(line.rstrip())
-            self._echo.write(line)
-            if self._log:
-                self._log.write(line)
-                self._log.flush()
+            for sink in (self._echo, self._log):
+                try:
+                    if sink:
+                        sink.write(line)
+                        sink.flush()
+                except (OSError, ValueError):  # a closed console or a full disk must not stop the reading
+                    pass
         if self._log:
             self._log.close()
 

@@ -9,6 +9,7 @@ UI that happens from the timer, so the job pushes an undo step of its own for it
 """
 
 import atexit
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -23,6 +24,10 @@ from .engine_client import ClientError, EngineProcess
 
 POLL_S = 0.2
 PRINT_EVERY_S = 2.0  # how often headless runs print progress to the console
+EXIT_AFTER_ERROR_S = 10.0  # an engine that reported its error and still runs (a hung peer) is then stopped
+# The fields of an event that the panel and the console do arithmetic with; any other type is dropped.
+NUMBERS = ("done", "total", "iteration", "loss_a", "loss_b", "val_loss_a", "val_loss_b", "it_per_s", "fps", "eta_s")
+TEXTS = ("event", "phase", "message", "path", "line", "stopped")
 
 
 class JobFailed(Exception):
@@ -39,6 +44,7 @@ class Step:
     log: Path | None = None
     grace_s: float = 5.0  # how long a stop may take before SIGTERM; for train, time to save
     expected_packages: int = 0  # pip: "Collecting" lines expected, for a progress estimate
+    env: dict[str, str] = field(default_factory=dict)  # added to the engine's environment
 
 
 @dataclass
@@ -57,6 +63,7 @@ class Job:
     cancelled: bool = False
     collected: int = 0
     printed_at: float = 0.0
+    failed_at: float | None = None  # when the running step reported its error
 
     @property
     def step(self) -> Step:
@@ -64,8 +71,11 @@ class Job:
 
 
 _active: Job | None = None
-# (level, message) of the last job that ended, shown in the panel until the next one starts.
+# (level, message) of the last job that ended, shown in the panel until the next one starts; its stage,
+# and the log of its last step (Open Log).
 last_report: tuple[str, str] | None = None
+last_stage: str = ""
+last_log: Path | None = None
 
 
 def active() -> Job | None:
@@ -75,17 +85,23 @@ def active() -> Job | None:
 def run(stage: str, scene: bpy.types.Scene, steps: list[Step], wait: bool) -> str:
     """Start a job. With `wait`, block until it ends and return its report (raising JobFailed or
     ClientError on failure); otherwise start it under the timer and return at once."""
-    global _active, last_report
+    global _active, last_report, last_stage, last_log
     if _active is not None:
         raise ClientError(f"FaceReplace is busy ({_active.text or _active.stage}): wait for it or cancel it")
     job = Job(stage, scene.name, steps)
     last_report = None
     if wait:
-        return _run_blocking(job)
+        try:
+            report = _run_blocking(job)
+        except (JobFailed, ClientError) as e:
+            last_report = ("ERROR", str(e))
+            raise
+        finally:
+            last_stage, last_log = job.stage, job.step.log
+        last_report = ("INFO", report)
+        return report
     _start_step(job)
     _active = job
-    if _shows_cursor_progress(job):
-        bpy.context.window_manager.progress_begin(0.0, 1.0)
     if not bpy.app.timers.is_registered(poll):
         bpy.app.timers.register(poll, first_interval=POLL_S)
     _redraw()
@@ -109,8 +125,6 @@ def stop_all() -> None:
         job.cancelled = True
         print(f"FaceReplace: stopping {job.step.label}")
         job.process.stop(job.step.grace_s)
-        if _shows_cursor_progress(job):
-            bpy.context.window_manager.progress_end()
 
 
 # ---------------------------------------------------------------- running
@@ -119,8 +133,10 @@ def stop_all() -> None:
 def _start_step(job: Job) -> None:
     job.summary = None
     job.collected = 0
+    job.failed_at = None
     job.text = f"{job.step.label}..."
-    job.process = EngineProcess(job.step.argv, log_path=job.step.log, stop_file=job.step.stop_file)
+    job.process = EngineProcess(job.step.argv, log_path=job.step.log, stop_file=job.step.stop_file,
+                                env=job.step.env)
 
 
 def _end_step(job: Job) -> None:
@@ -134,7 +150,17 @@ def _end_step(job: Job) -> None:
     scene = bpy.data.scenes.get(job.scene)
     if scene is None:
         raise JobFailed(f"{job.step.label}: the scene {job.scene!r} is gone")
-    job.reports.append(job.step.finish(scene, job.summary))
+    try:
+        job.reports.append(job.step.finish(scene, job.summary))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a "done" event without the fields it needs
+        raise JobFailed(f"{job.step.label}: the engine's summary lacks what the add-on needs ({e!r})") from None
+
+
+def _stop_failed(job: Job) -> None:
+    """An engine that reported its error but has not exited within EXIT_AFTER_ERROR_S is stopped."""
+    if job.failed_at is not None and time.monotonic() - job.failed_at > EXIT_AFTER_ERROR_S:
+        job.process.request_stop()
+        job.process.enforce_stop(0.0)
 
 
 def _run_blocking(job: Job) -> str:
@@ -146,7 +172,8 @@ def _run_blocking(job: Job) -> str:
                 event = job.process.next_event(timeout=0.5)
                 if event is not None:
                     _handle(job, event, console=True)
-        except KeyboardInterrupt:
+                _stop_failed(job)
+        except BaseException:  # a failed headless job leaves no engine behind (a farm task would hang on it)
             job.process.stop(job.step.grace_s)
             raise
         _end_step(job)
@@ -164,6 +191,7 @@ def poll():
         for event in job.process.drain():
             _handle(job, event)
         job.process.enforce_stop(job.step.grace_s)
+        _stop_failed(job)
         if job.process.finished:
             _end_step(job)
             if job.cancelled or job.index + 1 == len(job.steps):
@@ -178,17 +206,16 @@ def poll():
         traceback.print_exc()
         _finish(job, f"internal error: {type(e).__name__}: {e}")
         return None
-    if _shows_cursor_progress(job):
-        bpy.context.window_manager.progress_update(job.progress)
     _redraw()
     return POLL_S
 
 
 def _finish(job: Job, error: str | None) -> None:
-    global _active, last_report
+    global _active, last_report, last_stage, last_log
     _active = None
-    if _shows_cursor_progress(job):
-        bpy.context.window_manager.progress_end()
+    last_stage, last_log = job.stage, job.step.log
+    if job.process.returncode is None:  # it failed around a running engine: stop that too
+        job.process.stop(job.step.grace_s)
     if error:
         last_report = ("ERROR", error)
         print(f"FaceReplace: {error}")
@@ -203,21 +230,29 @@ def _finish(job: Job, error: str | None) -> None:
     _redraw()
 
 
-def _shows_cursor_progress(job: Job) -> bool:
-    """The window manager's progress (it takes over the cursor) for the stages that take minutes; hours of
-    training would leave the cursor a counter, so train's progress is in the panel and status bar only."""
-    return job.stage != "train" and not bpy.app.background
-
-
 # ---------------------------------------------------------------- events
 
 
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def clean_event(event: dict) -> dict:
+    """The event with only fields of the types the add-on uses: a stranger's engine (or a bug) that sends a
+    string loss or a list for a path loses that field, and nothing downstream raises on it."""
+    clean = {k: v for k, v in event.items() if k not in NUMBERS + TEXTS}
+    clean.update({k: event[k] for k in NUMBERS if _number(event.get(k))})
+    clean.update({k: event[k] for k in TEXTS if isinstance(event.get(k), str)})
+    return clean
+
+
 def _handle(job: Job, event: dict, console: bool = False) -> None:
+    event = clean_event(event)
     kind = event.get("event")
     step = job.step
     if kind == "progress":
         total = event.get("total") or 0
-        fraction = min(event.get("done", 0) / total, 1.0) if total else 0.0
+        fraction = min(max(event.get("done", 0) / total, 0.0), 1.0) if total > 0 else 0.0
         job.progress = (job.index + fraction) / len(job.steps)
         job.live = event
         job.text = f"{step.label}: {describe_progress(event)}"
@@ -230,8 +265,10 @@ def _handle(job: Job, event: dict, console: bool = False) -> None:
         print(f"FaceReplace {step.label}: warning: {event.get('message')}", flush=True)
     elif kind == "done":
         job.summary = event
+    elif kind == "error" and job.failed_at is None:
+        job.failed_at = time.monotonic()
     elif kind == "output" and step.expected_packages:
-        line = event["line"].strip()
+        line = event.get("line", "").strip()
         if line.startswith("Collecting"):
             job.collected += 1
             fraction = min(job.collected / step.expected_packages, 0.95)

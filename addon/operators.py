@@ -9,20 +9,25 @@ Headless and on a farm every operator blocks, prints progress and raises on fail
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from . import jobs, strips
 from .engine_client import REQUIREMENTS_FILE, ClientError, engine_command, engine_root, venv_python
 from .jobs import Step
-from .preferences import engine_python, managed_venv, prefs
+from .preferences import BACKENDS, engine_python, extension_user_folder, managed_venv, prefs
 from .strips import absolute, edited_scene
 
 SIDES = [("A", "A", "Source A: the face to put in"), ("B", "B", "Target B: the shot whose face is replaced")]
 TRAIN_STOP_GRACE_S = 60.0  # a stopped train finishes its iteration and saves; a big model on a CPU takes a while
+# Why a train ended, as the engine's "done" event says it ("stopped"), in the words of the report.
+STOP_REASONS = {"iterations": "reached its iterations", "time budget": "used its time budget",
+                "target loss": "reached its target loss", "stop file": "stopped", "SIGTERM": "stopped",
+                "SIGINT": "stopped"}
 
 
 # ---------------------------------------------------------------- paths
@@ -38,11 +43,47 @@ def work_folder(scene) -> Path:
 
 
 def stored(path: Path) -> str:
-    """A path as the scene keeps it: relative to the .blend when it lies beside it, so a project can move."""
+    """A path in the work folder as the scene keeps it: relative to the .blend when the Work Folder
+    preference is (so a project folder can move), absolute when it is absolute (a farm's shared storage,
+    which must stay put when Flamenco's packer copies the .blend elsewhere)."""
     blend = Path(bpy.data.filepath).resolve().parent if bpy.data.filepath else None
-    if blend is not None and path.resolve().is_relative_to(blend):
+    if prefs().work_folder.startswith("//") and blend is not None and path.resolve().is_relative_to(blend):
         return bpy.path.relpath(str(path))
     return str(path)
+
+
+def run_env() -> dict[str, str]:
+    """What an engine run gets in its environment from the add-on: torch's cache inside the extension's
+    user folder (never the user's home cache), and its CPU manners: a share of the cores beside the other
+    runs, a passive OpenMP wait and, started from Blender's window, a core left for Blender."""
+    # The runs' lock files (engine/device.py), so every run the add-on starts shares the cores with the others.
+    env = {"TORCH_HOME": str(extension_user_folder("torch")), "FACEREPLACE_RUNTIME_DIR": str(extension_user_folder("runs"))}
+    preferences = prefs()
+    if preferences.use_passive_wait:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    if preferences.cpu_threads:
+        env["FACEREPLACE_THREADS"] = str(preferences.cpu_threads)
+    elif not bpy.app.background:
+        env["FACEREPLACE_RESERVE_CORES"] = "1"
+    return env
+
+
+def detector_args() -> list[str]:
+    """--detector, and what keeps it off the network when Blender's Online Access is off: --offline (the
+    engine then uses only what it has: the weights folder, else the packaged dlib detector)."""
+    preferences = prefs()
+    args = ["--detector", preferences.detector]
+    if preferences.detector == "dlib":
+        return args  # nothing to download
+    weights = bpy.path.abspath(preferences.fan_weights) if preferences.fan_weights else None
+    if weights:
+        args += ["--fan-weights", weights]
+    if not bpy.app.online_access:
+        if preferences.detector == "fan" and not weights:
+            raise ClientError("the FAN detector downloads its weights, and Online Access is off: set Detector "
+                              "Weights Folder in Preferences > Add-ons > FaceReplace, or pick the dlib detector")
+        args.append("--offline")
+    return args
 
 
 def resolved(path: str, missing: str) -> Path:
@@ -72,34 +113,63 @@ def compact(numbers: list[int]) -> str:
 # ---------------------------------------------------------------- the stages
 
 
-def extract_step(scene, side: str) -> Step:
+def shot_args(scene, side: str) -> tuple[strips.Shot, list]:
+    """The shot of a side and the engine arguments that say what a faceset of it holds: source, frame
+    numbers, face size and reference face. Their digest is the shot's signature."""
     settings = scene.facereplace
     shot_settings = getattr(settings, side.lower())
     shot = strips.shot_of(scene, shot_settings, side)
-    args = [shot.input, "--frames", shot.frames, "--detector", prefs().detector, "--size", settings.face_size]
+    args = [shot.input, "--frames", shot.frames, "--size", settings.face_size]
     if shot_settings.use_reference:
         args += ["--reference-face", f"{shot.number_at(shot_settings.reference_frame)}:{shot_settings.reference_face}"]
+    return shot, args
+
+
+def stale_message(scene, side: str) -> str:
+    """Why the faceset of `side` no longer fits its shot ("" while it does, or before any extract): the
+    shot, its range, its person or the face size changed since it was extracted."""
+    shot_settings = getattr(scene.facereplace, side.lower())
+    if not shot_settings.faceset:
+        return ""
+    try:
+        _shot, args = shot_args(scene, side)
+    except ClientError as e:
+        return f"{side}: {e}"
+    if shot_settings.signature and shot_settings.signature != digest(args):
+        return f"{side} changed since extraction: Extract {side}"
+    return ""
+
+
+def extract_step(scene, side: str) -> Step:
+    shot, args = shot_args(scene, side)
+    signature = digest(args)
+    strip = strips.find_strip(scene.sequence_editor, shot.key, shot.strip) if shot.strip else None
+    fps_warning = strips.fps_mismatch(strip, scene) if strip is not None else ""
     work = work_folder(scene)
-    folder = work / f"faceset_{side.lower()}-{digest(args)}"
-    argv = engine_command(engine_python(), "extract", [*args, "--output", folder], prefs().device)
+    folder = work / f"faceset_{side.lower()}-{digest(args + [prefs().detector])}"
+    argv = engine_command(engine_python(), "extract", [*args, *detector_args(), "--output", folder], prefs().device)
 
     def finish(scene, summary: dict) -> str:
         result = getattr(scene.facereplace, side.lower())
         result.faceset = stored(folder)
+        result.signature = signature
         result.frames = summary["frames"]
         result.frames_with_faces = summary["frames_with_faces"]
         missing = [shot.start + shot.numbers.index(n) for n in summary.get("frames_without_faces", [])]
         result.frames_without_faces = compact(missing)
         return (f"Extract {side}: faces in {summary['frames_with_faces']} of {summary['frames']} frames"
-                + (f", none in {result.frames_without_faces}" if missing else ""))
+                + (f", none in {result.frames_without_faces}" if missing else "") + (f"; {fps_warning}" if fps_warning else ""))
 
-    return Step(f"Extract {side}", argv, finish, log=work / "logs" / f"extract_{side.lower()}.log")
+    return Step(f"Extract {side}", argv, finish, log=work / "logs" / f"extract_{side.lower()}.log", env=run_env())
 
 
-def _faceset(settings, side: str) -> Path:
-    folder = resolved(getattr(settings, side.lower()).faceset, f"extract {side} first")
+def _faceset(scene, side: str) -> Path:
+    """The faceset of `side`, refused when it is gone or its shot changed since extraction."""
+    folder = resolved(getattr(scene.facereplace, side.lower()).faceset, f"extract {side} first")
     if not (folder / "alignments.json").is_file():
         raise ClientError(f"the faceset of {side} ({folder}) is gone or incomplete: extract {side} again")
+    if stale := stale_message(scene, side):
+        raise ClientError(stale)
     return folder
 
 
@@ -107,12 +177,18 @@ def has_model(folder: Path) -> bool:
     return (folder / "model.json").is_file()
 
 
-def train_step(scene, resume: bool) -> Step:
+def train_step(scene, resume: bool, into: str = "", iterations: int = 0) -> Step:
+    """Train a new model, or `resume` the scene's; `into` (a farm task): train the model in that folder,
+    resuming whatever it holds, so a requeued task goes on where the last one stopped. `iterations`
+    overrides the scene's."""
     settings = scene.facereplace
     train = settings.train
-    faceset_a, faceset_b = _faceset(settings, "A"), _faceset(settings, "B")
+    faceset_a, faceset_b = _faceset(scene, "A"), _faceset(scene, "B")
     work = work_folder(scene)
-    if resume:
+    if into:
+        model = absolute(into)
+        resume = has_model(model)
+    elif resume:
         model = resolved(train.model, "there is no model to resume: start training first")
         if not has_model(model):
             raise ClientError(f"there is no model in {model} to resume")
@@ -120,7 +196,7 @@ def train_step(scene, resume: bool) -> Step:
         # A new model never overwrites an earlier one: it gets the next free folder.
         model = next(work / name for i in range(1, 1000)
                      if not (work / (name := "model" if i == 1 else f"model_{i}")).exists())
-    args = ["--a", faceset_a, "--b", faceset_b, "--model", model, "--iterations", train.iterations]
+    args = ["--a", faceset_a, "--b", faceset_b, "--model", model, "--iterations", iterations or train.iterations]
     if resume:  # a model keeps the preset and resolution it was made with
         args.append("--resume")
     else:
@@ -135,12 +211,14 @@ def train_step(scene, resume: bool) -> Step:
         result.iteration = summary.get("iterations", 0)
         result.loss_a = summary.get("loss_a") or 0.0
         result.loss_b = summary.get("loss_b") or 0.0
-        if Path(summary.get("preview", "")).is_file():
+        if Path(str(summary.get("preview", ""))).is_file():
             result.preview = stored(Path(summary["preview"]))
-        return f"Train: {result.iteration} iterations, loss A {result.loss_a:.4f}, B {result.loss_b:.4f}"
+        reason = summary.get("stopped")
+        why = f" ({STOP_REASONS.get(reason, reason)})" if reason else ""
+        return f"Train: {result.iteration} iterations{why}, loss A {result.loss_a:.4f}, B {result.loss_b:.4f}"
 
     return Step("Train", argv, finish, stop_file=model / "stop", log=work / "logs" / "train.log",
-                grace_s=TRAIN_STOP_GRACE_S)
+                grace_s=TRAIN_STOP_GRACE_S, env=run_env())
 
 
 def convert_step(scene, frames: tuple[int, int] | None) -> Step:
@@ -148,7 +226,7 @@ def convert_step(scene, frames: tuple[int, int] | None) -> Step:
     settings = scene.facereplace
     target = strips.shot_of(scene, settings.b, "B")
     chunk = target.within(*frames) if frames else target
-    faceset_b = _faceset(settings, "B")
+    faceset_b = _faceset(scene, "B")
     model = resolved(settings.train.model, "train a model first")
     if not has_model(model):
         raise ClientError(f"there is no model in {model}: train one first")
@@ -164,7 +242,8 @@ def convert_step(scene, frames: tuple[int, int] | None) -> Step:
 
     def finish(scene, summary: dict) -> str:
         result = scene.facereplace.convert
-        result.output = stored(output)
+        if not result.output:  # a folder the user chose stays as they wrote it
+            result.output = stored(output)
         result.frames = summary.get("frames", 0)
         result.frames_with_faces = summary.get("frames_with_faces", 0)
         line = f"Convert: {result.frames} frames, faces in {result.frames_with_faces}"
@@ -174,32 +253,57 @@ def convert_step(scene, frames: tuple[int, int] | None) -> Step:
         return line + "; result strips added"
 
     log = output.parent / "logs" / (f"convert_{chunk.frames}.log" if frames else "convert.log")
-    return Step("Convert", argv, finish, log=log)
+    return Step("Convert", argv, finish, log=log, env=run_env())
+
+
+def describe_engine(summary: dict) -> str:
+    """Check engine's findings in one line: versions, and the GPUs torch sees (or that it sees none)."""
+    gpus = ", ".join(str(g) for g in summary.get("gpus") or [])
+    if summary.get("cuda"):
+        kind = f"ROCm {summary['hip_version']}" if summary.get("hip_version") else f"CUDA {summary.get('cuda_version')}"
+        gpu = f"{kind}: {gpus}"
+    elif summary.get("mps"):
+        gpu = "Apple MPS GPU"
+    else:
+        gpu = "no GPU: CPU only"
+    return f"Engine {summary.get('engine')}, Python {summary.get('python')}, torch {summary.get('torch')}, {gpu}"
 
 
 def record_engine(_scene, summary: dict) -> str:
     """Check engine's result, into the preferences."""
-    gpu = f"CUDA {summary.get('cuda_version')}: {', '.join(summary.get('gpus') or [])}" if summary.get("cuda") \
-        else "no CUDA GPU: CPU only"
-    status = f"Engine {summary.get('engine')}, Python {summary.get('python')}, torch {summary.get('torch')}, {gpu}"
+    status = describe_engine(summary)
     preferences = prefs()
     preferences.engine_status = status
     preferences.engine_ok = True
     return status
 
 
-def setup_steps(venv: Path, requirements: Path) -> list[Step]:
-    """Make `venv` with Blender's own Python (unless it exists), pip-install `requirements` into it, then
-    run the engine from it once: what Set up engine does."""
+def torch_requirement(requirements: Path) -> str:
+    """The pinned torch line of engine-requirements.txt."""
+    for line in requirements.read_text().splitlines():
+        if line.strip().lower().startswith("torch"):
+            return line.strip()
+    raise ClientError(f"{requirements} names no torch version: reinstall the FaceReplace extension")
+
+
+def setup_steps(venv: Path, requirements: Path, backend: str = "CPU") -> list[Step]:
+    """Make `venv` with Blender's own Python (unless it exists), pip-install the pinned torch from the
+    wheel index of `backend`, then the rest of `requirements`, then run the engine from it once: what Set
+    up Engine does. Every step logs to setup.log beside the venv."""
     if not requirements.is_file():
         raise ClientError(f"{requirements} is missing: reinstall the FaceReplace extension")
     python = str(venv_python(venv))
+    log = venv.parent / "setup.log"
+    label, _description, index = BACKENDS[backend]
     packages = sum(1 for line in requirements.read_text().splitlines() if line.strip() and line[0] != "#")
-    steps = [] if Path(python).is_file() else [Step("Make venv", [sys.executable, "-m", "venv", str(venv)])]
-    steps.append(Step("Install packages",
-                      [python, "-m", "pip", "install", "--progress-bar", "off", "-r", str(requirements)],
+    pip = [python, "-m", "pip", "install", "--progress-bar", "off"]
+    steps = [] if Path(python).is_file() else [Step("Make venv", [sys.executable, "-m", "venv", str(venv)], log=log)]
+    steps.append(Step(f"Install torch ({label})", pip + [torch_requirement(requirements)]
+                      + (["--index-url", index, "--extra-index-url", "https://pypi.org/simple"] if index else []),
+                      log=log, expected_packages=8))
+    steps.append(Step("Install packages", pip + ["-r", str(requirements)], log=log,
                       expected_packages=packages * 4))  # each requirement brings a few of its own
-    steps.append(Step("Check engine", [python, "-m", "engine", "info", "--events"], record_engine))
+    steps.append(Step("Check engine", [python, "-m", "engine", "info", "--events"], record_engine, log=log))
     return steps
 
 
@@ -207,9 +311,11 @@ def setup_steps(venv: Path, requirements: Path) -> list[Step]:
 
 
 class EngineOperator:
-    """Runs `steps(scene)` as one job; reports the engine's errors, blocks when headless."""
+    """Runs `steps(scene)` as one job; reports the engine's errors, blocks when headless. No UNDO: the
+    job runs on after the operator returns (the redo panel would run it again into "busy"); the results
+    get an undo step of their own when they come in."""
 
-    bl_options = {"REGISTER", "UNDO"}
+    bl_options = {"REGISTER"}
     stage = ""
 
     @classmethod
@@ -258,9 +364,17 @@ class FACEREPLACE_OT_train(EngineOperator, bpy.types.Operator):
 
     resume: BoolProperty(name="Resume", description="Continue the scene's model; off: start a new model",
                          options={"SKIP_SAVE"})
+    model: StringProperty(
+        name="Model Folder",
+        description="Train the model in this folder, resuming whatever it holds (a farm task that is requeued "
+        "goes on). Empty: the scene's model (Resume) or a new one in the work folder",
+        options={"SKIP_SAVE"},
+    )
+    iterations: IntProperty(name="Iterations", min=0, options={"SKIP_SAVE"},
+                            description="Stop at this iteration (0: the Train panel's Iterations)")
 
     def steps(self, scene):
-        return [train_step(scene, self.resume)]
+        return [train_step(scene, self.resume, self.model, self.iterations)]
 
 
 class FACEREPLACE_OT_convert(EngineOperator, bpy.types.Operator):
@@ -293,7 +407,7 @@ class FACEREPLACE_OT_check_engine(EngineOperator, bpy.types.Operator):
         prefs(context).engine_ok = False
 
     def steps(self, scene):
-        return [Step("Check engine", engine_command(engine_python(), "info", []), record_engine)]
+        return [Step("Check engine", engine_command(engine_python(), "info", []), record_engine, env=run_env())]
 
 
 class FACEREPLACE_OT_setup_engine(EngineOperator, bpy.types.Operator):
@@ -313,7 +427,56 @@ class FACEREPLACE_OT_setup_engine(EngineOperator, bpy.types.Operator):
         preferences.engine_python = ""  # the made venv is the engine once it exists
 
     def steps(self, scene):
-        return setup_steps(managed_venv(), engine_root() / REQUIREMENTS_FILE)
+        return setup_steps(managed_venv(), engine_root() / REQUIREMENTS_FILE, prefs().backend)
+
+
+class FACEREPLACE_OT_download_weights(EngineOperator, bpy.types.Operator):
+    bl_idname = "facereplace.download_weights"
+    bl_label = "Download Detector Weights"
+    bl_description = ("Download the FAN detector's weights (about 100 MB) into the Detector Weights Folder, "
+                      "each checked against its published hash, so extract runs offline with FAN")
+    stage = "download"
+
+    @classmethod
+    def poll(cls, context):
+        if not bpy.app.online_access:
+            cls.poll_message_set("Allow Online Access in Preferences > System > Network first")
+            return False
+        return super().poll(context)
+
+    def steps(self, scene):
+        preferences = prefs()
+        if not preferences.fan_weights:
+            preferences.fan_weights = str(extension_user_folder("fan-weights"))
+        folder = bpy.path.abspath(preferences.fan_weights)
+        script = Path(__file__).with_name("fetch_weights.py")
+        return [Step("Download detector weights", [sys.executable, str(script), folder],
+                     lambda _scene, summary: f"Detector weights in {summary.get('folder')}")]
+
+
+class FACEREPLACE_OT_open_image(bpy.types.Operator):
+    bl_idname = "facereplace.open_image"
+    bl_label = "Open in Image Editor"
+    bl_description = "Show this image (the training preview, a contact sheet) full size in an Image Editor"
+    bl_options = {"REGISTER"}
+
+    filepath: StringProperty(subtype="FILE_PATH", options={"SKIP_SAVE"})
+
+    def execute(self, context):
+        path = bpy.path.abspath(self.filepath)
+        if not os.path.isfile(path):
+            self.report({"ERROR"}, f"{path} does not exist yet")
+            return {"CANCELLED"}
+        image = bpy.data.images.load(path, check_existing=True)
+        image.reload()  # the preview is rewritten while training runs
+        editors = [a for w in context.window_manager.windows for a in w.screen.areas if a.type == "IMAGE_EDITOR"]
+        if not editors and not bpy.app.background:
+            bpy.ops.wm.window_new()
+            editors = [context.window_manager.windows[-1].screen.areas[0]]
+            editors[0].type = "IMAGE_EDITOR"
+        for area in editors[:1]:
+            area.spaces.active.image = image
+        return {"FINISHED"}
 
 
 class FACEREPLACE_OT_add_strips(bpy.types.Operator):
@@ -401,6 +564,8 @@ CLASSES = (
     FACEREPLACE_OT_convert,
     FACEREPLACE_OT_check_engine,
     FACEREPLACE_OT_setup_engine,
+    FACEREPLACE_OT_download_weights,
+    FACEREPLACE_OT_open_image,
     FACEREPLACE_OT_add_strips,
     FACEREPLACE_OT_cancel,
     FACEREPLACE_OT_use_active_strip,

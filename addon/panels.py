@@ -5,9 +5,14 @@ import os
 import bpy
 
 from . import jobs, previews
+from .engine_client import ClientError
 from .jobs import format_seconds
+from .operators import stale_message, work_folder
 from .preferences import prefs
-from .strips import TAG, edited_scene, strip_collection
+from .strips import TAG, edited_scene, find_strip, fps_mismatch, strip_collection
+
+# The columns of train's preview grid (engine.train.PREVIEW_COLUMNS), as the panel labels them.
+PREVIEW_COLUMNS = ("A", "A→A", "A→B", "B", "B→B", "B→A")
 
 
 class FaceReplacePanel:
@@ -17,9 +22,11 @@ class FaceReplacePanel:
 
 
 def _image(layout, path: str, scale: float) -> None:
-    """Draw an image file (a preview grid, a contact sheet) as a large icon, if it exists."""
+    """Draw an image file (a preview grid, a contact sheet) as a large icon, if it exists, with a button
+    that shows it full size."""
     if path and os.path.isfile(full := bpy.path.abspath(path)):
         layout.template_icon(icon_value=previews.icon(full), scale=scale)
+        layout.operator("facereplace.open_image", icon="IMAGE").filepath = full
 
 
 def _busy(stage: str) -> bool:
@@ -45,10 +52,24 @@ class SEQUENCER_PT_facereplace(FaceReplacePanel, bpy.types.Panel):
             for i, part in enumerate(message.split("; ")):
                 box.label(text=part, icon=("ERROR" if level == "ERROR" else "INFO") if i == 0 else "BLANK1")
         preferences = prefs(context)
-        if not preferences.engine_ok:
-            row = layout.row()
-            row.label(text="Engine not checked yet", icon="QUESTION")
-            row.operator("facereplace.check_engine", text="Check")
+        if not preferences.engine_ok and job is None:
+            failed = jobs.last_stage in {"check", "setup"} and jobs.last_report and jobs.last_report[0] == "ERROR"
+            layout.label(text="The engine does not run: set it up" if failed else "Engine not checked yet",
+                         icon="ERROR" if failed else "QUESTION")
+            row = layout.row(align=True)
+            row.operator("facereplace.check_engine", text="Check", icon="CHECKMARK")
+            row.operator("facereplace.setup_engine", icon="IMPORT")
+        scene = edited_scene(context)
+        for side in ("A", "B"):
+            if stale := stale_message(scene, side):
+                layout.label(text=stale, icon="ERROR")
+        row = layout.row(align=True)
+        try:
+            row.operator("wm.path_open", text="Open Work Folder", icon="FILE_FOLDER").filepath = str(work_folder(scene))
+        except ClientError:
+            pass  # an unsaved .blend with a "//" work folder has none yet
+        if jobs.last_log is not None:
+            row.operator("wm.path_open", text="Open Log", icon="TEXT").filepath = str(jobs.last_log)
 
 
 class SEQUENCER_PT_facereplace_shots(FaceReplacePanel, bpy.types.Panel):
@@ -73,6 +94,9 @@ class SEQUENCER_PT_facereplace_shots(FaceReplacePanel, bpy.types.Panel):
                 row.operator("facereplace.use_active_strip", text="", icon="EYEDROPPER").side = side
             else:
                 row.prop(shot, "folder", text="")
+            strip = find_strip(editor, shot.strip_id, shot.strip) if shot.source == "STRIP" else None
+            if strip is not None and (warning := fps_mismatch(strip, edited_scene(context))):
+                box.label(text=warning, icon="ERROR")
             row = box.row(align=True)
             row.prop(shot, "use_custom_range")
             sub = row.row(align=True)
@@ -93,16 +117,17 @@ class SEQUENCER_PT_facereplace_extract(FaceReplacePanel, bpy.types.Panel):
         row.operator("facereplace.extract", text="Extract B").side = "B"
         row.operator("facereplace.extract", text="Both", icon="PLAY").side = "BOTH"
         layout.prop(settings, "face_size")
+        scene = edited_scene(context)
         for side in ("A", "B"):
             shot = getattr(settings, side.lower())
             box = layout.box()
             header = box.row()
             header.label(text=f"{side}: " + (f"faces in {shot.frames_with_faces} of {shot.frames} frames"
                                               if shot.faceset else "not extracted"))
+            if stale := stale_message(scene, side):
+                box.label(text=stale, icon="ERROR")
             if shot.frames_without_faces:
                 box.label(text=f"No face: frames {shot.frames_without_faces}", icon="ERROR")
-            if shot.faceset:
-                _image(box, os.path.join(shot.faceset, "contact_sheet.png"), scale=9.0)
             row = box.row(align=True)
             row.prop(shot, "use_reference")
             sub = row.row(align=True)
@@ -110,6 +135,22 @@ class SEQUENCER_PT_facereplace_extract(FaceReplacePanel, bpy.types.Panel):
             sub.prop(shot, "reference_frame")
             sub.operator("facereplace.reference_frame", text="", icon="TIME").side = side
             sub.prop(shot, "reference_face")
+
+
+class SEQUENCER_PT_facereplace_contact_sheets(FaceReplacePanel, bpy.types.Panel):
+    """The contact sheets, folded away by default so the panel stays short."""
+
+    bl_label = "Contact Sheets"
+    bl_parent_id = "SEQUENCER_PT_facereplace_extract"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        settings = edited_scene(context).facereplace
+        for side in ("A", "B"):
+            shot = getattr(settings, side.lower())
+            if shot.faceset:
+                self.layout.label(text=f"{side}: aligned faces and masks")
+                _image(self.layout, os.path.join(shot.faceset, "contact_sheet.png"), scale=9.0)
 
 
 class SEQUENCER_PT_facereplace_train(FaceReplacePanel, bpy.types.Panel):
@@ -136,6 +177,10 @@ class SEQUENCER_PT_facereplace_train(FaceReplacePanel, bpy.types.Panel):
         job = jobs.active()
         live = job.live if _busy("train") else {}
         preview = live.get("preview") or train.preview
+        if preview:
+            row = layout.row(align=True)
+            for column in PREVIEW_COLUMNS:
+                row.label(text=column)
         _image(layout, preview, scale=12.0)
         col = layout.column(align=True)
         col.label(text=f"Iterations: {live.get('iteration', train.iteration)}")
@@ -170,8 +215,8 @@ class SEQUENCER_PT_facereplace_convert(FaceReplacePanel, bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("facereplace.convert", icon="PLAY").frames = ""
         row.operator("facereplace.add_strips", icon="SEQ_STRIP_DUPLICATE")
-        if convert.output:
-            layout.prop(convert, "output")
+        layout.prop(convert, "output")  # empty: the work folder's output/; set it before the first convert
+        if convert.frames:
             layout.label(text=f"{convert.frames} frames converted, faces in {convert.frames_with_faces}")
         editor = edited_scene(context).sequence_editor
         if editor is not None:
@@ -185,6 +230,7 @@ CLASSES = (
     SEQUENCER_PT_facereplace,
     SEQUENCER_PT_facereplace_shots,
     SEQUENCER_PT_facereplace_extract,
+    SEQUENCER_PT_facereplace_contact_sheets,
     SEQUENCER_PT_facereplace_train,
     SEQUENCER_PT_facereplace_convert,
 )

@@ -9,10 +9,25 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
 from .engine_client import ClientError
-from .strips import shot_of
+from .strips import find_strip, shot_of, strip_collection, strip_id
 
 # Blender 4.5 asks path properties to declare that they take "//" (relative to the .blend) paths.
 RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 5, 0) else set()
+
+
+def _get_strip(shot) -> str:
+    """The strip's current name: found by its id, so a rename shows (and keeps) the same strip. A .blend
+    saved before strips had ids holds the name alone (under "strip")."""
+    name = shot.get("strip_name", shot.get("strip", ""))
+    strip = find_strip(shot.id_data.sequence_editor, shot.strip_id, name)
+    return strip.name if strip is not None else name
+
+
+def _set_strip(shot, name: str) -> None:
+    shot["strip_name"] = name
+    editor = shot.id_data.sequence_editor
+    strip = strip_collection(editor).get(name) if editor is not None and name else None
+    shot.strip_id = strip_id(strip) if strip is not None else ""
 
 
 class FaceReplaceShot(bpy.types.PropertyGroup):
@@ -22,7 +37,9 @@ class FaceReplaceShot(bpy.types.PropertyGroup):
                ("FOLDER", "Folder", "A folder holding an image sequence")],
         default="STRIP",
     )
-    strip: StringProperty(name="Strip", description="The movie or image strip that holds the shot")
+    strip: StringProperty(name="Strip", description="The movie or image strip that holds the shot",
+                          get=_get_strip, set=_set_strip)
+    strip_id: StringProperty(name="Strip Id", description="The id stored on the strip (renames keep it)")
     folder: StringProperty(name="Folder", subtype="DIR_PATH", options=RELATIVE, description="A folder holding an image sequence")
     use_custom_range: BoolProperty(
         name="Custom Range", description="Use only part of the shot; off, the whole strip as trimmed")
@@ -40,12 +57,15 @@ class FaceReplaceShot(bpy.types.PropertyGroup):
     frames: IntProperty(name="Frames")
     frames_with_faces: IntProperty(name="Frames With Faces")
     frames_without_faces: StringProperty(name="Frames Without Faces", description="Shot frame numbers")
+    signature: StringProperty(
+        name="Shot Signature",
+        description="What the faceset was extracted from: source, frame numbers, face size, reference face")
 
 
 class FaceReplaceTrain(bpy.types.PropertyGroup):
     preset: EnumProperty(
         name="Preset",
-        items=[("tiny", "Tiny", "Quickest look: 64 px, learns a recognisable face in minutes on a CPU"),
+        items=[("tiny", "Tiny", "Quickest look: 64 px, learns a recognizable face in minutes on a CPU"),
                ("fast", "Fast", "Previews and CPU training: 64 px"),
                ("quality", "Quality", "Finished shots on a GPU: 128 px, or 192/256 for close-ups")],
         default="fast",
@@ -85,9 +105,9 @@ class FaceReplaceConvert(bpy.types.PropertyGroup):
     feather: IntProperty(name="Feather", default=8, min=0, soft_max=64, subtype="PIXEL",
                          description="Width of the mask's soft edge in pixels")
     color: EnumProperty(
-        name="Colour Match",
-        items=[("none", "None", "Keep the model's colours"),
-               ("avg", "Average", "Match the mean colour inside the mask"),
+        name="Color Match",
+        items=[("none", "None", "Keep the model's colors"),
+               ("avg", "Average", "Match the mean color inside the mask"),
                ("rct", "Reinhard", "Match mean and spread in Lab"),
                ("hist", "Histogram", "Match the histogram inside the mask"),
                ("seamless", "Seamless Clone", "Poisson blend into the frame")],

@@ -9,6 +9,7 @@ user types (frame ranges, the reference frame) is a timeline frame; the engine o
 import json
 import os
 import re
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,10 +20,12 @@ from .engine_client import ClientError
 # The engine's image types (engine.media.IMAGE_EXTENSIONS): the files that make up a sequence folder.
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp"}
 TAG = "facereplace"  # custom property on the strips the add-on adds: "plate", "face" or "matte"
-TAG_TARGET = "facereplace_target"  # ... and the name of the shot they belong to
+TAG_TARGET = "facereplace_target"  # ... and the key of the shot they belong to (Shot.key)
+STRIP_ID = "facereplace_id"  # custom property: a strip's id, which a rename keeps
 MAX_CHANNEL = 128
 # The face layer's alpha as convert's manifest names it -> Blender's strip alpha mode.
 ALPHA_MODES = {"straight": "STRAIGHT", "premultiplied": "PREMUL"}
+FPS_TOLERANCE = 0.01
 
 
 def edited_scene(context):
@@ -36,6 +39,35 @@ def strip_collection(editor):
     return editor.strips if hasattr(editor, "strips") else editor.sequences
 
 
+def strip_id(strip) -> str:
+    """The strip's stable id, given to it the first time a shot names it."""
+    if not strip.get(STRIP_ID):
+        strip[STRIP_ID] = uuid.uuid4().hex[:12]
+    return strip[STRIP_ID]
+
+
+def find_strip(editor, identifier: str, name: str):
+    """The strip with `identifier` (a renamed strip is still found), else the one called `name`."""
+    if editor is None:
+        return None
+    strips = strip_collection(editor)
+    if identifier:
+        found = next((s for s in strips if s.get(STRIP_ID) == identifier), None)
+        if found is not None:
+            return found
+    return strips.get(name) if name else None
+
+
+def fps_mismatch(strip, scene) -> str:
+    """A warning when a movie strip's frame rate is not the scene's (its frames then drift against the
+    timeline), else ""."""
+    fps = getattr(strip, "fps", 0.0)
+    scene_fps = scene.render.fps / scene.render.fps_base
+    if fps and abs(fps - scene_fps) > FPS_TOLERANCE:
+        return f"{strip.name} is {fps:g} fps but the scene {scene_fps:g} fps: set the scene's frame rate to match"
+    return ""
+
+
 @dataclass(frozen=True)
 class Shot:
     """A shot as the engine reads it (`input`, frame `numbers`) and where the timeline shows it:
@@ -47,6 +79,7 @@ class Shot:
     start: int
     strip: str | None  # None for a folder that is not in the sequencer
     channel: int = 1
+    key: str = ""  # what its result strips are tagged with: the strip's id, or the folder's name
 
     @property
     def end(self) -> int:
@@ -73,12 +106,13 @@ class Shot:
 
 
 def parse_ranges(text: str) -> list[tuple[int, int]]:
-    """"101-200", "150" or "1-100,150-250" (timeline frames, inclusive) as [(first, last), ...]."""
+    """"101-200", "150" or "1-100,150-250" (timeline frames, inclusive) as [(first, last), ...]; Blender's
+    "1..100" and Flamenco's chunks ("26,27": two frames) too."""
     ranges = []
     for part in text.split(","):
-        m = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?", part)
+        m = re.fullmatch(r"\s*(-?\d+)\s*(?:(?:-|\.\.)\s*(-?\d+)\s*)?", part)
         if not m:
-            raise ClientError(f"frame range {text!r} is not of the form A-B or A-B,C-D")
+            raise ClientError(f"frame range {text!r} is not of the form A-B, A..B or A-B,C-D")
         first, last = int(m.group(1)), int(m.group(2) or m.group(1))
         if first > last:
             raise ClientError(f"frame range {part.strip()}: start is after end")
@@ -135,7 +169,7 @@ def shot_from_strip(strip) -> Shot:
         raise ClientError(f"strip {strip.name} shows none of its frames (check its trims)")
     # The first shown frame of the content (handles dragged past the content only hold a frame).
     start = int(strip.frame_start) + max(first, 0)
-    return Shot(strip.name, path, numbers, start, strip.name, strip.channel)
+    return Shot(strip.name, path, numbers, start, strip.name, strip.channel, strip.get(STRIP_ID) or strip.name)
 
 
 def shot_from_folder(folder: str) -> Shot:
@@ -144,14 +178,13 @@ def shot_from_folder(folder: str) -> Shot:
     if not path.is_dir():
         raise ClientError(f"folder not found: {path}")
     numbers = tuple(sorted(sequence_numbers(path).values()))
-    return Shot(path.name, path, numbers, numbers[0], None)
+    return Shot(path.name, path, numbers, numbers[0], None, key=path.name)
 
 
 def shot_of(scene, shot_settings, side: str) -> Shot:
     """The shot a side of the panel names (strip or folder), cut to its custom range if one is set."""
     if shot_settings.source == "STRIP":
-        editor = scene.sequence_editor
-        strip = strip_collection(editor).get(shot_settings.strip) if editor and shot_settings.strip else None
+        strip = find_strip(scene.sequence_editor, shot_settings.strip_id, shot_settings.strip)
         if strip is None:
             raise ClientError(f"shot {side}: no strip named {shot_settings.strip!r} in the sequencer; pick one")
         shot = shot_from_strip(strip)
@@ -177,7 +210,7 @@ def result_files(folder: Path, prefix: str) -> dict[int, str]:
 
 
 def result_strips(scene, target: str) -> dict[str, object]:
-    """{"face": strip, "matte": strip, "plate": strip} that the add-on added for `target`."""
+    """{"face": strip, "matte": strip, "plate": strip} that the add-on added for the shot keyed `target`."""
     editor = scene.sequence_editor
     if editor is None:
         return {}
@@ -199,11 +232,14 @@ def _free_channel(strips, lowest: int, count: int, start: int, end: int) -> int:
     raise ClientError(f"no {count} free channels above channel {lowest} for frames {start}-{end - 1}")
 
 
-def _image_strip(strips, name, folder: Path, files: list[str], channel, start, tag, target, fit="ORIGINAL"):
+def _image_strip(strips, name, folder: Path, files: list[str], channel, start, tag, target, fit="ORIGINAL",
+                 relative=False):
     strip = strips.new_image(name=name, filepath=str(folder / files[0]), channel=channel, frame_start=start,
                              fit_method=fit)
     for file in files[1:]:
         strip.elements.append(file)
+    if relative:  # stored like the scene's own paths, so the project folder can move
+        strip.directory = bpy.path.relpath(str(folder)) + "/"
     strip[TAG] = tag
     strip[TAG_TARGET] = target
     return strip
@@ -226,7 +262,7 @@ def _add_color_balance(strip, scene) -> None:
     if borrow:
         workspace.sequencer_scene = scene
     try:
-        strip.modifiers.new(name="Colour match", type="COLOR_BALANCE")
+        strip.modifiers.new(name="Color Match", type="COLOR_BALANCE")
     finally:
         if borrow:
             workspace.sequencer_scene = None
@@ -256,7 +292,9 @@ def add_result_strips(scene, target: Shot, output: Path) -> dict[str, object]:
         shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
         raise ClientError(f"{output} lacks {len(missing)} of the shot's frames ({shown}): convert them first")
     alpha_mode = layer_alpha_mode(output)
-    key = target.strip or target.name
+    key = target.key or target.name
+    # Relative where the scene keeps its output relative (a saved .blend, a "//" work folder).
+    relative = bool(bpy.data.filepath) and scene.facereplace.convert.output.startswith("//")
     remove_result_strips(scene, key)
     strips = strip_collection(scene.sequence_editor_create())
     added = {}
@@ -264,18 +302,18 @@ def add_result_strips(scene, target: Shot, output: Path) -> dict[str, object]:
         channel = _free_channel(strips, 1, 3, target.start, target.end)
         files = {n: name for name, n in sequence_numbers(target.input).items()}
         plate = _image_strip(strips, f"{target.name} plate", target.input, [files[n] for n in target.numbers],
-                             channel, target.start, "plate", key, fit="FIT")
+                             channel, target.start, "plate", key, fit="FIT", relative=relative)
         added["plate"] = plate
     else:
-        plate = strips[target.strip]
+        plate = find_strip(scene.sequence_editor, target.key, target.strip)
     channel = _free_channel(strips, plate.channel + 1, 2, target.start, target.end)
     face = _image_strip(strips, f"{target.name} face", output / "face", [faces[n] for n in target.numbers],
-                        channel, target.start, "face", key)
+                        channel, target.start, "face", key, relative=relative)
     face.blend_type = "ALPHA_OVER"
     face.alpha_mode = alpha_mode
     _add_color_balance(face, scene)
     matte = _image_strip(strips, f"{target.name} matte", output / "matte", [mattes[n] for n in target.numbers],
-                         channel + 1, target.start, "matte", key)
+                         channel + 1, target.start, "matte", key, relative=relative)
     matte.mute = True
     for layer in (face, matte):
         _match_placement(layer, plate)

@@ -1,12 +1,88 @@
-"""Which torch device a stage runs on, and the CUDA settings that make it fast."""
+"""Which torch device a stage runs on, the CUDA settings that make it fast, and how many CPU threads it
+takes when other engine runs share the machine."""
+
+import contextlib
+import os
+from pathlib import Path
 
 from .events import EngineError
 
+THREADS_ENV = "FACEREPLACE_THREADS"  # a thread count set by the caller, outright
+RESERVE_ENV = "FACEREPLACE_RESERVE_CORES"  # cores the share leaves alone (the add-on: one, for Blender's window)
+# Where the runs that share the CPU keep their lock files; the add-on sets it for the runs it starts.
+# Unset (the command line, a library call), torch keeps its own thread count.
+RUNTIME_ENV = "FACEREPLACE_RUNTIME_DIR"
+_held = None  # this run's own lock file, open for the life of the process
+
+
+def runs_folder() -> Path | None:
+    """Every engine run that shares the CPU holds an OS lock on a file here while it lives; the OS drops
+    the lock when the process dies, so a count of the locked files is a count of live runs, whatever
+    ended the others."""
+    folder = os.environ.get(RUNTIME_ENV, "").strip()
+    return Path(folder) if folder else None
+
+
+def _locked(path: Path) -> bool:
+    """Whether another live process holds the lock on `path` (a file left by a dead one is removed)."""
+    import fcntl
+
+    try:
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    path.unlink(missing_ok=True)
+    return False
+
+
+def _join_runs() -> int:
+    """Register this run and return how many other engine runs live on this machine (0 where the OS has
+    no flock)."""
+    global _held
+    try:
+        import fcntl
+    except ImportError:
+        return 0
+    folder = runs_folder()
+    if folder is None:
+        return 0
+    if _held is None:
+        with contextlib.suppress(OSError):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _held = open(folder / f"{os.getpid()}.lock", "w")
+            fcntl.flock(_held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    own = f"{os.getpid()}.lock"
+    with contextlib.suppress(OSError):
+        return sum(_locked(p) for p in folder.glob("*.lock") if p.name != own)
+    return 0
+
+
+def cpu_threads(cores: int | None = None) -> int | None:
+    """Threads for torch's CPU work: $FACEREPLACE_THREADS when set; else, with $FACEREPLACE_RUNTIME_DIR,
+    this run's fair share of the cores with the other engine runs now running (each spinning thread beyond
+    the cores slows all of them); else None: torch's own count."""
+    chosen = os.environ.get(THREADS_ENV, "").strip()
+    if chosen.isdigit() and int(chosen) > 0:
+        return int(chosen)
+    if runs_folder() is None:
+        return None
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    reserve = os.environ.get(RESERVE_ENV, "").strip()
+    cores -= int(reserve) if reserve.isdigit() else 0
+    return max(1, cores // (1 + _join_runs()))
+
 
 def pick_device(name: str = "auto"):
-    """torch.device for "auto" (CUDA when present), "cuda" (an error without it) or "cpu"."""
+    """torch.device for "auto" (CUDA when present), "cuda" (an error without it) or "cpu"; sets torch's
+    thread count to `cpu_threads()` where that chooses one."""
     import torch
 
+    if threads := cpu_threads():
+        torch.set_num_threads(threads)
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():

@@ -21,9 +21,12 @@ def run(args, events) -> None:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "opencv": cv2.__version__,
-        "cuda": cuda,
+        "cuda": cuda,  # also true on ROCm builds, whose GPUs torch reaches through torch.cuda
         "cuda_version": torch.version.cuda,
+        "hip_version": getattr(torch.version, "hip", None),
+        "mps": torch.backends.mps.is_available(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "cpu_threads": torch.get_num_threads(),
     }
     if not args.events:
         for key, value in summary.items():

@@ -5,7 +5,8 @@
 // Each task opens the .blend headless and runs the add-on's convert operator on its frames, which
 // writes that chunk's face layers and mattes into the shot's output folder (chunks write disjoint
 // files, and together they are byte for byte one full run). Put this file in the Flamenco Manager's
-// scripts/ folder; see docs/farm.md.
+// scripts/ folder as `make farm` builds it (dist/flamenco/, with facereplace_common.js in front); see
+// docs/farm.md.
 
 const JOB_TYPE = {
     label: "FaceReplace Convert",
@@ -14,23 +15,23 @@ const JOB_TYPE = {
         // Set by the artist (the Blender Flamenco add-on evaluates the defaults in the open .blend).
         {
             key: "frames", type: "string", required: true,
-            eval: "C.scene.facereplace.target_frames",
+            eval: `${SCENE}.facereplace.target_frames`,
             evalInfo: { showLinkButton: true, description: "Frames of the target strip" },
             description: "Timeline frames to convert, e.g. '1-250' or '1-100,150-250'",
         },
         { key: "chunk_size", type: "int32", default: 25, description: "Frames per task" },
-        {
-            key: "engine_python", type: "string", default: "",
-            description: "The engine's Python on the workers (empty: each worker's add-on preference " +
-                "or $FACEREPLACE_ENGINE_PYTHON)",
-        },
-        {
-            key: "addon_module", type: "string", default: "bl_ext.user_default.facereplace", visible: "submission",
-            description: "The add-on's module name where the workers installed it",
-        },
+        ENGINE_PYTHON_SETTING,
+        ADDON_MODULE_SETTING,
+        // Read from the .blend, checked to be paths every worker sees.
+        { key: "faceset", type: "string", eval: `${SCENE}.facereplace.b.faceset`, visible: "web",
+          description: "Target B's faceset" },
+        { key: "model", type: "string", eval: `${SCENE}.facereplace.train.model`, visible: "web",
+          description: "The trained model" },
+        { key: "output", type: "string", eval: `${SCENE}.facereplace.convert.output`, visible: "web",
+          description: "Where the face layers and mattes go (the Convert panel's Output)" },
         // Set by the submission itself.
-        { key: "blendfile", type: "string", required: true, visible: "web", description: "The .blend to convert" },
-        { key: "scene", type: "string", eval: "C.scene.name", visible: "web", description: "Scene to convert" },
+        BLENDFILE_SETTING,
+        SCENE_SETTING,
     ],
 };
 
@@ -39,37 +40,10 @@ function compileJob(job) {
     if (!(settings.chunk_size > 0)) {
         throw "chunk_size must be 1 or more";
     }
+    requireAbsolute(settings, { faceset: "Extract B", model: "Train", output: "the Convert panel's Output" });
+    // Flamenco's own chunks ("1-25", "26,27", "30-40,45"): the add-on's convert(frames=...) reads them as they are.
     for (const chunk of frameChunker(settings.frames, settings.chunk_size)) {
-        job.addTask(convertTask(settings, chunk));
+        job.addTask(blenderTask(`convert-${chunk}`, settings, `bpy.ops.facereplace.convert(frames=${pythonString(chunk)})`));
     }
 }
 
-// One chunk: Blender headless, the add-on enabled, convert(frames=chunk); a failed convert raises,
-// and --python-exit-code turns that into a failed task.
-function convertTask(settings, chunk) {
-    const task = author.Task(`convert-${chunk}`, "blender");
-    const args = settings.scene ? ["--scene", settings.scene] : [];
-    task.addCommand(author.Command("blender-render", {
-        exe: "{blender}",
-        exeArgs: "{blenderArgs}",
-        argsBefore: [],
-        blendfile: settings.blendfile,
-        args: args.concat(["--python-exit-code", "1", "--python-expr", convertScript(settings, chunk)]),
-    }));
-    return task;
-}
-
-function convertScript(settings, chunk) {
-    const lines = ["import addon_utils, os, bpy"];
-    if (settings.engine_python) {
-        lines.push(`os.environ['FACEREPLACE_ENGINE_PYTHON'] = ${pythonString(settings.engine_python)}`);
-    }
-    lines.push(`addon_utils.enable(${pythonString(settings.addon_module)}, default_set=True)`);
-    lines.push(`bpy.ops.facereplace.convert(frames=${pythonString(chunk)})`);
-    return lines.join("; ");
-}
-
-// A Python string literal: JSON's escaping is valid Python for any text.
-function pythonString(text) {
-    return JSON.stringify(String(text));
-}

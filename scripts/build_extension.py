@@ -7,7 +7,9 @@ versions requirements.txt pins. Entries carry a fixed date, so the same sources 
 """
 
 import argparse
+import importlib.util
 import re
+import subprocess
 import sys
 import tomllib
 import zipfile
@@ -53,10 +55,47 @@ def build(root: Path = ROOT, dist: Path | None = None) -> Path:
     return path
 
 
+def validate(zip_path: Path) -> None:
+    """Blender's own check of an extension zip (what the extensions platform and Install from Disk run):
+    blender_ext.py validate, from the bpy module's copy of Blender's scripts."""
+    spec = importlib.util.find_spec("bpy")
+    if spec is None or spec.origin is None:
+        raise SystemExit("validating the zip needs the bpy module (pip install bpy): it carries blender_ext.py")
+    tool = next(Path(spec.origin).parent.glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"), None)
+    if tool is None:
+        raise SystemExit(f"blender_ext.py is not inside {Path(spec.origin).parent}")
+    done = subprocess.run([sys.executable, str(tool), "validate", str(zip_path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{zip_path} fails Blender's validation:\n{done.stdout}{done.stderr}")
+
+
+FARM_COMMON = "facereplace_common.js"
+
+
+def build_farm(root: Path = ROOT, dist: Path | None = None) -> list[Path]:
+    """The Flamenco job types, dist/flamenco/facereplace_<type>.js: each job type's file with what they
+    share (facereplace_common.js) in front, since the Manager loads every job type file on its own."""
+    folder = (dist or root / "dist") / "flamenco"
+    folder.mkdir(parents=True, exist_ok=True)
+    common = (root / "farm" / FARM_COMMON).read_text()
+    built = []
+    for source in sorted((root / "farm").glob("facereplace_*.js")):
+        if source.name != FARM_COMMON:
+            (folder / source.name).write_text(common + "\n" + source.read_text())
+            built.append(folder / source.name)
+    return built
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dist", type=Path, default=ROOT / "dist", help="folder to write the zip into")
-    print(build(ROOT, parser.parse_args().dist))
+    parser.add_argument("--farm", action="store_true", help="build the Flamenco job types instead")
+    parser.add_argument("--validate", action="store_true", help="then check the zip with Blender's blender_ext.py")
+    args = parser.parse_args()
+    for path in build_farm(ROOT, args.dist) if args.farm else [build(ROOT, args.dist)]:
+        if args.validate and not args.farm:
+            validate(path)
+        print(path)
     return 0
 
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from scripts.build_extension import build
+from scripts.build_extension import build, validate
 
 _USER = tempfile.mkdtemp(prefix="facereplace-blender-user-")
 os.environ["BLENDER_USER_RESOURCES"] = _USER  # Blender's config, scripts and extensions go here
@@ -132,9 +132,21 @@ def test_zip_is_an_extension_with_the_engine_inside(extension):
             "engine/train.py", "engine/convert.py"} <= names
     assert not any("__pycache__" in n or n.startswith(("tests/", "addon/")) for n in names)
     for line in ('schema_version = "1.0.0"', 'id = "facereplace"', 'type = "add-on"',
-                 'blender_version_min = "4.2.0"', "[permissions]"):
+                 'blender_version_min = "4.2.0"', "[permissions]", 'website = "https://',
+                 'platforms = ["windows-x64", "macos-arm64", "linux-x64"]'):
         assert line in manifest
     assert "torch==" in requirements and "bpy" not in requirements and "pytest" not in requirements
+    validate(zip_path)  # Blender's own blender_ext.py validate, from the bpy module
+
+
+def test_labels_use_blender_us_spelling(addon):
+    settings = addon.properties.FaceReplaceConvert.bl_rna.properties
+    assert settings["color"].name == "Color Match"
+    texts = [settings["color"].name, *(i.description for i in settings["color"].enum_items)]
+    for prop in (*addon.properties.FaceReplaceTrain.bl_rna.properties,
+                 *addon.preferences.FaceReplacePreferences.bl_rna.properties):
+        texts += [prop.name, prop.description, *(i.description for i in getattr(prop, "enum_items", ()))]
+    assert not [t for t in texts if re.search(r"colour|recognis|behaviour|normalis", t, re.I)]
 
 
 def test_installed_extension_registers_operators_panel_and_preferences(addon, prefs):
@@ -145,12 +157,99 @@ def test_installed_extension_registers_operators_panel_and_preferences(addon, pr
     assert (panel.bl_space_type, panel.bl_region_type, panel.bl_category) == ("SEQUENCE_EDITOR", "UI", "Face Swap")
     assert hasattr(bpy.types.Scene, "facereplace")
     assert prefs.bl_rna.identifier == "FaceReplacePreferences" and prefs.work_folder == "//facereplace/"
+    # Operators whose job runs on after they return carry no UNDO: the redo panel would rerun them.
+    for name in ("extract", "train", "convert", "check_engine", "setup_engine", "download_weights"):
+        assert "UNDO" not in getattr(bpy.types, f"FACEREPLACE_OT_{name}").bl_options
+    assert "UNDO" in bpy.types.FACEREPLACE_OT_add_strips.bl_options
+
+
+def test_engine_environment_lives_outside_blenders_version_folders(addon, prefs, tmp_path):
+    """Set up Engine's venv goes where no Blender version owns it: the OS's user data folder, or the
+    Engine Folder preference; the torch it installs comes from the backend's wheel index, pinned."""
+    preferences = addon.preferences
+    venv = preferences.managed_venv()
+    assert venv.parent == preferences.user_data_folder() / "engine"
+    assert not venv.is_relative_to(_USER) and str(bpy.app.version[0]) not in venv.parts
+    prefs.engine_folder = str(tmp_path / "shared-engine")
+    try:
+        assert preferences.managed_venv() == tmp_path / "shared-engine" / "venv"
+    finally:
+        prefs.engine_folder = ""
+    assert prefs.backend == preferences.detect_backend()
+    requirements = tmp_path / "engine-requirements.txt"
+    requirements.write_text("torch==2.13.0\nnumpy>=1.26\n")
+    for backend, index in (("CUDA", "https://download.pytorch.org/whl/cu128"),
+                           ("ROCM", "https://download.pytorch.org/whl/rocm6.4"),
+                           ("CPU", "https://download.pytorch.org/whl/cpu"), ("MPS", None)):
+        steps = addon.operators.setup_steps(tmp_path / "venv", requirements, backend)
+        assert [s.label for s in steps][1:] == [f"Install torch ({prefs.bl_rna.properties['backend'].enum_items[backend].name})",
+                                                 "Install packages", "Check engine"]
+        torch = steps[1].argv
+        assert "torch==2.13.0" in torch
+        assert (torch[torch.index("--index-url") + 1] if index else "--index-url" not in torch) == (index or True)
+        assert all(s.log == tmp_path / "setup.log" for s in steps)  # Open Log shows it
 
 
 def test_check_engine_reports_versions(prefs):
     assert bpy.ops.facereplace.check_engine() == {"FINISHED"}
     assert prefs.engine_ok
     assert "Engine 0.1.0" in prefs.engine_status and "torch 2." in prefs.engine_status
+    assert "no GPU: CPU only" in prefs.engine_status  # what it found: this machine has no GPU
+
+
+def test_a_failed_check_puts_set_up_engine_in_the_panel(project, prefs, addon):
+    prefs.engine_python = "/nonexistent/venv/bin/python"
+    try:
+        with pytest.raises(RuntimeError, match="engine Python not found"):
+            bpy.ops.facereplace.check_engine()
+        addon.jobs.last_stage = "check"  # the operator refused before a job started
+        addon.jobs.last_report = ("ERROR", "engine Python not found")
+        drawn = draw_panels(panels_only=True)
+        print("\n--- panel: the engine check failed ---\n" + dump(drawn))
+        assert ("label", "The engine does not run: set it up") in drawn
+        assert ("operator", "facereplace.setup_engine", None) in drawn
+    finally:
+        prefs.engine_python = ""
+    assert bpy.ops.facereplace.check_engine() == {"FINISHED"}
+    assert ("operator", "facereplace.setup_engine", None) not in draw_panels(panels_only=True)
+
+
+def test_offline_blender_keeps_the_engine_off_the_network(project, prefs, addon, tmp_path):
+    """Headless Blender has Online Access off: the engine gets --offline for a detector that would
+    download, torch's cache is inside the extension's user folder, the weights folder preference is
+    --fan-weights, and the download button is disabled."""
+    scene = bpy.context.scene
+    assert not bpy.app.online_access
+    try:
+        prefs.detector = "auto"
+        step = addon.operators.extract_step(scene, "A")
+        assert "--offline" in step.argv and step.argv[step.argv.index("--detector") + 1] == "auto"
+        torch_home = Path(step.env["TORCH_HOME"])
+        assert torch_home.is_relative_to(Path(_USER) / "extensions") and torch_home.is_dir()
+        prefs.fan_weights = str(tmp_path)
+        step = addon.operators.extract_step(scene, "A")
+        assert step.argv[step.argv.index("--fan-weights") + 1] == str(tmp_path) and "--offline" in step.argv
+        prefs.detector, prefs.fan_weights = "fan", ""
+        with pytest.raises(addon.engine_client.ClientError, match="Online Access is off: set Detector Weights"):
+            addon.operators.extract_step(scene, "A")
+        assert not bpy.ops.facereplace.download_weights.poll()
+    finally:
+        prefs.detector, prefs.fan_weights = "dlib", ""
+    assert "--offline" not in addon.operators.extract_step(scene, "A").argv  # dlib never downloads
+
+
+def test_engine_runs_from_blender_share_the_cpu(project, prefs, addon):
+    env = addon.operators.run_env()
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and "FACEREPLACE_THREADS" not in env
+    assert "FACEREPLACE_RESERVE_CORES" not in env  # headless: no window to leave a core for
+    assert Path(env["FACEREPLACE_RUNTIME_DIR"]).is_relative_to(Path(_USER) / "extensions")  # runs share the cores
+    prefs.cpu_threads = 3
+    try:
+        assert addon.operators.run_env()["FACEREPLACE_THREADS"] == "3"
+        prefs.cpu_threads, prefs.use_passive_wait = 0, False
+        assert "OMP_WAIT_POLICY" not in addon.operators.run_env()
+    finally:
+        prefs.cpu_threads, prefs.use_passive_wait = 0, True
 
 
 def test_missing_engine_python_gives_a_clear_report(project, prefs):
@@ -184,6 +283,60 @@ def test_engine_error_becomes_the_operator_report(project, addon, tmp_path):
         shot.source = "STRIP"
     with pytest.raises(RuntimeError, match="extract A first"):
         bpy.ops.facereplace.train()
+
+
+def _fake_engine(tmp_path: Path, body: str) -> list[str]:
+    """A stand-in engine: a script that prints what a broken or stranger's engine could print. An alarm
+    ends it if nobody does, so a regression fails instead of hanging."""
+    script = tmp_path / "fake_engine.py"
+    script.write_text("import json, signal, sys, time\nsignal.alarm(60)\n" + body)
+    return [sys.executable, str(script)]
+
+
+def test_events_with_wrong_field_types_never_break_the_job(project, addon, tmp_path):
+    argv = _fake_engine(tmp_path, """
+for event in [{"event": "progress", "done": "x", "total": [1], "loss_a": "low", "it_per_s": {}, "eta_s": None},
+              {"event": "progress", "done": 1e400, "total": 0, "phase": 7, "iteration": "3"},
+              {"event": "preview", "path": 5}, {"event": "warning", "message": ["a"]}, {"event": 3},
+              {"event": "output", "line": None}, {"event": "done", "frames": "many"}]:
+    print(json.dumps(event), flush=True)
+""")
+    scene = bpy.context.scene
+    assert addon.jobs.run("check", scene, [addon.jobs.Step("Odd engine", argv)], wait=True) == ""
+    addon.jobs.run("check", scene, [addon.jobs.Step("Odd engine", argv)], wait=False)
+    job = addon.jobs.active()
+    _poll_until(addon, lambda: addon.jobs.active() is None or job.live)
+    draw_panels()  # the live figures the panel formats are numbers, or absent
+    _poll_until(addon, lambda: addon.jobs.active() is None)
+    assert addon.jobs.last_report[0] == "INFO"
+    # A "done" event that lacks what the stage records fails the step with a reason, not a traceback.
+    step = addon.jobs.Step("Odd engine", argv, finish=lambda scene, summary: str(summary["frames"] + 1))
+    with pytest.raises(addon.jobs.JobFailed, match="Odd engine: the engine's summary lacks what the add-on needs"):
+        addon.jobs.run("check", scene, [step], wait=True)
+
+
+def test_a_failed_headless_job_stops_its_engine(project, addon, tmp_path, monkeypatch):
+    """An engine that reports its error but does not exit (a hung peer process) is stopped, and the
+    job fails with the engine's message."""
+    terminated = tmp_path / "terminated"
+    argv = _fake_engine(tmp_path, f"""
+def on_term(*_):
+    open({str(terminated)!r}, "w").close()
+    sys.exit(1)
+signal.signal(signal.SIGTERM, on_term)
+print(json.dumps({{"event": "error", "message": "out of GPU memory"}}), flush=True)
+while True:
+    time.sleep(1)
+""")
+    monkeypatch.setattr(addon.jobs, "EXIT_AFTER_ERROR_S", 0.5)
+    with pytest.raises(addon.jobs.JobFailed, match="Hung engine failed: out of GPU memory"):
+        addon.jobs.run("check", bpy.context.scene, [addon.jobs.Step("Hung engine", argv)], wait=True)
+    assert terminated.exists()
+
+
+def test_convert_output_can_be_set_before_the_first_convert(project):
+    assert bpy.context.scene.facereplace.convert.output == ""
+    assert ("prop", "output") in draw_panels(panels_only=True)
 
 
 # ---------------------------------------------------------------- the swap
@@ -222,8 +375,9 @@ def test_result_strips_sit_above_the_target_frame_aligned(swapped):
         assert strip.frame_start == 12
         assert [e.filename for e in strip.elements] == [f"{prefix}_{n:06d}.png" for n in range(3, 17)]
         assert Path(bpy.path.abspath(strip.directory)) == output / prefix
+        assert strip.directory.startswith("//facereplace/")  # relative, like the scene's paths: the project moves
     assert face.blend_type == "ALPHA_OVER" and not face.mute
-    assert [m.type for m in face.modifiers] == ["COLOR_BALANCE"]
+    assert [(m.type, m.name) for m in face.modifiers] == [("COLOR_BALANCE", "Color Match")]
     assert matte.mute
 
 
@@ -273,6 +427,100 @@ def test_running_again_replaces_rather_than_stacks(swapped):
     assert len(_result_strips(scene, "face")) == 1 and len(_result_strips(scene, "matte")) == 1
 
 
+def test_a_changed_shot_is_stale_until_extracted_again(swapped, addon):
+    """B switched to another strip: the panel says so, and Train and Convert refuse, rather than train on
+    (or convert with) the old shot's faceset."""
+    settings = bpy.context.scene.facereplace
+    try:
+        settings.b.strip = "Astronaut"
+        drawn = draw_panels(panels_only=True)
+        print("\n--- panel: a stale shot ---\n" + dump(drawn))
+        assert ("label", "B changed since extraction: Extract B") in drawn
+        assert ("label", "B: faces in 14 of 14 frames") in drawn  # the faceset's own figures, flagged above
+        for operator in (bpy.ops.facereplace.train, bpy.ops.facereplace.convert):
+            with pytest.raises(RuntimeError, match="B changed since extraction: Extract B"):
+                operator()
+        settings.b.strip = "Hopper"
+        settings.b.use_custom_range, settings.b.frame_first, settings.b.frame_last = True, 12, 20
+        assert addon.operators.stale_message(bpy.context.scene, "B") == "B changed since extraction: Extract B"
+    finally:
+        settings.b.strip, settings.b.use_custom_range = "Hopper", False
+    assert not any("changed since extraction" in d[1] for d in draw_panels(panels_only=True) if d[0] == "label")
+
+
+def test_renaming_a_strip_keeps_its_shot_and_result_strips(swapped):
+    scene = bpy.context.scene
+    strips = scene.sequence_editor.strips
+    strips["Hopper"].name = "Hopper graded"
+    try:
+        assert scene.facereplace.b.strip == "Hopper graded"  # the same strip, by the id stored on it
+        assert strips["Hopper graded"]["facereplace_id"] == scene.facereplace.b.strip_id
+        assert bpy.ops.facereplace.convert() == {"FINISHED"}  # nothing to redo; the strips are replaced
+        assert len(_result_strips(scene, "face")) == 1 and len(_result_strips(scene, "matte")) == 1
+        assert _result_strips(scene, "face")[0].name == "Hopper graded face"
+    finally:
+        strips["Hopper graded"].name = "Hopper"
+    assert scene.facereplace.b.strip == "Hopper"
+    assert bpy.ops.facereplace.add_strips() == {"FINISHED"}  # replaced again, under the strip's name
+    assert [s.name for s in _result_strips(scene, "face")] == ["Hopper face"]
+
+
+def test_flamencos_frame_chunks_are_read_as_they_are(addon):
+    assert addon.strips.parse_ranges("1..3,5,6,9-10") == [(1, 3), (5, 5), (6, 6), (9, 10)]
+
+
+def test_a_strip_at_another_frame_rate_is_flagged(swapped):
+    scene = bpy.context.scene
+    scene.render.fps = 30
+    try:
+        labels = [d[1] for d in draw_panels(panels_only=True) if d[0] == "label"]
+        assert "Hopper is 24 fps but the scene 30 fps: set the scene's frame rate to match" in labels
+    finally:
+        scene.render.fps = 24
+    assert not any("fps" in d[1] for d in draw_panels(panels_only=True) if d[0] == "label")
+
+
+def test_an_absolute_work_folder_stays_absolute(swapped, prefs, addon):
+    """Beside the .blend or not, paths under an absolute Work Folder are stored absolute (a farm's
+    packer copies the .blend elsewhere); under a "//" one, relative."""
+    beside = Path(bpy.data.filepath).parent / "shared"
+    prefs.work_folder = str(beside) + "/"
+    try:
+        assert addon.operators.stored(beside / "Scene" / "model") == str(beside / "Scene" / "model")
+    finally:
+        prefs.work_folder = "//facereplace/"
+    assert addon.operators.stored(beside / "Scene" / "model") == "//shared/Scene/model"
+
+
+def test_preview_is_labelled_and_opens_in_the_image_editor(swapped):
+    drawn = draw_panels(panels_only=True)
+    train = drawn[drawn.index(("panel", "SEQUENCER_PT_facereplace_train")):drawn.index(("panel", "SEQUENCER_PT_facereplace_convert"))]
+    print("\n--- panel: Train, with the labelled preview ---\n" + dump(train))
+    labels = [d[1] for d in train if d[0] == "label"]
+    start = labels.index("A")
+    assert labels[start:start + 6] == ["A", "A→A", "A→B", "B", "B→B", "B→A"]
+    preview = bpy.path.abspath(bpy.context.scene.facereplace.train.preview)
+    assert ("set", "facereplace.open_image", "filepath", preview) in train
+    assert bpy.ops.facereplace.open_image(filepath=preview) == {"FINISHED"}
+    assert any(bpy.path.abspath(i.filepath) == preview for i in bpy.data.images)
+
+
+def test_work_folder_log_and_contact_sheets_are_reachable(swapped, addon):
+    drawn = draw_panels(panels_only=True)
+    work = addon.operators.work_folder(bpy.context.scene)
+    assert ("operator", "wm.path_open", "Open Work Folder") in drawn
+    assert ("set", "wm.path_open", "filepath", str(work)) in drawn
+    assert ("operator", "wm.path_open", "Open Log") in drawn
+    log = next(Path(d[3]) for d in drawn if d[:3] == ("set", "wm.path_open", "filepath") and d[3].endswith(".log"))
+    assert log.is_file() and log.is_relative_to(work)
+    # The contact sheets sit in their own folded sub-panel, out of the Extract panel's way.
+    sheets = bpy.types.SEQUENCER_PT_facereplace_contact_sheets
+    assert sheets.bl_parent_id == "SEQUENCER_PT_facereplace_extract" and "DEFAULT_CLOSED" in sheets.bl_options
+    extract = drawn[drawn.index(("panel", "SEQUENCER_PT_facereplace_extract")):
+                    drawn.index(("panel", "SEQUENCER_PT_facereplace_contact_sheets"))]
+    assert not any(d[0] == "icon" for d in extract)
+
+
 def test_farm_chunk_in_a_fresh_headless_blender(swapped, tmp_path):
     """A farm task: a new process opens the .blend, converts timeline frames 14-16 (source 5-7), exits 0;
     a range outside the target exits non-zero with the reason."""
@@ -310,6 +558,7 @@ class RecordingLayout:
 
     def __init__(self, drawn: list):
         self.drawn = drawn
+        self.icons: dict[int, str] = getattr(drawn, "icons", {})
         self.active = self.enabled = True
 
     def row(self, **_options):
@@ -338,8 +587,10 @@ class RecordingLayout:
 
         return Properties()
 
-    def label(self, text="", **_options):
+    def label(self, text="", icon="NONE", **_options):
         self.drawn.append(("label", text))
+        if icon != "NONE":
+            self.icons[len(self.drawn) - 1] = icon
 
     def progress(self, factor=0.0, text="", **_options):
         assert 0.0 <= factor <= 1.0
@@ -352,12 +603,43 @@ class RecordingLayout:
         pass
 
 
-def draw_panels() -> list:
-    """Everything the Face Swap tab and the preferences draw now, in order."""
-    drawn: list = []
-    for name in ("SEQUENCER_PT_facereplace", "SEQUENCER_PT_facereplace_shots", "SEQUENCER_PT_facereplace_extract",
-                 "SEQUENCER_PT_facereplace_train", "SEQUENCER_PT_facereplace_convert"):
+class Drawn(list):
+    """What panels drew, in order, with ("panel", name) before each panel's items; `icons` holds the
+    icon of a label, by its index."""
+
+    def __init__(self):
+        super().__init__()
+        self.icons: dict[int, str] = {}
+
+
+PANELS = ("SEQUENCER_PT_facereplace", "SEQUENCER_PT_facereplace_shots", "SEQUENCER_PT_facereplace_extract",
+          "SEQUENCER_PT_facereplace_contact_sheets", "SEQUENCER_PT_facereplace_train",
+          "SEQUENCER_PT_facereplace_convert")
+
+
+def dump(drawn: list) -> str:
+    """The drawn layout as text, one item a line: for reading what a panel shows."""
+    lines = []
+    icons = getattr(drawn, "icons", {})
+    for i, item in enumerate(drawn):
+        if item[0] == "panel":
+            lines.append(f"[{item[1]}]")
+        elif item[0] == "set":
+            lines[-1] += f"  ({item[2]}={item[3]!r})"
+        else:
+            icon = f" <{icons[i]}>" if i in icons else ""
+            lines.append(f"  {item[0]}: {' '.join(str(x) for x in item[1:] if x is not None)}{icon}")
+    return "\n".join(lines)
+
+
+def draw_panels(panels_only: bool = False) -> list:
+    """Everything the Face Swap tab and (unless `panels_only`) the preferences draw now, in order."""
+    drawn = Drawn()
+    for name in PANELS:
+        drawn.append(("panel", name))
         getattr(bpy.types, name).draw(type("Panel", (), {"layout": RecordingLayout(drawn)})(), bpy.context)
+    if panels_only:
+        return drawn
     preferences = bpy.context.preferences.addons[PACKAGE].preferences
 
     class PreferencesPanel:
@@ -428,9 +710,11 @@ def test_cancel_train_saves_and_leaves_a_consistent_state(swapped, addon):
 
 def test_cancel_extract_records_nothing_and_a_rerun_resumes(swapped, addon):
     scene = bpy.context.scene
-    faceset = scene.facereplace.a.faceset
-    scene.facereplace.a.use_custom_range = True
-    scene.facereplace.a.frame_first, scene.facereplace.a.frame_last = 41, 52  # a new range: a new faceset
+    shot = scene.facereplace.a
+    faceset = shot.faceset
+    kept = (shot.faceset, shot.signature, shot.frames, shot.frames_with_faces)
+    shot.use_custom_range = True
+    shot.frame_first, shot.frame_last = 41, 52  # a new range: a new faceset
     try:
         addon.jobs.run("extract", scene, [addon.operators.extract_step(scene, "A")], wait=False)
         _poll_until(addon, lambda: addon.jobs.active().live.get("done", 0) >= 1)
@@ -440,7 +724,24 @@ def test_cancel_extract_records_nothing_and_a_rerun_resumes(swapped, addon):
         assert bpy.ops.facereplace.extract(side="A") == {"FINISHED"}
         assert scene.facereplace.a.faceset != faceset and scene.facereplace.a.frames == 12
     finally:
-        scene.facereplace.a.use_custom_range = False
+        shot.use_custom_range = False
+        shot.faceset, shot.signature, shot.frames, shot.frames_with_faces = kept  # the whole shot's faceset
+
+
+def test_farm_train_task_resumes_its_model_folder(swapped, addon, tmp_path):
+    """The FaceReplace Train job's task: train(model=FOLDER) starts a model there, and the same task run
+    again (requeued, or with more iterations) resumes it; the report says why training stopped."""
+    train = bpy.context.scene.facereplace.train
+    kept = (train.model, train.iteration, train.loss_a, train.loss_b, train.preview)
+    model = tmp_path / "farm_model"
+    try:
+        for iterations in (3, 5):
+            assert bpy.ops.facereplace.train(model=str(model), iterations=iterations) == {"FINISHED"}
+            assert json.loads((model / "model.json").read_text())["iteration"] == iterations
+            level, message = addon.jobs.last_report
+            assert level == "INFO" and message.startswith(f"Train: {iterations} iterations (reached its iterations)")
+    finally:
+        train.model, train.iteration, train.loss_a, train.loss_b, train.preview = kept
 
 
 def test_set_up_engine_makes_a_venv_and_names_what_it_lacks(addon, project, tmp_path):
@@ -449,13 +750,13 @@ def test_set_up_engine_makes_a_venv_and_names_what_it_lacks(addon, project, tmp_
     with pytest.raises(RuntimeError, match="allow Online Access"):
         bpy.ops.facereplace.setup_engine()
     requirements = tmp_path / "engine-requirements.txt"
-    requirements.write_text("# nothing to install\n")
+    requirements.write_text("torch==2.13.0\n")
     venv = tmp_path / "engine-venv"
-    steps = addon.operators.setup_steps(venv, requirements)
-    assert [s.label for s in steps] == ["Make venv", "Install packages", "Check engine"]
+    steps = addon.operators.setup_steps(venv, requirements, "CPU")
+    assert [s.label for s in steps] == ["Make venv", "Install torch (CPU)", "Install packages", "Check engine"]
     with pytest.raises(addon.jobs.JobFailed, match=r"Check engine failed: the engine Python .*engine-venv.* lacks "
                        r"the engine's packages \(no module (cv2|numpy|torch)\).*Set up engine"):
-        addon.jobs.run("setup", bpy.context.scene, steps, wait=True)
+        addon.jobs.run("setup", bpy.context.scene, [steps[0], steps[-1]], wait=True)  # no network: skip pip
     assert (venv / "bin" / "python").is_file()
 
 

@@ -1,6 +1,7 @@
-"""The Flamenco job type (farm/facereplace_convert.js), compiled by Node the way a Flamenco Manager runs it:
-with `author` and `frameChunker` provided, `compileJob(job)` must split the frames into chunks of convert
-tasks whose Blender commands are valid Python that calls the add-on's convert operator."""
+"""The Flamenco job types (farm/, built into dist/flamenco/ by `make farm`), compiled by Node the way a
+Flamenco Manager runs them: with `author` and `frameChunker` provided, `compileJob(job)` must author tasks
+whose Blender commands are valid Python that calls the add-on's operators, and refuse what no worker
+could run."""
 
 import ast
 import json
@@ -10,16 +11,18 @@ from pathlib import Path
 
 import pytest
 
-JOB_TYPE = Path(__file__).resolve().parents[1] / "farm" / "facereplace_convert.js"
+from scripts.build_extension import build_farm
 
 # What the Manager gives a job type: Flamenco's task authoring API and frame chunker, as stand-ins that
 # record what the job type asks for.
 HARNESS = r"""
 const fs = require("fs");
 const vm = require("vm");
+// As Flamenco's jsFrameChunker: "A-B" or Blender's "A..B" in; "regular" chunks out, where a run of two
+// frames is written "a,b".
 function frameChunker(frames, size) {
     const list = [];
-    for (const part of frames.split(",")) {
+    for (const part of frames.replaceAll("..", "-").split(",")) {
         const [a, b] = part.split("-").map(Number);
         for (let f = a; f <= (isNaN(b) ? a : b); f++) list.push(f);
     }
@@ -31,7 +34,7 @@ function frameChunker(frames, size) {
             const last = runs[runs.length - 1];
             if (last && f === last[1] + 1) last[1] = f; else runs.push([f, f]);
         }
-        chunks.push(runs.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(","));
+        chunks.push(runs.map(([a, b]) => (a === b ? `${a}` : b === a + 1 ? `${a},${b}` : `${a}-${b}`)).join(","));
     }
     return chunks;
 }
@@ -50,27 +53,38 @@ console.log(JSON.stringify({ tasks, keys: jobType.settings.map((s) => s.key), la
 """
 
 
-def run_job_type(tmp_path: Path, **settings) -> subprocess.CompletedProcess:
+DEFAULTS = {"frames": "1-60", "chunk_size": 25, "engine_python": "", "blendfile": "/farm/shot.blend",
+            "addon_module": "bl_ext.user_default.facereplace", "scene": "Scene",
+            "faceset": "/mnt/projects/fr/Scene/faceset_b-1a2b3c4d", "faceset_a": "/mnt/projects/fr/Scene/faceset_a-5e6f7a8b",
+            "faceset_b": "/mnt/projects/fr/Scene/faceset_b-1a2b3c4d", "model": "/mnt/projects/fr/Scene/model",
+            "output": "/mnt/projects/fr/Scene/output", "iterations": 20000}
+
+
+def run_job_type(tmp_path: Path, job_type: str = "convert", **settings) -> subprocess.CompletedProcess:
     harness = tmp_path / "harness.js"
     harness.write_text(HARNESS)
-    defaults = {"frames": "1-60", "chunk_size": 25, "engine_python": "", "blendfile": "/farm/shot.blend",
-                "addon_module": "bl_ext.user_default.facereplace", "scene": "Scene"}
-    return subprocess.run(["node", str(harness), str(JOB_TYPE), json.dumps({**defaults, **settings})],
+    [script] = [p for p in build_farm(dist=tmp_path) if p.name == f"facereplace_{job_type}.js"]
+    return subprocess.run(["node", str(harness), str(script), json.dumps({**DEFAULTS, **settings})],
                           capture_output=True, text=True, timeout=60)
 
 
-def compile_job(tmp_path: Path, **settings) -> dict:
-    done = run_job_type(tmp_path, **settings)
+def compile_job(tmp_path: Path, job_type: str = "convert", **settings) -> dict:
+    done = run_job_type(tmp_path, job_type, **settings)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
+def operator_call(script: str, name: str) -> dict:
+    """The keyword arguments of the bpy.ops.facereplace.<name> call in a task's Python."""
+    for node in ast.walk(ast.parse(script)):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == f"bpy.ops.facereplace.{name}":
+            return {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+    raise AssertionError(f"no {name} call in {script!r}")
+
+
 def convert_call(script: str) -> str:
     """The frames argument of the bpy.ops.facereplace.convert call in a task's Python."""
-    for node in ast.walk(ast.parse(script)):
-        if isinstance(node, ast.Call) and ast.unparse(node.func) == "bpy.ops.facereplace.convert":
-            return ast.literal_eval(node.keywords[0].value)
-    raise AssertionError(f"no convert call in {script!r}")
+    return operator_call(script, "convert")["frames"]
 
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run the job type")
@@ -98,7 +112,7 @@ def test_gaps_and_odd_paths_stay_valid_python(tmp_path):
     python = '/mnt/farm/venv "engine"/bin/python'
     tasks = compile_job(tmp_path, frames="1-3,10-12", chunk_size=4, engine_python=python)["tasks"]
     scripts = [t["commands"][0]["parameters"]["args"][5] for t in tasks]
-    assert [convert_call(s) for s in scripts] == ["1-3,10", "11-12"]
+    assert [convert_call(s) for s in scripts] == ["1-3,10", "11,12"]  # Flamenco's own chunk format
     assignment = next(n for n in ast.walk(ast.parse(scripts[0])) if isinstance(n, ast.Assign))
     assert ast.unparse(assignment.targets[0]) == "os.environ['FACEREPLACE_ENGINE_PYTHON']"
     assert ast.literal_eval(assignment.value) == python
@@ -107,3 +121,46 @@ def test_gaps_and_odd_paths_stay_valid_python(tmp_path):
 def test_a_bad_chunk_size_is_refused(tmp_path):
     done = run_job_type(tmp_path, chunk_size=0)
     assert done.returncode != 0 and "chunk_size must be 1 or more" in done.stderr
+
+
+def test_engine_python_is_a_flamenco_variable_and_the_scene_the_sequencers(tmp_path):
+    """The job's engine Python defaults to the Manager's two-way variable {facereplace_python}, which the
+    Manager replaces per worker OS; what the job reads from the .blend comes from the sequencer's scene."""
+    for job_type in ("convert", "train"):
+        settings = {s["key"]: s for s in _job_type_settings(tmp_path, job_type)}
+        assert settings["engine_python"]["default"] == "{facereplace_python}"
+        evals = [s["eval"] for s in settings.values() if "eval" in s]
+        assert evals and all(e.startswith("(getattr(C, 'sequencer_scene', None) or C.scene).") for e in evals)
+    tasks = compile_job(tmp_path, engine_python="{facereplace_python}")["tasks"]
+    script = tasks[0]["commands"][0]["parameters"]["args"][5]
+    assert "os.environ['FACEREPLACE_ENGINE_PYTHON'] = '{facereplace_python}'" in ast.unparse(ast.parse(script))
+
+
+def _job_type_settings(tmp_path: Path, job_type: str) -> list:
+    [script] = [p for p in build_farm(dist=tmp_path) if p.name == f"facereplace_{job_type}.js"]
+    code = f"{script.read_text()}\nconsole.log(JSON.stringify(JOB_TYPE.settings));"
+    done = subprocess.run(["node", "-e", code], capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("job_type, key", [("convert", "faceset"), ("convert", "model"), ("convert", "output"),
+                                           ("train", "model"), ("train", "faceset_a"), ("train", "faceset_b")])
+def test_relative_paths_are_refused_at_submission(tmp_path, job_type, key):
+    for relative in ("//facereplace/Scene/x", "facereplace/x", ""):
+        done = run_job_type(tmp_path, job_type, **{key: relative})
+        assert done.returncode != 0
+        assert f"FaceReplace {key} path {json.dumps(relative)} is not absolute" in done.stderr
+    for absolute in ("/mnt/x", "S:/projects/x", "\\\\server\\share\\x", "{storage}/x"):
+        assert run_job_type(tmp_path, job_type, **{key: absolute}).returncode == 0
+
+
+def test_train_runs_as_one_task_that_resumes_its_model(tmp_path):
+    compiled = compile_job(tmp_path, "train", iterations=50000)
+    assert compiled["label"] == "FaceReplace Train"
+    [task] = compiled["tasks"]
+    [command] = task["commands"]
+    assert task["type"] == "blender" and command["parameters"]["blendfile"] == "/farm/shot.blend"
+    args = command["parameters"]["args"]
+    assert args[:4] == ["--scene", "Scene", "--python-exit-code", "1"]
+    # train(model=...) resumes what the folder holds (--resume), so a requeued task goes on.
+    assert operator_call(args[5], "train") == {"model": "/mnt/projects/fr/Scene/model", "iterations": 50000}

@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//
+// What the FaceReplace job types share. Not a job type itself: `make farm` puts it in front of each
+// job type's own file, into dist/flamenco/, since the Flamenco Manager loads every job type on its own.
+
+// The scene the sequencer edits: Blender 5.0 gives it its own (context.sequencer_scene), which can
+// differ from the window's scene; Blender 4.x has only the window's.
+const SCENE = "(getattr(C, 'sequencer_scene', None) or C.scene)";
+
+const ENGINE_PYTHON_SETTING = {
+    key: "engine_python", type: "string", default: "{facereplace_python}",
+    description: "The engine's Python on the workers: the Manager's two-way variable facereplace_python, " +
+        "one value per worker OS (empty: each worker's add-on preference or $FACEREPLACE_ENGINE_PYTHON)",
+};
+const ADDON_MODULE_SETTING = {
+    key: "addon_module", type: "string", default: "bl_ext.user_default.facereplace", visible: "submission",
+    description: "The add-on's module name where the workers installed it",
+};
+const BLENDFILE_SETTING = {
+    key: "blendfile", type: "string", required: true, visible: "web", description: "The .blend to work on",
+};
+const SCENE_SETTING = {
+    key: "scene", type: "string", eval: `${SCENE}.name`, visible: "web", description: "The sequencer's scene",
+};
+
+// Each of `paths` ({setting key: what sets it}) must be absolute: a "//" path is relative to the .blend,
+// which Flamenco's packer copies elsewhere, and a relative one depends on the worker's folder.
+function requireAbsolute(settings, paths) {
+    for (const [key, where] of Object.entries(paths)) {
+        const path = String(settings[key] || "");
+        if (!/^(\/[^/]|[A-Za-z]:[\\/]|\\\\|\{)/.test(path)) {
+            throw `FaceReplace ${key} path ${JSON.stringify(path)} is not absolute: the workers cannot find it. ` +
+                `Set an absolute Work Folder in the add-on's preferences (shared storage every worker sees), ` +
+                `then ${where} again, save, and submit`;
+        }
+    }
+}
+
+// One task: Blender headless on the .blend, the add-on enabled, then `call`; a failed operator raises,
+// and --python-exit-code turns that into a failed task.
+function blenderTask(name, settings, call) {
+    const task = author.Task(name, "blender");
+    const args = settings.scene ? ["--scene", settings.scene] : [];
+    task.addCommand(author.Command("blender-render", {
+        exe: "{blender}",
+        exeArgs: "{blenderArgs}",
+        argsBefore: [],
+        blendfile: settings.blendfile,
+        args: args.concat(["--python-exit-code", "1", "--python-expr", taskScript(settings, call)]),
+    }));
+    return task;
+}
+
+function taskScript(settings, call) {
+    const lines = ["import addon_utils, os, bpy"];
+    if (settings.engine_python) {
+        lines.push(`os.environ['FACEREPLACE_ENGINE_PYTHON'] = ${pythonString(settings.engine_python)}`);
+    }
+    lines.push(`addon_utils.enable(${pythonString(settings.addon_module)}, default_set=True)`);
+    lines.push(call);
+    return lines.join("; ");
+}
+
+// A Python string literal: JSON's escaping is valid Python for any text.
+function pythonString(text) {
+    return JSON.stringify(String(text));
+}

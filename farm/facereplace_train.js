@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//
+// Flamenco job type: train a FaceReplace model as one task on one (GPU) worker.
+//
+// The task opens the .blend headless and runs the add-on's train operator into the job's model folder,
+// resuming whatever that folder holds (the engine's --resume): a task that is requeued, or a job that
+// is run again with more iterations, goes on where the last run saved. Put this file in the Flamenco
+// Manager's scripts/ folder as `make farm` builds it; see docs/farm.md.
+
+const JOB_TYPE = {
+    label: "FaceReplace Train",
+    description: "Train the FaceReplace model of the .blend's shots, as one task (give it a GPU worker)",
+    settings: [
+        {
+            key: "model", type: "string", required: true, eval: `${SCENE}.facereplace.train.model`,
+            evalInfo: { showLinkButton: true, description: "The Train panel's model" },
+            description: "The model folder (absolute, on shared storage); a new folder starts a new model",
+        },
+        { key: "iterations", type: "int32", eval: `${SCENE}.facereplace.train.iterations`,
+          description: "Stop at this iteration, counted over every run of the model" },
+        ENGINE_PYTHON_SETTING,
+        ADDON_MODULE_SETTING,
+        // Read from the .blend, checked to be paths every worker sees.
+        { key: "faceset_a", type: "string", eval: `${SCENE}.facereplace.a.faceset`, visible: "web",
+          description: "Source A's faceset" },
+        { key: "faceset_b", type: "string", eval: `${SCENE}.facereplace.b.faceset`, visible: "web",
+          description: "Target B's faceset" },
+        BLENDFILE_SETTING,
+        SCENE_SETTING,
+    ],
+};
+
+function compileJob(job) {
+    const settings = job.settings;
+    requireAbsolute(settings, { model: "the Train panel's Model", faceset_a: "Extract A", faceset_b: "Extract B" });
+    const options = [`model=${pythonString(settings.model)}`];
+    if (settings.iterations > 0) {
+        options.push(`iterations=${Number(settings.iterations)}`);
+    }
+    job.addTask(blenderTask("train", settings, `bpy.ops.facereplace.train(${options.join(", ")})`));
+}
