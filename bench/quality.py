@@ -3,13 +3,15 @@ shot, evaluate it, and print one table (also written as JSON).
 
     .venv/bin/python bench/quality.py                                  # fast preset, 2, 5 and 10 minutes
     .venv/bin/python bench/quality.py --budgets 2 10 --work work/quality
+    .venv/bin/python bench/quality.py --iterations 120 600             # fixed work, on a busy machine
     .venv/bin/python bench/quality.py --config base="--preset fast" \\
         --config late="--preset fast --no-warp-after 0.8" --config detail="--preset fast | --detail 0.5"
 
 A configuration is NAME="TRAIN ARGS | CONVERT ARGS": engine train's options, and after a `|` engine
 convert's, exactly as on the command line. Configurations with the same train options share their
 models, so a convert option is measured on the same weights. Each budget trains its own model from
-scratch (a schedule that depends on the budget stays honest), with `--time-budget` in seconds.
+scratch (a schedule that depends on the budget stays honest), with `--time-budget` in seconds, or with
+`--iterations` where budgets are given as iteration counts.
 
 Data: with the shared talking-head clips (`../shared/clips` from the repository root, or `--clips`), A is
 d19.mp4 and B is d18.mp4, a pair the engine has not been tuned on (from a git worktree, the folder beside the main checkout), and the gallery is the main person of
@@ -19,7 +21,9 @@ mouth opening and closing, and there is no gallery. Facesets (dlib, 256 px) are 
 measure reaches old models at the cost of an evaluation.
 
 Training runs at the caller's priority. Wall-clock budgets on a shared machine buy fewer iterations when
-it is busy: the table gives the iterations each model reached, and the load average is recorded.
+it is busy: the table gives the iterations each model reached and the minutes it took, and the load
+average is recorded. On a busy machine give `--iterations` instead: the fast preset at 64 px runs about
+1 iteration a second on an idle 2-core CPU, so 120 and 600 iterations are its 2 and 10 minutes.
 """
 
 import argparse
@@ -124,9 +128,15 @@ def _slug(args: list[str]) -> str:
     return hashlib.sha1(" ".join(args).encode()).hexdigest()[:10]
 
 
-def train(data: dict, work: Path, train_args: list[str], minutes: float) -> dict:
-    """The model for these options and budget: trained now, or as an earlier run left it."""
-    folder = work / "models" / f"{_slug(train_args)}_{minutes:g}min"
+def budget_name(budget: tuple[str, float]) -> str:
+    kind, amount = budget
+    return f"{amount:g}min" if kind == "minutes" else f"{amount:g}it"
+
+
+def train(data: dict, work: Path, train_args: list[str], budget: tuple[str, float]) -> dict:
+    """The model for these options and budget ("minutes" or "iterations", amount): trained now, or as an
+    earlier run left it."""
+    folder = work / "models" / f"{_slug(train_args)}_{budget_name(budget)}"
     record = folder / "bench_train.json"
     if record.is_file():
         return media.read_json(record)
@@ -134,10 +144,11 @@ def train(data: dict, work: Path, train_args: list[str], minutes: float) -> dict
         import shutil
 
         shutil.rmtree(folder)
-    print(f"training {' '.join(train_args)} for {minutes:g} min -> {folder}", flush=True)
+    print(f"training {' '.join(train_args)} for {budget_name(budget)} -> {folder}", flush=True)
     load_before = os.getloadavg()[0]
     done = engine("train", "--a", str(data["a"]), "--b", str(data["b"]), "--model", str(folder),
-                  "--time-budget", str(minutes * 60), *train_args)
+                  *(["--time-budget", str(budget[1] * 60)] if budget[0] == "minutes" else ["--iterations", str(int(budget[1]))]),
+                  *train_args)
     summary = {"model": str(folder), "iterations": done["iterations"], "seconds": done["seconds"],
                "loss_a": done["loss_a"], "loss_b": done["loss_b"],
                "load": [round(load_before, 2), round(os.getloadavg()[0], 2)], "args": train_args}
@@ -145,9 +156,9 @@ def train(data: dict, work: Path, train_args: list[str], minutes: float) -> dict
     return summary
 
 
-def convert(data: dict, work: Path, name: str, model: dict, convert_args: list[str], minutes: float) -> Path:
-    folder = work / "layers" / f"{name}_{minutes:g}min"
-    print(f"converting {data['shot'].name} with {name} at {minutes:g} min -> {folder}", flush=True)
+def convert(data: dict, work: Path, name: str, model: dict, convert_args: list[str], budget: tuple[str, float]) -> Path:
+    folder = work / "layers" / f"{name}_{budget_name(budget)}"
+    print(f"converting {data['shot'].name} with {name} at {budget_name(budget)} -> {folder}", flush=True)
     engine("convert", str(data["shot"]), "--alignments", str(data["b"]), "--model", model["model"],
            "--output", str(folder), *convert_args)
     return folder
@@ -174,10 +185,10 @@ def _cell(value, fmt: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    headings = ["config", "budget", "iterations"] + [c[0] for c in COLUMNS]
+    headings = ["config", "budget", "iterations", "train min"] + [c[0] for c in COLUMNS]
     lines = ["| " + " | ".join(headings) + " |", "|" + " --- |" * len(headings)]
     for row in rows:
-        cells = [row["config"], f"{row['minutes']:g} min", str(row["iterations"])]
+        cells = [row["config"], row["budget"], str(row["iterations"]), f"{row['train_seconds'] / 60:.1f}"]
         cells += [_cell(row["summary"].get(key), fmt) for _, key, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -189,6 +200,8 @@ def main() -> None:
                         help=f"a configuration to measure (repeatable; default {DEFAULT_CONFIGS[0]})")
     parser.add_argument("--budgets", nargs="+", type=float, default=[2, 5, 10], metavar="MINUTES",
                         help="training budgets in minutes of wall clock (default 2 5 10)")
+    parser.add_argument("--iterations", nargs="+", type=int, metavar="N",
+                        help="training budgets in iterations instead of minutes (for a busy machine)")
     parser.add_argument("--work", type=Path, default=ROOT / "work" / "quality", metavar="DIR",
                         help="where facesets, models, layers and the results are kept (default work/quality)")
     parser.add_argument("--clips", type=Path, default=default_clips(), metavar="DIR",
@@ -203,15 +216,17 @@ def main() -> None:
     data = prepare_data(work, args.clips)
     configs = [parse_config(c) for c in (args.config or DEFAULT_CONFIGS)]
     print(f"data: {data['source']}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    budgets = [("iterations", n) for n in args.iterations] if args.iterations else [("minutes", m) for m in args.budgets]
     rows = []
     for name, train_args, convert_args in configs:
-        for minutes in args.budgets:
-            model = train(data, work, train_args, minutes)
-            layers = convert(data, work, name, model, convert_args, minutes)
+        for budget in budgets:
+            model = train(data, work, train_args, budget)
+            layers = convert(data, work, name, model, convert_args, budget)
             started = time.monotonic()
             report = evaluate(data["shot"], data["b"], layers, data["a"], frames=args.frames, gallery=data["gallery"])
-            picture = still(data, layers, report, work / "stills" / f"{name}_{minutes:g}min.png")
-            rows.append({"config": name, "train_args": train_args, "convert_args": convert_args, "minutes": minutes,
+            picture = still(data, layers, report, work / "stills" / f"{name}_{budget_name(budget)}.png")
+            rows.append({"config": name, "train_args": train_args, "convert_args": convert_args,
+                         "budget": budget_name(budget),
                          "iterations": model["iterations"], "train_seconds": model["seconds"], "load": model["load"],
                          "evaluate_seconds": round(time.monotonic() - started, 1), "summary": report["summary"],
                          "layers": str(layers), "still": str(picture)})

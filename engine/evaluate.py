@@ -4,7 +4,7 @@ Each frame's face layer (LAYERS/face/face_%06d.png|exr, straight alpha) is compo
 frame in the shot's own space, as a compositor would, and the result is compared with the original:
 
 - identity: cosine similarity of the swapped face's 128-D embedding (dlib, at its re-detected
-  landmarks) to A's mean embedding and to the original face's; ID retrieval is the share of frames
+  landmarks) to A's (the medoid of A's embeddings) and to the original face's; ID retrieval is the share of frames
   whose swapped face is nearer (by cosine) to A than to the face it replaced; the same-person rate is
   the share within dlib's same-person distance (0.6) of A, which a blob that is nearer A than B by
   chance does not pass; gallery retrieval (with a gallery of other people's facesets) is the share of
@@ -123,7 +123,9 @@ def _layer_path(layers: Path, manifest: dict, number: int) -> Path:
 
 
 def source_identity(faceset: str | Path, what: str = "source faceset") -> np.ndarray:
-    """The mean 128-D embedding of a faceset's faces (those not moved aside by curate)."""
+    """A faceset's identity: the medoid of its faces' 128-D embeddings (those not moved aside by curate),
+    as curate takes it. dlib's same-person distance is calibrated between two faces; a mean embedding
+    is no one's face and sits nearer the middle of face space, where a featureless blob lands too."""
     folder = Path(faceset)
     alignments = Alignments.load(folder / ALIGNMENTS_FILE if folder.is_dir() else folder)
     base = folder if folder.is_dir() else folder.parent
@@ -131,14 +133,14 @@ def source_identity(faceset: str | Path, what: str = "source faceset") -> np.nda
                   if (base / f.image).is_file() and len(f.embedding) == 128]
     if not embeddings:
         raise EngineError(f"{what} {faceset} holds no faces with identity embeddings")
-    return np.mean(embeddings, axis=0)
+    return identity.medoid(np.stack(embeddings))
 
 
 def shot_identity(alignments: Alignments) -> np.ndarray | None:
-    """B's identity: the mean of the embeddings extract stored for the shot's faces (None if it stored none)."""
+    """B's identity: the medoid of the embeddings extract stored for the shot's faces (None if it stored none)."""
     embeddings = [np.asarray(f.embedding, np.float32) for _, f in alignments.faces() if len(f.embedding) == 128]
     embeddings = [e for e in embeddings if e.any()]
-    return np.mean(embeddings, axis=0) if embeddings else None
+    return identity.medoid(np.stack(embeddings)) if embeddings else None
 
 
 # ---------------------------------------------------------------- per-frame measures
@@ -273,7 +275,7 @@ class FrameMeasures:
 
     def __init__(self, alignments: Alignments, identity_a: np.ndarray, detector, linear: bool,
                  gallery: dict[str, np.ndarray] | None = None):
-        """`gallery`: identity name -> mean embedding, A's ("A") among them, for gallery retrieval."""
+        """`gallery`: identity name -> embedding, A's ("A") among them, for gallery retrieval."""
         self.alignments, self.identity_a, self.detector, self.linear = alignments, identity_a, detector, linear
         self.gallery = gallery
         self.inside = masks.hull_mask(align.template_points(ANALYSIS_SIZE, alignments.coverage), ANALYSIS_SIZE) > 0.5
