@@ -69,6 +69,7 @@ COLUMNS = [
     ("flicker", "flicker_ratio", "{:.2f}"),
     ("seam excess", "seam_excess", "{:.2f}"),
     ("dist A", "distance_a", "{:.3f}"),
+    ("ID retrieval", "id_retrieval", "{:.2f}"),
 ]
 
 
