@@ -5,6 +5,7 @@ A clip moves the photo with a known similarity transform per frame (drift, zoom,
 knows exactly where every landmark must land.
 """
 
+import functools
 import math
 from pathlib import Path
 
@@ -48,6 +49,41 @@ def clip_transforms(frames: int, size: tuple[int, int], photo: str, scale: float
     return out
 
 
+@functools.cache
+def photo_landmarks(photo: str) -> np.ndarray:
+    """The photo's 68 landmarks (dlib), found once."""
+    from engine.faces.detect import make_detector
+
+    return max(make_detector("dlib").detect(PHOTOS[photo]()), key=lambda d: d.area).landmarks
+
+
+def open_mouth(image: np.ndarray, landmarks: np.ndarray, opening: float) -> np.ndarray:
+    """The photo with its jaw dropped by `opening` (a share of the eye distance) and the gap between the
+    lips dark, as a mouth opens: everything below the upper lip's inner edge moves down, most under the
+    mouth's middle, fading out toward the cheeks and below the chin."""
+    points = np.asarray(landmarks, np.float64)
+    drop = opening * np.linalg.norm(points[45] - points[36])
+    centre_x, width = points[[48, 54], 0].mean(), points[54, 0] - points[48, 0]
+    chin, face_height = points[8, 1], points[8, 1] - points[27, 1]
+    upper = points[60:65]  # the upper lip's inner edge, left to right
+
+    def shift(x, y):
+        across = np.exp(-(((x - centre_x) / (0.35 * width)) ** 2))
+        below_chin = np.clip(1.0 - (y - chin) / (0.4 * face_height), 0.0, 1.0)
+        line = np.interp(x, upper[:, 0], upper[:, 1])
+        return drop * across * below_chin * (y > line)
+
+    h, w = image.shape[:2]
+    grid_y, grid_x = np.mgrid[0:h, 0:w].astype(np.float32)
+    map_y = (grid_y - shift(grid_x, grid_y)).astype(np.float32)
+    out = cv2.remap(image, grid_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    lower = points[[64, 65, 66, 67, 60]]  # the lower lip's inner edge, right to left, where it moved to
+    lower = lower + np.stack([np.zeros(5), shift(lower[:, 0], lower[:, 1] + 1.0)], axis=1)
+    gap = np.round(np.concatenate([upper, lower]) * 16).astype(np.int32)
+    cv2.fillPoly(out, [gap], (60, 25, 30), lineType=cv2.LINE_AA, shift=4)
+    return out
+
+
 def make_clip(
     photo: str = "astronaut",
     frames: int = 12,
@@ -55,12 +91,17 @@ def make_clip(
     scale: float = 1.0,
     motion: float = 1.0,
     light: float = 0.15,
+    mouth: float = 0.0,
 ):
-    """(frames, matrices): RGB uint8 frames of `size` and the photo->frame matrix of each."""
+    """(frames, matrices): RGB uint8 frames of `size` and the photo->frame matrix of each. With `mouth`,
+    the mouth opens and closes twice over the clip, at most by that share of the eye distance."""
     image = PHOTOS[photo]()
     matrices = clip_transforms(frames, size, photo, scale, motion)
     out = []
     for i, m in enumerate(matrices):
+        if mouth:
+            opening = mouth * (0.5 - 0.5 * math.cos(4 * math.pi * i / max(frames - 1, 1)))
+            image = open_mouth(PHOTOS[photo](), photo_landmarks(photo), opening)
         frame = cv2.warpAffine(image, m, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
         gain = 1.0 + light * math.sin(2 * math.pi * i / max(frames, 1))
         out.append(np.clip(frame.astype(np.float32) * gain, 0, 255).astype(np.uint8))

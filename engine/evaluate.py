@@ -4,11 +4,19 @@ Each frame's face layer (LAYERS/face/face_%06d.png|exr, straight alpha) is compo
 frame in the shot's own space, as a compositor would, and the result is compared with the original:
 
 - identity: cosine similarity of the swapped face's 128-D embedding (dlib, at its re-detected
-  landmarks) to A's mean embedding and to the original face's; ID retrieval is the share of frames
-  whose swapped face is nearer (by cosine) to A than to the face it replaced;
+  landmarks) to A's (the medoid of A's embeddings) and to the original face's; ID retrieval is the share of frames
+  whose swapped face is nearer (by cosine) to A than to the face it replaced; the same-person rate is
+  the share within dlib's same-person distance (0.6) of A, which a blob that is nearer A than B by
+  chance does not pass; gallery retrieval (with a gallery of other people's facesets) is the share of
+  frames whose nearest identity among A, B and the gallery is A;
+- detail: the fine detail (mean absolute high-pass: the grey image minus its 1.5 px Gaussian blur) of
+  the inner face (brows to lips, where the layer is opaque) in the composite, over the original's in
+  the same pixels: 1 for a swap as sharp as the plate, about 0.3 for a 64 px model on a 480 px shot;
 - expression and pose kept: mean distance between the 68 landmarks re-detected on the swapped face and
   on the original, over the inter-ocular distance (outer eye corners, as 300-W normalises), and the
-  difference of their yaw and pitch;
+  difference of their yaw and pitch; expression carried: the mouth's and the eyes' opening (inner lip
+  and lid gaps over the inter-ocular distance) of the swapped face against the original's, as their
+  correlation over the shot and their mean absolute difference;
 - temporal stability: flicker, the mean frame-to-frame change (8-bit levels) of the aligned face
   region, beside the original's own change (their ratio is about 1 for a stable swap); landmark jitter,
   the frame-to-frame change of the swapped face's landmarks relative to the original's, over the
@@ -44,6 +52,11 @@ MIN_SECTOR_PIXELS = 4
 CROP_MARGIN = 0.4  # re-detection searches the face box grown by this share of its size on every side
 MIN_OVERLAP = 0.3  # a re-detected face must overlap the stored box this much (IoU) to be the same face
 LEFT_EYE_CORNER, RIGHT_EYE_CORNER = 36, 45
+DETAIL_SIGMA = 1.5  # the high-pass that detail measures: the image minus its Gaussian blur of this sigma (px)
+INNER_FACE = np.arange(17, 68)  # brows, nose, eyes and lips: the face inside the jaw line, away from the mask edge
+MOUTH_GAPS = ((61, 67), (62, 66), (63, 65))  # inner lip pairs, upper to lower
+EYE_GAPS = ((37, 41), (38, 40), (43, 47), (44, 46))  # lid pairs, upper to lower
+MIN_SPREAD = 1e-3  # an opening that varies less than this (share of eye distance) over the shot does not move
 
 
 def add_arguments(parser) -> None:
@@ -56,11 +69,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--frames", metavar="A-B", help="evaluate only frames A-B (inclusive, the shot's numbers)")
     parser.add_argument("--detector", default="dlib", choices=["dlib", "fan", "auto"],
                         help="landmark re-detection backend (dlib runs offline)")
+    parser.add_argument("--gallery", nargs="+", default=[], metavar="FACESET",
+                        help="facesets of other people: gallery retrieval is the share of frames whose swapped "
+                             "face is nearest A among A, B and these")
 
 
 def run(args, events: Events) -> None:
     evaluate(args.shot, args.alignments, args.layers, args.source, output=args.output, frames=args.frames,
-             detector=args.detector, device=args.device, events=events)
+             detector=args.detector, device=args.device, gallery=args.gallery, events=events)
 
 
 # ---------------------------------------------------------------- inputs and their checks
@@ -106,22 +122,31 @@ def _layer_path(layers: Path, manifest: dict, number: int) -> Path:
     return layers / (manifest["files"]["face"] % number)
 
 
-def source_identity(faceset: str | Path) -> np.ndarray:
-    """The mean 128-D embedding of a faceset's faces (those not moved aside by curate)."""
+def source_identity(faceset: str | Path, what: str = "source faceset") -> np.ndarray:
+    """A faceset's identity: the medoid of its faces' 128-D embeddings (those not moved aside by curate),
+    as curate takes it. dlib's same-person distance is calibrated between two faces; a mean embedding
+    is no one's face and sits nearer the middle of face space, where a featureless blob lands too."""
     folder = Path(faceset)
     alignments = Alignments.load(folder / ALIGNMENTS_FILE if folder.is_dir() else folder)
     base = folder if folder.is_dir() else folder.parent
     embeddings = [np.asarray(f.embedding, np.float32) for _, f in alignments.faces()
                   if (base / f.image).is_file() and len(f.embedding) == 128]
     if not embeddings:
-        raise EngineError(f"source faceset {faceset} holds no faces with identity embeddings")
-    return np.mean(embeddings, axis=0)
+        raise EngineError(f"{what} {faceset} holds no faces with identity embeddings")
+    return identity.medoid(np.stack(embeddings))
+
+
+def shot_identity(alignments: Alignments) -> np.ndarray | None:
+    """B's identity: the medoid of the embeddings extract stored for the shot's faces (None if it stored none)."""
+    embeddings = [np.asarray(f.embedding, np.float32) for _, f in alignments.faces() if len(f.embedding) == 128]
+    embeddings = [e for e in embeddings if e.any()]
+    return identity.medoid(np.stack(embeddings)) if embeddings else None
 
 
 # ---------------------------------------------------------------- per-frame measures
 
 
-def _composite(frame: np.ndarray, layer: np.ndarray, linear: bool) -> tuple[np.ndarray, np.ndarray]:
+def composite(frame: np.ndarray, layer: np.ndarray, linear: bool) -> tuple[np.ndarray, np.ndarray]:
     """(composite as sRGB uint8, alpha float32): straight-alpha over, in the shot's own space.
 
     PNG layers are 16-bit sRGB and EXR layers scene-linear, as convert writes them."""
@@ -163,6 +188,41 @@ def _redetect(detector, image: np.ndarray, box) -> np.ndarray | None:
     if best is None or _box_iou(best[1], box) < MIN_OVERLAP:
         return None
     return np.asarray(best[0].landmarks, np.float64) + [cx0, cy0]
+
+
+def detail(grey: np.ndarray, region: np.ndarray) -> float:
+    """Mean absolute high-pass (the image minus its DETAIL_SIGMA Gaussian blur) of `grey` inside `region`."""
+    high = grey - cv2.GaussianBlur(grey, (0, 0), DETAIL_SIGMA)
+    return float(np.abs(high[region]).mean())
+
+
+def _inner_face(landmarks: np.ndarray, alpha: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """(crop, mask in the crop) of the inner face where the layer is opaque, or None where there is none.
+
+    The crop leaves room for the blur, so pixels at the region's edge see their real neighbours."""
+    h, w = alpha.shape
+    pad = int(4 * DETAIL_SIGMA) + 1
+    x0, y0 = np.floor(landmarks[INNER_FACE].min(0)).astype(int) - pad
+    x1, y1 = np.ceil(landmarks[INNER_FACE].max(0)).astype(int) + pad + 1
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    crop = (slice(y0, y1), slice(x0, x1))
+    region = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    hull = cv2.convexHull(np.round((landmarks[INNER_FACE] - [x0, y0]) * 16).astype(np.int32))
+    cv2.fillConvexPoly(region, hull, 1, shift=4)
+    region = (region > 0) & (alpha[crop] >= OPAQUE)
+    return (crop, region) if region.any() else None
+
+
+def openings(landmarks: np.ndarray) -> tuple[float, float]:
+    """(mouth, eyes): the mean inner-lip gap and lid gap, over the inter-ocular distance."""
+    ocular = float(np.linalg.norm(landmarks[RIGHT_EYE_CORNER] - landmarks[LEFT_EYE_CORNER])) or 1.0
+
+    def gap(pairs):
+        return float(np.mean([np.linalg.norm(landmarks[a] - landmarks[b]) for a, b in pairs]) / ocular)
+
+    return gap(MOUTH_GAPS), gap(EYE_GAPS)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -213,27 +273,30 @@ def seam_steps(composite: np.ndarray, original: np.ndarray, alpha: np.ndarray, b
 class FrameMeasures:
     """Measures one frame, keeping what the next frame's temporal measures need."""
 
-    def __init__(self, alignments: Alignments, identity_a: np.ndarray, detector, linear: bool):
+    def __init__(self, alignments: Alignments, identity_a: np.ndarray, detector, linear: bool,
+                 gallery: dict[str, np.ndarray] | None = None):
+        """`gallery`: identity name -> embedding, A's ("A") among them, for gallery retrieval."""
         self.alignments, self.identity_a, self.detector, self.linear = alignments, identity_a, detector, linear
+        self.gallery = gallery
         self.inside = masks.hull_mask(align.template_points(ANALYSIS_SIZE, alignments.coverage), ANALYSIS_SIZE) > 0.5
         self.previous: dict | None = None
 
     def measure(self, number: int, frame: np.ndarray, layer: np.ndarray, adjacent: bool) -> dict:
         face = self.alignments.frame(number).faces[0]  # extract keeps one face a frame: the tracked person
-        composite, alpha = _composite(frame, layer, self.linear)
+        swapped, alpha = composite(frame, layer, self.linear)
         original = media.to_srgb8(frame)
         stored = np.asarray(face.landmarks, np.float64)
         ocular = float(np.linalg.norm(stored[RIGHT_EYE_CORNER] - stored[LEFT_EYE_CORNER])) or 1.0
         record = {"frame": number, "swapped": bool(alpha.max() > CLEAR)}
 
         box = np.asarray(face.bbox, np.float64)
-        points_swap = _redetect(self.detector, composite, box)
+        points_swap = _redetect(self.detector, swapped, box)
         points_orig = _redetect(self.detector, original, box)
         record["redetected"] = points_swap is not None
         if points_orig is None:
             points_orig = stored  # extract found it; keep the frame rather than lose it
 
-        e_swap = identity.embed_faces(composite, [points_swap if points_swap is not None else stored])[0]
+        e_swap = identity.embed_faces(swapped, [points_swap if points_swap is not None else stored])[0]
         # extract embedded the original already, from this frame; the network is most of the time here
         e_orig = np.asarray(face.embedding, np.float32)
         if e_orig.shape != (128,):
@@ -242,6 +305,17 @@ class FrameMeasures:
         record["identity_b"] = _cosine(e_swap, e_orig)
         record["distance_a"] = float(identity.distances(e_swap, self.identity_a))
         record["nearer_a"] = record["identity_a"] > record["identity_b"]
+        record["same_person"] = record["distance_a"] < identity.SAME_PERSON
+        if self.gallery:
+            names = list(self.gallery)
+            record["nearest"] = names[int(np.argmin(identity.distances(np.stack(list(self.gallery.values())), e_swap)))]
+
+        inner = _inner_face(stored, alpha)
+        if inner is not None:
+            crop, region = inner
+            record["detail"] = detail(cv2.cvtColor(swapped[crop], cv2.COLOR_RGB2GRAY).astype(np.float32), region)
+            record["detail_original"] = detail(cv2.cvtColor(original[crop], cv2.COLOR_RGB2GRAY).astype(np.float32),
+                                               region)
 
         size = tuple(self.alignments.source_size)
         if points_swap is not None:
@@ -249,9 +323,11 @@ class FrameMeasures:
             pose_swap, pose_orig = head_pose(points_swap, size), head_pose(points_orig, size)
             record["yaw_error"] = abs(pose_swap[0] - pose_orig[0])
             record["pitch_error"] = abs(pose_swap[1] - pose_orig[1])
+            record["mouth_open"], record["eye_open"] = openings(points_swap)
+            record["mouth_open_original"], record["eye_open_original"] = openings(points_orig)
 
         matrix = align.scale_matrix(face.matrix, self.alignments.face_size, ANALYSIS_SIZE)
-        aligned_swap = align.warp_face(composite, matrix, ANALYSIS_SIZE).astype(np.float32)[self.inside]
+        aligned_swap = align.warp_face(swapped, matrix, ANALYSIS_SIZE).astype(np.float32)[self.inside]
         aligned_orig = align.warp_face(original, matrix, ANALYSIS_SIZE).astype(np.float32)[self.inside]
         offset = points_swap - points_orig if points_swap is not None else None
         previous = self.previous if adjacent else None
@@ -265,7 +341,7 @@ class FrameMeasures:
         band = max(2, round(0.08 * ocular))
         x0, y0, x1, y1 = _region(alpha, band)
         if x1 > x0:
-            record.update(seam_steps(composite[y0:y1, x0:x1], original[y0:y1, x0:x1], alpha[y0:y1, x0:x1], band))
+            record.update(seam_steps(swapped[y0:y1, x0:x1], original[y0:y1, x0:x1], alpha[y0:y1, x0:x1], band))
         return record
 
 
@@ -287,23 +363,59 @@ def _mean(records: list[dict], key: str) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
 
 
+def _share(records: list[dict], test) -> float | None:
+    return round(sum(map(test, records)) / len(records), 4) if records else None
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return round(numerator / denominator, 4) if numerator is not None and denominator else None
+
+
+def carried(records: list[dict], key: str) -> tuple[float | None, float | None]:
+    """(correlation, mean absolute difference) of the swap's `key` and the original's over the frames
+    holding both. The correlation is None where the original does not move (nothing to carry) and 0
+    where it moves and the swap does not."""
+    pairs = np.array([(r[key], r[f"{key}_original"]) for r in records if r.get(key) is not None], np.float64)
+    if not len(pairs):
+        return None, None
+    difference = round(float(np.abs(pairs[:, 0] - pairs[:, 1]).mean()), 4)
+    if len(pairs) < 3 or pairs[:, 1].std() < MIN_SPREAD:
+        return None, difference
+    if pairs[:, 0].std() < MIN_SPREAD:
+        return 0.0, difference
+    return round(float(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]), 4), difference
+
+
 def summarise(records: list[dict]) -> dict:
     swapped = [r for r in records if r["swapped"]]
     flicker, flicker_original = _mean(swapped, "flicker"), _mean(swapped, "flicker_original")
+    detail_swap, detail_original = _mean(swapped, "detail"), _mean(swapped, "detail_original")
+    mouth_correlation, mouth_difference = carried(swapped, "mouth_open")
+    eye_correlation, eye_difference = carried(swapped, "eye_open")
+    ranked = [r for r in swapped if "nearest" in r]
     return {
         "frames_evaluated": len(records),
         "frames_swapped": len(swapped),
-        "redetected": round(sum(r["redetected"] for r in swapped) / len(swapped), 4) if swapped else None,
+        "redetected": _share(swapped, lambda r: r["redetected"]),
         "identity_a": _mean(swapped, "identity_a"),
         "identity_b": _mean(swapped, "identity_b"),
         "distance_a": _mean(swapped, "distance_a"),
-        "id_retrieval": round(sum(r["nearer_a"] for r in swapped) / len(swapped), 4) if swapped else None,
+        "id_retrieval": _share(swapped, lambda r: r["nearer_a"]),
+        "same_person": _share(swapped, lambda r: r["same_person"]),
+        "gallery_retrieval": _share(ranked, lambda r: r["nearest"] == "A"),
+        "detail": detail_swap,
+        "detail_original": detail_original,
+        "detail_ratio": _ratio(detail_swap, detail_original),
+        "mouth_correlation": mouth_correlation,
+        "mouth_difference": mouth_difference,
+        "eye_correlation": eye_correlation,
+        "eye_difference": eye_difference,
         "landmark_error": _mean(swapped, "landmark_error"),
         "yaw_error": _mean(swapped, "yaw_error"),
         "pitch_error": _mean(swapped, "pitch_error"),
         "flicker": flicker,
         "flicker_original": flicker_original,
-        "flicker_ratio": round(flicker / flicker_original, 4) if flicker is not None and flicker_original else None,
+        "flicker_ratio": _ratio(flicker, flicker_original),
         "jitter": _mean(swapped, "jitter"),
         "seam": _mean(swapped, "seam"),
         "seam_original": _mean(swapped, "seam_original"),
@@ -324,7 +436,11 @@ def _plot(records: list[dict], summary: dict, path: Path) -> Path:
 
     panels = [
         ("identity (cosine)", [("to A", "identity_a"), ("to original B", "identity_b")]),
+        ("distance to A\n(< 0.6 same person)", [("swap", "distance_a")]),
         ("landmark error / inter-ocular", [("swap vs original", "landmark_error"), ("jitter", "jitter")]),
+        ("opening / inter-ocular", [("mouth, swap", "mouth_open"), ("mouth, original", "mouth_open_original"),
+                                    ("eyes, swap", "eye_open"), ("eyes, original", "eye_open_original")]),
+        ("detail (high-pass, 8-bit)", [("swap", "detail"), ("original", "detail_original")]),
         ("flicker (8-bit levels)", [("swap", "flicker"), ("original", "flicker_original")]),
         ("seam (delta E)", [("swap", "seam"), ("original", "seam_original"), ("excess", "seam_excess")]),
     ]
@@ -332,12 +448,18 @@ def _plot(records: list[dict], summary: dict, path: Path) -> Path:
     for axis, (title, lines) in zip(axes, panels, strict=True):
         for label, key in lines:
             axis.plot(frames, series(key), marker=".", linewidth=1, label=label)
+        if lines[0][1] == "distance_a":
+            axis.axhline(identity.SAME_PERSON, color="grey", linestyle="--", linewidth=1)
         axis.set_ylabel(title, fontsize=8)
         axis.legend(fontsize=7, loc="upper right")
         axis.grid(alpha=0.3)
     axes[-1].set_xlabel("frame")
-    retrieval = summary["id_retrieval"]
-    figure.suptitle(f"ID retrieval {retrieval:.0%}" if retrieval is not None else "no swapped frames", fontsize=10)
+    headline = [(name, summary[key]) for name, key in (("ID retrieval", "id_retrieval"), ("same person", "same_person"),
+                                                         ("gallery retrieval", "gallery_retrieval"))]
+    title = ", ".join(f"{name} {value:.0%}" for name, value in headline if value is not None)
+    if summary["detail_ratio"] is not None:
+        title += f", detail ratio {summary['detail_ratio']:.2f}"
+    figure.suptitle(title or "no swapped frames", fontsize=10)
     figure.tight_layout()
     with media.atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
@@ -357,9 +479,12 @@ def evaluate(
     frames: str | None = None,
     detector: str = "dlib",
     device: str = "cpu",
+    gallery: list[str | Path] = (),
     events: Events | None = None,
 ) -> dict:
-    """Measure the converted shot; returns {"summary", "frames", "outputs", ...} as written to evaluation.json."""
+    """Measure the converted shot; returns {"summary", "frames", "outputs", ...} as written to evaluation.json.
+
+    `gallery`: facesets of other people, for gallery retrieval."""
     events = events or Events("evaluate")
     frame_source = media.FrameSource(shot)
     alignments_path = Path(alignments)
@@ -370,6 +495,13 @@ def evaluate(
     manifest = _load_manifest(layers)
     _check_layers_match(manifest, frame_source, layers, events)
     identity_a = source_identity(source)
+    identities = None
+    if gallery:
+        identity_b = shot_identity(shot_alignments)
+        if identity_b is None:
+            raise EngineError(f"alignments {alignments_path} hold no identity embeddings: gallery retrieval needs B's")
+        identities = {"A": identity_a, "B": identity_b}
+        identities.update({str(Path(g).resolve()): source_identity(g, "gallery faceset") for g in gallery})
 
     numbers = [n for n in frame_source.select(frames) if (f := shot_alignments.frame(n)) is not None and f.faces]
     missing = [n for n in numbers if not _layer_path(layers, manifest, n).is_file()]
@@ -389,7 +521,7 @@ def evaluate(
 
     torch_device = str(pick_device(device)) if detector != "dlib" else "cpu"
     measures = FrameMeasures(shot_alignments, identity_a, make_detector(detector, torch_device),
-                             frame_source.linear)
+                             frame_source.linear, identities)
     events.start(shot=str(frame_source.path), frames=len(numbers), layers=str(layers), output=str(folder))
     position = {n: i for i, n in enumerate(frame_source.numbers)}
     step = int(shot_alignments.settings.get("every", 1))  # frames an extract with --every N stepped over
@@ -413,6 +545,7 @@ def evaluate(
         "alignments": str(alignments_path.resolve()),
         "layers": str(layers.resolve()),
         "source": str(Path(source).resolve()),
+        "gallery": [str(Path(g).resolve()) for g in gallery],
         "detector": measures.detector.name,
         "summary": summary,
         "frames": records,

@@ -1,7 +1,8 @@
 """Evaluate on the real sample faces. The layers are made the way convert makes them, from real pixels:
 a faceset's aligned faces warped onto shot B's faces by the inverse of B's alignment matrices, written
 as 16-bit straight-alpha RGBA PNGs with a manifest, so what is measured is known: A's own faces (a
-perfect swap), or B's own faces (no swap at all)."""
+perfect swap), or B's own faces (no swap at all). The sample photos are still, so expression is measured
+on a clip whose mouth opens and closes (the photo's jaw warped down, the gap between the lips dark)."""
 
 import json
 import shutil
@@ -11,20 +12,25 @@ import cv2
 import numpy as np
 import pytest
 
+from demo import samples
 from engine import media
 from engine.__main__ import main
+from engine.convert import convert
 from engine.evaluate import evaluate
+from engine.extract import extract
 from engine.faces import align
 from engine.faceset import Alignments
 from tests.test_curate import empty_copy
 
 
 def write_layers(folder: Path, shot: Path, shot_faceset: Path, donor: Path, noise: float = 0.0,
-                 brighten: float = 0.0, seed: int = 0, exr: bool = False) -> Path:
+                 brighten: float = 0.0, seed: int = 0, exr: bool = False, blur: float = 0.0,
+                 donor_face: int | None = None) -> Path:
     """Convert-style output for `shot`: the donor faceset's faces at the shot's faces. `noise` (frame
     pixels) shakes the landmarks the placement is fitted to, as an unsmoothed detector would; `brighten`
-    lifts the face's levels, as a failed colour match would; `exr` writes scene-linear float EXR layers
-    instead of 16-bit sRGB PNGs."""
+    lifts the face's levels, as a failed colour match would; `blur` (aligned-face pixels) softens the
+    face, as a low-resolution model draws it; `donor_face` puts that one donor face in every frame;
+    `exr` writes scene-linear float EXR layers instead of 16-bit sRGB PNGs."""
     source = media.FrameSource(shot)
     alignments = Alignments.load(shot_faceset)
     donors = [face for _, face in Alignments.load(donor).faces()]
@@ -35,9 +41,11 @@ def write_layers(folder: Path, shot: Path, shot_faceset: Path, donor: Path, nois
         layer = np.zeros((h, w, 4), np.float32)
         frame = alignments.frame(number)
         if frame is not None and frame.faces:
-            face, donor_face = frame.faces[0], donors[i % len(donors)]
-            pixels = media.read_image(donor / donor_face.image).astype(np.float32) / 255.0 + brighten
-            mask = media.read_image(donor / donor_face.mask_extended).astype(np.float32) / 255.0
+            face, given = frame.faces[0], donors[i % len(donors) if donor_face is None else donor_face]
+            pixels = media.read_image(donor / given.image).astype(np.float32) / 255.0 + brighten
+            if blur:
+                pixels = cv2.GaussianBlur(pixels, (0, 0), blur)
+            mask = media.read_image(donor / given.mask_extended).astype(np.float32) / 255.0
             mask = cv2.GaussianBlur(mask, (0, 0), 2.0)
             points = np.asarray(face.landmarks) + rng.normal(0, noise, 2) + rng.normal(0, noise / 2, (68, 2))
             matrix = align.alignment_matrix(points, alignments.face_size, alignments.coverage) if noise else face.matrix
@@ -86,6 +94,65 @@ def test_identity_is_high_for_a_faces_and_low_for_b_faces(shot_b, faceset_a, fac
     assert unchanged["flicker_ratio"] == pytest.approx(1.0, abs=0.1)
 
 
+def test_same_person_and_gallery_tell_a_from_b(shot_b, faceset_a, faceset_b, clean, talking, tmp_path):
+    assert clean["summary"]["same_person"] == 1.0
+    assert clean["summary"]["gallery_retrieval"] is None  # no gallery given
+    # Another faceset of Grace Hopper as the gallery: A's faces are still nearest A ...
+    gallery = evaluate(shot_b, faceset_b, clean["layers"], faceset_a, output=tmp_path / "gallery",
+                       gallery=[talking["faceset"]])["summary"]
+    assert gallery["gallery_retrieval"] == 1.0
+    # ... and B's own faces are nearest B or the gallery, and nowhere near A.
+    own = write_layers(tmp_path / "own", shot_b, faceset_b, faceset_b)
+    unchanged = evaluate(shot_b, faceset_b, own, faceset_a, gallery=[talking["faceset"]])["summary"]
+    assert unchanged["same_person"] == 0.0 and unchanged["gallery_retrieval"] == 0.0
+
+
+def test_an_untrained_blob_is_not_the_same_person(shot_b, faceset_a, faceset_b, tmp_path):
+    """22 iterations: a blotchy layer that is nearer A than B often enough to pass ID retrieval."""
+    from engine.train import train
+
+    train(faceset_a, faceset_b, tmp_path / "model", preset="tiny", iterations=22, seed=0, device="cpu")
+    layers = tmp_path / "layers"
+    convert(shot_b, faceset_b, tmp_path / "model", layers, device="cpu")
+    blob = evaluate(shot_b, faceset_b, layers, faceset_a)["summary"]
+    assert blob["frames_swapped"] == 16
+    assert blob["same_person"] == 0.0
+    assert blob["detail_ratio"] < 0.5
+
+
+def test_detail_is_one_for_a_sharp_layer_and_falls_when_blurred(shot_b, faceset_a, faceset_b, tmp_path):
+    sharp = write_layers(tmp_path / "sharp", shot_b, faceset_b, faceset_b)
+    sharp = evaluate(shot_b, faceset_b, sharp, faceset_a)
+    assert sharp["summary"]["detail_ratio"] == pytest.approx(1.0, abs=0.15)
+    assert all(r["detail_original"] > 0 for r in sharp["frames"])
+    soft = write_layers(tmp_path / "soft", shot_b, faceset_b, faceset_b, blur=2.0)
+    soft = evaluate(shot_b, faceset_b, soft, faceset_a)["summary"]
+    assert soft["detail_ratio"] < 0.5 * sharp["summary"]["detail_ratio"]
+
+
+@pytest.fixture(scope="module")
+def talking(tmp_path_factory) -> dict:
+    """Grace Hopper opening and closing her mouth twice over 16 frames, and its faceset."""
+    folder = tmp_path_factory.mktemp("talking")
+    frames, _ = samples.make_clip("grace_hopper", 16, (320, 240), scale=0.6, mouth=0.3)
+    shot = samples.write_sequence(folder / "frames", frames)
+    extract(shot, folder / "faceset", detector="dlib", size=128)
+    return {"shot": shot, "faceset": folder / "faceset"}
+
+
+def test_expression_is_carried_only_when_the_mouth_moves(talking, faceset_a, tmp_path):
+    shot, faceset = talking["shot"], talking["faceset"]
+    own = evaluate(shot, faceset, write_layers(tmp_path / "own", shot, faceset, faceset), faceset_a)["summary"]
+    assert own["mouth_correlation"] > 0.9 and own["mouth_difference"] < 0.03
+    # The first frame's closed mouth pasted over every frame: the shot's mouth moves, the swap's does not.
+    closed = write_layers(tmp_path / "closed", shot, faceset, faceset, donor_face=0)
+    still = evaluate(shot, faceset, closed, faceset_a)
+    assert still["summary"]["mouth_correlation"] < 0.5
+    assert still["summary"]["mouth_difference"] > 3 * own["mouth_difference"]
+    opened = max(still["frames"], key=lambda r: r["mouth_open_original"])
+    assert opened["mouth_open_original"] > 0.15 and opened["mouth_open"] < 0.08
+
+
 def test_linear_exr_layers_measure_as_their_png_twins(shot_b, faceset_a, faceset_b, clean, tmp_path):
     exr = write_layers(tmp_path / "exr", shot_b, faceset_b, faceset_a, exr=True)
     linear = evaluate(shot_b, faceset_b, exr, faceset_a)["summary"]
@@ -99,7 +166,8 @@ def test_writes_the_report_and_the_plot(clean):
     assert [r["frame"] for r in report["frames"]] == list(range(1, 17))
     first, later = report["frames"][0], report["frames"][1]
     assert "flicker" not in first and {"flicker", "flicker_original", "jitter"} <= later.keys()
-    assert {"identity_a", "identity_b", "nearer_a", "landmark_error", "seam", "seam_original"} <= first.keys()
+    assert {"identity_a", "identity_b", "nearer_a", "same_person", "landmark_error", "seam", "seam_original", "detail",
+            "detail_original", "mouth_open", "mouth_open_original", "eye_open", "eye_open_original"} <= first.keys()
     plot = media.read_image(clean["outputs"]["plot"])
     assert plot.shape[0] > 400 and plot.shape[1] > 600
 
@@ -124,11 +192,12 @@ def test_cli_reports_progress_and_the_summary_as_events(shot_b, faceset_a, faces
     out = tmp_path / "eval"
     assert main(["evaluate", str(shot_b), "--alignments", str(faceset_b / "alignments.json"), "--layers",
                  str(layers_a), "--source", str(faceset_a), "--output", str(out), "--frames", "3-6",
-                 "--events"]) == 0
+                 "--gallery", str(faceset_b), "--events"]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["frame"] for e in events if e["event"] == "progress"] == [3, 4, 5, 6]
     done = events[-1]
     assert done["event"] == "done" and done["frames_evaluated"] == 4 and done["id_retrieval"] == 1.0
+    assert done["same_person"] == done["gallery_retrieval"] == 1.0
     assert (out / "evaluation.json").is_file() and (out / "evaluation.png").is_file()
 
 
@@ -164,6 +233,8 @@ def test_bad_input_gets_one_clear_line(shot_a, shot_b, faceset_a, faceset_b, lay
     # A source faceset with no faces.
     empty = empty_copy(faceset_a, tmp_path / "empty")
     assert _error(args(source=empty), capsys) == f"error: source faceset {empty} holds no faces with identity embeddings"
+    message = _error(args() + ["--gallery", str(faceset_b), str(empty)], capsys)
+    assert message == f"error: gallery faceset {empty} holds no faces with identity embeddings"
 
     # Layer files missing altogether.
     bare = tmp_path / "bare"

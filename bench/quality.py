@@ -1,0 +1,240 @@
+"""Swap quality per minute of training: train each configuration for fixed time budgets, convert the held-out
+shot, evaluate it, and print one table (also written as JSON).
+
+    .venv/bin/python bench/quality.py                                  # fast preset, 2, 5 and 10 minutes
+    .venv/bin/python bench/quality.py --budgets 2 10 --work work/quality
+    .venv/bin/python bench/quality.py --iterations 120 600             # fixed work, on a busy machine
+    .venv/bin/python bench/quality.py --config base="--preset fast" \\
+        --config late="--preset fast --no-warp-after 0.8" --config detail="--preset fast | --detail 0.5"
+
+A configuration is NAME="TRAIN ARGS | CONVERT ARGS": engine train's options, and after a `|` engine
+convert's, exactly as on the command line. Configurations with the same train options share their
+models, so a convert option is measured on the same weights. Each budget trains its own model from
+scratch (a schedule that depends on the budget stays honest), with `--time-budget` in seconds, or with
+`--iterations` where budgets are given as iteration counts.
+
+Data: with the shared talking-head clips (`../shared/clips` from the repository root, or `--clips`), A is
+d19.mp4 and B is d18.mp4, a pair the engine has not been tuned on (from a git worktree, the folder beside the main checkout), and the gallery is the main person of
+s18, s32 and s20 (every 10th frame). Without them, A and B are clips made from the packaged photos, B's
+mouth opening and closing, and there is no gallery. Facesets (dlib, 256 px) are extracted once into
+`--work` and reused, as are trained models and converted layers: a rerun only re-evaluates, so a new
+measure reaches old models at the cost of an evaluation.
+
+Training runs at the caller's priority. Wall-clock budgets on a shared machine buy fewer iterations when
+it is busy: the table gives the iterations each model reached and the minutes it took, and the load
+average is recorded. On a busy machine give `--iterations` instead: the fast preset at 64 px runs about
+1 iteration a second on an idle 2-core CPU, so 120 and 600 iterations are its 2 and 10 minutes.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from demo import samples  # noqa: E402
+from engine import media  # noqa: E402
+
+
+def default_clips() -> Path:
+    """../shared/clips beside the repository, or beside its main checkout when this is a git worktree."""
+    roots = [ROOT]
+    common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=ROOT,
+                            capture_output=True, text=True)
+    if common.returncode == 0:
+        roots.append(Path(common.stdout.strip()).parent)
+    return next((r.parent / "shared" / "clips" for r in roots if (r.parent / "shared" / "clips").is_dir()),
+                ROOT.parent / "shared" / "clips")
+
+SHARED_PAIR = {"a": "d19.mp4", "b": "d18.mp4"}
+SHARED_GALLERY = {"s18": "s18.mp4", "s32": "s32.mp4", "s20": "s20.mp4"}
+GALLERY_EVERY = 10
+SAMPLE_FRAMES, SAMPLE_SIZE = 48, (480, 360)
+DEFAULT_CONFIGS = ["fast=--preset fast --size 64"]
+
+# The table's columns: (heading, summary key, format).
+COLUMNS = [
+    ("same-person", "same_person", "{:.2f}"),
+    ("gallery", "gallery_retrieval", "{:.2f}"),
+    ("detail", "detail_ratio", "{:.2f}"),
+    ("mouth corr", "mouth_correlation", "{:.2f}"),
+    ("mouth diff", "mouth_difference", "{:.3f}"),
+    ("eye corr", "eye_correlation", "{:.2f}"),
+    ("flicker", "flicker_ratio", "{:.2f}"),
+    ("seam excess", "seam_excess", "{:.2f}"),
+    ("dist A", "distance_a", "{:.3f}"),
+]
+
+
+def engine(*args: str) -> dict:
+    """Run `python -m engine ARGS --events` at this process's priority; returns the `done` event."""
+    command = [sys.executable, "-m", "engine", *args, "--events"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    done = [e for e in events if e.get("event") == "done"]
+    if result.returncode != 0 or not done:
+        sys.exit(f"error: {' '.join(command)} failed:\n{result.stderr.strip()[-2000:]}")
+    return done[-1]
+
+
+def extract(shot: Path, folder: Path, *options: str) -> Path:
+    if not (folder / "alignments.json").is_file() or not _complete(folder):
+        print(f"extracting {shot.name} -> {folder}", flush=True)
+        engine("extract", str(shot), "--output", str(folder), "--detector", "dlib", *options)
+    return folder
+
+
+def _complete(folder: Path) -> bool:
+    return bool(media.read_json(folder / "alignments.json").get("complete"))
+
+
+def prepare_data(work: Path, clips: Path) -> dict:
+    """{"shot": B's shot, "a", "b": facesets, "gallery": [facesets], "source": a description}."""
+    facesets = work / "facesets"
+    if all((clips / name).is_file() for name in SHARED_PAIR.values()):
+        gallery = [extract(clips / file, facesets / name, "--every", str(GALLERY_EVERY))
+                   for name, file in SHARED_GALLERY.items() if (clips / file).is_file()]
+        return {"shot": clips / SHARED_PAIR["b"], "a": extract(clips / SHARED_PAIR["a"], facesets / "a"),
+                "b": extract(clips / SHARED_PAIR["b"], facesets / "b"), "gallery": gallery,
+                "source": f"{clips}: A {SHARED_PAIR['a']}, B {SHARED_PAIR['b']}, gallery "
+                          + ", ".join(SHARED_GALLERY[g.name] for g in gallery)}
+    shots = work / "sample_shots"
+    shot_a, shot_b = shots / "astronaut", shots / "hopper_talking.mp4"
+    if not shot_a.is_dir():
+        samples.write_sequence(shot_a, samples.make_clip("astronaut", SAMPLE_FRAMES, SAMPLE_SIZE)[0])
+    if not shot_b.is_file():
+        samples.write_video(shot_b, samples.make_clip("grace_hopper", SAMPLE_FRAMES, SAMPLE_SIZE, scale=0.8, mouth=0.3)[0])
+    return {"shot": shot_b, "a": extract(shot_a, facesets / "a"), "b": extract(shot_b, facesets / "b"),
+            "gallery": [], "source": "packaged photos: A astronaut, B Grace Hopper (mouth moving), no gallery"}
+
+
+def parse_config(text: str) -> tuple[str, list[str], list[str]]:
+    name, sep, options = text.partition("=")
+    if not sep or not name.isidentifier():
+        sys.exit(f'error: --config {text!r}: expected NAME="TRAIN ARGS | CONVERT ARGS"')
+    train_args, _, convert_args = options.partition("|")
+    return name, shlex.split(train_args), shlex.split(convert_args)
+
+
+def _slug(args: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha1(" ".join(args).encode()).hexdigest()[:10]
+
+
+def budget_name(budget: tuple[str, float]) -> str:
+    kind, amount = budget
+    return f"{amount:g}min" if kind == "minutes" else f"{amount:g}it"
+
+
+def train(data: dict, work: Path, train_args: list[str], budget: tuple[str, float]) -> dict:
+    """The model for these options and budget ("minutes" or "iterations", amount): trained now, or as an
+    earlier run left it."""
+    folder = work / "models" / f"{_slug(train_args)}_{budget_name(budget)}"
+    record = folder / "bench_train.json"
+    if record.is_file():
+        return media.read_json(record)
+    if folder.exists():  # an interrupted run: start it again, the budget is wall-clock
+        import shutil
+
+        shutil.rmtree(folder)
+    print(f"training {' '.join(train_args)} for {budget_name(budget)} -> {folder}", flush=True)
+    load_before = os.getloadavg()[0]
+    done = engine("train", "--a", str(data["a"]), "--b", str(data["b"]), "--model", str(folder),
+                  *(["--time-budget", str(budget[1] * 60)] if budget[0] == "minutes" else ["--iterations", str(int(budget[1]))]),
+                  *train_args)
+    summary = {"model": str(folder), "iterations": done["iterations"], "seconds": done["seconds"],
+               "loss_a": done["loss_a"], "loss_b": done["loss_b"],
+               "load": [round(load_before, 2), round(os.getloadavg()[0], 2)], "args": train_args}
+    media.write_json(record, summary)
+    return summary
+
+
+def convert(data: dict, work: Path, name: str, model: dict, convert_args: list[str], budget: tuple[str, float]) -> Path:
+    folder = work / "layers" / f"{name}_{budget_name(budget)}"
+    print(f"converting {data['shot'].name} with {name} at {budget_name(budget)} -> {folder}", flush=True)
+    engine("convert", str(data["shot"]), "--alignments", str(data["b"]), "--model", model["model"],
+           "--output", str(folder), *convert_args)
+    return folder
+
+
+def still(data: dict, layers: Path, report: dict, path: Path) -> Path:
+    """Plate beside composite, at the shot's middle evaluated frame, for looking at."""
+    import numpy as np
+
+    from engine.evaluate import composite
+
+    numbers = [r["frame"] for r in report["frames"]]
+    number = numbers[len(numbers) // 2]
+    source = media.FrameSource(data["shot"])
+    _, frame = next(iter(source.frames([number])))
+    layer = media.read_image(layers / (media.read_json(layers / "manifest.json")["files"]["face"] % number))
+    swapped, _ = composite(frame, layer, source.linear)
+    media.write_image(path, np.concatenate([media.to_srgb8(frame), swapped], axis=1))
+    return path
+
+
+def _cell(value, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def table(rows: list[dict]) -> str:
+    headings = ["config", "budget", "iterations", "train min"] + [c[0] for c in COLUMNS]
+    lines = ["| " + " | ".join(headings) + " |", "|" + " --- |" * len(headings)]
+    for row in rows:
+        cells = [row["config"], row["budget"], str(row["iterations"]), f"{row['train_seconds'] / 60:.1f}"]
+        cells += [_cell(row["summary"].get(key), fmt) for _, key, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action="append", metavar='NAME="TRAIN ARGS | CONVERT ARGS"',
+                        help=f"a configuration to measure (repeatable; default {DEFAULT_CONFIGS[0]})")
+    parser.add_argument("--budgets", nargs="+", type=float, default=[2, 5, 10], metavar="MINUTES",
+                        help="training budgets in minutes of wall clock (default 2 5 10)")
+    parser.add_argument("--iterations", nargs="+", type=int, metavar="N",
+                        help="training budgets in iterations instead of minutes (for a busy machine)")
+    parser.add_argument("--work", type=Path, default=ROOT / "work" / "quality", metavar="DIR",
+                        help="where facesets, models, layers and the results are kept (default work/quality)")
+    parser.add_argument("--clips", type=Path, default=default_clips(), metavar="DIR",
+                        help="the shared clips folder (default ../shared/clips); absent, the packaged photos")
+    parser.add_argument("--frames", metavar="A-B", help="evaluate only these frames of B's shot")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="results file (default WORK/quality.json)")
+    args = parser.parse_args()
+
+    from engine.evaluate import evaluate
+
+    work = args.work.resolve()
+    data = prepare_data(work, args.clips)
+    configs = [parse_config(c) for c in (args.config or DEFAULT_CONFIGS)]
+    print(f"data: {data['source']}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    budgets = [("iterations", n) for n in args.iterations] if args.iterations else [("minutes", m) for m in args.budgets]
+    rows = []
+    for name, train_args, convert_args in configs:
+        for budget in budgets:
+            model = train(data, work, train_args, budget)
+            layers = convert(data, work, name, model, convert_args, budget)
+            started = time.monotonic()
+            report = evaluate(data["shot"], data["b"], layers, data["a"], frames=args.frames, gallery=data["gallery"])
+            picture = still(data, layers, report, work / "stills" / f"{name}_{budget_name(budget)}.png")
+            rows.append({"config": name, "train_args": train_args, "convert_args": convert_args,
+                         "budget": budget_name(budget),
+                         "iterations": model["iterations"], "train_seconds": model["seconds"], "load": model["load"],
+                         "evaluate_seconds": round(time.monotonic() - started, 1), "summary": report["summary"],
+                         "layers": str(layers), "still": str(picture)})
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    output = args.json or work / "quality.json"
+    media.write_json(output, {"data": data["source"], "cpus": os.cpu_count(), "rows": rows})
+    print(f"\n{data['source']}\n{table(rows)}\n\nwritten: {output}")
+
+
+if __name__ == "__main__":
+    main()
