@@ -105,7 +105,7 @@ def test_liae_trains_resumes_exactly_and_converts(faceset_a, faceset_b, shot_b, 
     model, config = load_model(tmp_path / "straight")
     assert config.architecture == "liae" and not hasattr(model, "decoders")
     out = tmp_path / "out"
-    convert(shot_b, faceset_b, tmp_path / "straight", out, frames="1-2", device="cpu")
+    convert(shot_b, faceset_b, tmp_path / "straight", out, mask="hull", frames="1-2", device="cpu")
     layer = media.read_image(out / "face" / "face_000001.png")
     assert layer[..., 3].max() > 60000  # an opaque face was drawn
 
