@@ -110,7 +110,7 @@ def add_arguments(parser) -> None:
                         help="start a new model from a base model's weights (one made with --pretrain, or any model)")
     parser.add_argument("--preset", choices=list(PRESETS),
                         help="model preset (default: quality on CUDA, fast on the CPU; on --resume, the model's own)")
-    parser.add_argument("--size", type=int, metavar="N", help="model resolution: 64, 128, 192 or 256 (default: the preset's)")
+    parser.add_argument("--size", type=int, metavar="N", help="model resolution: 64 to 512 in steps of 64 (default: the preset's)")
     parser.add_argument("--batch", type=int, metavar="N", help="faces per identity per iteration (per GPU)")
     parser.add_argument("--iterations", type=int, metavar="N", help="stop at this iteration (counted over resumes)")
     parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this long")
