@@ -140,19 +140,30 @@ def train(data: dict, work: Path, train_args: list[str], budget: tuple[str, floa
     record = folder / "bench_train.json"
     if record.is_file():
         return media.read_json(record)
-    if folder.exists():  # an interrupted run: start it again, the budget is wall-clock
-        import shutil
+    resume = []
+    if folder.exists():  # interrupted: iterations resume exactly; a wall-clock budget must start again
+        if budget[0] == "iterations" and (folder / "model.json").is_file():
+            resume = ["--resume"]
+        else:
+            import shutil
 
-        shutil.rmtree(folder)
+            shutil.rmtree(folder)
     print(f"training {' '.join(train_args)} for {budget_name(budget)} -> {folder}", flush=True)
     load_before = os.getloadavg()[0]
-    done = engine("train", "--a", str(data["a"]), "--b", str(data["b"]), "--model", str(folder),
-                  *(["--time-budget", str(budget[1] * 60)] if budget[0] == "minutes" else ["--iterations", str(int(budget[1]))]),
+    stop = ["--time-budget", str(budget[1] * 60)] if budget[0] == "minutes" else ["--iterations", str(int(budget[1]))]
+    done = engine("train", "--a", str(data["a"]), "--b", str(data["b"]), "--model", str(folder), *stop, *resume,
                   *train_args)
-    summary = {"model": str(folder), "iterations": done["iterations"], "seconds": done["seconds"],
+    from engine.train import read_history
+
+    history = read_history(folder / "history.csv")
+    summary = {"model": str(folder), "iterations": done["iterations"], "stopped": done["stopped"],
+               "seconds": history[-1]["elapsed_s"] if history else done["seconds"],
                "loss_a": done["loss_a"], "loss_b": done["loss_b"],
                "load": [round(load_before, 2), round(os.getloadavg()[0], 2)], "args": train_args}
-    media.write_json(record, summary)
+    if done["stopped"] in ("iterations", "time budget"):  # a model stopped short is measured, not kept as done
+        media.write_json(record, summary)
+    else:
+        print(f"warning: training stopped early ({done['stopped']}) at iteration {done['iterations']}", flush=True)
     return summary
 
 
