@@ -366,7 +366,8 @@ def train(
             (loss_a + loss_b).backward()
             keep = train_settings.schedule.lr_dropout
             if keep < 1 and (late or not train_settings.schedule.no_warp_after):
-                masked_step(optimizer, keep)
+                masked_step(optimizer, keep, torch.Generator(device).manual_seed(
+                    train_settings.seed * 1_000_003 + iteration))
             else:
                 optimizer.step()
             window += torch.stack([loss_a.detach(), loss_b.detach()])
@@ -511,15 +512,17 @@ def late_phase(schedule: Schedule, iteration: int, iterations: int | None, secon
 
 
 @torch.no_grad()
-def masked_step(optimizer: torch.optim.Optimizer, keep: float) -> None:
+def masked_step(optimizer: torch.optim.Optimizer, keep: float, generator: torch.Generator) -> None:
     """Learning-rate dropout (DeepFaceLab's lr_dropout): an optimiser step whose update reaches each weight
     with probability `keep`; the others keep their value (Adam's moments still see every gradient). The
-    masks come from torch's generator, which checkpoints save, so a resumed run draws the same ones."""
+    masks come from `generator`, seeded by (seed, iteration) like the batches, so a resumed run and every
+    DDP process draw the same ones."""
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     before = [p.detach().clone() for p in params]
     optimizer.step()
     for p, old in zip(params, before, strict=True):
-        p.copy_(torch.where(torch.rand_like(p) < keep, p, old))
+        drawn = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+        p.copy_(torch.where(drawn < keep, p, old))
 
 
 def _spread(items: list, count: int) -> list:
