@@ -235,7 +235,7 @@ def convert_step(scene, frames: tuple[int, int] | None) -> Step:
     output = absolute(convert.output) if convert.output else work_folder(scene) / "output"
     args = [chunk.input, "--alignments", faceset_b / "alignments.json", "--model", model, "--output", output,
             "--mask", convert.mask, "--erode", convert.erode, "--color", convert.color, "--format", convert.format,
-            "--frames", chunk.frames]
+            "--detail", convert.detail, "--frames", chunk.frames]
     if not convert.use_auto_feather:
         args += ["--feather", convert.feather]
     argv = engine_command(engine_python(), "convert", args, prefs().device)

@@ -208,6 +208,7 @@ class SEQUENCER_PT_facereplace_convert(FaceReplacePanel, bpy.types.Panel):
         sub.active = not convert.use_auto_feather
         sub.prop(convert, "feather")
         col.prop(convert, "color")
+        col.prop(convert, "detail")
         col.prop(convert, "format")
         settings = edited_scene(context).facereplace
         if settings.target_frames:

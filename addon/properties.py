@@ -104,6 +104,9 @@ class FaceReplaceConvert(bpy.types.PropertyGroup):
                                    description="A soft edge of 6% of the face's width")
     feather: IntProperty(name="Feather", default=8, min=0, soft_max=64, subtype="PIXEL",
                          description="Width of the mask's soft edge in pixels")
+    detail: FloatProperty(name="Plate Detail", default=0.0, min=0.0, max=4.0, soft_max=2.0,
+                          description="Add the plate's own fine detail (skin, grain) onto the face, not on its "
+                                      "eyes and mouth (1: all of it)")
     color: EnumProperty(
         name="Color Match",
         items=[("none", "None", "Keep the model's colors"),

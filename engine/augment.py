@@ -27,17 +27,13 @@ from torch.nn import functional as F
 from . import media
 from .color import lab_to_rgb, rgb_to_lab
 from .events import EngineError
-from .faces import align, masks
+from .faces import masks
 from .faceset import FaceSample
 
 # The random warp's control points: a 5 x 5 grid, as faceswap uses, smoothly interpolated to every pixel.
 WARP_GRID = 5
 # Channels of a loaded face: RGB, the face mask, the eye region, the mouth region.
 CHANNELS = 6
-# How far the priority regions reach beyond their landmarks' hull (a scale about the region's centre):
-# the eyes take in the lids and the creases around them, the mouth its lips' edges.
-EYE_REACH = 1.8
-MOUTH_REACH = 1.2
 
 
 @dataclass
@@ -65,12 +61,7 @@ def load_face(sample: FaceSample, face_size: int, size: int, mask: str = "extend
     face_mask = media.to_srgb8(media.read_image(sample.mask_extended if mask == "extended" else sample.mask_hull))
     if rgb.shape[:2] != (face_size, face_size) or face_mask.shape[:2] != (face_size, face_size):
         raise EngineError(f"face {sample.image} or its mask is not {face_size} px, the size of its faceset's faces")
-    points = sample.landmarks
-    regions = [
-        np.maximum(_region(points[align.REGIONS["left_eye"]], EYE_REACH, face_size),
-                   _region(points[align.REGIONS["right_eye"]], EYE_REACH, face_size)),
-        _region(points[48:60], MOUTH_REACH, face_size),  # the outer lip line
-    ]
+    regions = [masks.eyes_mask(sample.landmarks, face_size), masks.mouth_mask(sample.landmarks, face_size)]
     stack = np.dstack([rgb[..., :3], face_mask.reshape(face_size, face_size)] +
                       [np.round(r * 255).astype(np.uint8) for r in regions])
     if face_size != size:
@@ -79,11 +70,6 @@ def load_face(sample: FaceSample, face_size: int, size: int, mask: str = "extend
         stack = np.dstack([cv2.resize(stack[..., i : i + 3], (size, size), interpolation=interpolation)
                            for i in (0, 3)])
     return stack
-
-
-def _region(points: np.ndarray, reach: float, size: int) -> np.ndarray:
-    centre = points.mean(0)
-    return masks.hull_mask(centre + (points - centre) * reach, size)
 
 
 def sample_params(rng: np.random.Generator, n: int, augmentation: Augmentation) -> dict[str, np.ndarray]:

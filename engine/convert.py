@@ -85,6 +85,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--feather", type=number_in(0, MAX_FEATHER), default=None, metavar="PX",
                         help=f"width of the mask's soft edge in frame pixels (default {AUTO_FEATHER * 100:g}%% of the face width)")
     parser.add_argument("--color", default="rct", choices=COLOR_MODES, help="colour matching to the original face")
+    parser.add_argument("--detail", type=number_in(0, 4), default=0.0, metavar="AMOUNT",
+                        help="add this much of the plate's own fine detail (skin, grain) onto the face, not on its eyes and mouth (0-1; 0: off)")
+    parser.add_argument("--sharpen", type=number_in(0, 4), default=0.0, metavar="AMOUNT", help="unsharp-mask the face by this amount (0: off)")
     parser.add_argument("--format", default="png16", choices=list(FORMATS),
                         help="png16: 16-bit sRGB PNG; exr: 32-bit float scene-linear EXR")
     parser.add_argument("--alpha", default=None, choices=ALPHA_MODES,
@@ -101,9 +104,9 @@ def add_arguments(parser) -> None:
 def run(args, events: Events) -> None:
     convert(
         args.input, args.alignments, args.model, args.output, direction=args.direction, mask=args.mask,
-        erode=args.erode, feather=args.feather, color=args.color, fmt=args.format, alpha=args.alpha,
-        frames=args.frames, write_frames=args.write_frames, write_patches=args.write_patches, batch=args.batch,
-        events=events, device=args.device, force=args.force,
+        erode=args.erode, feather=args.feather, color=args.color, detail=args.detail, sharpen=args.sharpen,
+        fmt=args.format, alpha=args.alpha, frames=args.frames, write_frames=args.write_frames,
+        write_patches=args.write_patches, batch=args.batch, events=events, device=args.device, force=args.force,
     )
 
 
@@ -354,11 +357,12 @@ class Converter:
     """The per-face and per-frame pixel work, on one torch device."""
 
     def __init__(self, model, size: int, device, identity: str, mask: str, erode: int, feather: float,
-                 color: str, linear: bool, keep_patches: bool):
+                 color: str, linear: bool, keep_patches: bool, detail: float = 0.0, sharpen: float = 0.0):
         self.model, self.size, self.device, self.identity = model, size, device, identity
         self.mask_mode, self.erode, self.feather, self.color = mask, erode, feather, color
         self.linear = linear  # the shot is scene-linear float (EXR); the model works in sRGB
         self.keep_patches = keep_patches
+        self.detail, self.sharpen = detail, sharpen
         self.margin = 2 + max(-erode, 0) + feather_radius(feather)
 
     # -- geometry
@@ -418,7 +422,7 @@ class Converter:
 
     # -- per face: mask, colour, warp back
 
-    def finish_face(self, job: FaceJob, crop, rgb, predicted, frame_size) -> FaceResult:
+    def finish_face(self, job: FaceJob, crop, rgb, predicted, frame_size, region=None, origin=(0, 0)) -> FaceResult:
         """Mask, colour-match and warp one swapped face back into frame pixels."""
         from .color import match_color, srgb_to_linear
 
@@ -430,6 +434,8 @@ class Converter:
         w, h = box[2] - box[0], box[3] - box[1]
         frame_to_aligned = (np.vstack([job.matrix, [0, 0, 1]]) @ np.array([[1, 0, box[0]], [0, 1, box[1]], [0, 0, 1]]))[:2]
         color = _sample(shot_face[None], frame_to_aligned, w, h, "bicubic", "border")[0].clamp(min=0.0)
+        if self.detail or self.sharpen:
+            color = self.add_detail(color, job, frame_to_aligned, region, origin, box)
         if not self.linear:
             color = color.clamp(max=1.0)
         alpha = _sample(mask[None], frame_to_aligned, w, h, "bilinear", "zeros")
@@ -440,6 +446,24 @@ class Converter:
         if self.keep_patches:
             result.patch, result.patch_mask = face.permute(1, 2, 0).cpu().numpy(), mask[0].cpu().numpy()
         return result
+
+    def add_detail(self, color, job: FaceJob, frame_to_aligned, region, origin, box):
+        """--sharpen and --detail (engine.detail) on the face in frame pixels (3 x h x w over `box`)."""
+        import torch
+
+        from .detail import gaussian_blur, restore_detail, sharpen
+
+        if self.sharpen:  # at the scale of the model's pixels, as enlarged into the frame
+            color = sharpen(color[None], self.sharpen, max(1.0, 1 / _face_scale(job.matrix)))[0]
+        if self.detail:
+            features = np.maximum(masks.eyes_mask(job.landmarks, self.size), masks.mouth_mask(job.landmarks, self.size))
+            features = gaussian_blur(torch.from_numpy(features).to(color)[None, None], self.size / 64, "zeros")
+            w, h = box[2] - box[0], box[3] - box[1]
+            keep = 1 - _sample(features, frame_to_aligned, w, h, "bilinear", "zeros")
+            to_region = np.array([[1.0, 0, box[0] - origin[0]], [0, 1.0, box[1] - origin[1]]])
+            plate = _sample(region, to_region, w, h, "nearest", "border")  # the same pixels, edges repeated
+            color = restore_detail(color[None], plate, keep, self.detail)[0].clamp(min=0.0)
+        return color
 
     def choose_mask(self, job: FaceJob, predicted):
         import torch
@@ -597,6 +621,8 @@ def convert(
     erode: int = 0,
     feather: float | None = None,
     color: str = "rct",
+    detail: float = 0.0,
+    sharpen: float = 0.0,
     fmt: str = "png16",
     alpha: str | None = None,
     frames: str | None = None,
@@ -625,6 +651,9 @@ def convert(
         raise EngineError(f"--feather must be 0 to {MAX_FEATHER}, got {feather}")
     if not -MAX_ERODE <= erode <= MAX_ERODE:
         raise EngineError(f"--erode must be {-MAX_ERODE} to {MAX_ERODE}, got {erode}")
+    for name, value in (("detail", detail), ("sharpen", sharpen)):
+        if not 0 <= value <= 4:
+            raise EngineError(f"--{name} must be between 0 and 4, got {value}")
     if batch is not None and batch < 1:
         raise EngineError(f"--batch must be 1 or more, got {batch}")
 
@@ -661,7 +690,7 @@ def convert(
     ext = FORMATS[fmt]
     feather = _auto_feather(shot) if feather is None else float(feather)
     settings = {"direction": direction, "mask": mask, "erode": erode, "feather": feather, "color": color,
-                "format": fmt}
+                "format": fmt, **({"detail": detail, "sharpen": sharpen} if detail or sharpen else {})}
     common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True, "alpha": alpha,
               "model_hash": model_hash(model_dir, model.checkpoint), "settings": settings}
 
@@ -685,7 +714,7 @@ def convert(
         events.emit("resume", frames_done=len(numbers) - len(todo))
     batch = batch or (32 if torch_device.type == "cuda" else 8)
     converter = Converter(model, size, torch_device, DIRECTIONS[direction], mask, erode, feather, color,
-                          source.linear, write_patches)
+                          source.linear, write_patches, detail, sharpen)
     # On the CPU the cores are shared: half for torch, the rest for the reader and the writers, which
     # would otherwise preempt torch's worker threads mid-operation and stall every small warp.
     cores = len(os.sched_getaffinity(0))
@@ -825,7 +854,7 @@ class _Run:
         with torch.inference_mode(), self.clock("warp_blend"):
             for slot, (work, job) in self.slots.items():
                 work.results[job.index] = conv.finish_face(job, work.crops.pop(job.index), rgb[slot], predicted[slot],
-                                                           self.source.size)
+                                                           self.source.size, work.region, work.box[:2])
             self.slots.clear()
             finished = []
             for number in [n for n, w in self.pending.items() if len(w.results) == len(w.jobs)]:

@@ -1,5 +1,11 @@
-"""The face model: one shared encoder, one decoder per identity (the classic deepfake hourglass), and the
-model folder it lives in.
+"""The face model, in one of two architectures, and the model folder it lives in.
+
+- "df" (the classic deepfake hourglass, DeepFaceLab's DF): one shared encoder with its bottleneck, one
+  decoder per identity.
+- "liae" (DeepFaceLab's LIAE): a shared encoder, two intermediates, inter_AB (both identities) and inter_B
+  (B only), and a single decoder. A's code is inter_AB's output twice, B's is inter_B's beside
+  inter_AB's; the swap draws B's faces from inter_AB twice, as A's. The decoder learns both people from
+  one code space, which carries B's expression and light across better; DF keeps identity crisper.
 
     MODEL/
       model.json                  what is in here, for people and the add-on: config, settings, iteration
@@ -33,7 +39,8 @@ FORMAT = "facereplace.model"
 VERSION = 1
 CHECKPOINTS = "checkpoints"
 SUMMARY_FILE = "model.json"
-SIZES = (64, 128, 192, 256)
+SIZES = (64, 128, 192, 256, 320, 384, 448, 512)
+ARCHITECTURES = ("df", "liae")
 CHECKPOINT_NAME = re.compile(r"model_(\d{8})\.pt")
 
 
@@ -43,6 +50,7 @@ class ModelConfig:
     these; a checkpoint stores one, so a model always rebuilds as it was trained."""
 
     preset: str = "tiny"
+    architecture: str = "df"  # see ARCHITECTURES; checkpoints from before it existed are "df"
     size: int = 64  # model input and output, pixels square; a multiple of 16
     encoder_width: int = 16  # channels of the first downscale; each of the 4 doubles it
     latent: int = 128  # the dense bottleneck's width
@@ -74,6 +82,8 @@ def make_config(preset: str, size: int | None = None, **overrides) -> ModelConfi
     config = replace(PRESETS[preset], **{k: v for k, v in dict(size=size, **overrides).items() if v is not None})
     if config.size not in SIZES:
         raise EngineError(f"model size {config.size} is not supported; choose one of {', '.join(map(str, SIZES))}")
+    if config.architecture not in ARCHITECTURES:
+        raise EngineError(f"unknown architecture {config.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
     for name in ("encoder_width", "latent", "decoder_width", "batch"):
         if getattr(config, name) < 1:
             raise EngineError(f"{name.replace('_', '-')} must be 1 or more, got {getattr(config, name)}")
@@ -117,32 +127,55 @@ class ResidualBlock(nn.Module):
         return F.leaky_relu(x + self.conv2(F.leaky_relu(self.conv1(x), 0.2)), 0.2)
 
 
-class Encoder(nn.Module):
-    """Face -> features at size/8: four stride-2 5x5 convolutions, a dense bottleneck, one upscale."""
+def _encoder_widths(config: ModelConfig) -> list[int]:
+    return [3] + [config.encoder_width * 2**i for i in range(4)]
 
-    def __init__(self, config: ModelConfig):
+
+def _bottleneck(config: ModelConfig) -> tuple[nn.Sequential, nn.Sequential]:
+    """(dense, upscale): features at size/16 -> latent -> back -> features at size/8."""
+    width = _encoder_widths(config)[-1]
+    flat = width * (config.size // 16) ** 2
+    dense = nn.Sequential(nn.Linear(flat, config.latent), nn.Linear(config.latent, flat))
+    for layer in dense:
+        nn.init.xavier_uniform_(layer.weight)  # Keras's default for dense layers, for the same reason
+        nn.init.zeros_(layer.bias)
+    return dense, _upscale(width, config.decoder_width)
+
+
+class Encoder(nn.Module):
+    """Face -> features at size/8: four stride-2 5x5 convolutions, then (with `bottleneck`) a dense
+    bottleneck and one upscale; without it, the features at size/16 for LIAE's intermediates."""
+
+    def __init__(self, config: ModelConfig, bottleneck: bool = True):
         super().__init__()
-        widths = [3] + [config.encoder_width * 2**i for i in range(4)]
-        self.bottom = config.size // 16
+        widths = _encoder_widths(config)
         self.downscales = nn.Sequential(*[_downscale(a, b) for a, b in zip(widths, widths[1:], strict=False)])
-        flat = widths[-1] * self.bottom**2
-        self.dense = nn.Sequential(nn.Linear(flat, config.latent), nn.Linear(config.latent, flat))
-        for layer in self.dense:
-            nn.init.xavier_uniform_(layer.weight)  # Keras's default for dense layers, for the same reason
-            nn.init.zeros_(layer.bias)
-        self.upscale = _upscale(widths[-1], config.decoder_width)
+        self.bottleneck = bottleneck
+        if bottleneck:
+            self.dense, self.upscale = _bottleneck(config)
 
     def forward(self, faces):
         x = self.downscales(faces)
+        return self.upscale(self.dense(x.flatten(1)).view(x.shape)) if self.bottleneck else x
+
+
+class Intermediate(nn.Module):
+    """LIAE's inter_AB or inter_B: the encoder's features at size/16 -> a code at size/8."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense, self.upscale = _bottleneck(config)
+
+    def forward(self, x):
         return self.upscale(self.dense(x.flatten(1)).view(x.shape))
 
 
 class Decoder(nn.Module):
     """Features -> (RGB in [0, 1], mask logits): three upscales, halving the channels each time."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, channels_in: int | None = None):
         super().__init__()
-        widths = [config.decoder_width // 2**i for i in range(4)]
+        widths = [channels_in or config.decoder_width] + [config.decoder_width // 2**i for i in range(1, 4)]
         stages = []
         for a, b in zip(widths, widths[1:], strict=False):
             stages += [_upscale(a, b)] + [ResidualBlock(b) for _ in range(config.residual_blocks)]
@@ -155,28 +188,46 @@ class Decoder(nn.Module):
 
 
 class FaceModel(nn.Module):
+    IDENTITIES = ("a", "b")
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
-        self.decoders = nn.ModuleDict({"a": Decoder(config), "b": Decoder(config)})
+        if config.architecture == "liae":
+            self.encoder = Encoder(config, bottleneck=False)
+            self.inters = nn.ModuleDict({"ab": Intermediate(config), "b": Intermediate(config)})
+            self.decoder = Decoder(config, channels_in=2 * config.decoder_width)
+        else:
+            self.encoder = Encoder(config)
+            self.decoders = nn.ModuleDict({"a": Decoder(config), "b": Decoder(config)})
 
     def forward(self, faces_a, faces_b):
-        """The training pass: each identity's faces through the shared encoder and its own decoder, as
-        ((rgb_a, mask_logits_a), (rgb_b, mask_logits_b)). One call, so DDP sees every parameter used."""
+        """The training pass: each identity's faces drawn as itself, as ((rgb_a, mask_logits_a),
+        (rgb_b, mask_logits_b)). One call, so DDP sees every parameter used."""
         features = self.encoder(torch.cat([faces_a, faces_b]))
         features_a, features_b = features.split([len(faces_a), len(faces_b)])
+        if self.config.architecture == "liae":
+            drawn = self.decoder(torch.cat([self._code(features_a, "a"), self._code(features_b, "b")]))
+            return tuple(zip(*(part.split([len(faces_a), len(faces_b)]) for part in drawn), strict=True))
         return self.decoders["a"](features_a), self.decoders["b"](features_b)
 
+    def _code(self, features, identity: str):
+        """LIAE: the decoder's input for `identity`, inter_AB's code beside inter_B's (B) or itself (A)."""
+        shared = self.inters["ab"](features)
+        own = self.inters["b"](features) if identity == "b" else shared
+        return torch.cat([own, shared], 1)
+
     def draw(self, faces, identity: str):
-        """`faces` drawn by decoder `identity`: (rgb in [0, 1], mask logits)."""
+        """`faces` drawn as `identity`: (rgb in [0, 1], mask logits)."""
+        if self.config.architecture == "liae":
+            return self.decoder(self._code(self.encoder(faces), identity))
         return self.decoders[identity](self.encoder(faces))
 
     @torch.inference_mode()
     def swap(self, faces: torch.Tensor, identity: str):
         """Draw `faces` (float32 NCHW RGB in [0, 1] at config.size, aligned as extract aligns) as
         `identity` ("a" or "b"): (rgb NCHW, mask N1HW), both float32 in [0, 1]."""
-        if identity not in self.decoders:
+        if identity not in self.IDENTITIES:
             raise EngineError(f"identity must be 'a' or 'b', got {identity!r}")
         size = self.config.size
         if faces.ndim != 4 or faces.shape[1] != 3 or faces.shape[2:] != (size, size):

@@ -33,6 +33,7 @@ from .events import EngineError, Events, log
 from .faceset import Faceset
 from .losses import LossWeights, face_loss
 from .model import (
+    ARCHITECTURES,
     CHECKPOINTS,
     FORMAT,
     PRESETS,
@@ -66,6 +67,20 @@ RESUMABLE_CHANGES = {"batch", "learning_rate"}
 
 
 @dataclass
+class Schedule:
+    """The late phase that sharpens a converged model (DeepFaceLab's recipe): the random warp goes off, so
+    the model draws the faces exactly as they are, and learning-rate dropout randomly freezes most
+    weights' updates each iteration, which settles the weights finely without lowering the rate."""
+
+    no_warp_after: float = field(default=0.0, metadata={
+        "help": "from this iteration (1 or more), or this share of --iterations or --time-budget (below 1), "
+                "train without the random warp; 0: never"})
+    lr_dropout: float = field(default=1.0, metadata={
+        "help": "share of the weights each Adam update reaches, at random (DeepFaceLab: 0.3), in the late phase "
+                "(or throughout without --no-warp-after); 1: off"})
+
+
+@dataclass
 class TrainSettings:
     """How a model is trained (its shape is ModelConfig); stored in every checkpoint for --resume."""
 
@@ -79,19 +94,26 @@ class TrainSettings:
     preview_rows: int = 4
     augmentation: Augmentation = field(default_factory=Augmentation)
     loss: LossWeights = field(default_factory=LossWeights)
+    schedule: Schedule = field(default_factory=Schedule)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainSettings":
-        return cls(**{**data, "augmentation": Augmentation(**data["augmentation"]), "loss": LossWeights(**data["loss"])})
+        return cls(**{**data, "augmentation": Augmentation(**data["augmentation"]), "loss": LossWeights(**data["loss"]),
+                      "schedule": Schedule(**data.get("schedule", {}))})
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--a", required=True, metavar="FACESET", help="faceset of person A (the face to put in)")
-    parser.add_argument("--b", required=True, metavar="FACESET", help="faceset of person B (the shot's face)")
+    parser.add_argument("--a", metavar="FACESET", help="faceset of person A (the face to put in)")
+    parser.add_argument("--b", metavar="FACESET", help="faceset of person B (the shot's face)")
     parser.add_argument("--model", required=True, metavar="DIR", help="model folder to create (or continue with --resume)")
+    parser.add_argument("--pretrain", action="store_true",
+                        help="train a base model on the faces of many people (--faces) instead of a pair")
+    parser.add_argument("--faces", nargs="+", metavar="FACESET", help="with --pretrain: the facesets, any number")
+    parser.add_argument("--init-from", metavar="BASE_MODEL",
+                        help="start a new model from a base model's weights (one made with --pretrain, or any model)")
     parser.add_argument("--preset", choices=list(PRESETS),
                         help="model preset (default: quality on CUDA, fast on the CPU; on --resume, the model's own)")
-    parser.add_argument("--size", type=int, metavar="N", help="model resolution: 64, 128, 192 or 256 (default: the preset's)")
+    parser.add_argument("--size", type=int, metavar="N", help="model resolution: 64 to 512 in steps of 64 (default: the preset's)")
     parser.add_argument("--batch", type=int, metavar="N", help="faces per identity per iteration (per GPU)")
     parser.add_argument("--iterations", type=int, metavar="N", help="stop at this iteration (counted over resumes)")
     parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this long")
@@ -101,6 +123,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=int, metavar="N", help="data loader processes (default: 0 on the CPU, up to 8 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow to start)")
     model = parser.add_argument_group("model (override the preset)")
+    model.add_argument("--architecture", choices=list(ARCHITECTURES),
+                       help="df: one decoder per person; liae: shared and B-only intermediates, one decoder (df)")
     model.add_argument("--encoder-width", type=int, metavar="N",
                        help="channels of the first of the encoder's 4 downscales (each next one doubles them)")
     model.add_argument("--decoder-width", type=int, metavar="N", help="channels where the decoders start (halves 3 times)")
@@ -124,19 +148,29 @@ def add_arguments(parser) -> None:
         augmentation.add_argument(f"--{f.name.replace('_', '-')}", type=number_in(0, AUGMENTATION_LIMITS.get(f.name, 1)),
                                   dest=f"augment_{f.name}", metavar="X",
                                   help=f"{f.metadata['help']} ({f.default:g})")
+    schedule = parser.add_argument_group("late phase")
+    for f in fields(Schedule):
+        schedule.add_argument(f"--{f.name.replace('_', '-')}", type=float, dest=f"schedule_{f.name}", metavar="X",
+                              help=f"{f.metadata['help']} ({f.default:g})")
 
 
 def run(args, events: Events) -> None:
     options = vars(args)
     preset = args.preset
-    if preset is None and not args.resume:
+    if preset is None and not args.resume and not args.init_from:
         preset = "quality" if pick_device(args.device).type == "cuda" else "fast"
+    if args.pretrain:
+        if not args.faces or args.a or args.b:
+            raise EngineError("--pretrain takes its facesets as --faces FACESET ... (not --a and --b)")
+    elif args.faces or not (args.a and args.b):
+        raise EngineError("train a pair with --a FACESET --b FACESET (or a base model with --pretrain --faces ...)")
     train(
-        args.a, args.b, args.model, preset=preset, size=args.size, batch=args.batch, iterations=args.iterations,
+        args.faces if args.pretrain else args.a, None if args.pretrain else args.b, args.model, init_from=args.init_from, preset=preset, size=args.size, batch=args.batch, iterations=args.iterations,
         time_budget=args.time_budget, target_loss=args.target_loss, resume=args.resume, seed=args.seed,
         device=args.device, workers=args.workers, compile=args.compile, events=events,
-        model_options={k: options[k] for k in ("encoder_width", "decoder_width", "latent", "residual_blocks",
-                                               "learning_rate")},
+        model_options={k: options[k] for k in ("architecture", "encoder_width", "decoder_width", "latent",
+                                               "residual_blocks", "learning_rate")},
+        schedule={f.name: options[f"schedule_{f.name}"] for f in fields(Schedule)},
         loss={f.name: options[f"loss_{f.name}"] for f in fields(LossWeights)},
         augmentation={f.name: options[f"augment_{f.name}"] for f in fields(Augmentation)},
         **{k: options[k] for k in ("mask", "validation", "log_every", "preview_every", "save_every", "keep",
@@ -146,9 +180,10 @@ def run(args, events: Events) -> None:
 
 @media.holds_folder_locks
 def train(
-    a: str | Path,
-    b: str | Path,
+    a: str | Path | list,
+    b: str | Path | None,
     model_dir: str | Path,
+    init_from: str | Path | None = None,
     preset: str | None = None,
     size: int | None = None,
     batch: int | None = None,
@@ -163,14 +198,18 @@ def train(
     model_options: dict | None = None,
     loss: dict | None = None,
     augmentation: dict | None = None,
+    schedule: dict | None = None,
     events: Events | None = None,
     **settings,
 ) -> dict:
     """Train (or with `resume`, continue) the model in `model_dir` on facesets `a` and `b`.
 
+    A base model (pretraining): `a` is a list of facesets of many people and `b` is None; both decoders
+    learn from all of them. `init_from` starts a new model from another model's weights (same shape).
     `preset` None means "tiny" for a new model (the CLI picks by device) and the model's own on resume.
-    `model_options`, `loss`, `augmentation` and `settings` change fields of ModelConfig, LossWeights,
-    Augmentation and TrainSettings; None values are ignored. Returns the "done" event's summary.
+    `model_options`, `loss`, `augmentation`, `schedule` and `settings` change fields of ModelConfig,
+    LossWeights, Augmentation, Schedule and TrainSettings; None values are ignored. Returns the "done"
+    event's summary.
     """
     events = events or Events("train")
     model_dir = Path(model_dir)
@@ -180,9 +219,10 @@ def train(
         events = Events("train", stderr=open(os.devnull, "w"))  # only the first process reports
     run_started = time.monotonic()
 
-    facesets = {"a": Faceset(a), "b": Faceset(b)}
+    pretrain = b is None
+    facesets = _pretrain_facesets(a) if pretrain else {"a": Faceset(a), "b": Faceset(b)}
     _check_facesets(facesets)
-    face_size, coverage = facesets["a"].face_size, facesets["a"].alignments.coverage
+    face_size, coverage = next(iter(facesets.values())).face_size, next(iter(facesets.values())).alignments.coverage
     model_changes = {"size": size, "batch": batch, **(model_options or {})}
     settings_changes = {"seed": seed, **settings}
 
@@ -193,10 +233,13 @@ def train(
         if main_process:
             media.lock_folder(model_dir)
         state, checkpoint = latest_checkpoint(model_dir, device, warn=events.warning)
+        if init_from:
+            raise EngineError("--init-from starts a new model; a resumed one already has its weights (drop one of them)")
         config = _resumed_config(config_from_state(state), preset, model_changes, face_size, coverage, model_dir)
         try:
             train_settings = TrainSettings.from_dict(state["settings"])
             start, elapsed, checks = int(state["iteration"]), float(state["elapsed"]), list(state["checks"])
+            late_from = state.get("late_from")
         except (KeyError, TypeError, ValueError) as e:
             raise EngineError(f"checkpoint {checkpoint} cannot be resumed: {type(e).__name__}: {e}") from None
         log.info("resuming %s at iteration %d from %s", model_dir, start, checkpoint.name)
@@ -208,17 +251,26 @@ def train(
         if main_process:
             media.check_writable(model_dir)
             media.lock_folder(model_dir)
-        config = replace(make_config(preset or "tiny", **model_changes), face_size=face_size, coverage=coverage)
-        train_settings, start, elapsed, checks = TrainSettings(), 0, 0.0, []
+        if init_from:
+            base = _read_base(init_from, device, events)
+            config = _resumed_config(config_from_state(base), preset, model_changes, None, coverage, init_from,
+                                     "start from it at")
+            config = replace(config, face_size=face_size)
+        else:
+            config = replace(make_config(preset or "tiny", **model_changes), face_size=face_size, coverage=coverage)
+        train_settings, start, elapsed, checks, late_from = TrainSettings(), 0, 0.0, [], None
     train_settings = replace(
         train_settings, **_given(settings_changes),
         augmentation=replace(train_settings.augmentation, **_given(augmentation or {})),
         loss=replace(train_settings.loss, **_given(loss or {})),
+        schedule=replace(train_settings.schedule, **_given(schedule or {})),
     )
     _check_settings(train_settings, iterations, time_budget, target_loss)
 
     # -- data: a held-out validation split of each faceset, and a loader of augmented batches
     samples = {k: f.samples() for k, f in facesets.items()}
+    if pretrain:  # both decoders learn every face: the base then draws any person either way
+        samples = dict.fromkeys("ab", [face for faces in samples.values() for face in faces])
     held_out = {k: max(1, math.ceil(len(s) * train_settings.validation)) if train_settings.validation > 0 else 0
                 for k, s in samples.items()}
     train_samples = {k: s[: len(s) - held_out[k]] for k, s in samples.items()}
@@ -242,6 +294,9 @@ def train(
     model = FaceModel(config).to(device)
     cuda = device.type == "cuda"
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.5, 0.999), fused=cuda)
+    if init_from:
+        model.load_state_dict(base.pop("model"))
+        del base
     if resume:
         try:
             model.load_state_dict(state["model"])
@@ -285,8 +340,8 @@ def train(
             raise _diverged(model_dir, iteration)
         state = {
             "format": FORMAT, "version": VERSION, "iteration": iteration, "elapsed": elapsed_now(),
-            "config": asdict(config), "settings": asdict(train_settings), "checks": checks,
-            "facesets": {"a": str(Path(a).resolve()), "b": str(Path(b).resolve())},
+            "config": asdict(config), "settings": asdict(train_settings), "checks": checks, "late_from": late_from,
+            "facesets": {k: str(f.folder.resolve()) for k, f in facesets.items()},
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
         }
@@ -310,9 +365,14 @@ def train(
     iteration, checkpoint, stop_reason = start, None, None
     with _stop_requests() as requested, _out_of_memory_hint(config):
         for iteration, batch in zip(itertools.count(start + 1), loader, strict=False):
+            if late_from is None and late_phase(train_settings.schedule, iteration, iterations,
+                                                time.monotonic() - run_started, time_budget):
+                late_from = iteration
+                events.emit("late_phase", iteration=iteration)
+            late = late_from is not None and iteration >= late_from
             inputs, targets = {}, {}
             for k in ("a", "b"):
-                x, *target = augment(batch[k], device)
+                x, *target = augment(batch[k], device, train=not late)
                 inputs[k], targets[k] = x.contiguous(memory_format=memory_format), target
             with autocast:
                 outputs = train_model(inputs["a"], inputs["b"])
@@ -320,7 +380,12 @@ def train(
                               for k, out in zip("ab", outputs, strict=True))
             optimizer.zero_grad(set_to_none=True)
             (loss_a + loss_b).backward()
-            optimizer.step()
+            keep = train_settings.schedule.lr_dropout
+            if keep < 1 and (late or not train_settings.schedule.no_warp_after):
+                masked_step(optimizer, keep, torch.Generator(device).manual_seed(
+                    train_settings.seed * 1_000_003 + iteration))
+            else:
+                optimizer.step()
             window += torch.stack([loss_a.detach(), loss_b.detach()])
             window_iterations += 1
 
@@ -399,29 +464,44 @@ def _diverged(model_dir: Path, iteration: int) -> EngineError:
                        f"(a lower --learning-rate helps); {last}")
 
 
+def _pretrain_facesets(folders: list) -> dict[str, Faceset]:
+    return {str(i + 1): Faceset(folder) for i, folder in enumerate(folders)}
+
+
 def _check_facesets(facesets: dict[str, Faceset]) -> None:
-    for k, faceset in facesets.items():
-        count = len(faceset)
+    """A pair ("a", "b") needs MIN_FACES each; a pretraining pool ("1", "2", ...) needs them in all."""
+    pair = set(facesets) == {"a", "b"}
+    for k, faceset in facesets.items() if pair else [("the pool", None)]:
+        count = len(faceset) if pair else sum(map(len, facesets.values()))
         if count < MIN_FACES:
-            raise EngineError(f"faceset {k.upper()} ({faceset.folder}) has {count} faces; training needs at least "
-                              f"{MIN_FACES} (extract more frames)")
-    a, b = facesets["a"], facesets["b"]
-    if (a.face_size, a.alignments.coverage) != (b.face_size, b.alignments.coverage):
-        raise EngineError(f"the facesets differ: A is {a.face_size} px at coverage {a.alignments.coverage:g}, B is "
-                          f"{b.face_size} px at coverage {b.alignments.coverage:g}; extract both with the same "
-                          f"--size and --coverage")
+            where = f"faceset {k.upper()} ({faceset.folder})" if pair else "the pretraining facesets together"
+            raise EngineError(f"{where} has {count} faces; training needs at least {MIN_FACES} (extract more frames)")
+    (first_name, first), *others = facesets.items()
+    for name, other in others:
+        if (first.face_size, first.alignments.coverage) != (other.face_size, other.alignments.coverage):
+            raise EngineError(f"the facesets differ: {first_name.upper()} is {first.face_size} px at coverage "
+                              f"{first.alignments.coverage:g}, {name.upper()} is {other.face_size} px at coverage "
+                              f"{other.alignments.coverage:g}; extract all with the same --size and --coverage")
 
 
-def _resumed_config(stored: ModelConfig, preset, changes: dict, face_size: int, coverage: float,
-                    model_dir: Path) -> ModelConfig:
-    """The checkpoint's config with the changes a resume allows; an error for any it does not."""
+def _read_base(base_dir, device, events: Events) -> dict:
+    """The newest good checkpoint of the model that --init-from names."""
+    if not checkpoint_paths(base_dir):
+        raise EngineError(f"--init-from {base_dir} holds no model checkpoint")
+    return latest_checkpoint(base_dir, device, warn=events.warning)[0]
+
+
+def _resumed_config(stored: ModelConfig, preset, changes: dict, face_size: int | None, coverage: float,
+                    model_dir: Path, action: str = "resume at") -> ModelConfig:
+    """The checkpoint's config with the changes a resume (or an --init-from, `action`) allows; an error for
+    any it does not. `face_size` None: the new facesets may be of any size (they are resized)."""
     changes = _given({"preset": preset, **changes})
     for name, value in changes.items():
         if value != getattr(stored, name) and name not in RESUMABLE_CHANGES:
             what = {"size": "px", "preset": "preset"}.get(name, name.replace("_", " "))
-            raise EngineError(f"the model in {model_dir} is {getattr(stored, name)} {what}; it cannot resume at "
+            raise EngineError(f"the model in {model_dir} is {getattr(stored, name)} {what}; it cannot {action} "
                               f"{value} {what} (train a new model folder for that)")
-    if (face_size, coverage) != (stored.face_size, stored.coverage):
+    if (face_size or stored.face_size, coverage) != (stored.face_size, stored.coverage):
         raise EngineError(f"the model in {model_dir} was trained on {stored.face_size} px faces at coverage "
                           f"{stored.coverage:g}; these facesets are {face_size} px at coverage {coverage:g}")
     return replace(stored, **{k: v for k, v in changes.items() if k in RESUMABLE_CHANGES})
@@ -435,9 +515,40 @@ def _check_settings(settings: TrainSettings, iterations, time_budget, target_los
         raise EngineError(f"--validation must be at least 0 and below 0.5, got {settings.validation}")
     if settings.mask not in ("extended", "hull"):
         raise EngineError(f"--mask must be extended or hull, got {settings.mask!r}")
+    schedule = settings.schedule
+    if schedule.no_warp_after < 0 or (0 < schedule.no_warp_after < 1 and iterations is None and time_budget is None):
+        raise EngineError(f"--no-warp-after takes an iteration, or a share (below 1) of --iterations or --time-budget; "
+                          f"got {schedule.no_warp_after:g}" + (" with neither given" if schedule.no_warp_after > 0 else ""))
+    if not 0 < schedule.lr_dropout <= 1:
+        raise EngineError(f"--lr-dropout must be above 0 and at most 1, got {schedule.lr_dropout:g}")
     for name, value in (("iterations", iterations), ("time-budget", time_budget), ("target-loss", target_loss)):
         if value is not None and value <= 0:
             raise EngineError(f"--{name} must be above 0, got {value}")
+
+
+def late_phase(schedule: Schedule, iteration: int, iterations: int | None, seconds: float,
+               time_budget: float | None) -> bool:
+    """Whether `iteration` (`seconds` into this run) falls in the schedule's late phase."""
+    after = schedule.no_warp_after
+    if after >= 1:
+        return iteration > after
+    if after > 0 and iterations is not None:
+        return iteration > after * iterations
+    return after > 0 and time_budget is not None and seconds >= after * time_budget
+
+
+@torch.no_grad()
+def masked_step(optimizer: torch.optim.Optimizer, keep: float, generator: torch.Generator) -> None:
+    """Learning-rate dropout (DeepFaceLab's lr_dropout): an optimiser step whose update reaches each weight
+    with probability `keep`; the others keep their value (Adam's moments still see every gradient). The
+    masks come from `generator`, seeded by (seed, iteration) like the batches, so a resumed run and every
+    DDP process draw the same ones."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    before = [p.detach().clone() for p in params]
+    optimizer.step()
+    for p, old in zip(params, before, strict=True):
+        drawn = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+        p.copy_(torch.where(drawn < keep, p, old))
 
 
 def _spread(items: list, count: int) -> list:

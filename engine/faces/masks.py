@@ -3,9 +3,20 @@
 import cv2
 import numpy as np
 
+from .align import REGIONS
+
 # How far above the brows the extended mask reaches, as a share of the brow-to-chin height: the
 # forehead is about half of it, and stopping short of the hairline keeps hair out of the mask.
 FOREHEAD = 0.3
+# The extended mask's top fades out over this share of its forehead, so it meets the hair and the skin
+# above it with a ramp, not a line: it is the mean of FOREHEAD_STEPS hulls raised from
+# FOREHEAD * (1 - FOREHEAD_FADE) to FOREHEAD, which follows the brows' curve.
+FOREHEAD_FADE = 0.5
+FOREHEAD_STEPS = 16
+# How far the eye and mouth regions reach beyond their landmarks' hull (a scale about the region's
+# centre): the eyes take in the lids and the creases around them, the mouth its lips' edges.
+EYE_REACH = 1.8
+MOUTH_REACH = 1.2
 
 
 def _fill_hull(points: np.ndarray, size: int) -> np.ndarray:
@@ -21,12 +32,35 @@ def hull_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
 
 
 def extended_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
-    """The hull with the brows raised to take in the forehead, float32 in [0, 1]."""
-    points = np.asarray(landmarks, np.float64).copy()
-    brows = points[17:27].mean(0)
-    up = brows - points[8]  # chin to brows
-    points[17:27] += FOREHEAD * up
-    return _fill_hull(points, size)
+    """The hull with the brows raised to take in the forehead, its top fading softly, float32 in [0, 1]."""
+    points = np.asarray(landmarks, np.float64)
+    up = points[17:27].mean(0) - points[8]  # chin to brows
+    raised = points.copy()
+    steps = np.linspace(FOREHEAD * (1 - FOREHEAD_FADE), FOREHEAD, FOREHEAD_STEPS)
+    total = np.zeros((size, size), np.float32)
+    for step in steps:
+        raised[17:27] = points[17:27] + step * up
+        total += _fill_hull(raised, size)
+    return total / len(steps)
+
+
+def region_mask(points: np.ndarray, reach: float, size: int) -> np.ndarray:
+    """The hull of `points` scaled by `reach` about their centre, float32 in [0, 1]."""
+    points = np.asarray(points, np.float64)
+    centre = points.mean(0)
+    return _fill_hull(centre + (points - centre) * reach, size)
+
+
+def eyes_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """Both eyes with their lids and creases."""
+    points = np.asarray(landmarks, np.float64)
+    return np.maximum(region_mask(points[REGIONS["left_eye"]], EYE_REACH, size),
+                      region_mask(points[REGIONS["right_eye"]], EYE_REACH, size))
+
+
+def mouth_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """The outer lip line, with the lips' edges."""
+    return region_mask(np.asarray(landmarks, np.float64)[48:60], MOUTH_REACH, size)
 
 
 MASKS = {"hull": hull_mask, "extended": extended_mask}

@@ -1,0 +1,61 @@
+"""Fine detail at convert: what a low-resolution model cannot draw, put back in frame pixels.
+
+- `restore_detail`: frequency separation, as compositors do it by hand. The plate's own high-pass (the
+  frame minus its Gaussian blur, a band of about DETAIL_SIGMA frame pixels: pores, stubble, film grain)
+  is added onto the swapped face. It is kept off the eyes and the mouth, whose fine structure (lashes,
+  iris edges, lip lines) belongs to the person being replaced and would bring them back, and off strong
+  edges anywhere (a nose's outline, a frame of glasses): where the plate's high-pass is far above skin
+  texture's level (DETAIL_EDGE) it fades out, so texture comes back and shapes do not.
+- `sharpen`: an unsharp mask of the swapped face itself, at the scale its pixels were enlarged by.
+
+Both work on N x C x H x W float tensors in the shot's own space, so they run wherever convert runs.
+"""
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+# The plate's detail band, in frame pixels: fine texture only, below the scale of a face's features.
+DETAIL_SIGMA = 1.5
+# High-pass amplitude (mean over RGB, 0-1 sRGB) around which plate detail stops being texture and starts
+# being an edge: on talking-head plates skin texture's median is about 0.003 and its 90th percentile 0.015;
+# a frame of glasses or a nose's outline reach 0.05 and more. Detail fades as exp(-(amplitude / this)^2).
+DETAIL_EDGE = 0.03
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float, padding: str = "reflect") -> torch.Tensor:
+    """Separable Gaussian blur of N x C x H x W. `padding` "reflect" mirrors the image at its edges,
+    "zeros" treats everything beyond them as 0 (for mattes)."""
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = image.shape[1]
+    horizontal = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    vertical = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    if padding == "reflect":  # mirrored, or the edge repeated where the image is smaller than the kernel
+        mode = "reflect" if min(image.shape[-2:]) > radius else "replicate"
+        image = F.pad(image, (radius, radius, radius, radius), mode=mode)
+        return F.conv2d(F.conv2d(image, horizontal, groups=channels), vertical, groups=channels)
+    image = F.conv2d(image, horizontal, groups=channels, padding=(0, radius))
+    return F.conv2d(image, vertical, groups=channels, padding=(radius, 0))
+
+
+def high_pass(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The image minus its Gaussian blur: the detail finer than about `sigma` pixels."""
+    return image - gaussian_blur(image, sigma)
+
+
+def restore_detail(face: torch.Tensor, plate: torch.Tensor, weight: torch.Tensor, amount: float,
+                   sigma: float = DETAIL_SIGMA, edge: float = DETAIL_EDGE) -> torch.Tensor:
+    """`face` with `amount` times the plate's texture (its high-pass, strong edges faded out) added where
+    `weight` (N x 1 x H x W in [0, 1]) allows. `face` and `plate` cover the same frame pixels."""
+    detail = high_pass(plate, sigma)
+    texture = detail * torch.exp(-((detail.abs().mean(1, keepdim=True) / edge) ** 2))
+    return face + amount * weight * texture
+
+
+def sharpen(face: torch.Tensor, amount: float, sigma: float) -> torch.Tensor:
+    """Unsharp mask: `face` plus `amount` times its own detail finer than `sigma` pixels."""
+    return face + amount * high_pass(face, sigma)

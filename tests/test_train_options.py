@@ -1,0 +1,154 @@
+"""Training options beyond the defaults: the LIAE architecture, the late phase (no warp, learning-rate
+dropout), pretraining a base model and starting a pair from it. Tiny models on the sample facesets."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine import media
+from engine import train as train_module
+from engine.__main__ import main
+from engine.convert import convert
+from engine.model import FORMAT, VERSION, load_model, read_checkpoint
+from engine.train import masked_step, read_history, train
+
+
+def quick(a, b, model, **options):
+    return train(a, b, model, **{"preset": "tiny", "preview_every": 1000, "save_every": 1000, "device": "cpu",
+                                 **options})
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["train", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_same_run(straight: dict, resumed: dict, folder_a: Path, folder_b: Path) -> None:
+    """Loss for loss and weight for weight."""
+    a, b = read_history(folder_a / "history.csv"), read_history(folder_b / "history.csv")
+    assert [r["iteration"] for r in a] == [r["iteration"] for r in b]
+    for row_a, row_b in zip(a, b, strict=True):
+        for k in ("loss_a", "loss_b"):
+            assert row_a[k] == pytest.approx(row_b[k], rel=1e-5), (row_a, row_b)
+    weights_a = read_checkpoint(Path(straight["checkpoint"]))["model"]
+    weights_b = read_checkpoint(Path(resumed["checkpoint"]))["model"]
+    for name, value in weights_a.items():
+        torch.testing.assert_close(value, weights_b[name], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- late phase
+
+
+def test_late_phase_turns_the_warp_off_and_resumes_exactly(faceset_a, faceset_b, tmp_path, monkeypatch):
+    warped = []
+    real_augment = train_module.augment
+
+    def recording_augment(batch, device, train=True):
+        warped.append(train)
+        return real_augment(batch, device, train=train)
+
+    monkeypatch.setattr(train_module, "augment", recording_augment)
+    schedule = {"no_warp_after": 15, "lr_dropout": 0.3}
+    straight = quick(faceset_a, faceset_b, tmp_path / "straight", iterations=40, seed=2, schedule=schedule)
+    # two identities per iteration; validation and previews call augment with train=False too, so count
+    # only the training calls: the first 15 iterations warp, the rest do not
+    training = warped[: 2 * 40]
+    assert training == [True] * 30 + [False] * 50
+    assert read_checkpoint(Path(straight["checkpoint"]))["late_from"] == 16
+
+    quick(faceset_a, faceset_b, tmp_path / "resumed", iterations=20, seed=2, schedule=schedule)
+    resumed = quick(faceset_a, faceset_b, tmp_path / "resumed", iterations=40, resume=True)
+    assert_same_run(straight, resumed, tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_late_phase_as_a_share_of_the_run(faceset_a, faceset_b, tmp_path, capsys):
+    code, out, err = cli(capsys, "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "m", "--preset", "tiny",
+                         "--iterations", 20, "--no-warp-after", 0.75, "--events")
+    assert code == 0, err
+    late = [json.loads(line) for line in out.splitlines() if '"late_phase"' in line]
+    assert [e["iteration"] for e in late] == [16]
+    code, _, err = cli(capsys, "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "n", "--no-warp-after", 0.5)
+    assert code == 2 and "error: --no-warp-after takes an iteration" in err and "neither given" in err
+    code, _, err = cli(capsys, "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "n", "--iterations", 5,
+                       "--lr-dropout", 0)
+    assert code == 2 and "error: --lr-dropout must be above 0" in err
+
+
+def test_learning_rate_dropout_updates_only_a_share_of_the_weights():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(100, 100)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1)
+    before = layer.weight.detach().clone()
+    layer(torch.randn(8, 100)).square().mean().backward()
+    masked_step(optimizer, 0.3, torch.Generator().manual_seed(0))
+    changed = (layer.weight != before).float().mean().item()
+    assert 0.25 < changed < 0.35
+    assert optimizer.state[layer.weight]["exp_avg"].ne(0).float().mean() > 0.9  # the moments saw every gradient
+
+
+# ---------------------------------------------------------------- LIAE
+
+
+def test_liae_trains_resumes_exactly_and_converts(faceset_a, faceset_b, shot_b, tmp_path):
+    options = {"seed": 1, "model_options": {"architecture": "liae"}}
+    straight = quick(faceset_a, faceset_b, tmp_path / "straight", iterations=40, **options)
+    quick(faceset_a, faceset_b, tmp_path / "resumed", iterations=20, **options)
+    resumed = quick(faceset_a, faceset_b, tmp_path / "resumed", iterations=40, resume=True)
+    assert_same_run(straight, resumed, tmp_path / "straight", tmp_path / "resumed")
+    history = read_history(tmp_path / "straight" / "history.csv")
+    assert history[-1]["loss_b"] < history[0]["loss_b"]
+
+    model, config = load_model(tmp_path / "straight")
+    assert config.architecture == "liae" and not hasattr(model, "decoders")
+    out = tmp_path / "out"
+    convert(shot_b, faceset_b, tmp_path / "straight", out, mask="hull", frames="1-2", device="cpu")
+    layer = media.read_image(out / "face" / "face_000001.png")
+    assert layer[..., 3].max() > 60000  # an opaque face was drawn
+
+
+def test_old_checkpoints_load_as_df(tiny_model, tmp_path):
+    state = read_checkpoint(sorted((tiny_model / "checkpoints").iterdir())[-1])
+    del state["config"]["architecture"]  # as written before the option existed
+    (tmp_path / "old" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "old" / "checkpoints" / "model_00000001.pt")
+    model, config = load_model(tmp_path / "old")
+    assert config.architecture == "df" and set(model.decoders) == {"a", "b"}
+    assert state["format"] == FORMAT and state["version"] == VERSION
+
+
+# ---------------------------------------------------------------- pretrain and init
+
+
+def test_pretrain_a_base_then_start_a_pair_from_it(tiny_model, faceset_a, faceset_b, tmp_path, capsys):
+    base = tmp_path / "base"
+    code, out, err = cli(capsys, "--pretrain", "--faces", faceset_a, faceset_b, "--model", base, "--preset", "tiny",
+                         "--iterations", 10)
+    assert code == 0, err
+    summary = json.loads((base / "model.json").read_text())
+    assert summary["iteration"] == 10 and len(summary["facesets"]) == 2
+
+    # A pair from a trained base starts where the base is, not from noise: its loss after 10 iterations
+    # is far below a new model's.
+    scratch = quick(faceset_a, faceset_b, tmp_path / "scratch", iterations=10, seed=4)
+    started = quick(faceset_a, faceset_b, tmp_path / "started", iterations=10, seed=4, init_from=tiny_model)
+    assert started["loss_b"] < 0.7 * scratch["loss_b"]
+    assert read_checkpoint(Path(started["checkpoint"]))["iteration"] == 10  # its own count, not the base's
+
+    for option, value, words in (("--size", 128, "is 64 px; it cannot start from it at 128 px"),
+                                 ("--architecture", "liae", "is df architecture; it cannot start from it at liae")):
+        code, _, err = cli(capsys, "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "refused",
+                           "--init-from", tiny_model, option, value)
+        assert code == 2 and err.startswith("error:") and words in err, err
+        assert not (tmp_path / "refused" / "checkpoints").exists()
+    code, _, err = cli(capsys, "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "n", "--init-from",
+                       tmp_path / "nothing")
+    assert code == 2 and "error: --init-from" in err and "holds no model" in err
+    code, _, err = cli(capsys, "--pretrain", "--a", faceset_a, "--model", tmp_path / "n")
+    assert code == 2 and "error: --pretrain takes its facesets as --faces" in err
+    code, _, err = cli(capsys, "--a", faceset_a, "--model", tmp_path / "n")
+    assert code == 2 and "error: train a pair with --a FACESET --b FACESET" in err
+    assert np.isfinite(started["loss_a"])
