@@ -249,7 +249,8 @@ def convert_step(scene, frames: tuple[int, int] | None) -> Step:
         line = f"Convert: {result.frames} frames, faces in {result.frames_with_faces}"
         if frames:  # a farm chunk: other chunks write the rest, the strips come once they are all there
             return line
-        strips.add_result_strips(scene, strips.shot_of(scene, scene.facereplace.b, "B"), output)
+        strips.add_result_strips(scene, strips.shot_of(scene, scene.facereplace.b, "B"), output,
+                                 relative=strips.keeps_relative(scene.facereplace))
         return line + "; result strips added"
 
     log = output.parent / "logs" / (f"convert_{chunk.frames}.log" if frames else "convert.log")
@@ -492,7 +493,8 @@ class FACEREPLACE_OT_add_strips(bpy.types.Operator):
         try:
             target = strips.shot_of(scene, settings.b, "B")
             added = strips.add_result_strips(
-                scene, target, resolved(settings.convert.output, "convert first: there are no results yet"))
+                scene, target, resolved(settings.convert.output, "convert first: there are no results yet"),
+                relative=strips.keeps_relative(settings))
         except ClientError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}

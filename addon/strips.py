@@ -28,6 +28,12 @@ ALPHA_MODES = {"straight": "STRAIGHT", "premultiplied": "PREMUL"}
 FPS_TOLERANCE = 0.01
 
 
+def keeps_relative(settings) -> bool:
+    """Whether result strips get "//"-relative folders: where the scene keeps its convert output relative
+    (a saved .blend, a "//" work folder)."""
+    return bool(bpy.data.filepath) and settings.convert.output.startswith("//")
+
+
 def edited_scene(context):
     """The scene the sequencer shows: Blender 5.0 gives the sequencer its own (the workspace's sequencer
     scene); before that, or while none is set, it is the window's scene."""
@@ -281,10 +287,10 @@ def layer_alpha_mode(output: Path) -> str:
     return ALPHA_MODES[alpha]
 
 
-def add_result_strips(scene, target: Shot, output: Path) -> dict[str, object]:
+def add_result_strips(scene, target: Shot, output: Path, relative: bool = False) -> dict[str, object]:
     """Add the face layer (Alpha Over, with a Color Balance modifier) and the muted matte on the channels
     above the target, frame-aligned with it, replacing the ones an earlier run added. A folder target
-    gets its plate added below them."""
+    gets its plate added below them. `relative` stores their folders "//"-relative to the .blend."""
     faces = result_files(output / "face", "face")
     mattes = result_files(output / "matte", "matte")
     missing = [n for n in target.numbers if n not in faces or n not in mattes]
@@ -293,8 +299,6 @@ def add_result_strips(scene, target: Shot, output: Path) -> dict[str, object]:
         raise ClientError(f"{output} lacks {len(missing)} of the shot's frames ({shown}): convert them first")
     alpha_mode = layer_alpha_mode(output)
     key = target.key or target.name
-    # Relative where the scene keeps its output relative (a saved .blend, a "//" work folder).
-    relative = bool(bpy.data.filepath) and scene.facereplace.convert.output.startswith("//")
     remove_result_strips(scene, key)
     strips = strip_collection(scene.sequence_editor_create())
     added = {}

@@ -216,7 +216,7 @@ def check_same_shot(alignments: Alignments, source: "media.FrameSource", where, 
         warn(f"{where} holds no shot signature (an older extract), so nothing checks that it belongs to "
              f"{source.path}")
     elif not media.same_shot(alignments.signature, source):
-        message = f"{source.path} is not the shot {where} was extracted from: its frames look different"
+        message = f"{source.path} is not the shot the alignments {where} were extracted from: its frames look different"
         if not force:
             raise EngineError(f"{message} (--force uses them anyway)")
         warn(f"{message}; going on as --force asks")

@@ -132,7 +132,7 @@ def test_zip_is_an_extension_with_the_engine_inside(extension):
             "engine/train.py", "engine/convert.py"} <= names
     assert not any("__pycache__" in n or n.startswith(("tests/", "addon/")) for n in names)
     for line in ('schema_version = "1.0.0"', 'id = "facereplace"', 'type = "add-on"',
-                 'blender_version_min = "4.2.0"', "[permissions]", 'website = "https://',
+                 'blender_version_min = "4.2.0"', "[permissions]",
                  'platforms = ["windows-x64", "macos-arm64", "linux-x64"]'):
         assert line in manifest
     assert "torch==" in requirements and "bpy" not in requirements and "pytest" not in requirements
