@@ -318,29 +318,18 @@ def snap_levels(mask, within: float):
     return ((mask - within) / (1 - 2 * within)).clamp(0.0, 1.0)
 
 
-def _gaussian_blur(mask, sigma: float, radius: int):
-    """Separable Gaussian blur of 1 x 1 x H x W with the kernel cut at `radius` pixels (so nothing reaches
-    further), zeros beyond the edges."""
-    import torch
-    from torch.nn import functional as F
-
-    x = torch.arange(-radius, radius + 1, dtype=mask.dtype, device=mask.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    mask = F.conv2d(mask, kernel.view(1, 1, 1, -1), padding=(0, radius))
-    return F.conv2d(mask, kernel.view(1, 1, -1, 1), padding=(radius, 0))
-
-
 def shape_mask(mask, erode: int, feather: float):
     """Erode (or, negative, dilate) by `erode` pixels with a round kernel, then feather: a Gaussian with
     sigma feather/4 cut at feather/2, so the edge fades from exactly 0 to exactly 1 over `feather` pixels
     (2% to 98% over 0.87 of them) and the matte is solid inside and clean outside."""
+    from .detail import gaussian_blur
+
     if erode > 0:
         mask = 1 - _dilate(1 - mask, erode, outside=1.0)
     elif erode < 0:
         mask = _dilate(mask, -erode, outside=0.0)
     if feather_radius(feather) > 0:
-        mask = _gaussian_blur(mask, feather / 4, feather_radius(feather))
+        mask = gaussian_blur(mask, feather / 4, "zeros", feather_radius(feather))
     return snap_levels(mask, ROUNDING_SNAP)
 
 

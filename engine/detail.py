@@ -24,10 +24,11 @@ DETAIL_SIGMA = 1.5
 DETAIL_EDGE = 0.03
 
 
-def gaussian_blur(image: torch.Tensor, sigma: float, padding: str = "reflect") -> torch.Tensor:
-    """Separable Gaussian blur of N x C x H x W. `padding` "reflect" mirrors the image at its edges,
-    "zeros" treats everything beyond them as 0 (for mattes)."""
-    radius = max(1, math.ceil(3 * sigma))
+def gaussian_blur(image: torch.Tensor, sigma: float, padding: str = "reflect", radius: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur of N x C x H x W, its kernel cut at `radius` pixels (default 3 sigma), so
+    nothing reaches further. `padding` "reflect" mirrors the image at its edges, "zeros" treats
+    everything beyond them as 0 (for mattes)."""
+    radius = max(1, math.ceil(3 * sigma)) if radius is None else radius
     x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = kernel / kernel.sum()

@@ -74,3 +74,21 @@ def quick_model(faceset_a, faceset_b, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("quick_model") / "model"
     train(faceset_a, faceset_b, folder, preset="tiny", iterations=2, preview_every=1000, seed=0, device="cpu")
     return folder
+
+
+def assert_same_run(straight: dict, resumed: dict, folder_a: Path, folder_b: Path) -> None:
+    """Two training runs (their `done` summaries and model folders) agree loss for loss and weight for weight."""
+    import torch
+
+    from engine.model import read_checkpoint
+    from engine.train import read_history
+
+    a, b = read_history(folder_a / "history.csv"), read_history(folder_b / "history.csv")
+    assert [r["iteration"] for r in a] == [r["iteration"] for r in b]
+    for row_a, row_b in zip(a, b, strict=True):
+        for k in ("loss_a", "loss_b"):
+            assert row_a[k] == pytest.approx(row_b[k], rel=1e-5), (row_a, row_b)
+    weights_a = read_checkpoint(Path(straight["checkpoint"]))["model"]
+    weights_b = read_checkpoint(Path(resumed["checkpoint"]))["model"]
+    for name, value in weights_a.items():
+        torch.testing.assert_close(value, weights_b[name], rtol=1e-5, atol=1e-6)

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from engine import media
@@ -14,6 +13,7 @@ from engine.__main__ import main
 from engine.convert import convert
 from engine.model import FORMAT, VERSION, load_model, read_checkpoint
 from engine.train import masked_step, read_history, train
+from tests.conftest import assert_same_run
 
 
 def quick(a, b, model, **options):
@@ -25,19 +25,6 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
     code = main(["train", *map(str, argv)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def assert_same_run(straight: dict, resumed: dict, folder_a: Path, folder_b: Path) -> None:
-    """Loss for loss and weight for weight."""
-    a, b = read_history(folder_a / "history.csv"), read_history(folder_b / "history.csv")
-    assert [r["iteration"] for r in a] == [r["iteration"] for r in b]
-    for row_a, row_b in zip(a, b, strict=True):
-        for k in ("loss_a", "loss_b"):
-            assert row_a[k] == pytest.approx(row_b[k], rel=1e-5), (row_a, row_b)
-    weights_a = read_checkpoint(Path(straight["checkpoint"]))["model"]
-    weights_b = read_checkpoint(Path(resumed["checkpoint"]))["model"]
-    for name, value in weights_a.items():
-        torch.testing.assert_close(value, weights_b[name], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- late phase
