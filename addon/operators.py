@@ -52,18 +52,22 @@ def stored(path: Path) -> str:
     return str(path)
 
 
-def run_env() -> dict[str, str]:
+def run_env(interactive: bool | None = None) -> dict[str, str]:
     """What an engine run gets in its environment from the add-on: torch's cache inside the extension's
     user folder (never the user's home cache), and its CPU manners: a share of the cores beside the other
-    runs, a passive OpenMP wait and, started from Blender's window, a core left for Blender."""
+    runs and, started from Blender's window (`interactive`, by default: not headless), a passive OpenMP
+    wait and a core left for Blender."""
     # The runs' lock files (engine/device.py), so every run the add-on starts shares the cores with the others.
     env = {"TORCH_HOME": str(extension_user_folder("torch")), "FACEREPLACE_RUNTIME_DIR": str(extension_user_folder("runs"))}
     preferences = prefs()
-    if preferences.use_passive_wait:
+    interactive = not bpy.app.background if interactive is None else interactive
+    # Headless (a farm worker, a script) the run owns the machine: a passive wait would cost it about 40%
+    # alone (measured, docs/blender.md), so only a run beside Blender's window sleeps while it waits.
+    if preferences.use_passive_wait and interactive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     if preferences.cpu_threads:
         env["FACEREPLACE_THREADS"] = str(preferences.cpu_threads)
-    elif not bpy.app.background:
+    elif interactive:
         env["FACEREPLACE_RESERVE_CORES"] = "1"
     return env
 
