@@ -252,7 +252,7 @@ def write_checkpoint(model_dir: str | Path, state: dict, keep: int = 3) -> Path:
     """Atomically write `state` as the checkpoint of its iteration, then drop all but the newest `keep`.
 
     A kill at any moment leaves the previous checkpoints intact and at worst a temp file (swept by
-    `sweep_temp_files`), so the model folder always loads.
+    `media.sweep_temp_files`, which train runs on the model folder), so the model folder always loads.
     """
     path = Path(model_dir) / CHECKPOINTS / f"model_{state['iteration']:08d}.pt"
     with media.atomic_path(path) as tmp:
@@ -263,11 +263,6 @@ def write_checkpoint(model_dir: str | Path, state: dict, keep: int = 3) -> Path:
     for old in older[max(keep, 1) - 1:]:
         old.unlink(missing_ok=True)
     return path
-
-
-def sweep_temp_files(model_dir: str | Path) -> None:
-    """Remove temp files that killed writes left anywhere in the model folder (checkpoints, previews)."""
-    media.sweep_temp_files(model_dir)
 
 
 def read_checkpoint(path: Path, device="cpu") -> dict:

@@ -45,7 +45,6 @@ from .model import (
     config_from_state,
     latest_checkpoint,
     make_config,
-    sweep_temp_files,
     write_checkpoint,
 )
 from .options import number_in
@@ -318,7 +317,7 @@ def train(
         train_model = torch.compile(train_model)
 
     if main_process:
-        sweep_temp_files(model_dir)
+        media.sweep_temp_files(model_dir)  # what killed writes left: checkpoints, previews
         _trim_history(model_dir / HISTORY_FILE, start)
         (model_dir / STOP_FILE).unlink(missing_ok=True)
         parameters = sum(p.numel() for p in model.parameters())
