@@ -86,7 +86,7 @@ def add_arguments(parser) -> None:
                         help=f"width of the mask's soft edge in frame pixels (default {AUTO_FEATHER * 100:g}%% of the face width)")
     parser.add_argument("--color", default="rct", choices=COLOR_MODES, help="colour matching to the original face")
     parser.add_argument("--detail", type=number_in(0, 4), default=0.0, metavar="AMOUNT",
-                        help="add this much of the plate's own fine detail (skin, grain) onto the face, not on its eyes and mouth (0-1; 0: off)")
+                        help="add this much of the plate's own fine detail (skin, grain) onto the face, not on its eyes and mouth (0-4; 0: off; 2 suits a 64 px model)")
     parser.add_argument("--sharpen", type=number_in(0, 4), default=0.0, metavar="AMOUNT", help="unsharp-mask the face by this amount (0: off)")
     parser.add_argument("--format", default="png16", choices=list(FORMATS),
                         help="png16: 16-bit sRGB PNG; exr: 32-bit float scene-linear EXR")
