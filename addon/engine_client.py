@@ -8,6 +8,7 @@ kept whole in a log file and its tail in memory, so a failure can be reported wi
 """
 
 import collections
+import importlib.util
 import json
 import os
 import queue
@@ -34,6 +35,18 @@ def engine_root() -> Path:
         if (root / "engine" / "__main__.py").is_file():
             return root
     raise ClientError("the engine package is missing from the FaceReplace extension: reinstall it")
+
+
+def shared_module(name: str):
+    """The engine's module `name` that both sides share (engine/frames.py: standard library only), loaded
+    from the bundled engine's own file, so the add-on keeps no copy of the engine's rules."""
+    qualified = f"{__package__}.engine_{name}"
+    if qualified not in sys.modules:
+        spec = importlib.util.spec_from_file_location(qualified, engine_root() / "engine" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[qualified] = module
+    return sys.modules[qualified]
 
 
 def venv_python(venv: Path) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from . import jobs, strips
+from . import contract, jobs, strips
 from .engine_client import REQUIREMENTS_FILE, ClientError, engine_command, engine_root, venv_python
 from .jobs import Step
 from .preferences import BACKENDS, engine_python, extension_user_folder, managed_venv, prefs
@@ -170,7 +170,7 @@ def extract_step(scene, side: str) -> Step:
 def _faceset(scene, side: str) -> Path:
     """The faceset of `side`, refused when it is gone or its shot changed since extraction."""
     folder = resolved(getattr(scene.facereplace, side.lower()).faceset, f"extract {side} first")
-    if not (folder / "alignments.json").is_file():
+    if not (folder / contract.folder("faceset")["alignments"]).is_file():
         raise ClientError(f"the faceset of {side} ({folder}) is gone or incomplete: extract {side} again")
     if stale := stale_message(scene, side):
         raise ClientError(stale)
@@ -178,7 +178,7 @@ def _faceset(scene, side: str) -> Path:
 
 
 def has_model(folder: Path) -> bool:
-    return (folder / "model.json").is_file()
+    return (folder / contract.folder("model")["summary"]).is_file()
 
 
 def train_step(scene, resume: bool, into: str = "", iterations: int = 0) -> Step:
@@ -204,7 +204,8 @@ def train_step(scene, resume: bool, into: str = "", iterations: int = 0) -> Step
     if resume:  # a model keeps the preset and resolution it was made with
         args.append("--resume")
     else:
-        args += ["--preset", train.preset] + (["--size", train.size] if train.size != "PRESET" else [])
+        args += (["--preset", train.preset] if train.preset != "AUTO" else []) + (
+            ["--size", train.size] if train.size != "PRESET" else [])
     if train.time_budget > 0:
         args += ["--time-budget", round(train.time_budget, 1)]
     argv = engine_command(engine_python(), "train", args, prefs().device, processes=prefs().train_processes)
@@ -221,7 +222,7 @@ def train_step(scene, resume: bool, into: str = "", iterations: int = 0) -> Step
         why = f" ({STOP_REASONS.get(reason, reason)})" if reason else ""
         return f"Train: {result.iteration} iterations{why}, loss A {result.loss_a:.4f}, B {result.loss_b:.4f}"
 
-    return Step("Train", argv, finish, stop_file=model / "stop", log=work / "logs" / "train.log",
+    return Step("Train", argv, finish, stop_file=model / contract.folder("model")["stop"], log=work / "logs" / "train.log",
                 grace_s=TRAIN_STOP_GRACE_S, env=run_env())
 
 
@@ -237,7 +238,7 @@ def convert_step(scene, frames: tuple[int, int] | None) -> Step:
     convert = settings.convert
     # A farm worker writes where the artist's earlier runs did, whatever its own work folder preference.
     output = absolute(convert.output) if convert.output else work_folder(scene) / "output"
-    args = [chunk.input, "--alignments", faceset_b / "alignments.json", "--model", model, "--output", output,
+    args = [chunk.input, "--alignments", faceset_b / contract.folder("faceset")["alignments"], "--model", model, "--output", output,
             "--mask", convert.mask, "--erode", convert.erode, "--color", convert.color, "--format", convert.format,
             "--detail", convert.detail, "--frames", chunk.frames]
     if not convert.use_auto_feather:
@@ -277,6 +278,8 @@ def describe_engine(summary: dict) -> str:
 def record_engine(_scene, summary: dict) -> str:
     """Check engine's result, into the preferences."""
     status = describe_engine(summary)
+    if isinstance(summary.get("schema"), dict):
+        contract.save(summary["schema"])
     preferences = prefs()
     preferences.engine_status = status
     preferences.engine_ok = True

@@ -4,15 +4,15 @@ import os
 
 import bpy
 
-from . import jobs, previews
+from . import contract, jobs, previews
 from .engine_client import ClientError
 from .jobs import format_seconds
 from .operators import stale_message, work_folder
 from .preferences import prefs
 from .strips import TAG, edited_scene, find_strip, fps_mismatch, strip_collection
 
-# The columns of train's preview grid (engine.train.PREVIEW_COLUMNS), as the panel labels them.
-PREVIEW_COLUMNS = ("A", "A→A", "A→B", "B", "B→B", "B→A")
+# The columns of train's preview grid, as the panel labels them.
+PREVIEW_COLUMNS = tuple(c.strip().replace("->", "→") for c in contract.folder("model")["preview_columns"].split(","))
 
 
 class FaceReplacePanel:

@@ -10,6 +10,7 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
+from . import contract
 from .engine_client import ENGINE_PYTHON_ENV, venv_python
 from .properties import RELATIVE
 
@@ -86,24 +87,15 @@ class FaceReplacePreferences(bpy.types.AddonPreferences):
         description="The python of a venv that has the engine's packages (torch, OpenCV, dlib). "
         "Empty: the venv that Set up engine made",
     )
-    device: EnumProperty(
-        name="Device",
-        items=[("auto", "Auto", "A CUDA GPU when there is one, else the CPU"),
-               ("cuda", "CUDA", "An NVIDIA GPU (an error without one)"), ("cpu", "CPU", "The processor")],
-        default="auto",
-    )
+    device: EnumProperty(name="Device", items=contract.items("extract", "device"),
+                         default=contract.default("extract", "device"))
     train_processes: IntProperty(
         name="Training GPUs",
         default=1, min=1, max=64,
         description="Train on this many GPUs of this machine, one process each (torchrun, DistributedDataParallel)",
     )
-    detector: EnumProperty(
-        name="Face Detector",
-        items=[("auto", "Auto", "FAN where its weights load (downloaded once), else dlib"),
-               ("fan", "FAN", "face-alignment's S3FD and 2DFAN4: accurate, fast on a GPU; weights downloaded once"),
-               ("dlib", "dlib", "dlib's HOG detector and 68-point predictor: works offline")],
-        default="auto",
-    )
+    detector: EnumProperty(name="Face Detector", items=contract.items("extract", "detector"),
+                           default=contract.default("extract", "detector"))
     work_folder: StringProperty(
         name="Work Folder",
         subtype="DIR_PATH",

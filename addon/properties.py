@@ -8,9 +8,12 @@ can move. What is only true while an engine runs (progress, it/s) is not here: s
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
+from . import contract
 from .engine_client import ClientError
 from .strips import find_strip, shot_of, strip_collection, strip_id
 
+# The number Auto is stored under in a .blend, apart from the presets' (numbered by their place).
+AUTO_NUMBER = 1000
 # Blender 4.5 asks path properties to declare that they take "//" (relative to the .blend) paths.
 RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 5, 0) else set()
 
@@ -65,15 +68,14 @@ class FaceReplaceShot(bpy.types.PropertyGroup):
 class FaceReplaceTrain(bpy.types.PropertyGroup):
     preset: EnumProperty(
         name="Preset",
-        items=[("tiny", "Tiny", "Quickest look: 64 px, learns a recognizable face in minutes on a CPU"),
-               ("fast", "Fast", "Previews and CPU training: 64 px"),
-               ("quality", "Quality", "Finished shots on a GPU: 128 px, or 192/256 for close-ups")],
-        default="fast",
+        items=contract.items("train", "preset") + [("AUTO", "Auto", "The engine's own choice for a new model: " + ", ".join(
+            f"{preset} on {device}" for device, preset in contract.SCHEMA["default_presets"].items()), AUTO_NUMBER)],
+        default="AUTO",
     )
     size: EnumProperty(
         name="Resolution",
-        items=[("PRESET", "Preset's", "The preset's own resolution"), ("64", "64 px", ""), ("128", "128 px", ""),
-               ("192", "192 px", ""), ("256", "256 px", "")],
+        items=[("PRESET", "Preset's", "The preset's own resolution")]
+        + [(str(size), f"{size} px", "") for size in contract.SCHEMA["sizes"]],
         default="PRESET",
         description="Model resolution: a new model only (a resumed model keeps its own)",
     )
@@ -90,14 +92,7 @@ class FaceReplaceTrain(bpy.types.PropertyGroup):
 
 
 class FaceReplaceConvert(bpy.types.PropertyGroup):
-    mask: EnumProperty(
-        name="Mask",
-        items=[("predicted", "Predicted", "The mask the model draws"),
-               ("hull", "Landmark Hull", "The hull of the face's landmarks"),
-               ("extended", "Extended", "The hull reaching up to the forehead"),
-               ("intersection", "Intersection", "Where the predicted and the hull mask agree")],
-        default="predicted",
-    )
+    mask: EnumProperty(name="Mask", items=contract.items("convert", "mask"), default=contract.default("convert", "mask"))
     erode: IntProperty(name="Erode", default=0, soft_min=-32, soft_max=32, subtype="PIXEL",
                        description="Shrink the mask by this many pixels (negative grows it)")
     use_auto_feather: BoolProperty(name="Auto Feather", default=True,
@@ -107,21 +102,10 @@ class FaceReplaceConvert(bpy.types.PropertyGroup):
     detail: FloatProperty(name="Plate Detail", default=0.0, min=0.0, max=4.0, soft_max=2.0,
                           description="Add the plate's own fine detail (skin, grain) onto the face, not on its "
                                       "eyes and mouth (1: all of it)")
-    color: EnumProperty(
-        name="Color Match",
-        items=[("none", "None", "Keep the model's colors"),
-               ("avg", "Average", "Match the mean color inside the mask"),
-               ("rct", "Reinhard", "Match mean and spread in Lab"),
-               ("hist", "Histogram", "Match the histogram inside the mask"),
-               ("seamless", "Seamless Clone", "Poisson blend into the frame")],
-        default="rct",
-    )
-    format: EnumProperty(
-        name="Format",
-        items=[("png16", "PNG 16-bit", "16-bit RGBA PNG face layers"),
-               ("exr", "OpenEXR", "32-bit float scene-linear RGBA EXR face layers")],
-        default="png16",
-    )
+    color: EnumProperty(name="Color Match", items=contract.items("convert", "color"),
+                        default=contract.default("convert", "color"))
+    format: EnumProperty(name="Format", items=contract.items("convert", "format"),
+                         default=contract.default("convert", "format"))
     output: StringProperty(name="Output", subtype="DIR_PATH", options=RELATIVE, description="The folder of face layers and mattes")
     frames: IntProperty(name="Frames Converted")
     frames_with_faces: IntProperty(name="Frames With Faces")

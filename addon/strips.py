@@ -8,17 +8,16 @@ user types (frame ranges, the reference frame) is a timeline frame; the engine o
 
 import json
 import os
-import re
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import bpy
 
-from .engine_client import ClientError
+from . import contract
+from .engine_client import ClientError, shared_module
 
-# The engine's image types (engine.media.IMAGE_EXTENSIONS): the files that make up a sequence folder.
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp"}
+frame_rules = shared_module("frames")  # the engine's frame-numbering and frame-range rules
 TAG = "facereplace"  # custom property on the strips the add-on adds: "plate", "face" or "matte"
 TAG_TARGET = "facereplace_target"  # ... and the key of the shot they belong to (Shot.key)
 STRIP_ID = "facereplace_id"  # custom property: a strip's id, which a rename keeps
@@ -114,32 +113,21 @@ class Shot:
 def parse_ranges(text: str) -> list[tuple[int, int]]:
     """"101-200", "150" or "1-100,150-250" (timeline frames, inclusive) as [(first, last), ...]; Blender's
     "1..100" and Flamenco's chunks ("26,27": two frames) too."""
-    ranges = []
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(-?\d+)\s*(?:(?:-|\.\.)\s*(-?\d+)\s*)?", part)
-        if not m:
-            raise ClientError(f"frame range {text!r} is not of the form A-B, A..B or A-B,C-D")
-        first, last = int(m.group(1)), int(m.group(2) or m.group(1))
-        if first > last:
-            raise ClientError(f"frame range {part.strip()}: start is after end")
-        ranges.append((first, last))
-    return ranges
+    try:
+        return frame_rules.parse_ranges(text)
+    except ValueError as e:
+        raise ClientError(str(e)) from None
 
 
 def sequence_numbers(folder: Path) -> dict[str, int]:
-    """{file name: frame number} as the engine numbers an image folder: the last number in each name, or
-    the position in name order when some name has none or two share one (engine.media.FrameSource)."""
+    """{file name: frame number} as the engine numbers an image folder (engine/frames.py)."""
     try:
-        names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        names = [p.name for p in frame_rules.sequence_files(folder)]
     except OSError as e:
         raise ClientError(f"cannot read folder {folder}: {e.strerror or e}") from None
     if not names:
-        raise ClientError(f"folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    digits = [re.findall(r"\d+", Path(n).stem) for n in names]
-    numbers = [int(d[-1]) if d else None for d in digits]
-    if None in numbers or len(set(numbers)) != len(numbers):
-        numbers = list(range(1, len(names) + 1))
-    return dict(zip(names, numbers, strict=True))
+        raise ClientError(f"folder {folder} holds no images ({', '.join(sorted(frame_rules.IMAGE_EXTENSIONS))})")
+    return dict(zip(names, frame_rules.sequence_numbers(names), strict=True))
 
 
 def absolute(path: str) -> Path:
@@ -206,15 +194,6 @@ def shot_of(scene, shot_settings, side: str) -> Shot:
 # ---------------------------------------------------------------- result strips
 
 
-def result_files(folder: Path, prefix: str) -> dict[int, str]:
-    """{frame number: file name} of `prefix`_%06d.png|exr files, as convert numbers them."""
-    pattern = re.compile(rf"{prefix}_(\d+)\.(png|exr)")
-    if not folder.is_dir():
-        return {}
-    return {int(m.group(1)): m.group(0) for name in sorted(p.name for p in folder.iterdir())
-            if (m := pattern.fullmatch(name))}
-
-
 def result_strips(scene, target: str) -> dict[str, object]:
     """{"face": strip, "matte": strip, "plate": strip} that the add-on added for the shot keyed `target`."""
     editor = scene.sequence_editor
@@ -274,30 +253,39 @@ def _add_color_balance(strip, scene) -> None:
             workspace.sequencer_scene = None
 
 
-def layer_alpha_mode(output: Path) -> str:
-    """The Blender alpha mode of convert's face layers in `output`, as its manifest.json records them
-    (premultiplied EXR, straight PNG)."""
-    path = output / "manifest.json"
+def read_manifest(output: Path) -> dict:
+    """convert's manifest.json in `output`: its face layers' alpha and its file patterns."""
+    path = output / contract.folder("output")["manifest"]
     try:
-        alpha = json.loads(path.read_text()).get("alpha")
-    except (OSError, ValueError, AttributeError):
+        manifest = json.loads(path.read_text())
+        files = {kind: manifest["files"][kind] for kind in ("face", "matte")}
+    except (OSError, ValueError, TypeError, KeyError):
         raise ClientError(f"cannot read {path}: convert the shot again") from None
-    if alpha not in ALPHA_MODES:
-        raise ClientError(f"{path} names no known alpha ({alpha!r}): convert the shot again")
-    return ALPHA_MODES[alpha]
+    if manifest.get("alpha") not in ALPHA_MODES:
+        raise ClientError(f"{path} names no known alpha ({manifest.get('alpha')!r}): convert the shot again")
+    return {"alpha": manifest["alpha"], "files": files}
+
+
+def result_file(output: Path, manifest: dict, kind: str, number: int) -> Path | None:
+    """Frame `number`'s face layer or matte as the manifest names it, if it is there (inside `output`)."""
+    try:
+        path = output / frame_rules.frame_file(manifest["files"][kind], number)
+    except ValueError as e:
+        raise ClientError(f"{output}: the {kind} {e}: convert the shot again") from None
+    return path if path.resolve().is_relative_to(output.resolve()) and path.is_file() else None
 
 
 def add_result_strips(scene, target: Shot, output: Path, relative: bool = False) -> dict[str, object]:
     """Add the face layer (Alpha Over, with a Color Balance modifier) and the muted matte on the channels
     above the target, frame-aligned with it, replacing the ones an earlier run added. A folder target
     gets its plate added below them. `relative` stores their folders "//"-relative to the .blend."""
-    faces = result_files(output / "face", "face")
-    mattes = result_files(output / "matte", "matte")
-    missing = [n for n in target.numbers if n not in faces or n not in mattes]
+    manifest = read_manifest(output)
+    layers = {kind: {n: result_file(output, manifest, kind, n) for n in target.numbers} for kind in ("face", "matte")}
+    missing = [n for n in target.numbers if layers["face"][n] is None or layers["matte"][n] is None]
     if missing:
         shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
         raise ClientError(f"{output} lacks {len(missing)} of the shot's frames ({shown}): convert them first")
-    alpha_mode = layer_alpha_mode(output)
+    alpha_mode = ALPHA_MODES[manifest["alpha"]]
     key = target.key or target.name
     remove_result_strips(scene, key)
     strips = strip_collection(scene.sequence_editor_create())
@@ -311,12 +299,13 @@ def add_result_strips(scene, target: Shot, output: Path, relative: bool = False)
     else:
         plate = find_strip(scene.sequence_editor, target.key, target.strip)
     channel = _free_channel(strips, plate.channel + 1, 2, target.start, target.end)
-    face = _image_strip(strips, f"{target.name} face", output / "face", [faces[n] for n in target.numbers],
+    faces, mattes = ([layers[kind][n] for n in target.numbers] for kind in ("face", "matte"))
+    face = _image_strip(strips, f"{target.name} face", faces[0].parent, [p.name for p in faces],
                         channel, target.start, "face", key, relative=relative)
     face.blend_type = "ALPHA_OVER"
     face.alpha_mode = alpha_mode
     _add_color_balance(face, scene)
-    matte = _image_strip(strips, f"{target.name} matte", output / "matte", [mattes[n] for n in target.numbers],
+    matte = _image_strip(strips, f"{target.name} matte", mattes[0].parent, [p.name for p in mattes],
                          channel + 1, target.start, "matte", key, relative=relative)
     matte.mute = True
     for layer in (face, matte):

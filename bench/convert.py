@@ -94,7 +94,7 @@ def main() -> None:
                 for fmt in args.formats:
                     out = tmp / f"out-{device}-{name}-{fmt}"
                     started = time.perf_counter()
-                    summary = convert(shot, alignments, model_dir, out, fmt=fmt, write_frames=args.write_frames,
+                    summary = convert(shot, alignments, model_dir, out, format=fmt, write_frames=args.write_frames,
                                       device=device)
                     seconds = time.perf_counter() - started
                     split = " ".join(f"{1000 * s / args.frames:10.1f}" for s in summary["stage_seconds"].values())

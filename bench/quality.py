@@ -154,7 +154,7 @@ def train(data: dict, work: Path, train_args: list[str], budget: tuple[str, floa
     stop = ["--time-budget", str(budget[1] * 60)] if budget[0] == "minutes" else ["--iterations", str(int(budget[1]))]
     done = engine("train", "--a", str(data["a"]), "--b", str(data["b"]), "--model", str(folder), *stop, *resume,
                   *train_args)
-    from engine.train import read_history
+    from engine.model import read_history
 
     history = read_history(folder / "history.csv")
     summary = {"model": str(folder), "iterations": done["iterations"], "stopped": done["stopped"],

@@ -27,12 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo import samples  # noqa: E402
 from engine import media  # noqa: E402
-from engine.augment import Augmentation, FaceBatches, augment  # noqa: E402
+from engine.augment import Augmentation, FaceBatches  # noqa: E402
 from engine.device import pick_device  # noqa: E402
 from engine.extract import extract  # noqa: E402
 from engine.faceset import Faceset  # noqa: E402
 from engine.losses import LossWeights, face_loss  # noqa: E402
 from engine.model import PRESETS, SIZES, FaceModel, make_config  # noqa: E402
+from engine.train import train_step  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s), from the vendors' data sheets, by a piece of the device name.
 GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
@@ -101,22 +102,11 @@ def sync(device):
 
 
 def training_step(model, optimizer, batch_source, device, loss_fn, compile_model=None):
-    """One step as engine.train runs it: augment on the device, bf16 autocast on CUDA, backward, Adam."""
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    """engine.train's own step (train_step) on the next batch of `batch_source`."""
     forward = model if compile_model is None else compile_model  # a compiled module has no truth value
 
     def step():
-        batch = batch_source()
-        inputs, targets = {}, {}
-        for k in ("a", "b"):
-            x, *target = augment(batch[k], device)
-            inputs[k], targets[k] = x.contiguous(memory_format=memory_format), target
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            outputs = forward(inputs["a"], inputs["b"])
-        loss = sum(loss_fn(out, targets[k]) for k, out in zip("ab", outputs, strict=True))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(forward, optimizer, batch_source(), device, loss_fn)
 
     return step
 

@@ -17,6 +17,7 @@ import traceback
 
 from . import __version__
 from .events import EngineError, Events
+from .options import Choice
 
 
 class _ParserError(Exception):
@@ -28,6 +29,11 @@ class Parser(argparse.ArgumentParser):
         raise _ParserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+DEVICES = {
+    "auto": Choice("Auto", "A CUDA GPU when there is one, else the CPU"),
+    "cuda": Choice("CUDA", "An NVIDIA GPU (an error without one)"),
+    "cpu": Choice("CPU", "The processor"),
+}
 VERBS = {
     "extract": ("engine.extract", "frames -> faceset: detect, align, mask and embed faces"),
     "train": ("engine.train", "two facesets -> model: the shared-encoder, two-decoder autoencoder"),
@@ -35,6 +41,7 @@ VERBS = {
     "curate": ("engine.curate", "score a faceset, flag bad faces and move them aside"),
     "evaluate": ("engine.evaluate", "measure identity, expression, stability and seams of a converted shot"),
     "info": ("engine.info", "engine version, torch, CUDA and GPU, as the add-on's Check engine shows"),
+    "schema": ("engine.schema", "every verb's choices, defaults and folder layouts, as JSON: the add-on's menus"),
 }
 
 
@@ -43,15 +50,19 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     parser = Parser(prog="python -m engine", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"facereplace-engine {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for name, (module_name, help_text) in VERBS.items():
-        sub = verbs.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--events", action="store_true", help="JSON lines on stdout, for the add-on")
-        sub.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="where torch runs")
-        sub.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
-        sub.set_defaults(module=module_name)
-        if verb == name:
-            importlib.import_module(module_name).add_arguments(sub)
+    for name, (_, help_text) in VERBS.items():
+        add_verb_arguments(verbs.add_parser(name, help=help_text, description=help_text), name, verb == name)
     return parser
+
+
+def add_verb_arguments(parser: argparse.ArgumentParser, verb: str, with_own: bool = True) -> None:
+    """The options every verb takes, and with `with_own` the verb's own (which imports its module)."""
+    parser.add_argument("--events", action="store_true", help="JSON lines on stdout, for the add-on")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where torch runs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    parser.set_defaults(module=VERBS[verb][0])
+    if with_own:
+        importlib.import_module(VERBS[verb][0]).add_arguments(parser)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import torch
 
+from .options import Choice
+
 # sRGB primaries to CIE XYZ, D65 white (IEC 61966-2-1), and the D65 white point.
 _RGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375), (0.2126729, 0.7151522, 0.0721750), (0.0193339, 0.1191920, 0.9503041))
 _WHITE = (0.95047, 1.0, 1.08883)
@@ -151,6 +153,16 @@ MATCHERS = {
     "rct": match_rct,
     "hist": match_hist,
     "seamless": match_seamless,
+}
+
+
+# convert --color: every matcher above, as the add-on's Color Match menu shows it.
+COLOR_MODES = {
+    "none": Choice("None", "Keep the model's colors"),
+    "avg": Choice("Average", "Match the mean color inside the mask"),
+    "rct": Choice("Reinhard", "Match mean and spread in Lab"),
+    "hist": Choice("Histogram", "Match the histogram inside the mask"),
+    "seamless": Choice("Seamless Clone", "Poisson blend into the frame"),
 }
 
 

@@ -1,19 +1,8 @@
 """Convert: shot + alignments + model -> face layers, mattes, finished frames and patches for compositing.
 
-    OUTPUT/
-      manifest.json                  source, model and hash, settings, frame range, file patterns
-      face/face_%06d.png|exr         RGBA face layer, fully transparent where no face is: premultiplied
-                                     alpha in EXR (--alpha straight to change it), straight in PNG
-      matte/matte_%06d.png|exr       the layer's alpha as one channel
-      frames/frame_%06d.png|exr      the shot with the face composited in (--write-frames)
-      patch/patch_%06d.png|exr       the swapped face in aligned space, its mask and matrices.json
-      patch/patch_mask_%06d.png|exr  (--write-patches)
-
-%06d is the source frame number. PNGs are 16-bit sRGB; EXRs are 32-bit float scene-linear. Every
-file carries a synthetic-media marking (PNG iTXt / EXR header) with the tool, version, model hash and
-settings, and nothing that depends on which frames a run was asked for, so farm chunks (--frames A-B)
-write disjoint files that together are byte-identical to one full run; a rerun skips frames whose files
-are already there with the same marking (every file is written atomically).
+The output folder's layout, file patterns, markings and encodings are engine.output's. A rerun skips
+frames whose files are already there with the same marking (every file is written atomically), so
+farm chunks (--frames A-B) write disjoint files that together are byte-identical to one full run.
 
 Per face: crop the frame with the stored matrix scaled to the model's size, run the decoder, match the
 colour to the original face inside the mask (in aligned space), and warp face and mask back by the
@@ -28,32 +17,45 @@ what the model computes for a face never depends on the chunk or on the faces ba
 """
 
 import contextlib
-import json
 import math
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__, media
+from .color import COLOR_MODES
 from .events import EngineError, Events
 from .faces import align, masks
-from .faceset import ALIGNMENTS_FILE, Alignments, check_same_shot
-from .options import number_in
+from .faceset import ALIGNMENTS_FILE, Alignments, check_alignments, check_same_shot
+from .options import Choice, add_fields, from_args, number_in
+from .output import (
+    ALPHA_MODES,
+    DEFAULT_ALPHA,
+    FORMATS,
+    Outputs,
+    encode,
+    encode_layer,
+    encode_matte,
+    file_patterns,
+    frame_outputs,
+    is_complete,
+    marking,
+    matrices,
+    write_manifest,
+)
 
-FORMATS = {"png16": ".png", "exr": ".exr"}
-# EXR's convention (and what every reader assumes) is premultiplied colour; PNG's specification says straight.
-ALPHA_MODES = ("premultiplied", "straight")
-DEFAULT_ALPHA = {"png16": "straight", "exr": "premultiplied"}
 DIRECTIONS = {"a2b": "a", "b2a": "b"}  # a2b: the shot's faces drawn by decoder A
-MASK_MODES = ("predicted", "hull", "extended", "intersection")
-COLOR_MODES = ("none", "avg", "rct", "hist", "seamless")
-MANIFEST_FILE = "manifest.json"
-MATRICES_FILE = "matrices.json"
+MASK_MODES = {
+    "predicted": Choice("Predicted", "The mask the model draws"),
+    "hull": Choice("Landmark Hull", "The hull of the face's landmarks"),
+    "extended": Choice("Extended", "The hull reaching up to the forehead"),
+    "intersection": Choice("Intersection", "Where the predicted and the hull mask agree"),
+}
 # --feather's default: this share of the shot's median face width (the landmark box), in frame pixels.
 AUTO_FEATHER = 0.06
 MAX_SUPERSAMPLE = 4  # a crop that shrinks the face is averaged over up to 4x4 samples per pixel
@@ -63,12 +65,73 @@ MASK_SNAP = 0.02
 # ... and after the warp and the feather, whose weights sum to 1 only up to float rounding.
 ROUNDING_SNAP = 1e-5
 MAX_ERODE, MAX_FEATHER = 500, 1000  # frame pixels: wider kernels cost time and memory for nothing
-XMP = (
-    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-    '<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
-    'Iptc4xmpExt:DigitalSourceType="http://cv.iptc.org/newscodes/digitalsourcetype/'
-    'compositeWithTrainedAlgorithmicMedia"/></rdf:RDF></x:xmpmeta>'
-)
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    """How a shot is converted: one command-line option per field (add_fields), the same keywords in
+    convert(), and (but batch) the settings every output file's marking records."""
+
+    direction: str = field(default="a2b", metadata={
+        "choices": DIRECTIONS, "help": "a2b: draw the shot's faces as A (decoder A); b2a: as B"})
+    mask: str = field(default="predicted", metadata={
+        "choices": MASK_MODES,
+        "help": "the model's mask, the landmark hull, the hull with forehead, or predicted ∩ extended"})
+    erode: int = field(default=0, metadata={
+        "type": number_in(-MAX_ERODE, MAX_ERODE, kind=int), "metavar": "PX",
+        "help": "shrink the mask by PX frame pixels (negative grows it)"})
+    feather: float | None = field(default=None, metadata={
+        "type": number_in(0, MAX_FEATHER), "metavar": "PX",
+        "help": f"width of the mask's soft edge in frame pixels (default {AUTO_FEATHER * 100:g}%% of the face width)"})
+    color: str = field(default="rct", metadata={"choices": COLOR_MODES, "help": "colour matching to the original face"})
+    detail: float = field(default=0.0, metadata={
+        "type": number_in(0, 4), "metavar": "AMOUNT",
+        "help": "add this much of the plate's own fine detail (skin, grain) onto the face, not on its eyes and "
+                "mouth (0-4; 0: off; 2 suits a 64 px model)"})
+    sharpen: float = field(default=0.0, metadata={
+        "type": number_in(0, 4), "metavar": "AMOUNT", "help": "unsharp-mask the face by this amount (0: off)"})
+    format: str = field(default="png16", metadata={
+        "choices": FORMATS, "help": "png16: 16-bit sRGB PNG; exr: 32-bit float scene-linear EXR"})
+    alpha: str | None = field(default=None, metadata={
+        "choices": ALPHA_MODES, "help": "the face layer's colour: premultiplied by alpha (EXR's default) or "
+                                        "straight (PNG's, the only one PNG allows)"})
+    write_frames: bool = field(default=False, metadata={"help": "also write finished frames to frames/"})
+    write_patches: bool = field(default=False, metadata={"help": "also write aligned patches to patch/"})
+    batch: int | None = field(default=None, metadata={
+        "type": int, "metavar": "N", "help": "faces per model call (default 8 CPU, 32 CUDA)"})
+
+    def check(self) -> None:
+        """Refuse values no run can use (the command line's parser already has)."""
+        for name, allowed in (("direction", DIRECTIONS), ("mask", MASK_MODES), ("color", COLOR_MODES),
+                              ("format", FORMATS)):
+            if getattr(self, name) not in allowed:
+                raise EngineError(f"--{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if self.alpha is not None and self.alpha not in ALPHA_MODES:
+            raise EngineError(f"--alpha {self.alpha!r} is not one of {', '.join(ALPHA_MODES)}")
+        if self.format == "png16" and self.layer_alpha != "straight":
+            raise EngineError("--alpha premultiplied needs --format exr: PNG holds straight alpha only, by its "
+                              "specification, and every reader takes it so")
+        if self.feather is not None and not 0 <= self.feather <= MAX_FEATHER:
+            raise EngineError(f"--feather must be 0 to {MAX_FEATHER}, got {self.feather}")
+        if not -MAX_ERODE <= self.erode <= MAX_ERODE:
+            raise EngineError(f"--erode must be {-MAX_ERODE} to {MAX_ERODE}, got {self.erode}")
+        for name in ("detail", "sharpen"):
+            if not 0 <= getattr(self, name) <= 4:
+                raise EngineError(f"--{name} must be between 0 and 4, got {getattr(self, name)}")
+        if self.batch is not None and self.batch < 1:
+            raise EngineError(f"--batch must be 1 or more, got {self.batch}")
+
+    @property
+    def layer_alpha(self) -> str:
+        """The face layer's alpha: --alpha, else the format's own."""
+        return self.alpha or DEFAULT_ALPHA[self.format]
+
+    def marked(self) -> dict:
+        """The settings a file's marking records (the feather resolved): a file converted with others is
+        converted again. Detail and sharpen only when used, so files from before they existed still count."""
+        return {"direction": self.direction, "mask": self.mask, "erode": self.erode, "feather": self.feather,
+                "color": self.color, "format": self.format,
+                **({"detail": self.detail, "sharpen": self.sharpen} if self.detail or self.sharpen else {})}
 
 
 def add_arguments(parser) -> None:
@@ -76,38 +139,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--alignments", required=True, metavar="FILE", help="the shot's alignments.json (or its faceset folder)")
     parser.add_argument("--model", required=True, metavar="DIR", help="the trained model folder")
     parser.add_argument("--output", "-o", required=True, metavar="DIR", help="the output folder")
-    parser.add_argument("--direction", default="a2b", choices=list(DIRECTIONS),
-                        help="a2b: draw the shot's faces as A (decoder A); b2a: as B")
-    parser.add_argument("--mask", default="predicted", choices=MASK_MODES,
-                        help="the model's mask, the landmark hull, the hull with forehead, or predicted ∩ extended")
-    parser.add_argument("--erode", type=number_in(-MAX_ERODE, MAX_ERODE, kind=int), default=0, metavar="PX",
-                        help="shrink the mask by PX frame pixels (negative grows it)")
-    parser.add_argument("--feather", type=number_in(0, MAX_FEATHER), default=None, metavar="PX",
-                        help=f"width of the mask's soft edge in frame pixels (default {AUTO_FEATHER * 100:g}%% of the face width)")
-    parser.add_argument("--color", default="rct", choices=COLOR_MODES, help="colour matching to the original face")
-    parser.add_argument("--detail", type=number_in(0, 4), default=0.0, metavar="AMOUNT",
-                        help="add this much of the plate's own fine detail (skin, grain) onto the face, not on its eyes and mouth (0-4; 0: off; 2 suits a 64 px model)")
-    parser.add_argument("--sharpen", type=number_in(0, 4), default=0.0, metavar="AMOUNT", help="unsharp-mask the face by this amount (0: off)")
-    parser.add_argument("--format", default="png16", choices=list(FORMATS),
-                        help="png16: 16-bit sRGB PNG; exr: 32-bit float scene-linear EXR")
-    parser.add_argument("--alpha", default=None, choices=ALPHA_MODES,
-                        help="the face layer's colour: premultiplied by alpha (EXR's default) or straight "
-                             "(PNG's, the only one PNG allows)")
     parser.add_argument("--frames", metavar="A-B", help="convert only frames A-B (inclusive, the shot's numbers): a farm chunk")
-    parser.add_argument("--write-frames", action="store_true", help="also write finished frames to frames/")
-    parser.add_argument("--write-patches", action="store_true", help="also write aligned patches to patch/")
-    parser.add_argument("--batch", type=int, default=None, metavar="N", help="faces per model call (default 8 CPU, 32 CUDA)")
+    add_fields(parser, ConvertSettings)
     parser.add_argument("--force", action="store_true",
                         help="use alignments whose shot signature does not match the input (a deliberate change of plate)")
 
 
 def run(args, events: Events) -> None:
-    convert(
-        args.input, args.alignments, args.model, args.output, direction=args.direction, mask=args.mask,
-        erode=args.erode, feather=args.feather, color=args.color, detail=args.detail, sharpen=args.sharpen,
-        fmt=args.format, alpha=args.alpha, frames=args.frames, write_frames=args.write_frames,
-        write_patches=args.write_patches, batch=args.batch, events=events, device=args.device, force=args.force,
-    )
+    convert(args.input, args.alignments, args.model, args.output, from_args(ConvertSettings, args), frames=args.frames,
+            events=events, device=args.device, force=args.force)
 
 
 # ---------------------------------------------------------------- the job: what to convert, and where
@@ -120,53 +160,6 @@ class FaceJob:
     ordinal: int  # the face's place among all faces of the shot: fixes its batch slot
     matrix: np.ndarray  # 2x3, frame pixels -> aligned pixels at the model's size
     landmarks: np.ndarray  # 68x2, aligned pixels at the model's size
-
-
-@dataclass
-class Outputs:
-    """The files of one frame."""
-
-    face: Path
-    matte: Path
-    frame: Path | None = None
-    patches: list[tuple[Path, Path]] = field(default_factory=list)
-
-    def all(self) -> list[Path]:
-        return [self.face, self.matte] + ([self.frame] if self.frame else []) + [p for pair in self.patches for p in pair]
-
-
-def _patch_names(number: int, index: int, ext: str) -> tuple[str, str]:
-    suffix = "" if index == 0 else f"_{index}"  # extract keeps one face a frame; more get a suffix
-    return f"patch_{number:06d}{suffix}{ext}", f"patch_mask_{number:06d}{suffix}{ext}"
-
-
-def _outputs(folder: Path, number: int, faces: int, ext: str, write_frames: bool, write_patches: bool) -> Outputs:
-    out = Outputs(folder / "face" / f"face_{number:06d}{ext}", folder / "matte" / f"matte_{number:06d}{ext}")
-    if write_frames:
-        out.frame = folder / "frames" / f"frame_{number:06d}{ext}"
-    if write_patches:
-        out.patches = [tuple(folder / "patch" / n for n in _patch_names(number, i, ext)) for i in range(faces)]
-    return out
-
-
-def check_alignments(alignments: Alignments, source: media.FrameSource, where: Path) -> None:
-    if not alignments.complete:
-        raise EngineError(f"alignments {where} are incomplete: their extract did not finish (rerun it to resume)")
-    if tuple(alignments.source_size) != tuple(source.size):
-        w, h = alignments.source_size
-        raise EngineError(
-            f"alignments {where} are for a {w}x{h} shot but {source.path} is {source.size[0]}x{source.size[1]}"
-        )
-    if len(alignments.source_frames) != len(source.numbers):
-        raise EngineError(
-            f"alignments {where} are for a shot of {len(alignments.source_frames)} frames "
-            f"but {source.path} has {len(source.numbers)}"
-        )
-    if list(alignments.source_frames) != list(source.numbers):
-        raise EngineError(
-            f"alignments {where} number their frames {alignments.source_frames[0]}-{alignments.source_frames[-1]} "
-            f"but {source.path} numbers them {source.numbers[0]}-{source.numbers[-1]}"
-        )
 
 
 def _check_model(config, alignments: Alignments, model_dir: Path) -> None:
@@ -203,69 +196,6 @@ def _face_jobs(alignments: Alignments, size: int) -> dict[int, list[FaceJob]]:
             jobs[frame.number].append(FaceJob(frame.number, index, ordinal, matrix, landmarks))
             ordinal += 1
     return jobs
-
-
-# ---------------------------------------------------------------- markings, manifest, matrices
-
-
-def _marking(common: dict, content: str, number: int) -> dict[str, str]:
-    """The synthetic-media marking written into every file: a readable JSON record and the IPTC
-    DigitalSourceType that image tools and platforms look for."""
-    record = {**common, "content": content, "frame": number}
-    return {
-        "Software": f"FaceReplace {__version__}",
-        "facereplace": json.dumps(record, sort_keys=True),
-        "XML:com.adobe.xmp": XMP,
-    }
-
-
-def read_marking(path: str | Path) -> dict | None:
-    """The FaceReplace record in an output file's metadata, or None if it has none or cannot be read."""
-    try:
-        return json.loads(media.image_metadata(path)["facereplace"])
-    except Exception:  # a missing, foreign or damaged file: treated as not converted
-        return None
-
-
-def _is_complete(outputs: Outputs, common: dict) -> bool:
-    if not all(p.is_file() for p in outputs.all()):
-        return False
-    marking = read_marking(outputs.face)
-    return marking is not None and all(marking.get(k) == v for k, v in common.items())
-
-
-def _matrices(jobs: dict[int, list[FaceJob]], size: int, ext: str, frame_size) -> dict:
-    """matrices.json: for each frame, each patch's transform. Written from the alignments for the whole
-    shot, so every chunk writes the same file."""
-    frames = {}
-    for number, faces in jobs.items():
-        entries = []
-        for job in faces:
-            inverse = align.invert_matrix(job.matrix)
-            edges = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [size - 0.5, size - 0.5], [-0.5, size - 0.5]])
-            corners = align.transform_points(edges, inverse) + 0.5
-            patch, mask = _patch_names(number, job.index, ext)
-            entries.append({
-                "patch": patch,
-                "mask": mask,
-                "matrix": np.round(job.matrix, 9).tolist(),
-                "inverse": np.round(inverse, 9).tolist(),
-                "corners": np.round(corners, 4).tolist(),
-            })
-        frames[str(number)] = entries
-    return {
-        "format": "facereplace.patches",
-        "version": 1,
-        "patch_size": size,
-        "frame_size": list(frame_size),
-        "convention": (
-            "matrix maps frame pixels to patch pixels and inverse maps back, both 2x3 with pixel centres "
-            "at integer coordinates (OpenCV: cv2.warpAffine(patch, inverse, frame_size)); corners are the "
-            "patch's top-left, top-right, bottom-right and bottom-left edges in frame coordinates with "
-            "the origin at the frame's top-left edge, y down (for a corner pin)"
-        ),
-        "frames": frames,
-    }
 
 
 # ---------------------------------------------------------------- pixels on the device
@@ -345,14 +275,12 @@ class FaceResult:
 class Converter:
     """The per-face and per-frame pixel work, on one torch device."""
 
-    def __init__(self, model, size: int, device, identity: str, mask: str, erode: int, feather: float,
-                 color: str, linear: bool, keep_patches: bool, detail: float = 0.0, sharpen: float = 0.0):
-        self.model, self.size, self.device, self.identity = model, size, device, identity
-        self.mask_mode, self.erode, self.feather, self.color = mask, erode, feather, color
-        self.linear = linear  # the shot is scene-linear float (EXR); the model works in sRGB
-        self.keep_patches = keep_patches
-        self.detail, self.sharpen = detail, sharpen
-        self.margin = 2 + max(-erode, 0) + feather_radius(feather)
+    def __init__(self, model, size: int, device, settings: ConvertSettings, linear: bool):
+        """`settings` with its feather resolved; `linear`: the shot is scene-linear float (EXR), while the
+        model works in sRGB."""
+        self.model, self.size, self.device, self.settings, self.linear = model, size, device, settings, linear
+        self.decoder = DIRECTIONS[settings.direction]
+        self.margin = 2 + max(-settings.erode, 0) + feather_radius(settings.feather)
 
     # -- geometry
 
@@ -416,23 +344,23 @@ class Converter:
         from .color import match_color, srgb_to_linear
 
         mask = snap_levels(self.choose_mask(job, predicted), MASK_SNAP)
-        face = match_color(self.color, rgb[None], crop[None], mask[None])[0]
+        face = match_color(self.settings.color, rgb[None], crop[None], mask[None])[0]
         box = self.face_box(job)
         clipped = self.clip(box, frame_size)
         shot_face = srgb_to_linear(face) if self.linear else face
         w, h = box[2] - box[0], box[3] - box[1]
         frame_to_aligned = (np.vstack([job.matrix, [0, 0, 1]]) @ np.array([[1, 0, box[0]], [0, 1, box[1]], [0, 0, 1]]))[:2]
         color = _sample(shot_face[None], frame_to_aligned, w, h, "bicubic", "border")[0].clamp(min=0.0)
-        if self.detail or self.sharpen:
+        if self.settings.detail or self.settings.sharpen:
             color = self.add_detail(color, job, frame_to_aligned, region, origin, box)
         if not self.linear:
             color = color.clamp(max=1.0)
         alpha = _sample(mask[None], frame_to_aligned, w, h, "bilinear", "zeros")
-        alpha = shape_mask(alpha, self.erode, self.feather)[0]
+        alpha = shape_mask(alpha, self.settings.erode, self.settings.feather)[0]
         cx0, cy0, cx1, cy1 = clipped
         inside = (slice(None), slice(cy0 - box[1], cy1 - box[1]), slice(cx0 - box[0], cx1 - box[0]))
         result = FaceResult(clipped, color[inside], alpha[inside])
-        if self.keep_patches:
+        if self.settings.write_patches:
             result.patch, result.patch_mask = face.permute(1, 2, 0).cpu().numpy(), mask[0].cpu().numpy()
         return result
 
@@ -442,26 +370,26 @@ class Converter:
 
         from .detail import gaussian_blur, restore_detail, sharpen
 
-        if self.sharpen:  # at the scale of the model's pixels, as enlarged into the frame
-            color = sharpen(color[None], self.sharpen, max(1.0, 1 / _face_scale(job.matrix)))[0]
-        if self.detail:
+        if self.settings.sharpen:  # at the scale of the model's pixels, as enlarged into the frame
+            color = sharpen(color[None], self.settings.sharpen, max(1.0, 1 / _face_scale(job.matrix)))[0]
+        if self.settings.detail:
             features = np.maximum(masks.eyes_mask(job.landmarks, self.size), masks.mouth_mask(job.landmarks, self.size))
             features = gaussian_blur(torch.from_numpy(features).to(color)[None, None], self.size / 64, "zeros")
             w, h = box[2] - box[0], box[3] - box[1]
             keep = 1 - _sample(features, frame_to_aligned, w, h, "bilinear", "zeros")
             to_region = np.array([[1.0, 0, box[0] - origin[0]], [0, 1.0, box[1] - origin[1]]])
             plate = _sample(region, to_region, w, h, "nearest", "border")  # the same pixels, edges repeated
-            color = restore_detail(color[None], plate, keep, self.detail)[0].clamp(min=0.0)
+            color = restore_detail(color[None], plate, keep, self.settings.detail)[0].clamp(min=0.0)
         return color
 
     def choose_mask(self, job: FaceJob, predicted):
         import torch
 
-        if self.mask_mode == "predicted":
+        if self.settings.mask == "predicted":
             return predicted
-        kind = "hull" if self.mask_mode == "hull" else "extended"
+        kind = "hull" if self.settings.mask == "hull" else "extended"
         drawn = torch.from_numpy(masks.MASKS[kind](job.landmarks, self.size)).to(predicted)[None]
-        return torch.minimum(drawn, predicted) if self.mask_mode == "intersection" else drawn
+        return torch.minimum(drawn, predicted) if self.settings.mask == "intersection" else drawn
 
     # -- per frame: composite
 
@@ -508,25 +436,8 @@ class Composite:
 # ---------------------------------------------------------------- files
 
 
-def encode(image: np.ndarray, linear: bool, fmt: str) -> np.ndarray:
-    """Pixels in the output's encoding: 16-bit sRGB for png16, float scene-linear for exr. `image` is
-    uint8/uint16 (sRGB) or float; float is linear when `linear`, else sRGB in [0, 1]."""
-    if image.dtype == np.uint8 or image.dtype == np.uint16:
-        image, linear = media.to_float(image), False
-    image = np.asarray(image, np.float32)
-    if fmt == "exr":
-        return image if linear else media.srgb_to_linear(image)
-    if linear:
-        image = media.linear_to_srgb(image)
-    return np.round(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16)
-
-
-def encode_matte(alpha: np.ndarray, fmt: str) -> np.ndarray:
-    return alpha.astype(np.float32) if fmt == "exr" else np.round(np.clip(alpha, 0, 1) * 65535.0).astype(np.uint16)
-
-
 @dataclass
-class FrameWork:
+class FrameInProgress:
     """One frame on its way through: its image, its uploaded region and the results of its faces."""
 
     number: int
@@ -539,18 +450,7 @@ class FrameWork:
     results: dict = field(default_factory=dict)
 
 
-def encode_layer(composed: Composite, fmt: str, alpha_mode: str) -> np.ndarray:
-    """The RGBA face layer's pixels: premultiplied scene-linear EXR, or straight colour in either format."""
-    matte = encode_matte(composed.alpha, fmt)
-    if alpha_mode == "premultiplied":
-        color = composed.premultiplied
-    else:
-        opaque = matte > 0  # as stored: a 16-bit zero is transparent however small the float
-        color = np.where(opaque[..., None], encode(composed.straight(), True, fmt), 0)
-    return np.dstack([color, matte]).astype(matte.dtype)
-
-
-def _write_frame(work: FrameWork, composed: Composite | None, frame_size, linear: bool, fmt: str,
+def _write_frame(work: FrameInProgress, composed: Composite | None, frame_size, linear: bool, fmt: str,
                  common: dict) -> None:
     """Encode and write one frame's files. The face layer goes last, so its presence (with the right
     marking) means the frame is complete."""
@@ -568,12 +468,12 @@ def _write_frame(work: FrameWork, composed: Composite | None, frame_size, linear
     matte = np.ascontiguousarray(layer[..., 3])
     for index, (patch_path, mask_path) in enumerate(out.patches):
         result = work.results[index]
-        media.write_image(patch_path, encode(result.patch, False, fmt), _marking(common, "patch", work.number))
-        media.write_image(mask_path, encode_matte(result.patch_mask, fmt), _marking(common, "patch_mask", work.number))
-    media.write_image(out.matte, matte, _marking(common, "matte", work.number))
+        media.write_image(patch_path, encode(result.patch, False, fmt), marking(common, "patch", work.number))
+        media.write_image(mask_path, encode_matte(result.patch_mask, fmt), marking(common, "patch_mask", work.number))
+    media.write_image(out.matte, matte, marking(common, "matte", work.number))
     if finished is not None:
-        media.write_image(out.frame, finished, _marking(common, "frame", work.number))
-    media.write_image(out.face, layer, _marking(common, "face", work.number))
+        media.write_image(out.frame, finished, marking(common, "frame", work.number))
+    media.write_image(out.face, layer, marking(common, "face", work.number))
 
 
 class StageClock:
@@ -605,46 +505,20 @@ def convert(
     alignments: str | Path,
     model_dir: str | Path,
     output: str | Path,
-    direction: str = "a2b",
-    mask: str = "predicted",
-    erode: int = 0,
-    feather: float | None = None,
-    color: str = "rct",
-    detail: float = 0.0,
-    sharpen: float = 0.0,
-    fmt: str = "png16",
-    alpha: str | None = None,
+    settings: ConvertSettings | None = None,
     frames: str | None = None,
-    write_frames: bool = False,
-    write_patches: bool = False,
-    batch: int | None = None,
     events: Events | None = None,
     device: str = "auto",
     force: bool = False,
+    **changes,
 ) -> dict:
-    """Convert `input` (a video or image folder) with its alignments and a trained model into `output`.
-    `force` converts with alignments whose shot signature does not match `input`.
+    """Convert `input` (a video or image folder) with its alignments and a trained model into `output`,
+    with `settings` and any of its fields `changes`d (convert(..., color="avg")); only `frames` (A-B) of
+    the shot when given. `force` converts with alignments whose shot signature does not match `input`.
     Returns the summary that the "done" event carries."""
     events = events or Events("convert")
-    for name, value, allowed in (("direction", direction, DIRECTIONS), ("mask", mask, MASK_MODES),
-                                 ("color", color, COLOR_MODES), ("format", fmt, FORMATS)):
-        if value not in allowed:
-            raise EngineError(f"--{name} {value!r} is not one of {', '.join(allowed)}")
-    alpha = alpha or DEFAULT_ALPHA[fmt]
-    if alpha not in ALPHA_MODES:
-        raise EngineError(f"--alpha {alpha!r} is not one of {', '.join(ALPHA_MODES)}")
-    if fmt == "png16" and alpha != "straight":
-        raise EngineError("--alpha premultiplied needs --format exr: PNG holds straight alpha only, by its "
-                          "specification, and every reader takes it so")
-    if feather is not None and not 0 <= feather <= MAX_FEATHER:
-        raise EngineError(f"--feather must be 0 to {MAX_FEATHER}, got {feather}")
-    if not -MAX_ERODE <= erode <= MAX_ERODE:
-        raise EngineError(f"--erode must be {-MAX_ERODE} to {MAX_ERODE}, got {erode}")
-    for name, value in (("detail", detail), ("sharpen", sharpen)):
-        if not 0 <= value <= 4:
-            raise EngineError(f"--{name} must be between 0 and 4, got {value}")
-    if batch is not None and batch < 1:
-        raise EngineError(f"--batch must be 1 or more, got {batch}")
+    settings = replace(settings or ConvertSettings(), **changes)
+    settings.check()
 
     source = media.FrameSource(input)
     alignments_path = Path(alignments)
@@ -663,7 +537,7 @@ def convert(
     import torch
 
     from .device import pick_device
-    from .model import load_model, model_hash
+    from .model import load_model
 
     torch_device = pick_device(device)
     if torch_device.type == "cuda":  # the same algorithms in every process, so chunks match a full run
@@ -676,34 +550,31 @@ def convert(
     if frames is None:  # alone in the folder: what a killed run left half-written can go
         media.sweep_temp_files(folder)
     size = config.size
-    ext = FORMATS[fmt]
-    feather = _auto_feather(shot) if feather is None else float(feather)
-    settings = {"direction": direction, "mask": mask, "erode": erode, "feather": feather, "color": color,
-                "format": fmt, **({"detail": detail, "sharpen": sharpen} if detail or sharpen else {})}
-    common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True, "alpha": alpha,
-              "model_hash": model_hash(model_dir, model.checkpoint), "settings": settings}
+    ext = FORMATS[settings.format].extension
+    settings = replace(settings, feather=_auto_feather(shot) if settings.feather is None else float(settings.feather))
+    common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True, "alpha": settings.layer_alpha,
+              "model_hash": model.hash, "settings": settings.marked()}
 
     jobs = _face_jobs(shot, size)
     missing = [n for n in numbers if n not in jobs]
     if missing:
         events.warning(f"{len(missing)} frames of the selection have no alignments (extracted with --every or "
                        f"--frames?); they get blank layers", frames=missing)
-    work = {n: FrameWork(n, None, jobs.get(n, []),
-                         _outputs(folder, n, len(jobs.get(n, [])), ext, write_frames, write_patches))
+    files = file_patterns(ext, settings.write_frames, settings.write_patches)
+    work = {n: FrameInProgress(n, None, jobs.get(n, []), frame_outputs(folder, files, n, len(jobs.get(n, []))))
             for n in numbers}
-    todo = [n for n in numbers if not _is_complete(work[n].outputs, common)]
-    _write_manifest(folder, source, shot, alignments_path, model_dir, config, common, ext, write_frames,
-                    write_patches, jobs, events)
-    if write_patches:
-        media.write_json(folder / "patch" / MATRICES_FILE, _matrices(jobs, size, ext, source.size))
+    todo = [n for n in numbers if not is_complete(work[n].outputs, common)]
+    write_manifest(folder, common, files, source, alignments_path, model_dir, size,
+                   [n for n, faces in jobs.items() if faces], events.warning)
+    if settings.write_patches:
+        media.write_json(folder / files["matrices"], matrices(jobs, size, files, source.size))
 
     events.start(input=str(source.path), frames=len(numbers), todo=len(todo), output=str(folder),
                  device=str(torch_device), model_size=size)
     if len(todo) < len(numbers):
-        events.emit("resume", frames_done=len(numbers) - len(todo))
-    batch = batch or (32 if torch_device.type == "cuda" else 8)
-    converter = Converter(model, size, torch_device, DIRECTIONS[direction], mask, erode, feather, color,
-                          source.linear, write_patches, detail, sharpen)
+        events.resume(len(numbers) - len(todo))
+    batch = settings.batch or (32 if torch_device.type == "cuda" else 8)
+    converter = Converter(model, size, torch_device, settings, source.linear)
     # On the CPU the cores are shared: half for torch, the rest for the reader and the writers, which
     # would otherwise preempt torch's worker threads mid-operation and stall every small warp.
     cores = len(os.sched_getaffinity(0))
@@ -712,8 +583,8 @@ def convert(
         torch.set_num_threads(max(1, cores // 2))
     try:
         writers = min(8, max(1, cores - (torch.get_num_threads() if torch_device.type == "cpu" else 1)))
-        run = _Run(converter, source, fmt, common, batch, writers, events, len(numbers), len(numbers) - len(todo))
-        run.process([work[n] for n in todo], needs_pixels=write_frames)
+        run = Pipeline(converter, source, common, batch, writers, events, len(numbers), len(numbers) - len(todo))
+        run.process([work[n] for n in todo], needs_pixels=settings.write_frames)
     finally:
         torch.set_num_threads(torch_threads)
 
@@ -732,56 +603,14 @@ def convert(
     return summary
 
 
-def _write_manifest(folder, source, shot, alignments_path, model_dir, config, common, ext, write_frames,
-                    write_patches, jobs, events) -> None:
-    """manifest.json: the same bytes from every chunk of one job, so parallel chunks can all write it."""
-    path = folder / MANIFEST_FILE
-    files = {"face": f"face/face_%06d{ext}", "matte": f"matte/matte_%06d{ext}"}
-    if write_frames:
-        files["frames"] = f"frames/frame_%06d{ext}"
-    if write_patches:
-        files.update(patch=f"patch/patch_%06d{ext}", patch_mask=f"patch/patch_mask_%06d{ext}",
-                     matrices=f"patch/{MATRICES_FILE}")
-    manifest = {
-        "format": "facereplace.convert",
-        "version": 1,
-        **common,
-        "source": str(source.path.resolve()),
-        "source_kind": source.kind,
-        "source_size": list(source.size),
-        "fps": source.fps,
-        "linear": source.linear,
-        "alignments": str(alignments_path.resolve()),
-        "model": str(model_dir.resolve()),
-        "model_size": config.size,
-        "colorspace": "linear" if ext == ".exr" else "sRGB",
-        "frame_range": [source.numbers[0], source.numbers[-1]],
-        "frame_numbers": list(source.numbers),
-        "frames_with_faces": [n for n, faces in jobs.items() if faces],
-        "folders": {"face": "face", "matte": "matte", "frames": "frames" if write_frames else None,
-                    "patch": "patch" if write_patches else None},
-        "files": files,
-    }
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except (ValueError, RecursionError):
-            old = {}
-        old = old if isinstance(old, dict) else {}
-        if old.get("settings") != manifest["settings"] or old.get("model_hash") != manifest["model_hash"]:
-            events.warning(f"{folder} held a conversion with other settings or another model; frames outside "
-                           f"this run's selection keep the old result")
-    media.write_json(path, manifest)
-
-
-class _Run:
+class Pipeline:
     """One pass over the frames to do: reader thread -> batched model -> writer pool."""
 
-    def __init__(self, converter: Converter, source, fmt, common, batch, workers, events, total, done):
-        self.converter, self.source, self.fmt, self.common = converter, source, fmt, common
+    def __init__(self, converter: Converter, source, common, batch, workers, events, total, done):
+        self.converter, self.source, self.fmt, self.common = converter, source, converter.settings.format, common
         self.batch, self.events, self.total, self.done = batch, events, total, done
-        self.slots: dict[int, tuple[FrameWork, FaceJob]] = {}
-        self.pending: dict[int, FrameWork] = {}
+        self.slots: dict[int, tuple[FrameInProgress, FaceJob]] = {}
+        self.pending: dict[int, FrameInProgress] = {}
         self.workers = workers
         self.writers = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="convert-write")
         self.futures: list = []
@@ -789,7 +618,7 @@ class _Run:
         self.started = time.monotonic()
         self.converted = 0
 
-    def process(self, todo: list[FrameWork], needs_pixels: bool) -> None:
+    def process(self, todo: list[FrameInProgress], needs_pixels: bool) -> None:
         reading = [w for w in todo if w.jobs or needs_pixels]
         try:
             for w in todo:
@@ -806,7 +635,7 @@ class _Run:
         finally:
             self.writers.shutdown(wait=True, cancel_futures=True)
 
-    def _add(self, work: FrameWork, image: np.ndarray) -> None:
+    def _add(self, work: FrameInProgress, image: np.ndarray) -> None:
         import torch
 
         work.image = image
@@ -837,7 +666,7 @@ class _Run:
             faces = torch.zeros(self.batch, 3, conv.size, conv.size, device=conv.device)
             for slot, (work, job) in self.slots.items():
                 faces[slot] = work.crops[job.index]
-            rgb, predicted = conv.model.swap(faces, conv.identity)
+            rgb, predicted = conv.model.swap(faces, conv.decoder)
             if conv.device.type == "cuda":  # the time is the model's, not the first warp's that waits on it
                 torch.cuda.synchronize(conv.device)
         with torch.inference_mode(), self.clock("warp_blend"):
@@ -853,7 +682,7 @@ class _Run:
         for work, composed in finished:
             self._submit(work, composed)
 
-    def _submit(self, work: FrameWork, composed) -> None:
+    def _submit(self, work: FrameInProgress, composed) -> None:
         # Keep at most a few frames per writer in flight (memory), and raise a writer's error promptly.
         while self.futures and (self.futures[0].done() or len(self.futures) > 2 * self.workers):
             self.futures.pop(0).result()
@@ -863,6 +692,6 @@ class _Run:
         fps = self.converted / max(time.monotonic() - self.started, 1e-9)
         self.events.progress(self.done, self.total, frame=work.number, fps=round(fps, 2))
 
-    def _write(self, work: FrameWork, composed) -> None:
+    def _write(self, work: FrameInProgress, composed) -> None:
         with self.clock("encode"):
             _write_frame(work, composed, self.source.size, self.source.linear, self.fmt, self.common)

@@ -34,14 +34,22 @@ from . import media
 from .events import EngineError, Events
 from .faces import align, identity, masks
 from .faces.pose import head_pose
-from .faceset import ALIGNMENTS_FILE, Alignments, Face, Faceset
+from .faceset import (
+    ALIGNMENTS_FILE,
+    ASIDE_DIR,
+    Alignments,
+    Face,
+    Faceset,
+    aside_images,
+    face_file,
+    move_aside,
+    read_aside,
+    restore_aside,
+)
 
 REPORT_FORMAT = "facereplace.curate"
-ASIDE_FORMAT = "facereplace.aside"
 VERSION = 1
 REPORT_DIR = "curate"
-ASIDE_DIR = "aside"
-MOVED_FILE = "moved.json"
 
 DEFAULT_BLUR = 0.35  # share of the faceset's median sharpness
 DEFAULT_CONFIDENCE = 0.25  # share of the faceset's median confidence
@@ -128,7 +136,7 @@ def curate(
 
     scores = _score_faces(folder, alignments, faces, events)
     _flag(scores, identity_threshold, confidence_threshold, blur_threshold, duplicate_threshold)
-    aside = _aside_images(folder)
+    aside = aside_images(folder)
     # The faces training will see once the flagged ones are aside: what pose coverage is about.
     kept = [s for s in scores if not s["flags"] and not s["missing"] and s["image"] not in aside]
 
@@ -155,7 +163,7 @@ def curate(
             events.warning(message)
     if apply:
         report["summary"]["moved"] = move_aside(folder, [s for s in scores if s["flags"]], alignments)
-        aside = _aside_images(folder)
+        aside = aside_images(folder)
     for s in scores:
         s["aside"] = s["image"] in aside
     report["summary"]["aside"] = len(aside)
@@ -185,20 +193,6 @@ def _load_target(target) -> Alignments:
 
 def _face_pose(face: Face, alignments: Alignments) -> tuple[float, float, float]:
     return head_pose(np.asarray(face.landmarks), tuple(alignments.source_size))
-
-
-def _face_file(folder: Path, relative: str, what: str) -> Path | None:
-    """Where a face's file is now: in place, or aside after an --apply; None if neither. A path leading
-    outside the faceset is an EngineError naming `what`."""
-    for path in _places(folder, relative, what):
-        if path.is_file():
-            return path
-    return None
-
-
-def _places(folder: Path, relative: str, what: str) -> tuple[Path, Path]:
-    """A face file's place in the faceset and its place aside, both checked to stay inside the faceset."""
-    return media.inside(folder, relative, what), media.inside(folder / ASIDE_DIR, relative, what)
 
 
 def sharpness(face: np.ndarray, mask: np.ndarray) -> float:
@@ -240,8 +234,8 @@ def _score_faces(folder: Path, alignments: Alignments, faces: list, events: Even
     def score(item):
         (number, face), embedding = item
         where = f"{folder / ALIGNMENTS_FILE} frame {number}"
-        image_path = _face_file(folder, face.image, f"{where} image")
-        mask_path = _face_file(folder, face.mask_hull, f"{where} mask_hull")
+        image_path = face_file(folder, face.image, f"{where} image")
+        mask_path = face_file(folder, face.mask_hull, f"{where} mask_hull")
         record = {
             "frame": number,
             "image": face.image,
@@ -437,7 +431,7 @@ def _write_flagged_sheet(folder: Path, scores: list[dict], path: Path) -> str | 
         return None
     tiles, labels = [], []
     for s in flagged[:SHEET_LIMIT]:
-        image_path = _face_file(folder, s["image"], f"frame {s['frame']} image")
+        image_path = face_file(folder, s["image"], f"frame {s['frame']} image")
         if image_path is None:
             continue
         tile = cv2.resize(media.to_srgb8(media.read_image(image_path))[..., :3], (128, 128),
@@ -494,70 +488,6 @@ def _write_pose_png(report: dict, path: Path) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- moving aside and back
-
-
-def _read_moved(folder: Path) -> list[dict]:
-    path = folder / ASIDE_DIR / MOVED_FILE
-    if not path.is_file():
-        return []
-    data = media.read_json(path)
-    if not isinstance(data, dict) or data.get("format") != ASIDE_FORMAT or not isinstance(data.get("faces"), list):
-        raise EngineError(f"{path} is not a FaceReplace aside record")
-    for i, entry in enumerate(data["faces"]):
-        if not (isinstance(entry, dict) and isinstance(entry.get("files"), list) and "frame" in entry
-                and entry.get("image") in entry["files"]):
-            raise EngineError(f"{path} entry {i} is damaged: it needs a frame, an image and the files moved")
-        for relative in entry["files"]:
-            _places(folder, relative, f"{path} entry {i}")
-    return data["faces"]
-
-
-def _write_moved(folder: Path, entries: list[dict]) -> None:
-    media.write_json(folder / ASIDE_DIR / MOVED_FILE, {"format": ASIDE_FORMAT, "version": VERSION, "faces": entries})
-
-
-def _aside_images(folder: Path) -> set[str]:
-    return {e["image"] for e in _read_moved(folder) if (folder / ASIDE_DIR / e["image"]).is_file()}
-
-
-def _move(source: Path, destination: Path) -> bool:
-    """Rename `source` to `destination` if it is there and the destination is free; True if it moved."""
-    if not source.is_file() or destination.exists():
-        return False
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(source, destination)
-    return True
-
-
-def move_aside(folder: str | Path, flagged: list[dict], alignments: Alignments | None = None) -> int:
-    """Move the flagged faces' image and masks into FACESET/aside/; returns how many faces moved.
-
-    The record is written before any file moves, so a run killed half-way leaves every moved file
-    listed, and --restore (or another --apply) finishes the job from whatever state it finds."""
-    folder = Path(folder)
-    alignments = alignments or Alignments.load(folder)
-    by_image = {face.image: face for _, face in alignments.faces()}
-    entries = _read_moved(folder)
-    recorded = {e["image"] for e in entries}
-    new = []
-    for s in flagged:
-        face = by_image[s["image"]]
-        for name in ("image", "mask_hull", "mask_extended"):
-            _places(folder, getattr(face, name), f"{folder / ALIGNMENTS_FILE} frame {s['frame']} {name}")
-        if face.image in recorded or not (folder / face.image).is_file():
-            continue
-        new.append({"frame": s["frame"], "image": face.image,
-                    "files": [face.image, face.mask_hull, face.mask_extended], "reasons": s["flags"]})
-    if not new:
-        return 0
-    _write_moved(folder, entries + new)
-    for entry in new:
-        for relative in entry["files"]:
-            _move(folder / relative, folder / ASIDE_DIR / relative)
-    return len(new)
-
-
 @media.holds_folder_locks
 def restore(folder: str | Path, events: Events | None = None) -> dict:
     """Move every face recorded in FACESET/aside/moved.json back to its place, exactly as it was.
@@ -569,21 +499,10 @@ def restore(folder: str | Path, events: Events | None = None) -> dict:
     if not folder.is_dir():
         raise EngineError(f"faceset folder not found: {folder}")
     media.lock_folder(folder)
-    entries = _read_moved(folder)
+    entries = read_aside(folder)
     events.start(faceset=str(folder), restoring=len(entries))
-    remaining, restored, conflicts = [], 0, []
-    for i, entry in enumerate(entries, 1):
-        for relative in entry["files"]:
-            _move(folder / ASIDE_DIR / relative, folder / relative)
-        left = [r for r in entry["files"] if (folder / ASIDE_DIR / r).is_file()]
-        if left:
-            conflicts += [r for r in left if (folder / r).is_file()]
-            remaining.append(entry)
-        else:
-            restored += 1
-        events.progress(i, len(entries), frame=entry["frame"])
-    if entries:
-        _write_moved(folder, remaining)
+    restored, remaining, conflicts = restore_aside(
+        folder, entries, lambda i, entry: events.progress(i, len(entries), frame=entry["frame"]))
     for relative in conflicts:
         events.warning(f"{relative} is both in place and in {ASIDE_DIR}/; left both, keep the one you want")
     summary = {"restored": restored, "still_aside": len(remaining), "faceset": str(folder)}

@@ -31,18 +31,18 @@ metrics over time); OUTPUT defaults to LAYERS/evaluate.
 """
 
 import math
-import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from . import media
-from .convert import MANIFEST_FILE, check_alignments
 from .events import EngineError, Events
 from .faces import align, identity, masks
+from .faces.detect import DETECTORS, make_detector, on_torch
 from .faces.pose import head_pose
-from .faceset import ALIGNMENTS_FILE, Alignments, check_same_shot
+from .faceset import ALIGNMENTS_FILE, Alignments, check_alignments, check_same_shot
+from .output import layer_path, read_manifest
 
 FORMAT = "facereplace.evaluation"
 VERSION = 1
@@ -53,7 +53,6 @@ MIN_SECTOR_PIXELS = 4
 CROP_MARGIN = 0.4  # re-detection searches the face box grown by this share of its size on every side
 MIN_OVERLAP = 0.3  # a re-detected face must overlap the stored box this much (IoU) to be the same face
 LEFT_EYE_CORNER, RIGHT_EYE_CORNER = 36, 45
-FRAME_PATTERN = re.compile(r"[^%]*%0?\d{0,2}d[^%]*")  # a layer file name with one frame-number field
 DETAIL_SIGMA = 1.5  # the high-pass that detail measures: the image minus its Gaussian blur of this sigma (px)
 INNER_FACE = np.arange(17, 68)  # brows, nose, eyes and lips: the face inside the jaw line, away from the mask edge
 MOUTH_GAPS = ((61, 67), (62, 66), (63, 65))  # inner lip pairs, upper to lower
@@ -69,7 +68,7 @@ def add_arguments(parser) -> None:
                         help="the faceset of the identity the swap should carry")
     parser.add_argument("--output", "-o", metavar="DIR", help="where to write evaluation.json/png (default LAYERS/evaluate)")
     parser.add_argument("--frames", metavar="A-B", help="evaluate only frames A-B (inclusive, the shot's numbers)")
-    parser.add_argument("--detector", default="dlib", choices=["dlib", "fan", "auto"],
+    parser.add_argument("--detector", default="dlib", choices=DETECTORS,
                         help="landmark re-detection backend (dlib runs offline)")
     parser.add_argument("--force", action="store_true",
                         help="use alignments whose shot signature does not match the shot")
@@ -84,28 +83,6 @@ def run(args, events: Events) -> None:
 
 
 # ---------------------------------------------------------------- inputs and their checks
-
-
-def _load_manifest(layers: Path) -> dict:
-    path = layers / MANIFEST_FILE
-    if not layers.is_dir():
-        raise EngineError(f"layers folder not found: {layers}")
-    if not path.is_file():
-        raise EngineError(f"{layers} is not a convert output folder (it has no {MANIFEST_FILE})")
-    manifest = media.read_json(path)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "face" not in manifest["files"]:
-        raise EngineError(f"{path} is not a FaceReplace convert manifest (no face layer pattern)")
-    pattern = manifest["files"]["face"]
-    if not isinstance(pattern, str) or not FRAME_PATTERN.fullmatch(pattern):
-        raise EngineError(f"{path}: the face layer pattern {pattern!r} is not a file name with one %d for the frame")
-    size, numbers, source = manifest.get("source_size"), manifest.get("frame_numbers"), manifest.get("source", "")
-    if not (size is None or (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size))):
-        raise EngineError(f"{path}: source_size {size!r} is not a width and height")
-    if not (numbers is None or (isinstance(numbers, list) and numbers and all(type(v) is int for v in numbers))):
-        raise EngineError(f"{path}: frame_numbers is not a list of frame numbers")
-    if not isinstance(source, str):
-        raise EngineError(f"{path}: source {source!r} is not a path")
-    return manifest
 
 
 def _check_layers_match(manifest: dict, source: media.FrameSource, layers: Path, events: Events) -> None:
@@ -130,10 +107,6 @@ def _check_made_from(recorded: str, source: media.FrameSource, what: str, events
         if made_from.name != here.name:
             raise EngineError(f"{what} were made from {made_from}, not from {here}")
         events.warning(f"{what} were made from {made_from}; evaluating them against {here}")
-
-
-def _layer_path(layers: Path, manifest: dict, number: int) -> Path:
-    return media.inside(layers, manifest["files"]["face"] % number, f"{layers / MANIFEST_FILE} files.face")
 
 
 def source_identity(faceset: str | Path, what: str = "source faceset") -> np.ndarray:
@@ -510,7 +483,7 @@ def evaluate(
     check_same_shot(shot_alignments, frame_source, alignments_path, force, events.warning)
     _check_made_from(shot_alignments.source, frame_source, f"alignments {alignments_path}", events)
     layers = Path(layers)
-    manifest = _load_manifest(layers)
+    manifest = read_manifest(layers)
     _check_layers_match(manifest, frame_source, layers, events)
     identity_a = source_identity(source)
     identities = None
@@ -522,10 +495,10 @@ def evaluate(
         identities.update({str(Path(g).resolve()): source_identity(g, "gallery faceset") for g in gallery})
 
     numbers = [n for n in frame_source.select(frames) if (f := shot_alignments.frame(n)) is not None and f.faces]
-    missing = [n for n in numbers if not _layer_path(layers, manifest, n).is_file()]
+    missing = [n for n in numbers if not layer_path(layers, manifest, n).is_file()]
     if missing and len(missing) == len(numbers):
         raise EngineError(f"{layers} holds no face layers for the shot's frames with faces "
-                          f"(looked for {_layer_path(layers, manifest, numbers[0]) if numbers else 'any'})")
+                          f"(looked for {layer_path(layers, manifest, numbers[0]) if numbers else 'any'})")
     if missing:
         events.warning(f"{len(missing)} frames with a face have no layer in {layers}; they are left out",
                        frames=missing)
@@ -536,9 +509,8 @@ def evaluate(
     media.lock_folder(folder)
 
     from .device import pick_device
-    from .faces.detect import make_detector
 
-    torch_device = str(pick_device(device)) if detector != "dlib" else "cpu"
+    torch_device = str(pick_device(device)) if on_torch(detector) else "cpu"
     measures = FrameMeasures(shot_alignments, identity_a, make_detector(detector, torch_device),
                              frame_source.linear, identities)
     events.start(shot=str(frame_source.path), frames=len(numbers), layers=str(layers), output=str(folder))
@@ -546,9 +518,9 @@ def evaluate(
     step = int(shot_alignments.settings.get("every", 1))  # frames an extract with --every N stepped over
     records, last = [], None
     for i, (number, image) in enumerate(frame_source.frames(numbers), 1):
-        layer = media.read_image(_layer_path(layers, manifest, number))
+        layer = media.read_image(layer_path(layers, manifest, number))
         if layer.ndim != 3 or layer.shape[2] != 4 or layer.shape[:2] != image.shape[:2]:
-            raise EngineError(f"layer {_layer_path(layers, manifest, number)} is not an RGBA image the size of "
+            raise EngineError(f"layer {layer_path(layers, manifest, number)} is not an RGBA image the size of "
                               f"the shot's frames ({frame_source.size[0]}x{frame_source.size[1]})")
         if manifest.get("alpha") == "premultiplied":  # convert's EXR layers: colour times alpha
             alpha = layer[..., 3:]

@@ -1,7 +1,7 @@
 """How the engine talks: JSON lines on stdout for the add-on, a progress bar and a log on stderr for people.
 
-Every event is one JSON object on one line with an "event" key: start, progress, preview, warning,
-done, error. stdout carries nothing else when events are on, so the add-on can parse every line.
+Every event is one JSON object on one line with an "event" key: start, resume, progress, preview,
+warning, done, error. stdout carries nothing else when events are on, so the add-on can parse every line.
 """
 
 import json
@@ -51,6 +51,11 @@ class Events:
     def start(self, **fields) -> None:
         log.info("%s: start %s", self.stage, " ".join(f"{k}={v}" for k, v in fields.items()))
         self.emit("start", **fields)
+
+    def resume(self, frames_done: int) -> None:
+        """A rerun found `frames_done` frames already done by an earlier run, and goes on after them."""
+        log.info("%s: resuming, %d frames already done", self.stage, frames_done)
+        self.emit("resume", frames_done=frames_done)
 
     def progress(self, done: int, total: int, **fields) -> None:
         """Report `done` of `total` units; `fields` (fps, loss, ...) go into the event and the bar."""

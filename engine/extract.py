@@ -8,8 +8,6 @@ Two passes over the shot, each resumable:
    resumed run skips them.
 """
 
-import json
-import os
 import time
 from pathlib import Path
 
@@ -18,25 +16,29 @@ import numpy as np
 from . import media
 from .events import EngineError, Events
 from .faces import align, identity, masks
-from .faces.detect import Detection, make_detector
+from .faces.detect import BACKENDS, DETECTORS, Detection, make_detector, on_torch
 from .faces.smooth import SmoothSettings, runs, smooth_landmarks
-from .faceset import ALIGNMENTS_FILE, Alignments, Face, Frame
+from .faceset import (
+    ALIGNMENTS_FILE,
+    EXTRACT_FILE,
+    Alignments,
+    DetectionsLog,
+    Face,
+    Frame,
+    check_extract_settings,
+)
 from .options import number_in
-
-DETECTIONS_FILE = "detections.jsonl"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("input", help="a video file or a folder holding an image sequence")
     parser.add_argument("--output", "-o", required=True, help="the faceset folder to write")
-    parser.add_argument("--detector", default="auto", choices=["auto", "fan", "dlib"],
+    parser.add_argument("--detector", default="auto", choices=DETECTORS,
                         help="auto: fan where its weights load, else dlib (offline)")
-    parser.add_argument("--fan-weights", help="folder holding the fan backend's weight files, for offline use")
-    parser.add_argument("--offline", action="store_true",
-                        help="never reach the network: fan needs its weights on disk, auto falls back to dlib")
+    for name, spec in _detector_options().items():
+        parser.add_argument(f"--{name.replace('_', '-')}", **spec)
     parser.add_argument("--batch", type=int,
                         help="frames per detector call (fan backend; default 8 on CUDA, 1 on the CPU)")
-    parser.add_argument("--cnn", action="store_true", help="dlib backend: the CNN detector instead of HOG")
     parser.add_argument("--size", type=int, default=256, help="aligned face size in pixels")
     parser.add_argument("--coverage", type=float, default=align.DEFAULT_COVERAGE,
                         help="share of the crop's width that the face's landmarks fill")
@@ -61,9 +63,14 @@ def run(args, events: Events) -> None:
         frames=args.frames, every=args.every, references=args.reference, reference_face=args.reference_face,
         identity_threshold=args.identity_threshold, smoothing=not args.no_smooth,
         smooth=SmoothSettings(min_cutoff=args.smooth_cutoff, beta=args.smooth_beta),
-        fan_weights=args.fan_weights, cnn=args.cnn, device=args.device, events=events,
-        offline=args.offline, batch=args.batch,
+        device=args.device, events=events, batch=args.batch,
+        **{name: getattr(args, name) for name in _detector_options()},
     )
+
+
+def _detector_options() -> dict:
+    """Every detector backend's own options (detect.BACKENDS), by name."""
+    return {name: spec for backend in BACKENDS.values() for name, spec in backend.options.items()}
 
 
 @media.holds_folder_locks
@@ -80,14 +87,13 @@ def extract(
     identity_threshold: float = identity.SAME_PERSON,
     smoothing: bool = True,
     smooth: SmoothSettings | None = None,
-    fan_weights: str | None = None,
-    cnn: bool = False,
     device: str = "auto",
     events: Events | None = None,
-    offline: bool = False,
     batch: int | None = None,
+    **detector_options,
 ) -> dict:
-    """Write a faceset for `input` into `output`; returns the summary that the "done" event carries."""
+    """Write a faceset for `input` into `output`; returns the summary that the "done" event carries.
+    `detector_options` are those the detector's backend declares (detect.BACKENDS: fan_weights, cnn, ...)."""
     events = events or Events("extract")
     smooth = smooth or SmoothSettings()
     if not 32 <= size <= 2048:
@@ -112,21 +118,21 @@ def extract(
         "smoothing": smoothing,
         "smooth": vars(smooth),
     }
-    _check_resumable(folder, settings)
+    check_extract_settings(folder, settings)
     media.lock_folder(folder)
     media.sweep_temp_files(folder)
-    media.write_json(folder / "extract.json", settings)
+    media.write_json(folder / EXTRACT_FILE, settings)
     events.start(input=str(source.path), frames=len(numbers), output=str(folder))
 
     from .device import pick_device
 
-    torch_device = pick_device(device) if detector != "dlib" else "cpu"
-    detector_impl = make_detector(detector, str(torch_device), fan_weights=fan_weights, cnn=cnn, offline=offline)
+    torch_device = pick_device(device) if on_torch(detector) else "cpu"
+    detector_impl = make_detector(detector, str(torch_device), **detector_options)
     reference = _reference_embedding(detector_impl, references)
 
     if batch is None:  # frames per detector call
         batch = 8 if str(torch_device) == "cuda" and detector_impl.name == "fan" else 1
-    detections = _detect_all(source, numbers, folder / DETECTIONS_FILE, detector_impl, events, batch)
+    detections = _detect_all(source, numbers, DetectionsLog(folder), detector_impl, events, batch)
     if reference is None and reference_face:
         reference = _reference_from_shot(detections, reference_face)
     chosen = _choose_person(detections, numbers, reference, identity_threshold)
@@ -168,23 +174,6 @@ def extract(
     return summary
 
 
-def _check_resumable(folder: Path, settings: dict) -> None:
-    """An output folder holding another extract's work is refused, not mixed with this one."""
-    previous = folder / "extract.json"
-    if previous.is_file():
-        try:
-            old = json.loads(previous.read_text())
-        except (ValueError, RecursionError):
-            old = None
-        if old != settings:
-            raise EngineError(
-                f"{folder} holds an extract with other settings or another source; "
-                f"use a new --output folder or delete it"
-            )
-    elif any(p.name != media.LOCK_FILE for p in folder.iterdir()):
-        raise EngineError(f"output folder {folder} is not empty and holds no extract; choose an empty folder")
-
-
 # ---------------------------------------------------------------- pass 1: detect
 
 
@@ -198,25 +187,6 @@ def _detection_to_json(d: Detection, embedding: np.ndarray) -> dict:
     }
 
 
-def _load_detections(path: Path) -> dict[int, list[dict]]:
-    """Frames already detected. A last line cut short by a kill is dropped and the file trimmed to match."""
-    done: dict[int, list[dict]] = {}
-    if not path.is_file():
-        return done
-    good_bytes = 0
-    with open(path, "rb") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-                done[int(record["frame"])] = record["faces"]
-            except (ValueError, KeyError, TypeError, RecursionError):
-                break
-            good_bytes += len(line)
-    if good_bytes != path.stat().st_size:
-        os.truncate(path, good_bytes)
-    return done
-
-
 def _batches(items, size: int):
     batch = []
     for item in items:
@@ -228,29 +198,24 @@ def _batches(items, size: int):
         yield batch
 
 
-def _detect_all(source, numbers, path: Path, detector, events: Events, batch: int) -> dict[int, list[dict]]:
-    done = _load_detections(path)
+def _detect_all(source, numbers, log: DetectionsLog, detector, events: Events, batch: int) -> dict[int, list[dict]]:
+    done = log.read()
     todo = [n for n in numbers if n not in done]
     if done:
-        events.emit("resume", frames_done=len(numbers) - len(todo))
-    started = last_sync = time.monotonic()
+        events.resume(len(numbers) - len(todo))
+    started = time.monotonic()
     already, processed = len(numbers) - len(todo), 0
-    with open(path, "a") as log_file, media.Prefetch(source, todo) as decoded:
+    with log, media.Prefetch(source, todo) as decoded:
         for frames in _batches(decoded, batch):
             images = [media.to_srgb8(image) for _, image in frames]
             for (number, _), rgb, found in zip(frames, images, detector.detect_batch(images), strict=True):
                 embeddings = identity.embed_faces(rgb, [d.landmarks for d in found])
-                faces = [_detection_to_json(d, e) for d, e in zip(found, embeddings, strict=True)]
-                done[number] = faces
-                log_file.write(json.dumps({"frame": number, "faces": faces}) + "\n")
-            log_file.flush()  # a killed process loses nothing the OS has; fsync guards power loss
-            if time.monotonic() - last_sync > 1.0:
-                os.fsync(log_file.fileno())
-                last_sync = time.monotonic()
+                done[number] = [_detection_to_json(d, e) for d, e in zip(found, embeddings, strict=True)]
+                log.append(number, done[number])
+            log.flush()
             processed += len(frames)
             fps = processed / max(time.monotonic() - started, 1e-9)
             events.progress(already + processed, len(numbers), frame=frames[-1][0], fps=round(fps, 2))
-        os.fsync(log_file.fileno())
     return {n: done[n] for n in numbers}
 
 

@@ -1,16 +1,23 @@
-"""The faceset folder and its alignments file: the one format that extract writes and every later stage reads.
+"""The faceset folder, which this module alone lays out, and its alignments file: the one format that
+extract writes and every later stage reads.
 
     FACESET/
       alignments.json          versioned JSON (never pickle), written atomically
       faces/000012_0.png       aligned face, RGB, face_size x face_size
       masks/hull/000012_0.png  landmark-hull mask, 8-bit, aligned space
       masks/extended/...       hull reaching up to the forehead, 8-bit, aligned space
+      extract.json             the settings of the extract that wrote it
+      detections.jsonl         extract's first pass, every frame's detected faces (resumable)
+      aside/                   faces curate moved aside, and moved.json, their record
 
 Frame numbers are the source's own (1-based for video, the file's number for a sequence); a frame with
 no face is still listed, with an empty "faces" list, so convert can write a blank layer for it.
 """
 
+import json
 import math
+import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +29,14 @@ from .events import EngineError
 FORMAT = "facereplace.alignments"
 VERSION = 1
 ALIGNMENTS_FILE = "alignments.json"
+EXTRACT_FILE = "extract.json"  # the settings of the extract that writes the faceset: a rerun must match them
+DETECTIONS_FILE = "detections.jsonl"  # extract's first pass: every frame's detected faces, one frame a line
+# Curate moves a face's files into aside/ (same relative paths), recorded in aside/moved.json. A face whose
+# image is not in its place is not in the faceset: Faceset skips it, so training never sees it.
+ASIDE_DIR = "aside"
+MOVED_FILE = "moved.json"
+ASIDE_FORMAT = "facereplace.aside"
+ASIDE_VERSION = 1
 
 
 @dataclass
@@ -78,10 +93,13 @@ class Alignments:
                 yield frame.number, face
 
     def frame(self, number: int) -> Frame | None:
-        return self._index().get(number)
-
-    def _index(self) -> dict[int, Frame]:
-        return {f.number: f for f in self.frames}
+        """The frame numbered `number`, by an index built once (evaluate asks for every frame), and again
+        only when `frames` is replaced or grows (extract appends as it goes)."""
+        frames, count, index = self.__dict__.get("_frame_index", (None, 0, {}))  # not a field: never saved
+        if frames is not self.frames or count != len(self.frames):
+            index = {f.number: f for f in self.frames}
+            self._frame_index = (self.frames, len(self.frames), index)
+        return index.get(number)
 
     # -- file format
 
@@ -209,6 +227,27 @@ def _check_face(face: Face, what: str, frame_size: np.ndarray, face_size: int, b
         raise bad(f"{what}: matrix frames a face {side:.3g} px wide in a frame {frame_side} px wide")
 
 
+def check_alignments(alignments: Alignments, source: "media.FrameSource", where: Path) -> None:
+    """`alignments` must be complete and describe `source`: its frame size and its frame numbers."""
+    if not alignments.complete:
+        raise EngineError(f"alignments {where} are incomplete: their extract did not finish (rerun it to resume)")
+    if tuple(alignments.source_size) != tuple(source.size):
+        w, h = alignments.source_size
+        raise EngineError(
+            f"alignments {where} are for a {w}x{h} shot but {source.path} is {source.size[0]}x{source.size[1]}"
+        )
+    if len(alignments.source_frames) != len(source.numbers):
+        raise EngineError(
+            f"alignments {where} are for a shot of {len(alignments.source_frames)} frames "
+            f"but {source.path} has {len(source.numbers)}"
+        )
+    if list(alignments.source_frames) != list(source.numbers):
+        raise EngineError(
+            f"alignments {where} number their frames {alignments.source_frames[0]}-{alignments.source_frames[-1]} "
+            f"but {source.path} numbers them {source.numbers[0]}-{source.numbers[-1]}"
+        )
+
+
 def check_same_shot(alignments: Alignments, source: "media.FrameSource", where, force: bool, warn) -> None:
     """Refuse a shot other than the one `alignments` were extracted from (by their signature), unless
     `force`: another clip of the same size and length would otherwise get faces drawn in the wrong places."""
@@ -262,3 +301,174 @@ class Faceset:
 
     def __len__(self) -> int:
         return len(self.samples())
+
+
+# ---------------------------------------------------------------- extract.json, detections.jsonl
+
+
+def check_extract_settings(folder: Path, settings: dict) -> None:
+    """An output folder holding another extract's work is refused, not mixed with this one."""
+    previous = folder / EXTRACT_FILE
+    if previous.is_file():
+        try:
+            old = json.loads(previous.read_text())
+        except (ValueError, RecursionError):
+            old = None
+        if old != settings:
+            raise EngineError(
+                f"{folder} holds an extract with other settings or another source; "
+                f"use a new --output folder or delete it"
+            )
+    elif any(p.name != media.LOCK_FILE for p in folder.iterdir()):
+        raise EngineError(f"output folder {folder} is not empty and holds no extract; choose an empty folder")
+
+
+class DetectionsLog:
+    """FACESET/detections.jsonl, extract's first pass, appended a frame a line as detection goes: a
+    killed extract resumes after the last whole line. Open it (`with`) to append."""
+
+    SYNC_S = 1.0  # a killed process loses nothing the OS has; an fsync this often guards power loss
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / DETECTIONS_FILE
+
+    def read(self) -> dict[int, list[dict]]:
+        """Frames already detected. A last line cut short by a kill is dropped and the file trimmed to match."""
+        path = self.path
+        done: dict[int, list[dict]] = {}
+        if not path.is_file():
+            return done
+        good_bytes = 0
+        with open(path, "rb") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    done[int(record["frame"])] = record["faces"]
+                except (ValueError, KeyError, TypeError, RecursionError):
+                    break
+                good_bytes += len(line)
+        if good_bytes != path.stat().st_size:
+            os.truncate(path, good_bytes)
+        return done
+
+    def __enter__(self) -> "DetectionsLog":
+        self._file = open(self.path, "a")
+        self._synced = time.monotonic()
+        return self
+
+    def append(self, number: int, faces: list[dict]) -> None:
+        self._file.write(json.dumps({"frame": number, "faces": faces}) + "\n")
+
+    def flush(self) -> None:
+        self._file.flush()
+        if time.monotonic() - self._synced > self.SYNC_S:
+            os.fsync(self._file.fileno())
+            self._synced = time.monotonic()
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+
+
+# ---------------------------------------------------------------- aside/
+
+
+def face_file(folder: Path, relative: str, what: str) -> Path | None:
+    """Where a face's file is now: in place, or aside after an --apply; None if neither. A path leading
+    outside the faceset is an EngineError naming `what`."""
+    for path in face_places(folder, relative, what):
+        if path.is_file():
+            return path
+    return None
+
+
+def face_places(folder: Path, relative: str, what: str) -> tuple[Path, Path]:
+    """A face file's place in the faceset and its place aside, both checked to stay inside the faceset."""
+    return media.inside(folder, relative, what), media.inside(folder / ASIDE_DIR, relative, what)
+
+
+def read_aside(folder: Path) -> list[dict]:
+    """The faces aside/moved.json records as moved aside (each path checked to stay inside the faceset)."""
+    path = folder / ASIDE_DIR / MOVED_FILE
+    if not path.is_file():
+        return []
+    data = media.read_json(path)
+    if not isinstance(data, dict) or data.get("format") != ASIDE_FORMAT or not isinstance(data.get("faces"), list):
+        raise EngineError(f"{path} is not a FaceReplace aside record")
+    for i, entry in enumerate(data["faces"]):
+        if not (isinstance(entry, dict) and isinstance(entry.get("files"), list) and "frame" in entry
+                and entry.get("image") in entry["files"]):
+            raise EngineError(f"{path} entry {i} is damaged: it needs a frame, an image and the files moved")
+        for relative in entry["files"]:
+            face_places(folder, relative, f"{path} entry {i}")
+    return data["faces"]
+
+
+def _write_aside(folder: Path, entries: list[dict]) -> None:
+    media.write_json(folder / ASIDE_DIR / MOVED_FILE, {"format": ASIDE_FORMAT, "version": ASIDE_VERSION, "faces": entries})
+
+
+def aside_images(folder: Path) -> set[str]:
+    """The faces aside now: recorded, and their image is in aside/ (so missing from its place)."""
+    return {e["image"] for e in read_aside(folder) if (folder / ASIDE_DIR / e["image"]).is_file()}
+
+
+def _move(source: Path, destination: Path) -> bool:
+    """Rename `source` to `destination` if it is there and the destination is free; True if it moved."""
+    if not source.is_file() or destination.exists():
+        return False
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, destination)
+    return True
+
+
+def move_aside(folder: str | Path, flagged: list[dict], alignments: Alignments | None = None) -> int:
+    """Move the flagged faces' image and masks into FACESET/aside/; returns how many faces moved.
+
+    The record is written before any file moves, so a run killed half-way leaves every moved file
+    listed, and --restore (or another --apply) finishes the job from whatever state it finds."""
+    folder = Path(folder)
+    alignments = alignments or Alignments.load(folder)
+    by_image = {face.image: face for _, face in alignments.faces()}
+    entries = read_aside(folder)
+    recorded = {e["image"] for e in entries}
+    new = []
+    for s in flagged:
+        face = by_image[s["image"]]
+        for name in ("image", "mask_hull", "mask_extended"):
+            face_places(folder, getattr(face, name), f"{folder / ALIGNMENTS_FILE} frame {s['frame']} {name}")
+        if face.image in recorded or not (folder / face.image).is_file():
+            continue
+        new.append({"frame": s["frame"], "image": face.image,
+                    "files": [face.image, face.mask_hull, face.mask_extended], "reasons": s["flags"]})
+    if not new:
+        return 0
+    _write_aside(folder, entries + new)
+    for entry in new:
+        for relative in entry["files"]:
+            _move(folder / relative, folder / ASIDE_DIR / relative)
+    return len(new)
+
+
+def restore_aside(folder: Path, entries: list[dict], progress=None) -> tuple[int, list[dict], list[str]]:
+    """Move the faces `entries` (read_aside's) back to their places: (faces restored, entries still aside,
+    files found both in place and aside, which are left in both since overwriting either could lose a
+    face). `progress(i, entry)` after each face."""
+    remaining, restored, conflicts = [], 0, []
+    for i, entry in enumerate(entries, 1):
+        for relative in entry["files"]:
+            _move(folder / ASIDE_DIR / relative, folder / relative)
+        left = [r for r in entry["files"] if (folder / ASIDE_DIR / r).is_file()]
+        if left:
+            conflicts += [r for r in left if (folder / r).is_file()]
+            remaining.append(entry)
+        else:
+            restored += 1
+        if progress:
+            progress(i, entry)
+    if entries:
+        _write_aside(folder, remaining)
+    return restored, remaining, conflicts

@@ -1,4 +1,5 @@
-"""`python -m engine info`: what the add-on's "Check engine" button shows."""
+"""`python -m engine info`: what the add-on's "Check engine" button shows, and (with --events) the
+contract its menus are built from (engine.schema)."""
 
 import platform
 
@@ -31,4 +32,8 @@ def run(args, events) -> None:
     if not args.events:
         for key, value in summary.items():
             print(f"{key}: {value}")
-    events.done(**summary)
+        events.done(**summary)
+    else:
+        from .schema import schema
+
+        events.done(**summary, schema=schema())

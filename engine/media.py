@@ -27,10 +27,7 @@ import cv2
 import numpy as np
 
 from .events import EngineError
-
-VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp"}
-
+from .frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, parse_range, sequence_files, sequence_numbers
 
 # ---------------------------------------------------------------- atomic writes
 
@@ -317,11 +314,6 @@ def image_metadata(path: str | os.PathLike) -> dict:
         return dict(getattr(im, "text", {}))
 
 
-def _frame_number(name: str) -> int | None:
-    digits = re.findall(r"\d+", Path(name).stem)
-    return int(digits[-1]) if digits else None
-
-
 class FrameSource:
     """A shot: a video file or a folder holding one image sequence. Frame numbers are what a user sees:
     1-based for video, the number in the file name for an image sequence (position+1 if names have none)."""
@@ -361,12 +353,10 @@ class FrameSource:
 
     def _open_sequence(self) -> None:
         self.kind = "images"
-        files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        files = sequence_files(self.path)
         if not files:
             raise EngineError(f"folder {self.path} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        numbers = [_frame_number(p.name) for p in files]
-        if None in numbers or len(set(numbers)) != len(numbers):
-            numbers = list(range(1, len(files) + 1))
+        numbers = sequence_numbers([p.name for p in files])
         order = sorted(range(len(files)), key=lambda i: numbers[i])
         self.files = {numbers[i]: files[i] for i in order}
         self.numbers = [numbers[i] for i in order]
@@ -402,12 +392,10 @@ class FrameSource:
             raise EngineError(f"--every must be 1 or more, got {every}")
         numbers = self.numbers
         if frames:
-            m = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?", frames)
-            if not m:
-                raise EngineError(f"frame range {frames!r} is not of the form A-B")
-            a, b = int(m.group(1)), int(m.group(2) or m.group(1))
-            if a > b:
-                raise EngineError(f"frame range {frames}: start is after end")
+            try:
+                a, b = parse_range(frames)
+            except ValueError as e:
+                raise EngineError(str(e)) from None
             first, last = numbers[0], numbers[-1]
             if a < first or b > last:
                 raise EngineError(f"frame range {a}-{b} is outside the shot's frames {first}-{last}")

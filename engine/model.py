@@ -1,7 +1,8 @@
-"""The face model, in one of two architectures, and the model folder it lives in.
+"""The face model, in one of two architectures, and the model folder it lives in, which this module alone
+lays out.
 
 - "df" (the classic deepfake hourglass, DeepFaceLab's DF): one shared encoder with its bottleneck, one
-  decoder per identity.
+  decoder per person.
 - "liae" (DeepFaceLab's LIAE): a shared encoder, two intermediates, inter_AB (both identities) and inter_B
   (B only), and a single decoder. A's code is inter_AB's output twice, B's is inter_B's beside
   inter_AB's; the swap draws B's faces from inter_AB twice, as A's. The decoder learns both people from
@@ -20,18 +21,23 @@ RGB and a mask. Upscaling is a 3x3 convolution followed by pixel-shuffle (sub-pi
 initialised with ICNR so it starts as nearest-neighbour upsampling rather than a checkerboard.
 """
 
+import contextlib
+import csv
 import hashlib
+import io
 import logging
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from . import media
 from .events import EngineError
+from .options import Choice
 
 log = logging.getLogger("engine")
 
@@ -39,6 +45,12 @@ FORMAT = "facereplace.model"
 VERSION = 1
 CHECKPOINTS = "checkpoints"
 SUMMARY_FILE = "model.json"
+HISTORY_FILE = "history.csv"
+HISTORY_COLUMNS = ["iteration", "elapsed_s", "loss_a", "loss_b", "val_loss_a", "val_loss_b"]
+STOP_FILE = "stop"
+PREVIEW_FILE = "preview.png"
+PREVIEWS = "previews"
+PREVIEW_COLUMNS = "A, A->A, A->B, B, B->B, B->A"
 SIZES = (64, 128, 192, 256, 320, 384, 448, 512)
 ARCHITECTURES = ("df", "liae")
 CHECKPOINT_NAME = re.compile(r"model_(\d{8})\.pt")
@@ -56,7 +68,7 @@ class ModelConfig:
     latent: int = 128  # the dense bottleneck's width
     decoder_width: int = 64  # channels at size/8, where the decoders start; each upscale halves it
     residual_blocks: int = 0  # residual blocks after each decoder upscale
-    batch: int = 8  # faces per identity per iteration
+    batch: int = 8  # faces per person (A, B) per iteration
     learning_rate: float = 1e-3
     # The facesets the model was trained on: convert checks a shot's alignments against these.
     face_size: int = 0
@@ -73,6 +85,21 @@ PRESETS = {
     "quality": ModelConfig(preset="quality", size=128, encoder_width=64, latent=512, decoder_width=512,
                            residual_blocks=1, batch=16, learning_rate=5e-5),
 }
+
+
+# train --preset, as the add-on's Preset menu shows it.
+PRESET_CHOICES = {
+    "tiny": Choice("Tiny", "Quickest look: 64 px, learns a recognizable face in minutes on a CPU"),
+    "fast": Choice("Fast", "Previews and CPU training: 64 px"),
+    "quality": Choice("Quality", "Finished shots on a GPU: 128 px, or 192/256 for close-ups"),
+}
+# A new model's preset when none is given (CLI, API and add-on alike): by the kind of device it trains on.
+DEFAULT_PRESETS = {"cuda": "quality", "cpu": "fast"}
+
+
+def default_preset(device_type: str) -> str:
+    """The preset a new model gets on a torch device of `device_type` when none is asked for."""
+    return DEFAULT_PRESETS.get(device_type, DEFAULT_PRESETS["cpu"])
 
 
 def make_config(preset: str, size: int | None = None, **overrides) -> ModelConfig:
@@ -188,7 +215,7 @@ class Decoder(nn.Module):
 
 
 class FaceModel(nn.Module):
-    IDENTITIES = ("a", "b")
+    PEOPLE = ("a", "b")
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -202,7 +229,7 @@ class FaceModel(nn.Module):
             self.decoders = nn.ModuleDict({"a": Decoder(config), "b": Decoder(config)})
 
     def forward(self, faces_a, faces_b):
-        """The training pass: each identity's faces drawn as itself, as ((rgb_a, mask_logits_a),
+        """The training pass: each person's faces drawn as itself, as ((rgb_a, mask_logits_a),
         (rgb_b, mask_logits_b)). One call, so DDP sees every parameter used."""
         features = self.encoder(torch.cat([faces_a, faces_b]))
         features_a, features_b = features.split([len(faces_a), len(faces_b)])
@@ -211,29 +238,29 @@ class FaceModel(nn.Module):
             return tuple(zip(*(part.split([len(faces_a), len(faces_b)]) for part in drawn), strict=True))
         return self.decoders["a"](features_a), self.decoders["b"](features_b)
 
-    def _code(self, features, identity: str):
-        """LIAE: the decoder's input for `identity`, inter_AB's code beside inter_B's (B) or itself (A)."""
+    def _code(self, features, person: str):
+        """LIAE: the decoder's input for `person`, inter_AB's code beside inter_B's (B) or itself (A)."""
         shared = self.inters["ab"](features)
-        own = self.inters["b"](features) if identity == "b" else shared
+        own = self.inters["b"](features) if person == "b" else shared
         return torch.cat([own, shared], 1)
 
-    def draw(self, faces, identity: str):
-        """`faces` drawn as `identity`: (rgb in [0, 1], mask logits)."""
+    def draw(self, faces, person: str):
+        """`faces` drawn as `person`: (rgb in [0, 1], mask logits)."""
         if self.config.architecture == "liae":
-            return self.decoder(self._code(self.encoder(faces), identity))
-        return self.decoders[identity](self.encoder(faces))
+            return self.decoder(self._code(self.encoder(faces), person))
+        return self.decoders[person](self.encoder(faces))
 
     @torch.inference_mode()
-    def swap(self, faces: torch.Tensor, identity: str):
+    def swap(self, faces: torch.Tensor, person: str):
         """Draw `faces` (float32 NCHW RGB in [0, 1] at config.size, aligned as extract aligns) as
-        `identity` ("a" or "b"): (rgb NCHW, mask N1HW), both float32 in [0, 1]."""
-        if identity not in self.IDENTITIES:
-            raise EngineError(f"identity must be 'a' or 'b', got {identity!r}")
+        `person` ("a" or "b"): (rgb NCHW, mask N1HW), both float32 in [0, 1]."""
+        if person not in self.PEOPLE:
+            raise EngineError(f"person must be 'a' or 'b', got {person!r}")
         size = self.config.size
         if faces.ndim != 4 or faces.shape[1] != 3 or faces.shape[2:] != (size, size):
             raise EngineError(f"the model takes N x 3 x {size} x {size} faces, got {tuple(faces.shape)}")
         with torch.autocast(faces.device.type, dtype=torch.bfloat16, enabled=faces.is_cuda):
-            rgb, mask_logits = self.draw(faces, identity)
+            rgb, mask_logits = self.draw(faces, person)
         return rgb.float(), torch.sigmoid(mask_logits.float())
 
 
@@ -267,7 +294,12 @@ def write_checkpoint(model_dir: str | Path, state: dict, keep: int = 3) -> Path:
 
 def read_checkpoint(path: Path, device="cpu") -> dict:
     """One checkpoint's state; any damage (truncation, bad zip, wrong keys) raises."""
-    state = torch.load(path, map_location=device, weights_only=True)
+    return parse_checkpoint(Path(path).read_bytes(), device)
+
+
+def parse_checkpoint(data: bytes, device="cpu") -> dict:
+    """The state in a checkpoint file's bytes `data`; any damage raises."""
+    state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError("not a FaceReplace model checkpoint")
     if state.get("version") != VERSION:
@@ -302,6 +334,12 @@ def config_from_state(state: dict) -> ModelConfig:
 def latest_checkpoint(model_dir: str | Path, device="cpu", warn=None) -> tuple[dict, Path]:
     """The newest checkpoint that loads: (state, path). A damaged one is skipped with a warning
     (`warn(message)`, a log warning by default) and the one before it is used."""
+    state, path, _ = _latest_checkpoint(model_dir, device, warn)
+    return state, path
+
+
+def _latest_checkpoint(model_dir: str | Path, device, warn) -> tuple[dict, Path, str]:
+    """latest_checkpoint's (state, path) and the digest of the very bytes the state was read from."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise EngineError(f"model folder not found: {model_dir}")
@@ -310,7 +348,8 @@ def latest_checkpoint(model_dir: str | Path, device="cpu", warn=None) -> tuple[d
         raise EngineError(f"no model checkpoint in {model_dir} (train one first)")
     for path in paths:
         try:
-            return read_checkpoint(path, device), path
+            data = path.read_bytes()
+            return parse_checkpoint(data, device), path, _digest(data)
         except Exception as e:  # torch.load raises many kinds on a damaged file; any means "skip it"
             reason = f"{type(e).__name__}: {e}"
             (warn or log.warning)(f"checkpoint {path.name} is damaged ({reason}); using an older one")
@@ -319,22 +358,83 @@ def latest_checkpoint(model_dir: str | Path, device="cpu", warn=None) -> tuple[d
 
 def load_model(model_dir: str | Path, device="cpu", warn=None) -> tuple[FaceModel, ModelConfig]:
     """The model of the newest good checkpoint in `model_dir`, on `device`, in eval mode, and its config."""
-    state, path = latest_checkpoint(model_dir, device, warn)
+    state, path, digest = _latest_checkpoint(model_dir, device, warn)
     config = config_from_state(state)
     model = FaceModel(config)
     model.load_state_dict(state["model"])
     model.checkpoint = path
+    model.hash = digest  # of the bytes loaded: a train saving meanwhile cannot make it another model's
     model.iteration = state["iteration"]
     return model.to(device).eval(), config
 
 
-def model_hash(model_dir: str | Path, checkpoint: Path | None = None) -> str:
-    """Short sha256 of `checkpoint`, by default the one `load_model` uses, to mark outputs with the model
-    that made them. Pass the loaded model's own (`model.checkpoint`) while a train may be writing newer ones."""
-    path = checkpoint or latest_checkpoint(model_dir, device="cpu")[1]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+def model_hash(model_dir: str | Path) -> str:
+    """Short sha256 of the checkpoint `load_model` uses, which marks outputs with the model that made them."""
+    return _latest_checkpoint(model_dir, "cpu", None)[2]
 
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- the rest of the model folder
+
+
+def write_preview(model_dir: Path, grid: np.ndarray, iteration: int) -> Path:
+    """previews/preview_%08d.png (the timelapse) and preview.png (the latest), from the uint8 RGB `grid`
+    whose columns are PREVIEW_COLUMNS."""
+    png = media.encode_png(grid, {"Columns": PREVIEW_COLUMNS, "Iteration": str(iteration), "Software": "FaceReplace"})
+    media.write_bytes(model_dir / PREVIEWS / f"preview_{iteration:08d}.png", png)
+    media.write_bytes(model_dir / PREVIEW_FILE, png)
+    return model_dir / PREVIEW_FILE
+
+
+def stop_requested(model_dir: Path) -> bool:
+    """Whether someone (the add-on's Stop, a farm) asked a running train to save and stop."""
+    return (model_dir / STOP_FILE).exists()
+
+
+def clear_stop(model_dir: Path) -> None:
+    """Forget a stop request: one left from an earlier run must not end the next at once."""
+    (model_dir / STOP_FILE).unlink(missing_ok=True)
+
+
+def append_history(model_dir: Path, iteration: int, elapsed: float, losses: dict) -> None:
+    """One history.csv row. Appended, not rewritten: a row cut short by a kill is dropped by the next resume."""
+    path = model_dir / HISTORY_FILE
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(HISTORY_COLUMNS)
+        values = [losses[c] for c in HISTORY_COLUMNS[2:]]
+        writer.writerow([iteration, f"{elapsed:.2f}"] + ["" if v is None else f"{v:.6f}" for v in values])
+
+
+def read_history(path: str | Path) -> list[dict]:
+    """history.csv as dicts of numbers (None where a value is blank); a torn last row is skipped."""
+    rows = []
+    with contextlib.suppress(FileNotFoundError), open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                rows.append({k: (float(v) if v else None) for k, v in row.items() if k in HISTORY_COLUMNS}
+                            | {"iteration": int(row["iteration"])})
+            except (TypeError, ValueError):
+                continue
+    return rows
+
+
+def trim_history(model_dir: Path, iteration: int) -> None:
+    """Drop rows past the checkpoint being resumed (written after its save by a run that was then killed),
+    and any row a kill cut short."""
+    path = model_dir / HISTORY_FILE
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines[1:] if _row_iteration(line) is not None and _row_iteration(line) <= iteration]
+    media.write_bytes(path, "\n".join([",".join(HISTORY_COLUMNS)] + kept + [""]).encode())
+
+
+def _row_iteration(line: str) -> int | None:
+    cells = line.split(",")
+    return int(cells[0]) if len(cells) == len(HISTORY_COLUMNS) and cells[0].isdigit() else None

@@ -12,7 +12,7 @@ that never stopped.
 """
 
 import contextlib
-import csv
+import io
 import itertools
 import math
 import os
@@ -35,27 +35,32 @@ from .losses import LossWeights, face_loss
 from .model import (
     ARCHITECTURES,
     CHECKPOINTS,
+    DEFAULT_PRESETS,
     FORMAT,
-    PRESETS,
+    PRESET_CHOICES,
+    PREVIEW_FILE,
+    SIZES,
     SUMMARY_FILE,
     VERSION,
     FaceModel,
     ModelConfig,
+    append_history,
     checkpoint_paths,
+    clear_stop,
     config_from_state,
+    default_preset,
     latest_checkpoint,
     make_config,
+    stop_requested,
+    trim_history,
     write_checkpoint,
+    write_preview,
 )
 from .options import number_in
 
 MIN_FACES = 8  # fewer cannot hold out a validation split and still teach anything
 FEW_FACES = 200  # below this, say that more faces would help
 VALIDATION_FACES = 64  # validation loss is measured on at most this many held-out faces
-HISTORY_FILE = "history.csv"
-HISTORY_COLUMNS = ["iteration", "elapsed_s", "loss_a", "loss_b", "val_loss_a", "val_loss_b"]
-PREVIEW_COLUMNS = "A, A->A, A->B, B, B->B, B->A"
-STOP_FILE = "stop"
 # Overtraining: compare the mean of the last OVERTRAIN_WINDOW validations with the window before it.
 OVERTRAIN_WINDOW = 3
 OVERTRAIN_RISE = 0.01
@@ -110,10 +115,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--faces", nargs="+", metavar="FACESET", help="with --pretrain: the facesets, any number")
     parser.add_argument("--init-from", metavar="BASE_MODEL",
                         help="start a new model from a base model's weights (one made with --pretrain, or any model)")
-    parser.add_argument("--preset", choices=list(PRESETS),
-                        help="model preset (default: quality on CUDA, fast on the CPU; on --resume, the model's own)")
-    parser.add_argument("--size", type=int, metavar="N", help="model resolution: 64 to 512 in steps of 64 (default: the preset's)")
-    parser.add_argument("--batch", type=int, metavar="N", help="faces per identity per iteration (per GPU)")
+    parser.add_argument("--preset", choices=PRESET_CHOICES,
+                        help="model preset (default: " + ", ".join(f"{p} on {d}" for d, p in DEFAULT_PRESETS.items())
+                        + "; on --resume, the model's own)")
+    parser.add_argument("--size", type=int, metavar="N", help=f"model resolution: {', '.join(map(str, SIZES))} "
+                                                                "(default: the preset's)")
+    parser.add_argument("--batch", type=int, metavar="N", help="faces per person per iteration (per GPU)")
     parser.add_argument("--iterations", type=int, metavar="N", help="stop at this iteration (counted over resumes)")
     parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this long")
     parser.add_argument("--target-loss", type=float, metavar="X", help="stop when the mean training loss is this low")
@@ -135,7 +142,7 @@ def add_arguments(parser) -> None:
     feedback.add_argument("--preview-every", type=int, metavar="N", help=f"iterations per preview and validation ({TrainSettings.preview_every})")
     feedback.add_argument("--save-every", type=int, metavar="N", help=f"iterations per checkpoint ({TrainSettings.save_every})")
     feedback.add_argument("--keep", type=int, metavar="N", help=f"checkpoints to keep ({TrainSettings.keep})")
-    feedback.add_argument("--preview-rows", type=int, metavar="N", help=f"faces per identity in the preview ({TrainSettings.preview_rows})")
+    feedback.add_argument("--preview-rows", type=int, metavar="N", help=f"faces per person in the preview ({TrainSettings.preview_rows})")
     feedback.add_argument("--validation", type=float, metavar="X", help=f"share of each faceset held out ({TrainSettings.validation})")
     loss = parser.add_argument_group("loss weights")
     loss.add_argument("--mask", choices=["extended", "hull"], help="faceset mask to learn and weight the loss by (extended)")
@@ -155,16 +162,13 @@ def add_arguments(parser) -> None:
 
 def run(args, events: Events) -> None:
     options = vars(args)
-    preset = args.preset
-    if preset is None and not args.resume and not args.init_from:
-        preset = "quality" if pick_device(args.device).type == "cuda" else "fast"
     if args.pretrain:
         if not args.faces or args.a or args.b:
             raise EngineError("--pretrain takes its facesets as --faces FACESET ... (not --a and --b)")
     elif args.faces or not (args.a and args.b):
         raise EngineError("train a pair with --a FACESET --b FACESET (or a base model with --pretrain --faces ...)")
     train(
-        args.faces if args.pretrain else args.a, None if args.pretrain else args.b, args.model, init_from=args.init_from, preset=preset, size=args.size, batch=args.batch, iterations=args.iterations,
+        args.faces if args.pretrain else args.a, None if args.pretrain else args.b, args.model, init_from=args.init_from, preset=args.preset, size=args.size, batch=args.batch, iterations=args.iterations,
         time_budget=args.time_budget, target_loss=args.target_loss, resume=args.resume, seed=args.seed,
         device=args.device, workers=args.workers, compile=args.compile, events=events,
         model_options={k: options[k] for k in ("architecture", "encoder_width", "decoder_width", "latent",
@@ -205,7 +209,7 @@ def train(
 
     A base model (pretraining): `a` is a list of facesets of many people and `b` is None; both decoders
     learn from all of them. `init_from` starts a new model from another model's weights (same shape).
-    `preset` None means "tiny" for a new model (the CLI picks by device) and the model's own on resume.
+    `preset` None means model.default_preset for a new model (by device) and the model's own on resume.
     `model_options`, `loss`, `augmentation`, `schedule` and `settings` change fields of ModelConfig,
     LossWeights, Augmentation, Schedule and TrainSettings; None values are ignored. Returns the "done"
     event's summary.
@@ -215,7 +219,7 @@ def train(
     rank, world, device = _start_processes(device)
     main_process = rank == 0
     if not main_process:
-        events = Events("train", stderr=open(os.devnull, "w"))  # only the first process reports
+        events = Events("train", stderr=io.StringIO())  # only the first process reports: never a bar (no tty)
     run_started = time.monotonic()
 
     pretrain = b is None
@@ -256,7 +260,8 @@ def train(
                                      "start from it at")
             config = replace(config, face_size=face_size)
         else:
-            config = replace(make_config(preset or "tiny", **model_changes), face_size=face_size, coverage=coverage)
+            config = replace(make_config(preset or default_preset(device.type), **model_changes), face_size=face_size,
+                             coverage=coverage)
         train_settings, start, elapsed, checks, late_from = TrainSettings(), 0, 0.0, [], None
     train_settings = replace(
         train_settings, **_given(settings_changes),
@@ -318,8 +323,8 @@ def train(
 
     if main_process:
         media.sweep_temp_files(model_dir)  # what killed writes left: checkpoints, previews
-        _trim_history(model_dir / HISTORY_FILE, start)
-        (model_dir / STOP_FILE).unlink(missing_ok=True)
+        trim_history(model_dir, start)
+        clear_stop(model_dir)
         parameters = sum(p.numel() for p in model.parameters())
         events.start(model=str(model_dir), a=str(a), b=str(b), iteration=start, device=str(device),
                      processes=world, preset=config.preset, size=config.size, batch=config.batch,
@@ -333,31 +338,10 @@ def train(
                 events.warning(f"faceset {k.upper()} has only {len(s)} faces; a few hundred or more, in every pose "
                                f"and light the shot needs, give a far better model")
 
-    def save(losses):
-        """The checkpoint and model.json (on the main process); never of weights that are not finite."""
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise _diverged(model_dir, iteration)
-        state = {
-            "format": FORMAT, "version": VERSION, "iteration": iteration, "elapsed": elapsed_now(),
-            "config": asdict(config), "settings": asdict(train_settings), "checks": checks, "late_from": late_from,
-            "facesets": {k: str(f.folder.resolve()) for k, f in facesets.items()},
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
-        }
-        path = write_checkpoint(model_dir, state, train_settings.keep)
-        media.write_json(model_dir / SUMMARY_FILE, {
-            "format": FORMAT, "version": VERSION, "iteration": iteration, "checkpoint": f"{CHECKPOINTS}/{path.name}",
-            "elapsed_s": round(state["elapsed"], 1), "config": state["config"], "parameters": parameters,
-            "settings": state["settings"], "facesets": state["facesets"], **losses,
-        })
-        return path
-
-    def elapsed_now():
-        return elapsed + time.monotonic() - run_started
-
     # -- the loop
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    def loss_of(output, target):
+        return face_loss(*output, *target, train_settings.loss)
+
     window = torch.zeros(2, device=device)  # summed losses since the last history row
     window_start, window_iterations = time.monotonic(), 0
     losses = {"loss_a": None, "loss_b": None, "val_loss_a": None, "val_loss_b": None}
@@ -369,23 +353,8 @@ def train(
                 late_from = iteration
                 events.emit("late_phase", iteration=iteration)
             late = late_from is not None and iteration >= late_from
-            inputs, targets = {}, {}
-            for k in ("a", "b"):
-                x, *target = augment(batch[k], device, train=not late)
-                inputs[k], targets[k] = x.contiguous(memory_format=memory_format), target
-            with autocast:
-                outputs = train_model(inputs["a"], inputs["b"])
-            loss_a, loss_b = (face_loss(*out, *targets[k], train_settings.loss)
-                              for k, out in zip("ab", outputs, strict=True))
-            optimizer.zero_grad(set_to_none=True)
-            (loss_a + loss_b).backward()
-            keep = train_settings.schedule.lr_dropout
-            if keep < 1 and (late or not train_settings.schedule.no_warp_after):
-                masked_step(optimizer, keep, torch.Generator(device).manual_seed(
-                    train_settings.seed * 1_000_003 + iteration))
-            else:
-                optimizer.step()
-            window += torch.stack([loss_a.detach(), loss_b.detach()])
+            window += train_step(train_model, optimizer, batch, device, loss_of, warp=not late,
+                                 update=_update(optimizer, train_settings, late, iteration, device))
             window_iterations += 1
 
             # why stop now, if at all (every process must agree, or DDP would hang)
@@ -395,7 +364,7 @@ def train(
                 stop_reason = "time budget"
             elif requested["signal"]:
                 stop_reason = requested["signal"]
-            elif main_process and (model_dir / STOP_FILE).exists():
+            elif main_process and stop_requested(model_dir):
                 stop_reason = "stop file"
             feedback = iteration % train_settings.preview_every == 0
             row = iteration % train_settings.log_every == 0 or feedback
@@ -419,9 +388,9 @@ def train(
                             events.warning(f"validation loss is rising while training loss still falls (iteration "
                                            f"{iteration}): the model may be overtraining; more varied faces help, "
                                            f"or stop here", iteration=iteration)
-                    preview = write_preview(model, preview_faces, model_dir, iteration, device)
+                    preview = write_preview(model_dir, preview_grid(model, preview_faces, device), iteration)
                     events.preview(path=str(preview), iteration=iteration)
-                _append_history(model_dir / HISTORY_FILE, iteration, elapsed_now(), losses)
+                append_history(model_dir, iteration, elapsed + time.monotonic() - run_started, losses)
                 eta = (iterations - iteration) / it_per_s if iterations is not None else None
                 if time_budget is not None:
                     left = time_budget - (time.monotonic() - run_started)
@@ -432,20 +401,78 @@ def train(
                 window.zero_()
                 window_start, window_iterations = time.monotonic(), 0
             if main_process and (stopping or iteration % train_settings.save_every == 0):
-                checkpoint = save(losses)
+                progress = {"iteration": iteration, "elapsed": elapsed + time.monotonic() - run_started,
+                            "checks": checks, "late_from": late_from}
+                checkpoint = _save(model_dir, model, optimizer, config, train_settings, facesets, progress, losses,
+                                   parameters)
             if stopping:
                 break
     if main_process:
-        (model_dir / STOP_FILE).unlink(missing_ok=True)
+        clear_stop(model_dir)
     if world > 1:
         dist.destroy_process_group()
     if stop_reason is None:  # the loader ran dry: --iterations was already reached before this run
         stop_reason = "iterations"
         checkpoint = checkpoint_paths(model_dir)[0] if main_process else None
     summary = {"iterations": iteration, **losses, "stopped": stop_reason, "checkpoint": str(checkpoint),
-               "model": str(model_dir), "preview": str(model_dir / "preview.png")}
+               "model": str(model_dir), "preview": str(model_dir / PREVIEW_FILE)}
     events.done(**summary)
     return summary
+
+
+# ---------------------------------------------------------------- one step, one save
+
+
+def train_step(model, optimizer, batch: dict, device, loss, warp: bool = True, update=None) -> torch.Tensor:
+    """One training step, as train() runs it and bench/train.py times it: augment both people's faces on
+    the device (random warp while `warp`), run `model` on them (bf16 autocast on CUDA), `loss(output,
+    target)` for each person, backward, then `update()` (default: the optimizer's step). Returns the two
+    losses, detached."""
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    inputs, targets = {}, {}
+    for k in ("a", "b"):
+        x, *target = augment(batch[k], device, train=warp)
+        inputs[k], targets[k] = x.contiguous(memory_format=memory_format), target
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        outputs = model(inputs["a"], inputs["b"])
+    loss_a, loss_b = (loss(out, targets[k]) for k, out in zip("ab", outputs, strict=True))
+    optimizer.zero_grad(set_to_none=True)
+    (loss_a + loss_b).backward()
+    (update or optimizer.step)()
+    return torch.stack([loss_a.detach(), loss_b.detach()])
+
+
+def _save(model_dir: Path, model: FaceModel, optimizer, config: ModelConfig, settings: "TrainSettings",
+          facesets: dict, progress: dict, losses: dict, parameters: int) -> Path:
+    """The checkpoint (weights, optimiser, random states and `progress`: iteration, elapsed, checks,
+    late_from) and model.json, on the main process; never of weights that are not finite."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise _diverged(model_dir, progress["iteration"])
+    state = {
+        "format": FORMAT, "version": VERSION, "iteration": progress["iteration"], "elapsed": progress["elapsed"],
+        "config": asdict(config), "settings": asdict(settings), "checks": progress["checks"],
+        "late_from": progress["late_from"], "facesets": {k: str(f.folder.resolve()) for k, f in facesets.items()},
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if next(model.parameters()).is_cuda else []},
+    }
+    path = write_checkpoint(model_dir, state, settings.keep)
+    media.write_json(model_dir / SUMMARY_FILE, {
+        "format": FORMAT, "version": VERSION, "iteration": state["iteration"],
+        "checkpoint": f"{CHECKPOINTS}/{path.name}", "elapsed_s": round(state["elapsed"], 1), "config": state["config"],
+        "parameters": parameters, "settings": state["settings"], "facesets": state["facesets"], **losses,
+    })
+    return path
+
+
+def _update(optimizer, settings: "TrainSettings", late: bool, iteration: int, device):
+    """The optimizer update of `iteration`: with learning-rate dropout (seeded by the iteration, so a
+    resumed run makes the same choices) in the late phase, or throughout without one; else Adam's step."""
+    keep = settings.schedule.lr_dropout
+    if keep < 1 and (late or not settings.schedule.no_warp_after):
+        return lambda: masked_step(optimizer, keep, torch.Generator(device).manual_seed(
+            settings.seed * 1_000_003 + iteration))
+    return optimizer.step
 
 
 # ---------------------------------------------------------------- checks
@@ -623,7 +650,7 @@ def _out_of_memory_hint(config: ModelConfig):
 
 @torch.no_grad()
 def _validate(model: FaceModel, validation: dict, device, weights: LossWeights) -> dict:
-    """Mean loss of each identity's held-out faces, unaugmented; {} when nothing is held out."""
+    """Mean loss of each person's held-out faces, unaugmented; {} when nothing is held out."""
     out = {}
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for k, batch in validation.items():
@@ -652,57 +679,9 @@ def preview_grid(model: FaceModel, faces: dict, device) -> np.ndarray:
     for source, other in (("a", "b"), ("b", "a")):
         inputs, *_ = augment(faces[source], device, train=False)
         columns.append(inputs)
-        for identity in (source, other):
-            rgb, mask = model.swap(inputs, identity)
+        for person in (source, other):
+            rgb, mask = model.swap(inputs, person)
             columns.append(rgb * mask + inputs * (1 - mask))
     tiles = torch.stack(columns, 1).flatten(0, 1)  # row-major: face 0's six columns, then face 1's, ...
     tiles = (tiles.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return media.contact_sheet(list(tiles), columns=6)
-
-
-def write_preview(model: FaceModel, faces: dict, model_dir: Path, iteration: int, device) -> Path:
-    """previews/preview_%08d.png (the timelapse) and preview.png (the latest)."""
-    grid = media.encode_png(preview_grid(model, faces, device),
-                            {"Columns": PREVIEW_COLUMNS, "Iteration": str(iteration), "Software": "FaceReplace"})
-    media.write_bytes(model_dir / "previews" / f"preview_{iteration:08d}.png", grid)
-    media.write_bytes(model_dir / "preview.png", grid)
-    return model_dir / "preview.png"
-
-
-def _append_history(path: Path, iteration: int, elapsed: float, losses: dict) -> None:
-    """One CSV row. Appended, not rewritten: a row cut short by a kill is dropped by the next resume."""
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(HISTORY_COLUMNS)
-        values = [losses[c] for c in HISTORY_COLUMNS[2:]]
-        writer.writerow([iteration, f"{elapsed:.2f}"] + ["" if v is None else f"{v:.6f}" for v in values])
-
-
-def read_history(path: str | Path) -> list[dict]:
-    """history.csv as dicts of numbers (None where a value is blank); a torn last row is skipped."""
-    rows = []
-    with contextlib.suppress(FileNotFoundError), open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                rows.append({k: (float(v) if v else None) for k, v in row.items() if k in HISTORY_COLUMNS}
-                            | {"iteration": int(row["iteration"])})
-            except (TypeError, ValueError):
-                continue
-    return rows
-
-
-def _trim_history(path: Path, iteration: int) -> None:
-    """Drop rows past the checkpoint being resumed (written after its save by a run that was then killed),
-    and any row a kill cut short."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines[1:] if _row_iteration(line) is not None and _row_iteration(line) <= iteration]
-    media.write_bytes(path, "\n".join([",".join(HISTORY_COLUMNS)] + kept + [""]).encode())
-
-
-def _row_iteration(line: str) -> int | None:
-    cells = line.split(",")
-    return int(cells[0]) if len(cells) == len(HISTORY_COLUMNS) and cells[0].isdigit() else None

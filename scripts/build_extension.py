@@ -1,7 +1,8 @@
 """Build the installable Blender extension: dist/<id>-<version>.zip.
 
-The zip holds blender_manifest.toml and the add-on at its root, the engine package in engine/ (the
-add-on puts that folder on the engine subprocess's PYTHONPATH) and engine-requirements.txt, which
+The zip holds blender_manifest.toml and the add-on (with engine_schema.json) at its root, the engine
+package in engine/ (the add-on puts that folder on the engine subprocess's PYTHONPATH and loads its
+standard-library-only engine/frames.py itself) and engine-requirements.txt, which
 "Set up engine" pip-installs into the engine's venv: the engine's dependencies (pyproject.toml) at the
 versions requirements.txt pins. Entries carry a fixed date, so the same sources give the same zip.
 """
@@ -41,6 +42,7 @@ def build(root: Path = ROOT, dist: Path | None = None) -> Path:
         raise SystemExit(f"blender_manifest.toml has version {manifest['version']} but the engine {engine_version}")
     files = {"blender_manifest.toml": root / "blender_manifest.toml"}
     files.update({p.name: p for p in sorted((root / "addon").glob("*.py"))})
+    files.update({p.name: p for p in sorted((root / "addon").glob("*.json"))})  # engine_schema.json
     files.update({p.relative_to(root).as_posix(): p for p in sorted((root / "engine").rglob("*.py"))})
     dist = dist or root / "dist"
     dist.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,9 @@
 Session-scoped, so the whole suite extracts each sample once.
 """
 
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -80,8 +83,7 @@ def assert_same_run(straight: dict, resumed: dict, folder_a: Path, folder_b: Pat
     """Two training runs (their `done` summaries and model folders) agree loss for loss and weight for weight."""
     import torch
 
-    from engine.model import read_checkpoint
-    from engine.train import read_history
+    from engine.model import read_checkpoint, read_history
 
     a, b = read_history(folder_a / "history.csv"), read_history(folder_b / "history.csv")
     assert [r["iteration"] for r in a] == [r["iteration"] for r in b]
@@ -92,3 +94,21 @@ def assert_same_run(straight: dict, resumed: dict, folder_a: Path, folder_b: Pat
     weights_b = read_checkpoint(Path(resumed["checkpoint"]))["model"]
     for name, value in weights_a.items():
         torch.testing.assert_close(value, weights_b[name], rtol=1e-5, atol=1e-6)
+
+
+def run_engine(*args, timeout=300, env=None) -> subprocess.CompletedProcess:
+    """`python -m engine ARGS` in its own process, as the add-on and a farm run it; `env` adds variables."""
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def empty_copy(faceset: Path, folder: Path) -> Path:
+    """A copy of `faceset` whose alignments list every frame with no face."""
+    from engine.faceset import ALIGNMENTS_FILE, Alignments
+
+    shutil.copytree(faceset, folder)
+    alignments = Alignments.load(folder)
+    for frame in alignments.frames:
+        frame.faces = []
+    alignments.save(folder / ALIGNMENTS_FILE)
+    return folder

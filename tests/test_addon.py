@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
+from engine.schema import schema
 from scripts.build_extension import build, validate
 
 _USER = tempfile.mkdtemp(prefix="facereplace-blender-user-")
@@ -128,8 +129,8 @@ def test_zip_is_an_extension_with_the_engine_inside(extension):
         names = set(archive.namelist())
         manifest = archive.read("blender_manifest.toml").decode()
         requirements = archive.read("engine-requirements.txt").decode()
-    assert {"blender_manifest.toml", "__init__.py", "operators.py", "engine/__main__.py", "engine/extract.py",
-            "engine/train.py", "engine/convert.py"} <= names
+    assert {"blender_manifest.toml", "__init__.py", "operators.py", "engine_schema.json", "engine/__main__.py",
+            "engine/extract.py", "engine/train.py", "engine/convert.py", "engine/frames.py"} <= names
     assert not any("__pycache__" in n or n.startswith(("tests/", "addon/")) for n in names)
     for line in ('schema_version = "1.0.0"', 'id = "facereplace"', 'type = "add-on"',
                  'blender_version_min = "4.2.0"', "[permissions]",
@@ -195,6 +196,31 @@ def test_check_engine_reports_versions(prefs):
     assert prefs.engine_ok
     assert "Engine 0.1.0" in prefs.engine_status and "torch 2." in prefs.engine_status
     assert "no GPU: CPU only" in prefs.engine_status  # what it found: this machine has no GPU
+    # ... and the engine's contract, which the menus are built from at the next start
+    kept = Path(bpy.utils.extension_path_user(PACKAGE)) / "engine_schema.json"
+    assert json.dumps(json.loads(kept.read_text())) == json.dumps(schema())  # in its order: the menus' order
+
+
+def test_menus_offer_the_engines_choices_and_defaults(addon, prefs):
+    """Every menu that sets an engine option lists the engine's own values (engine.schema), in its order,
+    with its default; the preset's default is the engine's choice by device, the sizes model.SIZES."""
+    answer = schema()
+
+    def menu(group, name):
+        prop = group.bl_rna.properties[name]
+        return [item.identifier for item in prop.enum_items], prop.default
+
+    for name in ("mask", "color", "format"):
+        option = answer["verbs"]["convert"][name]
+        assert menu(addon.properties.FaceReplaceConvert, name) == (list(option["choices"]), option["default"])
+    for name in ("device", "detector"):
+        option = answer["verbs"]["extract"][name]
+        assert menu(addon.preferences.FaceReplacePreferences, name) == (list(option["choices"]), option["default"])
+    assert menu(addon.properties.FaceReplaceTrain, "preset") == ([*answer["presets"], "AUTO"], "AUTO")
+    # a .blend keeps a choice by its number: the presets' stay where they were before Auto existed
+    numbers = {i.identifier: i.value for i in addon.properties.FaceReplaceTrain.bl_rna.properties["preset"].enum_items}
+    assert (numbers["tiny"], numbers["fast"], numbers["quality"]) == (0, 1, 2)
+    assert menu(addon.properties.FaceReplaceTrain, "size") == (["PRESET", *map(str, answer["sizes"])], "PRESET")
 
 
 def test_a_failed_check_puts_set_up_engine_in_the_panel(project, prefs, addon):

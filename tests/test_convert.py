@@ -2,8 +2,6 @@
 blank frames, numbering, colour matching, farm chunks, resume, markings, linear EXR, and the errors."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,18 +13,13 @@ from skimage.color import rgb2lab
 from demo import samples
 from engine import media
 from engine import model as model_module
-from engine.convert import Converter, FaceJob, convert, read_marking, shape_mask
+from engine.convert import Converter, ConvertSettings, FaceJob, convert, shape_mask
 from engine.extract import extract
 from engine.faces import align
 from engine.faceset import Alignments
 from engine.model import ModelConfig, model_hash
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_engine(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+from engine.output import read_marking
+from tests.conftest import run_engine
 
 
 def source_frames(shot) -> dict[int, np.ndarray]:
@@ -45,7 +38,7 @@ class IdentityModel:
     """Draws every face exactly as it came in, with a mask over the whole crop: it isolates the crop,
     the warp back and the colour-space handling from what a trained model adds."""
 
-    checkpoint = None  # no file: convert hashes what load_model loaded
+    hash = "identity"  # no checkpoint file: what load_model gives the model it loads
 
     def swap(self, faces, identity):
         return faces.clone(), torch.ones_like(faces[:, :1])
@@ -71,7 +64,6 @@ def identity_model(monkeypatch, tmp_path, request):
         return model, ModelConfig(size=256, face_size=128, coverage=align.DEFAULT_COVERAGE)
 
     monkeypatch.setattr(model_module, "load_model", load)
-    monkeypatch.setattr(model_module, "model_hash", lambda model_dir, checkpoint=None: "identity")
     folder = tmp_path / "identity-model"
     folder.mkdir()
     return folder
@@ -249,7 +241,8 @@ def test_crop_matches_the_facesets_own_aligned_faces(faceset_b, shot_b):
     """The model sees what extract showed it in training: convert's crop at the faceset's size equals
     the faceset's aligned face (which extract cut with OpenCV) up to resampling."""
     shot = Alignments.load(faceset_b)
-    converter = Converter(None, 128, torch.device("cpu"), "a", "hull", 0, 0.0, "none", False, False)
+    converter = Converter(None, 128, torch.device("cpu"), ConvertSettings(mask="hull", feather=0.0, color="none"),
+                          linear=False)
     for number, image in list(source_frames(shot_b).items())[::5]:
         face = shot.frame(number).faces[0]
         job = FaceJob(number, 0, 0, np.asarray(face.matrix), face.aligned_landmarks())
@@ -272,7 +265,7 @@ def test_linear_exr_shot_round_trips_without_a_shift(identity_model, faceset_b, 
         originals[number] = linear
         media.write_exr(plate / f"plate_{number:04d}.exr", linear)
     out = tmp_path / "out"
-    convert(plate, faceset_b, identity_model, out, mask="predicted", feather=0, color="none", fmt="exr",
+    convert(plate, faceset_b, identity_model, out, mask="predicted", feather=0, color="none", format="exr",
             write_frames=True, frames="1-6", device="cpu")
     for number in range(1, 7):
         layer = media.read_image(out / "face" / f"face_{number:06d}.exr")
@@ -333,7 +326,7 @@ def test_matte_is_exactly_one_inside_and_zero_beyond_the_feather(identity_model,
     feather = 10
     for fmt, ext, full in (("exr", ".exr", 1.0), ("png16", ".png", 65535)):
         out = tmp_path / fmt
-        convert(shot_b, faceset_b, identity_model, out, feather=feather, color="none", fmt=fmt, frames="4-5",
+        convert(shot_b, faceset_b, identity_model, out, feather=feather, color="none", format=fmt, frames="4-5",
                 write_patches=True, device="cpu")
         for number in (4, 5):
             matte = media.read_image(out / "matte" / f"matte_{number:06d}{ext}")

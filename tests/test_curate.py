@@ -13,6 +13,7 @@ import pytest
 
 from demo import samples
 from engine import curate as curate_module
+from engine import faceset as faceset_module
 from engine import media
 from engine.__main__ import main
 from engine.curate import curate, restore, sharpness
@@ -20,6 +21,7 @@ from engine.faces import align, masks
 from engine.faces.detect import make_detector
 from engine.faces.pose import MODEL, camera_matrix, head_pose
 from engine.faceset import Alignments, Faceset, Frame
+from tests.conftest import empty_copy
 
 OTHER, BLURRED, NEAR_COPY = 1001, 1002, 1003
 
@@ -124,7 +126,7 @@ def test_apply_moves_flagged_faces_aside_and_restore_puts_them_back_exactly(mixe
 def test_an_interrupted_apply_is_recorded_and_restores_fully(mixed, monkeypatch):
     before = _hashes(mixed)
     report = curate(mixed)
-    real_replace, calls = curate_module.os.replace, []
+    real_replace, calls = faceset_module.os.replace, []
 
     def dying_replace(src, dst):
         if len(calls) == 4:  # killed after moving one face's three files and one more
@@ -132,10 +134,10 @@ def test_an_interrupted_apply_is_recorded_and_restores_fully(mixed, monkeypatch)
         calls.append(src)
         real_replace(src, dst)
 
-    monkeypatch.setattr(curate_module.os, "replace", dying_replace)
+    monkeypatch.setattr(faceset_module.os, "replace", dying_replace)
     with pytest.raises(KeyboardInterrupt):
-        curate_module.move_aside(mixed, [s for s in report["faces"] if s["flags"]])
-    monkeypatch.setattr(curate_module.os, "replace", real_replace)
+        faceset_module.move_aside(mixed, [s for s in report["faces"] if s["flags"]])
+    monkeypatch.setattr(faceset_module.os, "replace", real_replace)
 
     recorded = json.loads((mixed / "aside" / "moved.json").read_text())["faces"]
     assert len(recorded) == 3  # the record was written before anything moved
@@ -217,16 +219,6 @@ def test_sharpness_ignores_face_size_and_exposure_but_not_blur(faceset_a, shot_a
     assert sharpness(*small) == pytest.approx(reference, rel=0.15)
     assert sharpness((large[0] * 0.6).astype(np.uint8), large[1]) == pytest.approx(reference, rel=0.1)
     assert sharpness(cv2.GaussianBlur(large[0], (0, 0), 2.0), large[1]) < curate_module.DEFAULT_BLUR * reference
-
-
-def empty_copy(faceset: Path, folder: Path) -> Path:
-    """A copy of `faceset` whose alignments list every frame with no face."""
-    shutil.copytree(faceset, folder)
-    alignments = Alignments.load(folder)
-    for frame in alignments.frames:
-        frame.faces = []
-    alignments.save(folder / "alignments.json")
-    return folder
 
 
 def test_bad_input_gets_one_clear_line(faceset_a, tmp_path, capsys):

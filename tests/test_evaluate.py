@@ -20,7 +20,7 @@ from engine.evaluate import evaluate
 from engine.extract import extract
 from engine.faces import align
 from engine.faceset import Alignments
-from tests.test_curate import empty_copy
+from tests.conftest import empty_copy
 
 
 def write_layers(folder: Path, shot: Path, shot_faceset: Path, donor: Path, noise: float = 0.0,

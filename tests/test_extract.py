@@ -17,13 +17,7 @@ from engine.extract import extract
 from engine.faces import align
 from engine.faces.detect import make_detector
 from engine.faceset import Alignments, Faceset
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_engine(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+from tests.conftest import ROOT, run_engine
 
 
 def photo_landmarks(photo: str) -> np.ndarray:

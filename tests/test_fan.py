@@ -4,9 +4,6 @@ land; and face-alignment's own networks, with random weights in the published fo
 whole extract (batching, the landmark path, events) on the CPU."""
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -21,8 +18,8 @@ from engine.__main__ import main
 from engine.events import EngineError
 from engine.faces import detect
 from engine.faceset import Alignments
+from tests.conftest import run_engine
 
-ROOT = Path(__file__).resolve().parents[1]
 DETECTOR_FILE = detect.FAN_WEIGHTS["detector"].name
 LANDMARKS_FILE = detect.FAN_WEIGHTS["landmarks"].name
 
@@ -55,11 +52,6 @@ def test_payload_would_run_if_unpickled(tmp_path):
     marker = tmp_path / "ran"
     torch.load(write_payload(tmp_path / DETECTOR_FILE, marker), weights_only=False)
     assert marker.exists()
-
-
-def run_engine(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
 def error_lines(result) -> list[str]:

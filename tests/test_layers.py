@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from engine import media
-from engine.convert import convert, read_marking
+from engine.convert import convert
+from engine.output import read_marking
 
 FRAMES = (2, 3)  # two frames of the 16-frame shot
 TOLERANCE = 1e-3  # in linear light, on 0-1 values
@@ -43,7 +44,7 @@ def shot(shot_b, tmp_path_factory) -> dict:
 
 def converted(kind: str, fmt: str, alpha: str | None, shot_b, faceset_b, tiny_model, factory) -> Path:
     out = factory.mktemp(kind) / "out"
-    convert(shot_b, faceset_b, tiny_model, out, direction="a2b", fmt=fmt, alpha=alpha, write_frames=True,
+    convert(shot_b, faceset_b, tiny_model, out, direction="a2b", format=fmt, alpha=alpha, write_frames=True,
             frames=f"{FRAMES[0]}-{FRAMES[1]}", device="cpu")
     return out
 

@@ -25,8 +25,8 @@ from engine.__main__ import main
 from engine.augment import Augmentation, FaceBatches, identity_params, load_face
 from engine.color import lab_to_rgb, rgb_to_lab
 from engine.faceset import Faceset
-from engine.model import checkpoint_paths, load_model, model_hash, read_checkpoint
-from engine.train import overtraining, read_history, train
+from engine.model import checkpoint_paths, load_model, model_hash, read_checkpoint, read_history
+from engine.train import overtraining, train
 from tests.conftest import assert_same_run
 
 ROOT = Path(__file__).resolve().parents[1]

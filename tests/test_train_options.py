@@ -11,8 +11,8 @@ from engine import media
 from engine import train as train_module
 from engine.__main__ import main
 from engine.convert import convert
-from engine.model import FORMAT, VERSION, load_model, read_checkpoint
-from engine.train import masked_step, read_history, train
+from engine.model import FORMAT, VERSION, load_model, read_checkpoint, read_history
+from engine.train import masked_step, train
 from tests.conftest import assert_same_run
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import media
 from ..events import EngineError
+from ..options import Choice
 
 log = logging.getLogger("engine")
 
@@ -57,7 +58,7 @@ class DlibDetector:
     # Upsampling costs 4x but is kept always: its tighter boxes give the predictor better landmarks.
     DETECT_SIDE = 800
 
-    def __init__(self, device: str = "cpu", cnn: bool = False):
+    def __init__(self, cnn: bool = False):
         import dlib
 
         self.cnn = cnn
@@ -224,9 +225,9 @@ def _fan_networks(states: dict[str, dict], device: str):
 class FanDetector:
     name = "fan"
 
-    def __init__(self, device: str = "cpu", weights: str | Path | None = None, offline: bool = False):
+    def __init__(self, device: str = "cpu", fan_weights: str | Path | None = None, offline: bool = False):
         self.device = str(device)
-        self.model = _fan_networks(fan_state_dicts(weights, offline), self.device)
+        self.model = _fan_networks(fan_state_dicts(fan_weights, offline), self.device)
 
     def _landmarks(self, image: np.ndarray, boxes) -> list[Detection]:
         if len(boxes) == 0:
@@ -258,21 +259,49 @@ class FanDetector:
         return [self._landmarks(image, found) for image, found in zip(images, boxes, strict=True)]
 
 
-BACKENDS = {"fan": FanDetector, "dlib": DlibDetector}
+@dataclass(frozen=True)
+class Backend:
+    """A detector backend: its class, its entry in the add-on's menu, whether it runs on torch (and so on
+    --device; a backend that does not is made without a device), and the options it takes, as extract's
+    command line declares them (argparse keywords by option name)."""
+
+    make: type
+    choice: Choice
+    on_torch: bool
+    options: dict
 
 
-def make_detector(name: str = "auto", device: str = "cpu", fan_weights: str | Path | None = None, cnn: bool = False,
-                  offline: bool = False):
-    """A detector by backend name. "auto" is fan where its weights load, else dlib with a warning.
-    `offline`: never reach the network (fan then needs its weights on disk)."""
-    if name == "dlib":
-        return DlibDetector(device, cnn=cnn)
-    if name == "fan":
-        return FanDetector(device, weights=fan_weights, offline=offline)
+BACKENDS = {
+    "fan": Backend(FanDetector, Choice(
+        "FAN", "face-alignment's S3FD and 2DFAN4: accurate, fast on a GPU; weights downloaded once"), True, {
+        "fan_weights": {"help": "folder holding the fan backend's weight files, for offline use"},
+        "offline": {"action": "store_true",
+                    "help": "never reach the network: fan needs its weights on disk, auto falls back to dlib"}}),
+    "dlib": Backend(DlibDetector, Choice("dlib", "dlib's HOG detector and 68-point predictor: works offline"), False,
+                    {"cnn": {"action": "store_true", "help": "dlib backend: the CNN detector instead of HOG"}}),
+}
+# --detector: "auto" (fan, else dlib) and each backend, as the add-on's Face Detector menu shows them.
+DETECTORS = {"auto": Choice("Auto", "FAN where its weights load (downloaded once), else dlib"),
+             **{name: backend.choice for name, backend in BACKENDS.items()}}
+
+
+def on_torch(name: str) -> bool:
+    """Whether the detector `name` may run on torch, so that --device matters to it."""
+    return name == "auto" or BACKENDS[name].on_torch
+
+
+def make_detector(name: str = "auto", device: str = "cpu", **options):
+    """A detector by backend name, given whichever of `options` its backend declares in BACKENDS. "auto"
+    is fan where its weights load, else dlib with a warning. offline: never reach the network (fan then
+    needs its weights on disk)."""
     if name == "auto":
         try:
-            return FanDetector(device, weights=fan_weights, offline=offline)
+            return make_detector("fan", device, **options)
         except EngineError as e:
             log.warning("%s; using the dlib backend", e)
-            return DlibDetector(device, cnn=cnn)
-    raise EngineError(f"unknown detector {name!r}; choose from auto, {', '.join(BACKENDS)}")
+            return make_detector("dlib", device, **options)
+    if name not in BACKENDS:
+        raise EngineError(f"unknown detector {name!r}; choose from auto, {', '.join(BACKENDS)}")
+    backend = BACKENDS[name]
+    return backend.make(*([device] if backend.on_torch else []),
+                        **{key: value for key, value in options.items() if key in backend.options})

@@ -1,0 +1,58 @@
+"""Frame numbers and frame ranges: the rules the engine and the Blender add-on both follow.
+
+Standard library only, and no import of the rest of the engine: the add-on (which has no numpy) loads
+this very file from the bundled engine, so the two sides cannot drift apart. Errors are ValueError with
+a message meant for the user; each side turns them into its own error type.
+"""
+
+import re
+from pathlib import Path
+
+# The files that make up an image-sequence folder, and the videos a shot can be.
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp"}
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
+_RANGE = re.compile(r"\s*(-?\d+)\s*(?:(?:-|\.\.)\s*(-?\d+)\s*)?")
+_FILE_PATTERN = re.compile(r"[^%]*%0?\d{0,2}d[^%]*")  # a file name with one printf frame-number field
+
+
+def sequence_files(folder: Path) -> list[Path]:
+    """The image files of a sequence folder, in name order."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """"101-200" or "150" (inclusive; Blender's "101..200" too) as (first, last)."""
+    m = _RANGE.fullmatch(text)
+    if not m:
+        raise ValueError(f"frame range {text!r} is not of the form A-B")
+    first, last = int(m.group(1)), int(m.group(2) or m.group(1))
+    if first > last:
+        raise ValueError(f"frame range {text.strip()}: start is after end")
+    return first, last
+
+
+def parse_ranges(text: str) -> list[tuple[int, int]]:
+    """"1-100,150-250" as [(1, 100), (150, 250)]; Flamenco's chunks ("26,27": two frames) too."""
+    ranges = []
+    for part in text.split(","):
+        if not _RANGE.fullmatch(part):
+            raise ValueError(f"frame range {text!r} is not of the form A-B, A..B or A-B,C-D")
+        ranges.append(parse_range(part))
+    return ranges
+
+
+def sequence_numbers(names: list[str]) -> list[int]:
+    """The frame numbers of an image sequence's files `names` (sorted): the last number in each name, or
+    the position in name order (from 1) when some name has none or two share one."""
+    digits = [re.findall(r"\d+", Path(name).stem) for name in names]
+    numbers = [int(d[-1]) if d else None for d in digits]
+    if None in numbers or len(set(numbers)) != len(numbers):
+        return list(range(1, len(names) + 1))
+    return numbers
+
+
+def frame_file(pattern: str, number: int) -> str:
+    """Frame `number`'s file by a printf `pattern` ("face/face_%06d.png"), as convert's manifest names them."""
+    if not isinstance(pattern, str) or not _FILE_PATTERN.fullmatch(pattern):
+        raise ValueError(f"pattern {pattern!r} is not a file name with one %d for the frame")
+    return pattern % number
