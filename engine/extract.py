@@ -198,21 +198,22 @@ def _batches(items, size: int):
         yield batch
 
 
-def _detect_all(source, numbers, log: DetectionsLog, detector, events: Events, batch: int) -> dict[int, list[dict]]:
-    done = log.read()
+def _detect_all(source, numbers, detections_log: DetectionsLog, detector, events: Events,
+                batch: int) -> dict[int, list[dict]]:
+    done = detections_log.read()
     todo = [n for n in numbers if n not in done]
     if done:
         events.resume(len(numbers) - len(todo))
     started = time.monotonic()
     already, processed = len(numbers) - len(todo), 0
-    with log, media.Prefetch(source, todo) as decoded:
+    with detections_log, media.Prefetch(source, todo) as decoded:
         for frames in _batches(decoded, batch):
             images = [media.to_srgb8(image) for _, image in frames]
             for (number, _), rgb, found in zip(frames, images, detector.detect_batch(images), strict=True):
                 embeddings = identity.embed_faces(rgb, [d.landmarks for d in found])
                 done[number] = [_detection_to_json(d, e) for d, e in zip(found, embeddings, strict=True)]
-                log.append(number, done[number])
-            log.flush()
+                detections_log.append(number, done[number])
+            detections_log.flush()
             processed += len(frames)
             fps = processed / max(time.monotonic() - started, 1e-9)
             events.progress(already + processed, len(numbers), frame=frames[-1][0], fps=round(fps, 2))
