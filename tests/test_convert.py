@@ -13,6 +13,7 @@ from skimage.color import rgb2lab
 from demo import samples
 from engine import media
 from engine import model as model_module
+from engine.color import COLOR_MODES
 from engine.convert import Converter, ConvertSettings, FaceJob, convert, shape_mask
 from engine.extract import extract
 from engine.faces import align
@@ -194,12 +195,12 @@ def mean_lab_error(out: Path, shot: Path, numbers) -> float:
 
 def test_each_colour_mode_moves_the_face_toward_the_original(tiny_model, faceset_b, tinted_b, tmp_path):
     errors = {}
-    for mode in ("none", "avg", "rct", "hist", "seamless"):
+    for mode in COLOR_MODES:  # every mode the engine offers, one added later too
         out = tmp_path / mode
         convert(tinted_b, faceset_b, tiny_model, out, direction="b2a", color=mode, frames="1-4", device="cpu")
         errors[mode] = mean_lab_error(out, tinted_b, range(1, 5))
     assert errors["none"] > 4.0, errors  # the cast is there to be matched
-    for mode in ("avg", "rct", "hist", "seamless"):
+    for mode in set(COLOR_MODES) - {"none"}:
         assert errors[mode] < 0.3 * errors["none"], errors
 
 
