@@ -457,9 +457,8 @@ class FACEREPLACE_OT_download_weights(EngineOperator, bpy.types.Operator):
         if not preferences.fan_weights:
             preferences.fan_weights = str(extension_user_folder("fan-weights"))
         folder = bpy.path.abspath(preferences.fan_weights)
-        script = Path(__file__).with_name("fetch_weights.py")
-        return [Step("Download detector weights", [sys.executable, str(script), folder],
-                     lambda _scene, summary: f"Detector weights in {summary.get('folder')}")]
+        return [Step("Download detector weights", engine_command(engine_python(), "weights", ["--folder", folder]),
+                     lambda _scene, summary: f"Detector weights in {summary.get('folder')}", env=run_env())]
 
 
 class FACEREPLACE_OT_open_image(bpy.types.Operator):

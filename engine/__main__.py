@@ -40,6 +40,7 @@ VERBS = {
     "convert": ("engine.convert", "shot + alignments + model -> face layers, mattes, frames, patches"),
     "curate": ("engine.curate", "score a faceset, flag bad faces and move them aside"),
     "evaluate": ("engine.evaluate", "measure identity, expression, stability and seams of a converted shot"),
+    "weights": ("engine.weights", "fetch the FAN detector's weights into a folder, hash-checked, for offline extract"),
     "info": ("engine.info", "engine version, torch, CUDA and GPU, as the add-on's Check engine shows"),
     "schema": ("engine.schema", "every verb's choices, defaults and folder layouts, as JSON: the add-on's menus"),
 }

@@ -137,6 +137,33 @@ def test_download_is_verified_before_it_lands(tmp_path, random_weights, monkeypa
         detect.fan_state_dicts(offline=True)
 
 
+def test_weights_verb_fetches_verified_files_for_offline_extract(tmp_path, random_weights, monkeypatch, capsys):
+    """`engine weights --folder DIR` (the add-on's Download Detector Weights): each file lands only once its
+    hash matched, with progress events; a tampered download leaves nothing but the good file; `--check`
+    names what is missing; a folder it filled serves `extract --fan-weights DIR` offline."""
+    folder, table = random_weights
+    served = {role: replace(w, url=(folder / w.name).as_uri()) for role, w in table.items()}
+    target = tmp_path / "fetched"
+
+    monkeypatch.setattr(detect, "FAN_WEIGHTS", dict(served, landmarks=replace(served["landmarks"], sha256_prefix="0" * 10)))
+    assert main(["weights", "--folder", str(target), "--events"]) == 2
+    out = capsys.readouterr()
+    assert [line for line in out.err.splitlines() if line.startswith("error:")] == [
+        f"error: the download of {served['landmarks'].url} does not match its published SHA-256; nothing was kept"]
+    assert sorted(p.name for p in target.iterdir()) == [DETECTOR_FILE]  # no temp file, no tampered file
+
+    monkeypatch.setattr(detect, "FAN_WEIGHTS", served)
+    assert main(["weights", "--folder", str(target), "--check"]) == 2
+    assert f"{target} lacks {LANDMARKS_FILE}" in capsys.readouterr().err
+    assert main(["weights", "--folder", str(target), "--events"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {e.get("file") for e in events if e["event"] == "progress"} == {LANDMARKS_FILE}  # the detector was there
+    assert events[-1]["event"] == "done" and events[-1]["folder"] == str(target)
+    for name in (DETECTOR_FILE, LANDMARKS_FILE):
+        assert (target / name).read_bytes() == (folder / name).read_bytes()
+    assert set(detect.fan_state_dicts(target)) == {"detector", "landmarks"}
+
+
 def test_extract_runs_face_alignments_networks_with_random_weights(shot_b, tmp_path, random_weights, monkeypatch,
                                                                   capsys):
     """`extract --detector fan --fan-weights DIR` on a real clip, in a batch of two frames: the detector

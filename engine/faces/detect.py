@@ -117,26 +117,30 @@ def weights_folder() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "facereplace" / "weights"
 
 
-def _download(spec: WeightFile, path: Path) -> None:
-    """Fetch `spec` into a temp file beside `path`; it becomes `path` only once its hash matched."""
+def download(spec: WeightFile, path: Path, progress=None) -> None:
+    """Fetch `spec` into a temp file beside `path`; it becomes `path` only once its hash matched.
+    `progress(done, total)` hears of each chunk (total 0 when the server does not say)."""
     log.info("downloading %s to %s", spec.url, path)
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(spec.url, timeout=60) as response, media.atomic_path(path) as tmp:
+            total = int(response.headers.get("Content-Length") or 0)
             with open(tmp, "wb") as out:
                 while chunk := response.read(1 << 20):
                     digest.update(chunk)
                     out.write(chunk)
                     if out.tell() > MAX_WEIGHTS_BYTES:
                         raise EngineError(f"the download of {spec.url} is larger than any weights file; nothing was kept")
+                    if progress is not None:
+                        progress(out.tell(), total)
             if not digest.hexdigest().startswith(spec.sha256_prefix):
                 raise EngineError(f"the download of {spec.url} does not match its published SHA-256; nothing was kept")
     except OSError as e:  # URLError is an OSError: no network, or a download that failed
         raise EngineError(f"could not download {spec.url} ({getattr(e, 'reason', e)})") from None
 
 
-def _read_verified(spec: WeightFile, path: Path) -> dict:
-    """The state dict in `path`, unpickled (weights_only) from the very bytes whose hash was checked."""
+def verified_bytes(spec: WeightFile, path: Path) -> bytes:
+    """The bytes of `path`, refused unless they are the published `spec` (size, then SHA-256)."""
     if path.stat().st_size > MAX_WEIGHTS_BYTES:
         raise EngineError(f"{path} is not the published {spec.name}: it is {path.stat().st_size >> 20} MB")
     data = path.read_bytes()
@@ -146,6 +150,12 @@ def _read_verified(spec: WeightFile, path: Path) -> dict:
             f"{path} is not the published {spec.name}: its SHA-256 starts {found[:10]}, not {spec.sha256_prefix}; "
             f"delete it and get the file again"
         )
+    return data
+
+
+def _read_verified(spec: WeightFile, path: Path) -> dict:
+    """The state dict in `path`, unpickled (weights_only) from the very bytes whose hash was checked."""
+    data = verified_bytes(spec, path)
     import torch
 
     try:
@@ -178,7 +188,7 @@ def fan_state_dicts(folder: str | Path | None = None, offline: bool = False) -> 
             )
         for spec in missing:
             try:
-                _download(spec, folder / spec.name)
+                download(spec, folder / spec.name)
             except EngineError as e:
                 raise EngineError(
                     f"the fan backend could not get its weights: {e}; put {spec.name} in {folder} "
