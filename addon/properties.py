@@ -95,7 +95,9 @@ class FaceReplaceConvert(bpy.types.PropertyGroup):
         items=[("predicted", "Predicted", "The mask the model draws"),
                ("hull", "Landmark Hull", "The hull of the face's landmarks"),
                ("extended", "Extended", "The hull reaching up to the forehead"),
-               ("intersection", "Intersection", "Where the predicted and the hull mask agree")],
+               ("intersection", "Intersection", "Where the predicted and the hull mask agree"),
+               ("learned", "Learned", "The occlusion matte trained in Masks: occluders keep the plate"),
+               ("predicted+extended+learned", "Intersection + Learned", "The intersection, less the occluders")],
         default="predicted",
     )
     erode: IntProperty(name="Erode", default=0, soft_min=-32, soft_max=32, subtype="PIXEL",

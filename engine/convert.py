@@ -42,7 +42,7 @@ import numpy as np
 from . import __version__, media
 from .events import EngineError, Events
 from .faces import align, masks
-from .faceset import ALIGNMENTS_FILE, Alignments, check_same_shot
+from .faceset import ALIGNMENTS_FILE, LEARNED_MASKS, Alignments, check_same_shot, learned_mask
 from .options import number_in
 
 FORMATS = {"png16": ".png", "exr": ".exr"}
@@ -50,7 +50,7 @@ FORMATS = {"png16": ".png", "exr": ".exr"}
 ALPHA_MODES = ("premultiplied", "straight")
 DEFAULT_ALPHA = {"png16": "straight", "exr": "premultiplied"}
 DIRECTIONS = {"a2b": "a", "b2a": "b"}  # a2b: the shot's faces drawn by decoder A
-MASK_MODES = ("predicted", "hull", "extended", "intersection")
+MASK_MODES = ("predicted", "hull", "extended", "learned", "intersection")  # or sources joined by "+", intersected
 COLOR_MODES = ("none", "avg", "rct", "hist", "seamless")
 MANIFEST_FILE = "manifest.json"
 MATRICES_FILE = "matrices.json"
@@ -78,8 +78,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output", "-o", required=True, metavar="DIR", help="the output folder")
     parser.add_argument("--direction", default="a2b", choices=list(DIRECTIONS),
                         help="a2b: draw the shot's faces as A (decoder A); b2a: as B")
-    parser.add_argument("--mask", default="predicted", choices=MASK_MODES,
-                        help="the model's mask, the landmark hull, the hull with forehead, or predicted ∩ extended")
+    parser.add_argument("--mask", default="predicted", metavar="MASK",
+                        help="the model's mask (predicted), the landmark hull, the hull with forehead (extended), the "
+                             "occlusion matte of `mask apply` (learned), predicted ∩ extended (intersection), or "
+                             "sources joined by + for their intersection, e.g. learned+extended")
     parser.add_argument("--erode", type=number_in(-MAX_ERODE, MAX_ERODE, kind=int), default=0, metavar="PX",
                         help="shrink the mask by PX frame pixels (negative grows it)")
     parser.add_argument("--feather", type=number_in(0, MAX_FEATHER), default=None, metavar="PX",
@@ -120,6 +122,7 @@ class FaceJob:
     ordinal: int  # the face's place among all faces of the shot: fixes its batch slot
     matrix: np.ndarray  # 2x3, frame pixels -> aligned pixels at the model's size
     landmarks: np.ndarray  # 68x2, aligned pixels at the model's size
+    learned: Path | None = None  # its learned occlusion matte (faceset masks/learned/), aligned at the faceset's size
 
 
 @dataclass
@@ -191,8 +194,17 @@ def _auto_feather(alignments: Alignments) -> float:
     return round(AUTO_FEATHER * float(np.median(widths)), 1) if widths else 0.0
 
 
-def _face_jobs(alignments: Alignments, size: int) -> dict[int, list[FaceJob]]:
-    """Every frame's faces, with matrices and landmarks at the model's size and a shot-wide ordinal."""
+def mask_sources(mode: str) -> tuple[str, ...]:
+    """The masks --mask intersects: "intersection" is predicted+extended; any of MASK_MODES joined by "+"."""
+    sources = ("predicted", "extended") if mode == "intersection" else tuple(mode.split("+"))
+    if not all(source in MASK_MODES[:-1] for source in sources):
+        raise EngineError(f"--mask {mode!r} is not one of {', '.join(MASK_MODES)} or some of them joined by +")
+    return sources
+
+
+def _face_jobs(alignments: Alignments, size: int, faceset: Path | None = None) -> dict[int, list[FaceJob]]:
+    """Every frame's faces, with matrices and landmarks at the model's size and a shot-wide ordinal;
+    with `faceset`, each face's learned mask there."""
     jobs: dict[int, list[FaceJob]] = {}
     ordinal = 0
     for frame in sorted(alignments.frames, key=lambda f: f.number):
@@ -200,7 +212,8 @@ def _face_jobs(alignments: Alignments, size: int) -> dict[int, list[FaceJob]]:
         for index, face in enumerate(frame.faces):
             matrix = align.scale_matrix(face.matrix, alignments.face_size, size)
             landmarks = align.transform_points(np.asarray(face.landmarks), matrix)
-            jobs[frame.number].append(FaceJob(frame.number, index, ordinal, matrix, landmarks))
+            jobs[frame.number].append(FaceJob(frame.number, index, ordinal, matrix, landmarks,
+                                              learned_mask(faceset, face) if faceset else None))
             ordinal += 1
     return jobs
 
@@ -348,7 +361,7 @@ class Converter:
     def __init__(self, model, size: int, device, identity: str, mask: str, erode: int, feather: float,
                  color: str, linear: bool, keep_patches: bool, detail: float = 0.0, sharpen: float = 0.0):
         self.model, self.size, self.device, self.identity = model, size, device, identity
-        self.mask_mode, self.erode, self.feather, self.color = mask, erode, feather, color
+        self.mask_sources, self.erode, self.feather, self.color = mask_sources(mask), erode, feather, color
         self.linear = linear  # the shot is scene-linear float (EXR); the model works in sRGB
         self.keep_patches = keep_patches
         self.detail, self.sharpen = detail, sharpen
@@ -455,13 +468,23 @@ class Converter:
         return color
 
     def choose_mask(self, job: FaceJob, predicted):
+        """The intersection of the --mask sources, 1 x size x size in [0, 1]."""
         import torch
 
-        if self.mask_mode == "predicted":
-            return predicted
-        kind = "hull" if self.mask_mode == "hull" else "extended"
-        drawn = torch.from_numpy(masks.MASKS[kind](job.landmarks, self.size)).to(predicted)[None]
-        return torch.minimum(drawn, predicted) if self.mask_mode == "intersection" else drawn
+        chosen = None
+        for source in self.mask_sources:
+            if source == "predicted":
+                mask = predicted
+            elif source == "learned":  # faceset pixels -> model pixels: the same aligned space, rescaled
+                import cv2
+
+                learned = cv2.resize(media.to_float(media.read_image(job.learned)), (self.size, self.size),
+                                     interpolation=cv2.INTER_AREA)
+                mask = torch.from_numpy(learned).to(predicted)[None]
+            else:
+                mask = torch.from_numpy(masks.MASKS[source](job.landmarks, self.size)).to(predicted)[None]
+            chosen = mask if chosen is None else torch.minimum(chosen, mask)
+        return chosen
 
     # -- per frame: composite
 
@@ -626,8 +649,9 @@ def convert(
     `force` converts with alignments whose shot signature does not match `input`.
     Returns the summary that the "done" event carries."""
     events = events or Events("convert")
-    for name, value, allowed in (("direction", direction, DIRECTIONS), ("mask", mask, MASK_MODES),
-                                 ("color", color, COLOR_MODES), ("format", fmt, FORMATS)):
+    sources = mask_sources(mask)
+    for name, value, allowed in (("direction", direction, DIRECTIONS), ("color", color, COLOR_MODES),
+                                 ("format", fmt, FORMATS)):
         if value not in allowed:
             raise EngineError(f"--{name} {value!r} is not one of {', '.join(allowed)}")
     alpha = alpha or DEFAULT_ALPHA[fmt]
@@ -671,6 +695,12 @@ def convert(
         torch.backends.cudnn.deterministic = True
     model, config = load_model(model_dir, torch_device, warn=events.warning)
     _check_model(config, shot, model_dir)
+    jobs = _face_jobs(shot, config.size, alignments_path.parent if "learned" in sources else None)
+    unlearned = [n for n in numbers for job in jobs.get(n, []) if not job.learned.is_file()] if "learned" in sources else []
+    if unlearned:
+        raise EngineError(f"--mask {mask}: {len(unlearned)} faces (frames {unlearned[0]}...) have no learned mask in "
+                          f"{alignments_path.parent / LEARNED_MASKS}: run python -m engine mask apply --faceset "
+                          f"{alignments_path.parent} first")
     folder = media.check_writable(output)  # last: a refused input leaves no folder behind
     media.lock_folder(folder, shared=frames is not None)  # farm chunks write one folder side by side
     if frames is None:  # alone in the folder: what a killed run left half-written can go
@@ -683,7 +713,6 @@ def convert(
     common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True, "alpha": alpha,
               "model_hash": model_hash(model_dir, model.checkpoint), "settings": settings}
 
-    jobs = _face_jobs(shot, size)
     missing = [n for n in numbers if n not in jobs]
     if missing:
         events.warning(f"{len(missing)} frames of the selection have no alignments (extracted with --every or "

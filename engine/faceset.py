@@ -5,6 +5,7 @@
       faces/000012_0.png       aligned face, RGB, face_size x face_size
       masks/hull/000012_0.png  landmark-hull mask, 8-bit, aligned space
       masks/extended/...       hull reaching up to the forehead, 8-bit, aligned space
+      masks/learned/...        the occlusion matte `mask apply` draws (engine.occlusion), when there is one
 
 Frame numbers are the source's own (1-based for video, the file's number for a sequence); a frame with
 no face is still listed, with an empty "faces" list, so convert can write a blank layer for it.
@@ -22,6 +23,7 @@ from .events import EngineError
 FORMAT = "facereplace.alignments"
 VERSION = 1
 ALIGNMENTS_FILE = "alignments.json"
+LEARNED_MASKS = "masks/learned"  # named as the faces: faces/000012_0.png -> masks/learned/000012_0.png
 
 
 @dataclass
@@ -231,6 +233,7 @@ class FaceSample:
     mask_hull: Path
     mask_extended: Path
     landmarks: np.ndarray  # 68 x 2, aligned pixels at the faceset's face_size
+    mask_learned: Path | None = None  # where its learned occlusion matte is (or would be) written
 
 
 class Faceset:
@@ -251,7 +254,7 @@ class Faceset:
             image, hull, extended = self.paths(number, face)
             if image.is_file():
                 out.append(FaceSample(frame=number, image=image, mask_hull=hull, mask_extended=extended,
-                                      landmarks=face.aligned_landmarks()))
+                                      landmarks=face.aligned_landmarks(), mask_learned=learned_mask(self.folder, face)))
         return out
 
     def paths(self, number: int, face: Face) -> tuple[Path, Path, Path]:
@@ -262,3 +265,8 @@ class Faceset:
 
     def __len__(self) -> int:
         return len(self.samples())
+
+
+def learned_mask(folder: str | Path, face: Face) -> Path:
+    """Where the learned occlusion matte of `face` lives in the faceset `folder` (it may not exist yet)."""
+    return media.inside(folder, f"{LEARNED_MASKS}/{Path(face.image).name}", f"{folder} learned mask of {face.image}")
