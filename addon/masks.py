@@ -44,7 +44,7 @@ LABEL_NAME = "mask_{:06d}.png"  # what `engine mask train --labels` reads: the s
 
 
 class FaceReplaceMasks(bpy.types.PropertyGroup):
-    side: EnumProperty(name="Shot", items=SIDES, default="B", description="The shot whose frames are labelled")
+    side: EnumProperty(name="Shot", items=SIDES, default="B", description="The shot whose frames are labeled")
     iterations: IntProperty(name="Iterations", default=600, min=1, soft_max=5000,
                             description="Train the mask model up to this many iterations (counted over resumes)")
     model: StringProperty(name="Mask Model", subtype="DIR_PATH", description="The mask model folder")
@@ -119,7 +119,7 @@ def export_labels(scene, side: str, folder: Path) -> int:
     size, with the compositor in a scene of its own, and return how many were written."""
     masks = label_masks(side)
     if not masks:
-        raise ClientError(f"no frame of {side} is labelled yet: Label Current Frame on a few frames, draw the occluders")
+        raise ClientError(f"no frame of {side} is labeled yet: Label Current Frame on a few frames, draw the occluders")
     width, height = _alignments(_faceset(scene, side))["source_size"]
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("mask_*.png"):
@@ -170,7 +170,7 @@ def mask_train_step(scene) -> Step:
         result.model = stored(model)
         result.iteration = summary.get("iterations", 0)
         result.labelled_iou = summary.get("labelled_iou") or 0.0
-        return (f"Train Masks: {count} labelled frames, {result.iteration} iterations, "
+        return (f"Train Masks: {count} labeled frames, {result.iteration} iterations, "
                 f"IoU on the labels {result.labelled_iou:.3f}")
 
     return Step("Train Masks", argv, finish, stop_file=model / "stop", log=work / "logs" / "mask_train.log",
@@ -218,7 +218,7 @@ class FACEREPLACE_OT_mask_label(bpy.types.Operator):
 
 
 class FACEREPLACE_OT_mask_train(EngineOperator, bpy.types.Operator):
-    """Rasterise the labelled frames and train the mask model on them"""
+    """Rasterize the labeled frames and train the mask model on them"""
 
     bl_idname = "facereplace.mask_train"
     bl_label = "Train Masks"
@@ -250,7 +250,7 @@ class SEQUENCER_PT_facereplace_masks(FaceReplacePanel, bpy.types.Panel):
         layout.row().prop(masks, "side", expand=True)
         labelled = [m[FRAME_KEY] for m in label_masks(masks.side)]
         layout.operator("facereplace.mask_label", icon="MOD_MASK")
-        layout.label(text=f"Labelled: {len(labelled)} frames" + (f" ({', '.join(map(str, labelled[:8]))}"
+        layout.label(text=f"Labeled: {len(labelled)} frames" + (f" ({', '.join(map(str, labelled[:8]))}"
                                                                    f"{'...' if len(labelled) > 8 else ''})" if labelled else ""))
         layout.prop(masks, "iterations")
         row = layout.row(align=True)
