@@ -66,12 +66,23 @@ def _alignments(faceset: Path) -> dict:
 
 
 def face_outline(landmarks: list) -> list[tuple[float, float]]:
-    """The face's outline in frame pixels: the jaw, then the brows raised to the forehead, right to left."""
-    jaw, brows = landmarks[0:17], landmarks[17:27]
+    """The face's outline in frame pixels: the convex hull of the 68 points with the brows raised to the
+    forehead, as the extended mask draws it (Andrew's monotone chain; no numpy needed)."""
     chin = landmarks[8]
-    brow_x, brow_y = sum(p[0] for p in brows) / 10, sum(p[1] for p in brows) / 10
+    brow_x, brow_y = sum(p[0] for p in landmarks[17:27]) / 10, sum(p[1] for p in landmarks[17:27]) / 10
     up = (FOREHEAD * (brow_x - chin[0]), FOREHEAD * (brow_y - chin[1]))
-    return [tuple(p) for p in jaw] + [(p[0] + up[0], p[1] + up[1]) for p in reversed(brows)]
+    points = sorted({(p[0] + up[0], p[1] + up[1]) if 17 <= i < 27 else (p[0], p[1]) for i, p in enumerate(landmarks)})
+
+    def half(ordered):
+        chain = []
+        for p in ordered:
+            while len(chain) >= 2 and ((chain[-1][0] - chain[-2][0]) * (p[1] - chain[-2][1])
+                                       - (chain[-1][1] - chain[-2][1]) * (p[0] - chain[-2][0])) <= 0:
+                chain.pop()
+            chain.append(p)
+        return chain[:-1]
+
+    return half(points) + half(points[::-1])
 
 
 def to_mask_space(point, width: int, height: int) -> tuple[float, float]:
@@ -87,7 +98,7 @@ def _add_spline(layer, points) -> None:
     spline.points.add(len(points) - 1)
     for point, co in zip(spline.points, points, strict=True):
         point.co = co
-        point.handle_left_type = point.handle_right_type = "AUTO"
+        point.handle_left_type = point.handle_right_type = "VECTOR"
 
 
 def make_label(scene, side: str) -> bpy.types.Mask:

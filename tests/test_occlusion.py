@@ -25,7 +25,7 @@ LABELLED = list(range(1, SHOT_FRAMES + 1, 2))  # the frames an artist labels; th
 HELD_OUT = [n for n in range(1, SHOT_FRAMES + 1) if n not in LABELLED]
 # Small enough for a busy 2-core CI machine, enough for the figures below (printed by the tests).
 MASK_ITERATIONS = 300
-MASK_OPTIONS = {"size": 64, "width": 8}
+MASK_OPTIONS = {"size": 96, "width": 8}
 
 
 @pytest.fixture(scope="module")
@@ -73,23 +73,24 @@ def test_learned_matte_matches_the_ground_truth_on_unlabelled_frames(occluded, a
         label = _in_aligned(face, truth["label"], 128)
         occluder = _in_aligned(face, truth["occluder"], 128) & (media.read_image(faceset.folder / face.mask_extended) >= 128)
         figures[number] = {"iou": (predicted & label).sum() / (predicted | label).sum(),
-                           "occluder_found": (occluder & ~predicted).sum() / max(occluder.sum(), 1)}
+                           "occluder": occluder.sum(), "occluder_found": (occluder & ~predicted).sum()}
     held_out = [figures[n]["iou"] for n in HELD_OUT]
+    found = sum(figures[n]["occluder_found"] for n in HELD_OUT) / sum(figures[n]["occluder"] for n in HELD_OUT)
     print(f"\nlearned matte IoU, held-out frames: mean {np.mean(held_out):.3f}, min {min(held_out):.3f}; "
           f"labelled frames: mean {np.mean([figures[n]['iou'] for n in LABELLED]):.3f}; occluder pixels inside the "
-          f"face left out of the matte (held out): {np.mean([figures[n]['occluder_found'] for n in HELD_OUT]):.3f}; "
+          f"face left out of the matte (held out): {found:.3f}; "
           f"{applied['trained']['seconds']} s for {MASK_ITERATIONS} iterations")
     assert min(held_out) >= 0.9, figures
-    assert np.mean([figures[n]["occluder_found"] for n in HELD_OUT]) >= 0.8, figures
+    assert found >= 0.8, figures
 
 
 def test_convert_with_learned_mask_keeps_the_occluder_as_the_plate(occluded, applied, tmp_path):
     from engine.convert import convert
     from engine.train import train
 
-    face_model = tmp_path / "face_model"
-    train(occluded["faceset"], occluded["faceset"], face_model, preset="tiny", iterations=2, preview_every=1000,
-          device="cpu")
+    face_model = tmp_path / "face_model"  # at the faceset's size, so the matte keeps its resolution in convert
+    train(occluded["faceset"], occluded["faceset"], face_model, preset="tiny", size=128, iterations=2,
+          preview_every=1000, device="cpu")
     kept = {}
     for mask in ("learned", "predicted"):
         out = tmp_path / mask
