@@ -42,8 +42,8 @@ STRONG = Augmentation(rotation=20.0, zoom=0.15, shift=0.1, flip=0.5, warp=0.03, 
 class MaskSettings:
     """How the segmenter is shaped and trained; stored in every checkpoint, so --resume and apply need no options."""
 
-    size: int = 128  # the network's input, pixels; its matte is resized to the faceset's faces
-    width: int = 16  # channels of the first level; each of the 3 levels below doubles them
+    size: int = 64  # the network's input, pixels; its matte is resized to the faceset's faces
+    width: int = 8  # channels of the first level; each of the 3 levels below doubles them
     batch: int = 8
     learning_rate: float = 2e-3
     seed: int = 0

@@ -25,7 +25,6 @@ LABELLED = list(range(1, SHOT_FRAMES + 1, 2))  # the frames an artist labels; th
 HELD_OUT = [n for n in range(1, SHOT_FRAMES + 1) if n not in LABELLED]
 # Small enough for a busy 2-core CI machine, enough for the figures below (printed by the tests).
 MASK_ITERATIONS = 300
-MASK_OPTIONS = {"size": 96, "width": 8}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,7 @@ def applied(occluded):
     """The mask model trained on the labels, and its masks applied to the faceset."""
     model = occluded["root"] / "mask_model"
     trained = occlusion.train(occluded["faceset"], occluded["labels"], model, iterations=MASK_ITERATIONS,
-                              device="cpu", **MASK_OPTIONS)
+                              device="cpu")
     return {"model": model, "trained": trained, "applied": occlusion.apply(occluded["faceset"], model, device="cpu")}
 
 
@@ -138,9 +137,8 @@ def test_resumed_training_matches_a_straight_run(occluded, tmp_path):
     import torch
 
     straight = occlusion.train(occluded["faceset"], occluded["labels"], tmp_path / "straight", iterations=4,
-                               device="cpu", **MASK_OPTIONS)
-    occlusion.train(occluded["faceset"], occluded["labels"], tmp_path / "resumed", iterations=2, device="cpu",
-                    **MASK_OPTIONS)
+                               device="cpu")
+    occlusion.train(occluded["faceset"], occluded["labels"], tmp_path / "resumed", iterations=2, device="cpu")
     resumed = occlusion.train(occluded["faceset"], occluded["labels"], tmp_path / "resumed", iterations=4,
                               resume=True, device="cpu")
     a = torch.load(straight["checkpoint"], weights_only=True)
