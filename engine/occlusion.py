@@ -35,6 +35,7 @@ DEFAULT_MODEL = "mask_model"  # inside the faceset, when --model is not given
 STOP_FILE = "stop"
 MODEL_MARK = "mask_model"  # the PNG text key naming the checkpoint that drew a learned mask
 # Stronger than the face model's: a segmenter taught by eight frames must see the occluder everywhere.
+FACE_WEIGHT = 4.0  # how much more a pixel inside the face's extended mask counts in the loss
 STRONG = Augmentation(rotation=20.0, zoom=0.15, shift=0.1, flip=0.5, warp=0.03, lightness=0.4, color_ab=0.2)
 
 
@@ -131,8 +132,9 @@ def _segmenter(settings: MaskSettings):
 
 
 def read_labels(labels: str | Path, faceset: Faceset, warn) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """The labelled faces: (faces uint8 n x S x S x 3, mattes float32 n x S x S, frame numbers) at the
-    faceset's face size S, each label warped into each face of its frame with the stored matrix."""
+    """The labelled faces: (faces uint8 n x S x S x 3, targets float32 n x S x S x 2, frame numbers) at the
+    faceset's face size S: each label warped into each face of its frame with the stored matrix, beside
+    the face's extended mask (where a mistake costs FACE_WEIGHT times more)."""
     folder = Path(labels)
     if not folder.is_dir():
         raise EngineError(f"labels folder not found: {folder}")
@@ -156,8 +158,10 @@ def read_labels(labels: str | Path, faceset: Faceset, warn) -> tuple[np.ndarray,
                 continue
             rgb = media.to_srgb8(media.read_image(image))
             faces.append(np.repeat(rgb[..., None], 3, 2) if rgb.ndim == 2 else rgb[..., :3])
-            mattes.append(cv2.warpAffine(label, np.asarray(face.matrix, np.float64), (size, size),
-                                         flags=cv2.INTER_LINEAR, borderValue=0.0))
+            region = media.to_float(media.read_image(media.inside(faceset.folder, face.mask_extended,
+                                                                  f"{faceset.folder} frame {number} mask")))
+            mattes.append(np.dstack([cv2.warpAffine(label, np.asarray(face.matrix, np.float64), (size, size),
+                                                    flags=cv2.INTER_LINEAR, borderValue=0.0), region.reshape(size, size)]))
             numbers.append(number)
     if not faces:
         raise EngineError(f"no label in {folder} is for a frame with a face in {faceset.folder} "
@@ -169,7 +173,7 @@ def read_labels(labels: str | Path, faceset: Faceset, warn) -> tuple[np.ndarray,
 
 
 def _batch(images, mattes, params: dict, device):
-    """The same random rotation, zoom, shift, flip and warp for faces and mattes; colour on faces only."""
+    """The same random rotation, zoom, shift, flip and warp for faces and targets; colour on faces only."""
     import torch
     from torch.nn import functional as F
 
@@ -182,15 +186,17 @@ def _batch(images, mattes, params: dict, device):
     return shift_lab(stack[:, :3], torch.from_numpy(params["lab"]).to(device)), stack[:, 3:]
 
 
-def _loss(logits, target):
-    """Binary cross-entropy plus soft Dice: the one teaches every pixel, the other the occluder's shape."""
+def _loss(logits, targets):
+    """Binary cross-entropy, FACE_WEIGHT times heavier inside the face's extended mask (where an occluder
+    matters; outside, convert draws nothing anyway), plus soft Dice on the visible face."""
     import torch
     from torch.nn import functional as F
 
+    target, region = targets[:, :1], targets[:, 1:]
     probability = torch.sigmoid(logits)
     overlap = (probability * target).sum((1, 2, 3))
     dice = 1 - (2 * overlap + 1) / (probability.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
-    return F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
+    return F.binary_cross_entropy_with_logits(logits, target, weight=1 + FACE_WEIGHT * region) + dice.mean()
 
 
 def _to_size(array: np.ndarray, size: int, interpolation) -> np.ndarray:
@@ -229,7 +235,7 @@ def train(faceset: str | Path, labels: str | Path, model_dir: str | Path, iterat
     (model_dir / STOP_FILE).unlink(missing_ok=True)
 
     images = torch.from_numpy(_to_size(faces, settings.size, cv2.INTER_AREA)).permute(0, 3, 1, 2).to(torch_device)
-    targets = torch.from_numpy(_to_size(mattes, settings.size, cv2.INTER_AREA))[:, None].to(torch_device)
+    targets = torch.from_numpy(_to_size(mattes, settings.size, cv2.INTER_AREA)).permute(0, 3, 1, 2).to(torch_device)
     torch.manual_seed(settings.seed)
     network = _segmenter(settings).to(torch_device)
     optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
@@ -284,7 +290,7 @@ def train(faceset: str | Path, labels: str | Path, model_dir: str | Path, iterat
     (model_dir / STOP_FILE).unlink(missing_ok=True)
     network.eval()
     with torch.no_grad():
-        iou = _iou(torch.sigmoid(network(images.float() / 255.0)) > 0.5, targets > 0.5)
+        iou = _iou(torch.sigmoid(network(images.float() / 255.0)) > 0.5, targets[:, :1] > 0.5)
     summary = {"iterations": iteration, "stopped": stopped, "checkpoint": str(checkpoint), "model": str(model_dir),
                "labelled_iou": round(iou, 4), "seconds": round(time.monotonic() - began, 1)}
     events.done(**summary)
