@@ -14,11 +14,11 @@ from . import samples
 
 # A hand seen from the front, fingers up, in units of the palm's width, x right and y down: the wrist,
 # the thumb out to the right, four fingers with gaps between them, back down the left side.
-_FINGERS = [(0.36, -0.78), (0.12, -0.98), (-0.12, -1.02), (-0.36, -0.88)]  # (centre x, tip y)
+_FINGERS = [(0.39, -0.78), (0.13, -0.98), (-0.13, -1.02), (-0.39, -0.88)]  # (centre x, tip y)
 _HAND = np.array(
     [(-0.45, 1.2), (0.45, 1.2), (0.55, 0.3), (0.92, 0.02), (1.02, -0.2), (0.86, -0.26), (0.5, -0.04)]
-    + [p for x, tip in _FINGERS for p in ((x + 0.1, -0.08), (x + 0.1, tip + 0.06), (x, tip), (x - 0.1, tip + 0.06),
-                                           (x - 0.1, -0.08))]
+    + [p for x, tip in _FINGERS for p in ((x + 0.12, -0.08), (x + 0.12, tip + 0.07), (x, tip), (x - 0.12, tip + 0.07),
+                                           (x - 0.12, -0.08))]
     + [(-0.5, 0.3)],
     np.float64,
 )
@@ -60,8 +60,8 @@ def occluder_masks(landmarks: np.ndarray, shape: tuple[int, int], t: float) -> d
     foot = head + np.array([0.5, 1.0]) * face_width * 1.5
     mic = np.zeros((h, w), np.uint8)
     cv2.line(mic, tuple(np.round(head * 16).astype(int)), tuple(np.round(foot * 16).astype(int)), 1,
-             max(2, round(0.09 * face_width)), shift=4)
-    cv2.circle(mic, tuple(np.round(head * 16).astype(int)), round(0.11 * face_width * 16), 1, -1, shift=4)
+             max(2, round(0.12 * face_width)), shift=4)
+    cv2.circle(mic, tuple(np.round(head * 16).astype(int)), round(0.14 * face_width * 16), 1, -1, shift=4)
     return {"hand": hand.astype(bool), "mic": mic.astype(bool)}
 
 

@@ -35,6 +35,10 @@ DEFAULT_MODEL = "mask_model"  # inside the faceset, when --model is not given
 STOP_FILE = "stop"
 MODEL_MARK = "mask_model"  # the PNG text key naming the checkpoint that drew a learned mask
 # Stronger than the face model's: a segmenter taught by eight frames must see the occluder everywhere.
+# Apply's matte is the network's probability with its contrast raised about 0.5 by this factor: below
+# 0.375 nothing of the face, above 0.625 all of it, linear between. A sigmoid's 0.1 over a hand would
+# still paint a tenth of the new face over it; a hard threshold would alias the edge.
+MATTE_CONTRAST = 4.0
 FACE_WEIGHT = 4.0  # how much more a pixel inside the face's extended mask counts in the loss
 STRONG = Augmentation(rotation=20.0, zoom=0.15, shift=0.1, flip=0.5, warp=0.03, lightness=0.4, color_ab=0.2)
 
@@ -367,7 +371,8 @@ def apply(faceset: str | Path, model_dir: str | Path, device: str = "auto", even
             x = torch.from_numpy(_to_size(faces, settings.size, cv2.INTER_AREA)).permute(0, 3, 1, 2).to(torch_device)
             logits = F.interpolate(network(x.float() / 255.0), size=(fs.face_size, fs.face_size), mode="bilinear",
                                    align_corners=False)
-            mattes = torch.sigmoid(logits)[:, 0].mul(255).round().byte().cpu().numpy()
+            mattes = torch.sigmoid(logits)[:, 0].sub(0.5).mul(MATTE_CONTRAST).add(0.5).clamp(0, 1)
+            mattes = mattes.mul(255).round().byte().cpu().numpy()
             for sample, matte in zip(chunk, mattes, strict=True):
                 media.write_bytes(sample.mask_learned, media.encode_png(matte, mark))
             done = first + len(chunk)

@@ -93,8 +93,8 @@ def test_convert_with_learned_mask_keeps_the_occluder_as_the_plate(occluded, app
     kept = {}
     for mask in ("learned", "predicted"):
         out = tmp_path / mask
-        convert(occluded["shot"], occluded["faceset"], face_model, out, mask=mask, feather=2, write_frames=True,
-                device="cpu")
+        convert(occluded["shot"], occluded["faceset"], face_model, out, mask=mask, erode=2, feather=2,
+                write_frames=True, device="cpu")
         same = total = 0
         for n in HELD_OUT:
             frame = media.read_image(out / "frames" / f"frame_{n:06d}.png").astype(np.float32) / 257.0
