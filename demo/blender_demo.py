@@ -5,11 +5,16 @@
 It builds the extension zip and installs it into a private Blender user folder (demo/out/blender-user),
 makes a .blend whose sequencer holds the sample shot (Grace Hopper, an mp4) as target B, with source A the
 astronaut as a folder of frames, then runs extract, a short train and convert (with the plate's own fine
-texture put back onto the face, convert's --detail), which adds the face layer and matte strips. It
-saves demo/out/demo.blend, renders the sequencer to demo/out/demo.mp4, and writes demo/out/still.png (a frame of the plate beside the same frame swapped).
+texture put back onto the face, convert's --detail), which adds the face layer and matte strips. A hand
+and a microphone (demo/occluders.py) cross B's face: before training, the Masks panel's operators label a
+few frames (the occluders' outlines drawn into label Masks, as an artist would), train the mask model and
+apply it, and convert intersects its mask with the learned matte, so the occluders stay the plate's. It
+saves demo/out/demo.blend, renders the sequencer to demo/out/demo.mp4, and writes demo/out/still.png (a
+frame of the plate beside the same frame swapped, and the matte, the occluders cut out of it).
 """
 
 import argparse
+import importlib
 import os
 import shutil
 import sys
@@ -21,6 +26,8 @@ USER = OUT / "blender-user"
 # Convert's --detail: the setting docs/train.md ("Sharper faces") measured as the best trade of texture for
 # identity on a CPU-trained 64 px model.
 DETAIL = 2.0
+LABELLED_FRAMES = 8  # frames of B labelled in the Masks panel, spread over the shot
+MASK_ITERATIONS = 300
 os.environ["BLENDER_USER_RESOURCES"] = str(USER)  # before bpy starts: the extension installs in here
 sys.path.insert(0, str(ROOT))
 
@@ -28,7 +35,7 @@ import bpy  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from demo import samples  # noqa: E402
+from demo import occluders, samples  # noqa: E402
 from scripts.build_extension import build  # noqa: E402
 
 PACKAGE = "bl_ext.user_default.facereplace"
@@ -36,11 +43,30 @@ SIZE = (480, 360)
 FPS = 24
 
 
-def make_shots(out: Path, frames: int) -> tuple[Path, Path]:
-    """Source A: the astronaut as an image sequence. Target B: Grace Hopper as an mp4 shot."""
+def make_shots(out: Path, frames: int) -> tuple[Path, Path, list[np.ndarray]]:
+    """Source A: the astronaut as an image sequence. Target B: Grace Hopper as an mp4 shot, a hand and a
+    microphone crossing her face; and B's occluders per frame (boolean masks)."""
     frames_a, _ = samples.make_clip("astronaut", frames, SIZE)
-    frames_b, _ = samples.make_clip("grace_hopper", frames, SIZE, scale=0.7)
-    return samples.write_sequence(out / "shot_a", frames_a), samples.write_video(out / "shot_b.mp4", frames_b, FPS)
+    frames_b, matrices = samples.make_clip("grace_hopper", frames, SIZE, scale=0.7)
+    frames_b, occluder, _ = occluders.occlude(frames_b, occluders.clip_landmarks("grace_hopper", matrices))
+    return (samples.write_sequence(out / "shot_a", frames_a), samples.write_video(out / "shot_b.mp4", frames_b, FPS),
+            occluder)
+
+
+def learn_occlusion(scene: bpy.types.Scene, occluder: list[np.ndarray]) -> None:
+    """The Masks panel: label a few frames of B (the occluders' outlines drawn into each label Mask's
+    Occluders layer), train the mask model, apply it; convert then intersects its mask with the matte."""
+    masks = importlib.import_module(f"{PACKAGE}.masks")
+    plate = next(s for s in scene.sequence_editor.strips if s.name == "Hopper")
+    for index in np.linspace(0, len(occluder) - 1, LABELLED_FRAMES).round().astype(int):
+        scene.frame_set(plate.frame_final_start + int(index))
+        bpy.ops.facereplace.mask_label()
+        label = bpy.data.masks[f"FaceReplace B {index + 1:06d}"]  # the movie's frames are numbered from 1
+        occluders.draw_outlines(label.layers[masks.OCCLUDER_LAYER], occluder[index], masks.to_mask_space)
+    scene.facereplace_masks.iterations = MASK_ITERATIONS
+    bpy.ops.facereplace.mask_train()
+    bpy.ops.facereplace.mask_apply()
+    scene.facereplace.convert.mask = "predicted+extended+learned"
 
 
 def install_extension() -> None:
@@ -91,14 +117,16 @@ def render_frame(scene: bpy.types.Scene, frame: int, path: Path) -> np.ndarray:
 
 
 def write_still(scene: bpy.types.Scene, path: Path) -> None:
-    """The middle frame: the plate (face layer muted) beside the swap."""
+    """The middle frame: the plate (face layer muted) beside the swap and its matte."""
     face = next(s for s in scene.sequence_editor.strips if s.get("facereplace") == "face")
     frame = (face.frame_final_start + face.frame_final_end) // 2
     swapped = render_frame(scene, frame, OUT / "frame_swapped.png")
     face.mute = True
     plate = render_frame(scene, frame, OUT / "frame_plate.png")
     face.mute = False
-    cv2.imwrite(str(path), np.hstack([plate, swapped]))
+    output = Path(bpy.path.abspath(scene.facereplace.convert.output))
+    matte = cv2.imread(str(output / "matte" / f"matte_{frame - face.frame_final_start + 1:06d}.png"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(path), np.hstack([plate, swapped, cv2.cvtColor(matte, cv2.COLOR_GRAY2BGR)]))
 
 
 def main() -> int:
@@ -117,7 +145,7 @@ def main() -> int:
     preferences = bpy.context.preferences.addons[PACKAGE].preferences
     preferences.detector = "dlib"  # offline and the same on every machine
     preferences.device = args.device
-    shot_a, shot_b = make_shots(OUT / "shots", args.frames)
+    shot_a, shot_b, occluder = make_shots(OUT / "shots", args.frames)
     scene = make_project(shot_a, shot_b, args.preset, args.iterations, args.detail)
 
     bpy.ops.facereplace.check_engine()
@@ -126,6 +154,7 @@ def main() -> int:
     for side in ("a", "b"):  # each faceset's faces and masks, where a person looks first
         faceset = Path(bpy.path.abspath(getattr(scene.facereplace, side).faceset))
         shutil.copy(faceset / "contact_sheet.png", OUT / f"contact_sheet_{side}.png")
+    learn_occlusion(scene, occluder)
     bpy.ops.facereplace.train()
     bpy.ops.facereplace.convert()
     bpy.ops.wm.save_mainfile()

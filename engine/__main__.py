@@ -37,6 +37,7 @@ DEVICES = {
 VERBS = {
     "extract": ("engine.extract", "frames -> faceset: detect, align, mask and embed faces"),
     "train": ("engine.train", "two facesets -> model: the shared-encoder, two-decoder autoencoder"),
+    "mask": ("engine.occlusion", "labelled frames -> occlusion mattes: mask train, then mask apply"),
     "convert": ("engine.convert", "shot + alignments + model -> face layers, mattes, frames, patches"),
     "curate": ("engine.curate", "score a faceset, flag bad faces and move them aside"),
     "evaluate": ("engine.evaluate", "measure identity, expression, stability and seams of a converted shot"),

@@ -61,6 +61,11 @@ def load_face(sample: FaceSample, face_size: int, size: int, mask: str = "extend
     face_mask = media.to_srgb8(media.read_image(sample.mask_extended if mask == "extended" else sample.mask_hull))
     if rgb.shape[:2] != (face_size, face_size) or face_mask.shape[:2] != (face_size, face_size):
         raise EngineError(f"face {sample.image} or its mask is not {face_size} px, the size of its faceset's faces")
+    if sample.mask_learned is not None and sample.mask_learned.is_file():  # an occluder is no face to learn
+        learned = media.to_srgb8(media.read_image(sample.mask_learned))
+        if learned.shape != (face_size, face_size):
+            raise EngineError(f"learned mask {sample.mask_learned} is not {face_size} px grey: run mask apply again")
+        face_mask = np.minimum(face_mask.reshape(face_size, face_size), learned)
     regions = [masks.eyes_mask(sample.landmarks, face_size), masks.mouth_mask(sample.landmarks, face_size)]
     stack = np.dstack([rgb[..., :3], face_mask.reshape(face_size, face_size)] +
                       [np.round(r * 255).astype(np.uint8) for r in regions])

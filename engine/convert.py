@@ -31,7 +31,14 @@ from . import __version__, media
 from .color import COLOR_MODES
 from .events import EngineError, Events
 from .faces import align, masks
-from .faceset import ALIGNMENTS_FILE, Alignments, check_alignments, check_same_shot
+from .faceset import (
+    ALIGNMENTS_FILE,
+    LEARNED_MASKS,
+    Alignments,
+    check_alignments,
+    check_same_shot,
+    learned_mask,
+)
 from .options import Choice, add_fields, from_args, number_in
 from .output import (
     ALPHA_MODES,
@@ -55,7 +62,10 @@ MASK_MODES = {
     "hull": Choice("Landmark Hull", "The hull of the face's landmarks"),
     "extended": Choice("Extended", "The hull reaching up to the forehead"),
     "intersection": Choice("Intersection", "Where the predicted and the hull mask agree"),
+    "learned": Choice("Learned", "The occlusion matte trained in Masks: occluders keep the plate"),
+    "predicted+extended+learned": Choice("Intersection + Learned", "The intersection, less the occluders"),
 }
+MASK_SOURCES = ("predicted", "hull", "extended", "learned")  # what --mask intersects
 # --feather's default: this share of the shot's median face width (the landmark box), in frame pixels.
 AUTO_FEATHER = 0.06
 MAX_SUPERSAMPLE = 4  # a crop that shrinks the face is averaged over up to 4x4 samples per pixel
@@ -76,7 +86,8 @@ class ConvertSettings:
         "choices": DIRECTIONS, "help": "a2b: draw the shot's faces as A (decoder A); b2a: as B"})
     mask: str = field(default="predicted", metadata={
         "choices": MASK_MODES,
-        "help": "the model's mask, the landmark hull, the hull with forehead, or predicted ∩ extended"})
+        "help": "the model's mask (predicted), the landmark hull, the hull with forehead (extended), the occlusion "
+                "matte of `mask apply` (learned), predicted ∩ extended (intersection), or their intersection with learned"})
     erode: int = field(default=0, metadata={
         "type": number_in(-MAX_ERODE, MAX_ERODE, kind=int), "metavar": "PX",
         "help": "shrink the mask by PX frame pixels (negative grows it)"})
@@ -160,6 +171,7 @@ class FaceJob:
     ordinal: int  # the face's place among all faces of the shot: fixes its batch slot
     matrix: np.ndarray  # 2x3, frame pixels -> aligned pixels at the model's size
     landmarks: np.ndarray  # 68x2, aligned pixels at the model's size
+    learned: Path | None = None  # its learned occlusion matte (faceset masks/learned/), aligned at the faceset's size
 
 
 def _check_model(config, alignments: Alignments, model_dir: Path) -> None:
@@ -184,8 +196,17 @@ def _auto_feather(alignments: Alignments) -> float:
     return round(AUTO_FEATHER * float(np.median(widths)), 1) if widths else 0.0
 
 
-def _face_jobs(alignments: Alignments, size: int) -> dict[int, list[FaceJob]]:
-    """Every frame's faces, with matrices and landmarks at the model's size and a shot-wide ordinal."""
+def mask_sources(mode: str) -> tuple[str, ...]:
+    """The masks --mask intersects: "intersection" is predicted+extended; MASK_SOURCES joined by "+"."""
+    sources = ("predicted", "extended") if mode == "intersection" else tuple(mode.split("+"))
+    if not all(source in MASK_SOURCES for source in sources):
+        raise EngineError(f"--mask {mode!r} is not one of {', '.join(MASK_MODES)} or some of them joined by +")
+    return sources
+
+
+def _face_jobs(alignments: Alignments, size: int, faceset: Path | None = None) -> dict[int, list[FaceJob]]:
+    """Every frame's faces, with matrices and landmarks at the model's size and a shot-wide ordinal;
+    with `faceset`, each face's learned mask there."""
     jobs: dict[int, list[FaceJob]] = {}
     ordinal = 0
     for frame in sorted(alignments.frames, key=lambda f: f.number):
@@ -193,7 +214,8 @@ def _face_jobs(alignments: Alignments, size: int) -> dict[int, list[FaceJob]]:
         for index, face in enumerate(frame.faces):
             matrix = align.scale_matrix(face.matrix, alignments.face_size, size)
             landmarks = align.transform_points(np.asarray(face.landmarks), matrix)
-            jobs[frame.number].append(FaceJob(frame.number, index, ordinal, matrix, landmarks))
+            jobs[frame.number].append(FaceJob(frame.number, index, ordinal, matrix, landmarks,
+                                              learned_mask(faceset, face) if faceset else None))
             ordinal += 1
     return jobs
 
@@ -281,6 +303,7 @@ class Converter:
         self.model, self.size, self.device, self.settings, self.linear = model, size, device, settings, linear
         self.decoder = DIRECTIONS[settings.direction]
         self.margin = 2 + max(-settings.erode, 0) + feather_radius(settings.feather)
+        self.mask_sources = mask_sources(settings.mask)
 
     # -- geometry
 
@@ -383,13 +406,23 @@ class Converter:
         return color
 
     def choose_mask(self, job: FaceJob, predicted):
+        """The intersection of the --mask sources, 1 x size x size in [0, 1]."""
         import torch
 
-        if self.settings.mask == "predicted":
-            return predicted
-        kind = "hull" if self.settings.mask == "hull" else "extended"
-        drawn = torch.from_numpy(masks.MASKS[kind](job.landmarks, self.size)).to(predicted)[None]
-        return torch.minimum(drawn, predicted) if self.settings.mask == "intersection" else drawn
+        chosen = None
+        for source in self.mask_sources:
+            if source == "predicted":
+                mask = predicted
+            elif source == "learned":  # faceset pixels -> model pixels: the same aligned space, rescaled
+                import cv2
+
+                learned = cv2.resize(media.to_float(media.read_image(job.learned)), (self.size, self.size),
+                                     interpolation=cv2.INTER_AREA)
+                mask = torch.from_numpy(learned).to(predicted)[None]
+            else:
+                mask = torch.from_numpy(masks.MASKS[source](job.landmarks, self.size)).to(predicted)[None]
+            chosen = mask if chosen is None else torch.minimum(chosen, mask)
+        return chosen
 
     # -- per frame: composite
 
@@ -545,6 +578,13 @@ def convert(
         torch.backends.cudnn.deterministic = True
     model, config = load_model(model_dir, torch_device, warn=events.warning)
     _check_model(config, shot, model_dir)
+    uses_learned = "learned" in mask_sources(settings.mask)
+    jobs = _face_jobs(shot, config.size, alignments_path.parent if uses_learned else None)
+    unlearned = [n for n in numbers for job in jobs.get(n, []) if not job.learned.is_file()] if uses_learned else []
+    if unlearned:
+        raise EngineError(f"--mask {settings.mask}: {len(unlearned)} faces (frames {unlearned[0]}...) have no learned mask in "
+                          f"{alignments_path.parent / LEARNED_MASKS}: run python -m engine mask apply --faceset "
+                          f"{alignments_path.parent} first")
     folder = media.check_writable(output)  # last: a refused input leaves no folder behind
     media.lock_folder(folder, shared=frames is not None)  # farm chunks write one folder side by side
     if frames is None:  # alone in the folder: what a killed run left half-written can go
@@ -555,7 +595,6 @@ def convert(
     common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True, "alpha": settings.layer_alpha,
               "model_hash": model.hash, "settings": settings.marked()}
 
-    jobs = _face_jobs(shot, size)
     missing = [n for n in numbers if n not in jobs]
     if missing:
         events.warning(f"{len(missing)} frames of the selection have no alignments (extracted with --every or "

@@ -6,6 +6,7 @@ extract writes and every later stage reads.
       faces/000012_0.png       aligned face, RGB, face_size x face_size
       masks/hull/000012_0.png  landmark-hull mask, 8-bit, aligned space
       masks/extended/...       hull reaching up to the forehead, 8-bit, aligned space
+      masks/learned/...        the occlusion matte `mask apply` draws (engine.occlusion), when there is one
       extract.json             the settings of the extract that wrote it
       detections.jsonl         extract's first pass, every frame's detected faces (resumable)
       aside/                   faces curate moved aside, and moved.json, their record
@@ -29,6 +30,7 @@ from .events import EngineError
 FORMAT = "facereplace.alignments"
 VERSION = 1
 ALIGNMENTS_FILE = "alignments.json"
+LEARNED_MASKS = "masks/learned"  # named as the faces: faces/000012_0.png -> masks/learned/000012_0.png
 EXTRACT_FILE = "extract.json"  # the settings of the extract that writes the faceset: a rerun must match them
 DETECTIONS_FILE = "detections.jsonl"  # extract's first pass: every frame's detected faces, one frame a line
 # Curate moves a face's files into aside/ (same relative paths), recorded in aside/moved.json. A face whose
@@ -270,6 +272,7 @@ class FaceSample:
     mask_hull: Path
     mask_extended: Path
     landmarks: np.ndarray  # 68 x 2, aligned pixels at the faceset's face_size
+    mask_learned: Path | None = None  # where its learned occlusion matte is (or would be) written
 
 
 class Faceset:
@@ -290,7 +293,7 @@ class Faceset:
             image, hull, extended = self.paths(number, face)
             if image.is_file():
                 out.append(FaceSample(frame=number, image=image, mask_hull=hull, mask_extended=extended,
-                                      landmarks=face.aligned_landmarks()))
+                                      landmarks=face.aligned_landmarks(), mask_learned=learned_mask(self.folder, face)))
         return out
 
     def paths(self, number: int, face: Face) -> tuple[Path, Path, Path]:
@@ -301,6 +304,11 @@ class Faceset:
 
     def __len__(self) -> int:
         return len(self.samples())
+
+
+def learned_mask(folder: str | Path, face: Face) -> Path:
+    """Where the learned occlusion matte of `face` lives in the faceset `folder` (it may not exist yet)."""
+    return media.inside(folder, f"{LEARNED_MASKS}/{Path(face.image).name}", f"{folder} learned mask of {face.image}")
 
 
 # ---------------------------------------------------------------- extract.json, detections.jsonl

@@ -329,7 +329,8 @@ def train(
         events.start(model=str(model_dir), a=str(a), b=str(b), iteration=start, device=str(device),
                      processes=world, preset=config.preset, size=config.size, batch=config.batch,
                      parameters=parameters, faces_a=len(train_samples["a"]), faces_b=len(train_samples["b"]),
-                     faces_in_memory=cached)
+                     faces_in_memory=cached, learned_masks=sum(s.mask_learned is not None and s.mask_learned.is_file()
+                                                               for faces in samples.values() for s in faces))
         if config.size > face_size:
             events.warning(f"the facesets' faces are {face_size} px but the model is {config.size} px: it learns "
                            f"upscaled faces (extract at --size {config.size} or more for sharper results)")
