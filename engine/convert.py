@@ -39,16 +39,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, media
+from . import __version__, exr_layers, media
 from .events import EngineError, Events
 from .faces import align, masks
 from .faceset import ALIGNMENTS_FILE, Alignments, check_same_shot
 from .options import number_in
 
-FORMATS = {"png16": ".png", "exr": ".exr"}
+FORMATS = {"png16": ".png", "exr": ".exr", exr_layers.FORMAT: ".exr"}
 # EXR's convention (and what every reader assumes) is premultiplied colour; PNG's specification says straight.
 ALPHA_MODES = ("premultiplied", "straight")
-DEFAULT_ALPHA = {"png16": "straight", "exr": "premultiplied"}
+DEFAULT_ALPHA = {"png16": "straight", "exr": "premultiplied", exr_layers.FORMAT: "premultiplied"}
 DIRECTIONS = {"a2b": "a", "b2a": "b"}  # a2b: the shot's faces drawn by decoder A
 MASK_MODES = ("predicted", "hull", "extended", "intersection")
 COLOR_MODES = ("none", "avg", "rct", "hist", "seamless")
@@ -89,7 +89,8 @@ def add_arguments(parser) -> None:
                         help="add this much of the plate's own fine detail (skin, grain) onto the face, not on its eyes and mouth (0-4; 0: off; 2 suits a 64 px model)")
     parser.add_argument("--sharpen", type=number_in(0, 4), default=0.0, metavar="AMOUNT", help="unsharp-mask the face by this amount (0: off)")
     parser.add_argument("--format", default="png16", choices=list(FORMATS),
-                        help="png16: 16-bit sRGB PNG; exr: 32-bit float scene-linear EXR")
+                        help="png16: 16-bit sRGB PNG; exr: 32-bit float scene-linear EXR; exr-multilayer: one "
+                             "EXR per frame with face, matte, hull (and occlusion) layers over the face's box")
     parser.add_argument("--alpha", default=None, choices=ALPHA_MODES,
                         help="the face layer's colour: premultiplied by alpha (EXR's default) or straight "
                              "(PNG's, the only one PNG allows)")
@@ -120,6 +121,7 @@ class FaceJob:
     ordinal: int  # the face's place among all faces of the shot: fixes its batch slot
     matrix: np.ndarray  # 2x3, frame pixels -> aligned pixels at the model's size
     landmarks: np.ndarray  # 68x2, aligned pixels at the model's size
+    occlusion: np.ndarray | None = None  # a learned occlusion matte at the model's size, for exr-multilayer
 
 
 @dataclass
@@ -127,12 +129,12 @@ class Outputs:
     """The files of one frame."""
 
     face: Path
-    matte: Path
+    matte: Path | None  # None: exr-multilayer keeps the matte in the face file
     frame: Path | None = None
     patches: list[tuple[Path, Path]] = field(default_factory=list)
 
     def all(self) -> list[Path]:
-        return [self.face, self.matte] + ([self.frame] if self.frame else []) + [p for pair in self.patches for p in pair]
+        return [self.face] + ([self.matte] if self.matte else []) + ([self.frame] if self.frame else []) + [p for pair in self.patches for p in pair]
 
 
 def _patch_names(number: int, index: int, ext: str) -> tuple[str, str]:
@@ -140,8 +142,9 @@ def _patch_names(number: int, index: int, ext: str) -> tuple[str, str]:
     return f"patch_{number:06d}{suffix}{ext}", f"patch_mask_{number:06d}{suffix}{ext}"
 
 
-def _outputs(folder: Path, number: int, faces: int, ext: str, write_frames: bool, write_patches: bool) -> Outputs:
-    out = Outputs(folder / "face" / f"face_{number:06d}{ext}", folder / "matte" / f"matte_{number:06d}{ext}")
+def _outputs(folder: Path, number: int, faces: int, ext: str, write_frames: bool, write_patches: bool,
+             matte: bool = True) -> Outputs:
+    out = Outputs(folder / "face" / f"face_{number:06d}{ext}", folder / "matte" / f"matte_{number:06d}{ext}" if matte else None)
     if write_frames:
         out.frame = folder / "frames" / f"frame_{number:06d}{ext}"
     if write_patches:
@@ -551,28 +554,36 @@ def encode_layer(composed: Composite, fmt: str, alpha_mode: str) -> np.ndarray:
 
 
 def _write_frame(work: FrameWork, composed: Composite | None, frame_size, linear: bool, fmt: str,
-                 common: dict) -> None:
+                 common: dict, size: int) -> None:
     """Encode and write one frame's files. The face layer goes last, so its presence (with the right
     marking) means the frame is complete."""
     w, h = frame_size
     out = work.outputs
-    empty = np.float32 if fmt == "exr" else np.uint16
-    layer = np.zeros((h, w, 4), empty)
+    layers_file, fmt = fmt == exr_layers.FORMAT, "exr" if fmt == exr_layers.FORMAT else fmt
+    box_layer = None if composed is None else encode_layer(composed, fmt, common["alpha"])
     finished = encode(work.image, linear, fmt) if out.frame else None
-    if composed is not None:
+    if box_layer is not None and finished is not None:  # pixels the layer does not reach keep the shot's own values exactly
         x0, y0, x1, y1 = work.box
-        layer[y0:y1, x0:x1] = encode_layer(composed, fmt, common["alpha"])
-        if finished is not None:  # pixels the layer does not reach keep the shot's own values exactly
-            touched = layer[y0:y1, x0:x1, 3:] > 0
-            finished[y0:y1, x0:x1] = np.where(touched, encode(composed.finished, True, fmt), finished[y0:y1, x0:x1])
-    matte = np.ascontiguousarray(layer[..., 3])
+        touched = box_layer[..., 3:] > 0
+        finished[y0:y1, x0:x1] = np.where(touched, encode(composed.finished, True, fmt), finished[y0:y1, x0:x1])
     for index, (patch_path, mask_path) in enumerate(out.patches):
         result = work.results[index]
         media.write_image(patch_path, encode(result.patch, False, fmt), _marking(common, "patch", work.number))
         media.write_image(mask_path, encode_matte(result.patch_mask, fmt), _marking(common, "patch_mask", work.number))
-    media.write_image(out.matte, matte, _marking(common, "matte", work.number))
     if finished is not None:
         media.write_image(out.frame, finished, _marking(common, "frame", work.number))
+    if layers_file:  # only the face's box, no full-frame layer
+        faces = [exr_layers.FaceMattes(job.matrix, job.landmarks, job.occlusion) for job in work.jobs]
+        metadata = {**_marking(common, "layers", work.number), "facereplace_model_hash": common["model_hash"],
+                    "facereplace_matrices": exr_layers.header_matrices(faces, size)}
+        mattes = {} if box_layer is None else exr_layers.face_mattes(faces, size, work.box)
+        exr_layers.write(out.face, frame_size, work.box, box_layer, mattes, metadata)
+        return
+    layer = np.zeros((h, w, 4), np.float32 if fmt == "exr" else np.uint16)
+    if box_layer is not None:
+        x0, y0, x1, y1 = work.box
+        layer[y0:y1, x0:x1] = box_layer
+    media.write_image(out.matte, np.ascontiguousarray(layer[..., 3]), _marking(common, "matte", work.number))
     media.write_image(out.face, layer, _marking(common, "face", work.number))
 
 
@@ -689,7 +700,8 @@ def convert(
         events.warning(f"{len(missing)} frames of the selection have no alignments (extracted with --every or "
                        f"--frames?); they get blank layers", frames=missing)
     work = {n: FrameWork(n, None, jobs.get(n, []),
-                         _outputs(folder, n, len(jobs.get(n, [])), ext, write_frames, write_patches))
+                         _outputs(folder, n, len(jobs.get(n, [])), ext, write_frames, write_patches,
+                                  matte=fmt != exr_layers.FORMAT))
             for n in numbers}
     todo = [n for n in numbers if not _is_complete(work[n].outputs, common)]
     _write_manifest(folder, source, shot, alignments_path, model_dir, config, common, ext, write_frames,
@@ -736,7 +748,8 @@ def _write_manifest(folder, source, shot, alignments_path, model_dir, config, co
                     write_patches, jobs, events) -> None:
     """manifest.json: the same bytes from every chunk of one job, so parallel chunks can all write it."""
     path = folder / MANIFEST_FILE
-    files = {"face": f"face/face_%06d{ext}", "matte": f"matte/matte_%06d{ext}"}
+    layers_file = common["settings"]["format"] == exr_layers.FORMAT
+    files = {"face": f"face/face_%06d{ext}"} if layers_file else {"face": f"face/face_%06d{ext}", "matte": f"matte/matte_%06d{ext}"}
     if write_frames:
         files["frames"] = f"frames/frame_%06d{ext}"
     if write_patches:
@@ -758,7 +771,9 @@ def _write_manifest(folder, source, shot, alignments_path, model_dir, config, co
         "frame_range": [source.numbers[0], source.numbers[-1]],
         "frame_numbers": list(source.numbers),
         "frames_with_faces": [n for n, faces in jobs.items() if faces],
-        "folders": {"face": "face", "matte": "matte", "frames": "frames" if write_frames else None,
+        **({"layers": [n for n in exr_layers.LAYERS if n != "occlusion" or any(
+            j.occlusion is not None for faces in jobs.values() for j in faces)]} if layers_file else {}),
+        "folders": {"face": "face", "matte": None if layers_file else "matte", "frames": "frames" if write_frames else None,
                     "patch": "patch" if write_patches else None},
         "files": files,
     }
@@ -865,4 +880,5 @@ class _Run:
 
     def _write(self, work: FrameWork, composed) -> None:
         with self.clock("encode"):
-            _write_frame(work, composed, self.source.size, self.source.linear, self.fmt, self.common)
+            _write_frame(work, composed, self.source.size, self.source.linear, self.fmt, self.common,
+                         self.converter.size)
