@@ -119,7 +119,10 @@ class FaceReplaceConvert(bpy.types.PropertyGroup):
     format: EnumProperty(
         name="Format",
         items=[("png16", "PNG 16-bit", "16-bit RGBA PNG face layers"),
-               ("exr", "OpenEXR", "32-bit float scene-linear RGBA EXR face layers")],
+               ("exr", "OpenEXR", "32-bit float scene-linear RGBA EXR face layers"),
+               ("exr-multilayer", "OpenEXR Multilayer",
+                "One EXR per frame with face, matte and hull layers over the face's box, for Nuke, Fusion and "
+                "Blender's compositor (not added as strips)")],
         default="png16",
     )
     output: StringProperty(name="Output", subtype="DIR_PATH", options=RELATIVE, description="The folder of face layers and mattes")

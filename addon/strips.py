@@ -15,6 +15,7 @@ from pathlib import Path
 
 import bpy
 
+from . import blend
 from .engine_client import ClientError
 
 # The engine's image types (engine.media.IMAGE_EXTENSIONS): the files that make up a sequence folder.
@@ -26,6 +27,7 @@ MAX_CHANNEL = 128
 # The face layer's alpha as convert's manifest names it -> Blender's strip alpha mode.
 ALPHA_MODES = {"straight": "STRAIGHT", "premultiplied": "PREMUL"}
 FPS_TOLERANCE = 0.01
+MULTILAYER = "exr-multilayer"  # convert's --format whose files hold only the face's box (engine.exr_layers)
 
 
 def keeps_relative(settings) -> bool:
@@ -260,45 +262,47 @@ def _match_placement(strip, plate) -> None:
     strip.use_flip_x, strip.use_flip_y = plate.use_flip_x, plate.use_flip_y
 
 
-def _add_color_balance(strip, scene) -> None:
-    """A neutral Color Balance modifier, ready for grading the face to the plate."""
-    workspace = bpy.context.workspace
-    # Blender 5.0 crashes adding a strip modifier while the workspace has no sequencer scene (headless).
-    borrow = workspace is not None and getattr(workspace, "sequencer_scene", False) is None
-    if borrow:
-        workspace.sequencer_scene = scene
+def read_manifest(output: Path) -> dict:
+    """convert's manifest.json in `output`."""
+    path = output / "manifest.json"
     try:
-        strip.modifiers.new(name="Color Match", type="COLOR_BALANCE")
-    finally:
-        if borrow:
-            workspace.sequencer_scene = None
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise ClientError(f"cannot read {path}: convert the shot again")
+    return manifest
 
 
 def layer_alpha_mode(output: Path) -> str:
     """The Blender alpha mode of convert's face layers in `output`, as its manifest.json records them
     (premultiplied EXR, straight PNG)."""
     path = output / "manifest.json"
-    try:
-        alpha = json.loads(path.read_text()).get("alpha")
-    except (OSError, ValueError, AttributeError):
-        raise ClientError(f"cannot read {path}: convert the shot again") from None
+    manifest = read_manifest(output)
+    if (manifest.get("settings") or {}).get("format") == MULTILAYER:
+        raise ClientError(f"{output} holds multilayer EXRs, for compositing applications: Blender reads only "
+                          f"their face's box, unplaced; convert with Format PNG 16-bit or OpenEXR for strips")
+    alpha = manifest.get("alpha")
     if alpha not in ALPHA_MODES:
         raise ClientError(f"{path} names no known alpha ({alpha!r}): convert the shot again")
     return ALPHA_MODES[alpha]
 
 
 def add_result_strips(scene, target: Shot, output: Path, relative: bool = False) -> dict[str, object]:
-    """Add the face layer (Alpha Over, with a Color Balance modifier) and the muted matte on the channels
-    above the target, frame-aligned with it, replacing the ones an earlier run added. A folder target
-    gets its plate added below them. `relative` stores their folders "//"-relative to the .blend."""
+    """Add the face layer (Alpha Over, with the FaceReplace Blend modifier) and the muted matte on the
+    channels above the target, frame-aligned with it, replacing the ones an earlier run added (the blend
+    values tuned on the earlier face layer carry over). A folder target gets its plate added below them.
+    `relative` stores their folders "//"-relative to the .blend."""
+    alpha_mode = layer_alpha_mode(output)
     faces = result_files(output / "face", "face")
     mattes = result_files(output / "matte", "matte")
     missing = [n for n in target.numbers if n not in faces or n not in mattes]
     if missing:
         shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
         raise ClientError(f"{output} lacks {len(missing)} of the shot's frames ({shown}): convert them first")
-    alpha_mode = layer_alpha_mode(output)
     key = target.key or target.name
+    earlier = result_strips(scene, key).get("face")
+    tuned = blend.values(earlier) if earlier is not None else None
     remove_result_strips(scene, key)
     strips = strip_collection(scene.sequence_editor_create())
     added = {}
@@ -315,7 +319,7 @@ def add_result_strips(scene, target: Shot, output: Path, relative: bool = False)
                         channel, target.start, "face", key, relative=relative)
     face.blend_type = "ALPHA_OVER"
     face.alpha_mode = alpha_mode
-    _add_color_balance(face, scene)
+    blend.add_blend_modifier(face, scene, tuned)
     matte = _image_strip(strips, f"{target.name} matte", output / "matte", [mattes[n] for n in target.numbers],
                          channel + 1, target.start, "matte", key, relative=relative)
     matte.mute = True

@@ -381,7 +381,7 @@ def test_result_strips_sit_above_the_target_frame_aligned(swapped):
         assert Path(bpy.path.abspath(strip.directory)) == output / prefix
         assert strip.directory.startswith("//facereplace/")  # relative, like the scene's paths: the project moves
     assert face.blend_type == "ALPHA_OVER" and not face.mute
-    assert [(m.type, m.name) for m in face.modifiers] == [("COLOR_BALANCE", "Color Match")]
+    assert [(m.type, m.name) for m in face.modifiers] == [("COMPOSITOR", "FaceReplace Blend")]
     assert matte.mute
 
 
