@@ -121,7 +121,7 @@ class FaceJob:
     ordinal: int  # the face's place among all faces of the shot: fixes its batch slot
     matrix: np.ndarray  # 2x3, frame pixels -> aligned pixels at the model's size
     landmarks: np.ndarray  # 68x2, aligned pixels at the model's size
-    occlusion: np.ndarray | None = None  # a learned occlusion matte at the model's size, for exr-multilayer
+    occlusion: np.ndarray | None = None  # a learned mask (1 = face) at the model's size, for exr-multilayer's occlusion layer
 
 
 @dataclass
