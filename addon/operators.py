@@ -489,8 +489,8 @@ class FACEREPLACE_OT_open_image(bpy.types.Operator):
 class FACEREPLACE_OT_add_strips(bpy.types.Operator):
     bl_idname = "facereplace.add_strips"
     bl_label = "Add Result Strips"
-    bl_description = ("Add the converted face layer (Alpha Over, with a Color Balance modifier) and the muted "
-                      "matte above target B, replacing earlier ones")
+    bl_description = ("Add the converted face layer (Alpha Over, with a FaceReplace Blend modifier) and the "
+                      "muted matte above target B, replacing earlier ones")
     bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import bpy
 
-from . import contract
+from . import blend, contract
 from .engine_client import ClientError, shared_module
 
 frame_rules = shared_module("frames")  # the engine's frame-numbering and frame-range rules
@@ -239,31 +239,21 @@ def _match_placement(strip, plate) -> None:
     strip.use_flip_x, strip.use_flip_y = plate.use_flip_x, plate.use_flip_y
 
 
-def _add_color_balance(strip, scene) -> None:
-    """A neutral Color Balance modifier, ready for grading the face to the plate."""
-    workspace = bpy.context.workspace
-    # Blender 5.0 crashes adding a strip modifier while the workspace has no sequencer scene (headless).
-    borrow = workspace is not None and getattr(workspace, "sequencer_scene", False) is None
-    if borrow:
-        workspace.sequencer_scene = scene
-    try:
-        strip.modifiers.new(name="Color Match", type="COLOR_BALANCE")
-    finally:
-        if borrow:
-            workspace.sequencer_scene = None
-
-
 def read_manifest(output: Path) -> dict:
     """convert's manifest.json in `output`: its face layers' alpha and its file patterns."""
     path = output / contract.folder("output")["manifest"]
     try:
         manifest = json.loads(path.read_text())
+        settings = manifest.get("settings") or {}
+        if manifest.get("layers"):  # exr-multilayer: each file holds only the face's box, and its mattes
+            raise ClientError(f"{output} holds multilayer EXRs, for compositing applications: Blender reads only "
+                              f"their face's box, unplaced; convert with Format PNG 16-bit or OpenEXR for strips")
         files = {kind: manifest["files"][kind] for kind in ("face", "matte")}
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         raise ClientError(f"cannot read {path}: convert the shot again") from None
     if manifest.get("alpha") not in ALPHA_MODES:
         raise ClientError(f"{path} names no known alpha ({manifest.get('alpha')!r}): convert the shot again")
-    return {"alpha": manifest["alpha"], "files": files}
+    return {"alpha": manifest["alpha"], "files": files, "settings": settings}
 
 
 def result_file(output: Path, manifest: dict, kind: str, number: int) -> Path | None:
@@ -276,9 +266,10 @@ def result_file(output: Path, manifest: dict, kind: str, number: int) -> Path | 
 
 
 def add_result_strips(scene, target: Shot, output: Path, relative: bool = False) -> dict[str, object]:
-    """Add the face layer (Alpha Over, with a Color Balance modifier) and the muted matte on the channels
-    above the target, frame-aligned with it, replacing the ones an earlier run added. A folder target
-    gets its plate added below them. `relative` stores their folders "//"-relative to the .blend."""
+    """Add the face layer (Alpha Over, with the FaceReplace Blend modifier) and the muted matte on the
+    channels above the target, frame-aligned with it, replacing the ones an earlier run added (the blend
+    values tuned on the earlier face layer carry over). A folder target gets its plate added below them.
+    `relative` stores their folders "//"-relative to the .blend."""
     manifest = read_manifest(output)
     layers = {kind: {n: result_file(output, manifest, kind, n) for n in target.numbers} for kind in ("face", "matte")}
     missing = [n for n in target.numbers if layers["face"][n] is None or layers["matte"][n] is None]
@@ -287,6 +278,8 @@ def add_result_strips(scene, target: Shot, output: Path, relative: bool = False)
         raise ClientError(f"{output} lacks {len(missing)} of the shot's frames ({shown}): convert them first")
     alpha_mode = ALPHA_MODES[manifest["alpha"]]
     key = target.key or target.name
+    earlier = result_strips(scene, key).get("face")
+    tuned = blend.values(earlier) if earlier is not None else None
     remove_result_strips(scene, key)
     strips = strip_collection(scene.sequence_editor_create())
     added = {}
@@ -304,7 +297,7 @@ def add_result_strips(scene, target: Shot, output: Path, relative: bool = False)
                         channel, target.start, "face", key, relative=relative)
     face.blend_type = "ALPHA_OVER"
     face.alpha_mode = alpha_mode
-    _add_color_balance(face, scene)
+    blend.add_blend_modifier(face, scene, tuned)
     matte = _image_strip(strips, f"{target.name} matte", mattes[0].parent, [p.name for p in mattes],
                          channel + 1, target.start, "matte", key, relative=relative)
     matte.mute = True

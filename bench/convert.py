@@ -1,8 +1,13 @@
 """Convert speed: frames per second at 480p, 1080p and 4K for each output format, CPU and CUDA, with the
-time split between decode, model, warp/blend and encode.
+time split between decode, model, warp/blend and encode, and what the output weighs and costs to read.
 
     .venv/bin/python bench/convert.py [--frames 24] [--preset fast] [--write-frames] [--resolutions 1080p 4k]
     .venv/bin/python bench/convert.py --resolutions 1080p 4k --devices cuda --json convert.json
+    .venv/bin/python bench/convert.py --resolutions 4k --small-face --formats exr exr-multilayer --frames 8
+
+--small-face keeps the face as small as in a 360p shot (about 150 px) whatever the resolution: the case
+exr-multilayer's data window is for. "MB/frame" is the face layer and matte files of one frame; "read ms"
+reads all their channels back with OpenEXR (PNG: OpenCV).
 
 The shots are the Grace Hopper sample moving with known transforms, so their alignments come from the
 transforms (no detector in the timing). The model is a freshly initialised one of the preset: its speed
@@ -31,13 +36,14 @@ from engine.faces.detect import make_detector  # noqa: E402
 from engine.faceset import Alignments, Face, Frame  # noqa: E402
 
 RESOLUTIONS = {"480p": (854, 480), "1080p": (1920, 1080), "4k": (3840, 2160)}
-FORMATS = ("png16", "exr")
+FORMATS = ("png16", "exr", "exr-multilayer")
 FACE_SIZE = 256
 
 
-def make_shot(folder: Path, name: str, size: tuple[int, int], frames: int, landmarks: np.ndarray) -> tuple[Path, Path]:
+def make_shot(folder: Path, name: str, size: tuple[int, int], frames: int, landmarks: np.ndarray,
+              small_face: bool = False) -> tuple[Path, Path]:
     """An mp4 of the sample face and its alignments, taken from the clip's known photo->frame transforms."""
-    clip, matrices = samples.make_clip("grace_hopper", frames, size, scale=size[1] / 360 * 0.6)
+    clip, matrices = samples.make_clip("grace_hopper", frames, size, scale=0.6 if small_face else size[1] / 360 * 0.6)
     shot = samples.write_video(folder / f"{name}.mp4", clip)
     alignments = Alignments(source=str(shot), source_kind="video", source_size=list(size),
                             source_frames=list(range(1, frames + 1)), fps=24.0, linear=False, face_size=FACE_SIZE,
@@ -62,6 +68,25 @@ def make_model(folder: Path, preset: str) -> Path:
     return folder
 
 
+def output_cost(out: Path) -> tuple[float, float]:
+    """Megabytes per frame of the face layers and mattes in `out`, and milliseconds per frame to read
+    every channel of them back."""
+    import OpenEXR
+
+    files = sorted((out / "face").iterdir()) + (sorted((out / "matte").iterdir()) if (out / "matte").is_dir() else [])
+    frames = len(list((out / "face").iterdir()))
+    started = time.perf_counter()
+    for path in files:
+        if path.suffix == ".exr":
+            with OpenEXR.File(str(path)) as f:
+                for channel in f.channels().values():
+                    channel.pixels.sum()
+        else:
+            media.read_image(path)
+    read_ms = 1000 * (time.perf_counter() - started) / frames
+    return sum(p.stat().st_size for p in files) / frames / 1e6, read_ms
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=24)
@@ -70,6 +95,7 @@ def main() -> None:
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     parser.add_argument("--devices", nargs="+", default=None, choices=["cpu", "cuda"])
     parser.add_argument("--write-frames", action="store_true", help="also write finished frames")
+    parser.add_argument("--small-face", action="store_true", help="a face as small as in a 360p shot at every size")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write every figure to this JSON file")
     args = parser.parse_args()
     import torch
@@ -81,10 +107,12 @@ def main() -> None:
               "gpu": torch.cuda.get_device_name() if "cuda" in devices else None, "rows": []}
     landmarks = max(make_detector("dlib").detect(samples.grace_hopper()), key=lambda d: d.area).landmarks
     stages = " ".join(f"{s:>10s}" for s in StageClock.STAGES)
-    print(f"{'device':6s} {'preset':7s} {'size':6s} {'format':6s} {'frames/s':>9s}   ms per frame: {stages}")
+    print(f"{'device':6s} {'preset':7s} {'size':6s} {'format':14s} {'frames/s':>9s}   ms per frame: {stages}"
+          f"   MB/frame  read ms")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        shots = {name: make_shot(tmp, name, RESOLUTIONS[name], args.frames, landmarks) for name in args.resolutions}
+        shots = {name: make_shot(tmp, name, RESOLUTIONS[name], args.frames, landmarks, args.small_face)
+                 for name in args.resolutions}
         for device in devices:
             preset = args.preset or ("quality" if device == "cuda" else "fast")
             model_dir = tmp / f"model-{preset}"
@@ -98,11 +126,13 @@ def main() -> None:
                                       device=device)
                     seconds = time.perf_counter() - started
                     split = " ".join(f"{1000 * s / args.frames:10.1f}" for s in summary["stage_seconds"].values())
-                    print(f"{device:6s} {preset:7s} {name:6s} {fmt:6s} {summary['fps']:9.2f}   "
-                          f"{'':14s}{split}   ({seconds:.1f} s incl. model load)")
+                    megabytes, read_ms = output_cost(out)
+                    print(f"{device:6s} {preset:7s} {name:6s} {fmt:14s} {summary['fps']:9.2f}   "
+                          f"{'':14s}{split}   {megabytes:8.2f} {read_ms:8.1f}   ({seconds:.1f} s incl. model load)")
                     report["rows"].append({
                         "device": device, "preset": preset, "resolution": name, "format": fmt,
-                        "fps": summary["fps"], "seconds": round(seconds, 2),
+                        "small_face": args.small_face, "fps": summary["fps"], "seconds": round(seconds, 2),
+                        "mb_per_frame": round(megabytes, 3), "read_ms_per_frame": round(read_ms, 1),
                         "ms_per_frame": {k: round(1000 * v / args.frames, 2)
                                          for k, v in summary["stage_seconds"].items()}})
     if args.json:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, media
+from . import __version__, exr_layers, media
 from .color import COLOR_MODES
 from .events import EngineError, Events
 from .faces import align, masks
@@ -44,6 +44,7 @@ from .output import (
     ALPHA_MODES,
     DEFAULT_ALPHA,
     FORMATS,
+    MULTILAYER,
     Outputs,
     encode,
     encode_layer,
@@ -172,6 +173,7 @@ class FaceJob:
     matrix: np.ndarray  # 2x3, frame pixels -> aligned pixels at the model's size
     landmarks: np.ndarray  # 68x2, aligned pixels at the model's size
     learned: Path | None = None  # its learned occlusion matte (faceset masks/learned/), aligned at the faceset's size
+    occlusion: np.ndarray | None = None  # a learned mask (1 = face) at the model's size, for exr-multilayer's occlusion layer
 
 
 def _check_model(config, alignments: Alignments, model_dir: Path) -> None:
@@ -419,6 +421,7 @@ class Converter:
                 learned = cv2.resize(media.to_float(media.read_image(job.learned)), (self.size, self.size),
                                      interpolation=cv2.INTER_AREA)
                 mask = torch.from_numpy(learned).to(predicted)[None]
+                job.occlusion = learned  # exr-multilayer's occlusion layer
             else:
                 mask = torch.from_numpy(masks.MASKS[source](job.landmarks, self.size)).to(predicted)[None]
             chosen = mask if chosen is None else torch.minimum(chosen, mask)
@@ -484,28 +487,36 @@ class FrameInProgress:
 
 
 def _write_frame(work: FrameInProgress, composed: Composite | None, frame_size, linear: bool, fmt: str,
-                 common: dict) -> None:
+                 common: dict, size: int) -> None:
     """Encode and write one frame's files. The face layer goes last, so its presence (with the right
     marking) means the frame is complete."""
     w, h = frame_size
     out = work.outputs
-    empty = np.float32 if fmt == "exr" else np.uint16
-    layer = np.zeros((h, w, 4), empty)
+    layers_file, fmt = fmt == MULTILAYER, "exr" if fmt == MULTILAYER else fmt
+    box_layer = None if composed is None else encode_layer(composed, fmt, common["alpha"])
     finished = encode(work.image, linear, fmt) if out.frame else None
-    if composed is not None:
+    if box_layer is not None and finished is not None:  # pixels the layer does not reach keep the shot's own values exactly
         x0, y0, x1, y1 = work.box
-        layer[y0:y1, x0:x1] = encode_layer(composed, fmt, common["alpha"])
-        if finished is not None:  # pixels the layer does not reach keep the shot's own values exactly
-            touched = layer[y0:y1, x0:x1, 3:] > 0
-            finished[y0:y1, x0:x1] = np.where(touched, encode(composed.finished, True, fmt), finished[y0:y1, x0:x1])
-    matte = np.ascontiguousarray(layer[..., 3])
+        touched = box_layer[..., 3:] > 0
+        finished[y0:y1, x0:x1] = np.where(touched, encode(composed.finished, True, fmt), finished[y0:y1, x0:x1])
     for index, (patch_path, mask_path) in enumerate(out.patches):
         result = work.results[index]
         media.write_image(patch_path, encode(result.patch, False, fmt), marking(common, "patch", work.number))
         media.write_image(mask_path, encode_matte(result.patch_mask, fmt), marking(common, "patch_mask", work.number))
-    media.write_image(out.matte, matte, marking(common, "matte", work.number))
     if finished is not None:
         media.write_image(out.frame, finished, marking(common, "frame", work.number))
+    if layers_file:  # only the face's box, no full-frame layer
+        faces = [exr_layers.FaceMattes(job.matrix, job.landmarks, job.occlusion) for job in work.jobs]
+        metadata = {**marking(common, "layers", work.number), "facereplace_model_hash": common["model_hash"],
+                    "facereplace_matrices": exr_layers.header_matrices(faces, size)}
+        mattes = {} if box_layer is None else exr_layers.face_mattes(faces, size, work.box)
+        exr_layers.write(out.face, frame_size, work.box, box_layer, mattes, metadata)
+        return
+    layer = np.zeros((h, w, 4), np.float32 if fmt == "exr" else np.uint16)
+    if box_layer is not None:
+        x0, y0, x1, y1 = work.box
+        layer[y0:y1, x0:x1] = box_layer
+    media.write_image(out.matte, np.ascontiguousarray(layer[..., 3]), marking(common, "matte", work.number))
     media.write_image(out.face, layer, marking(common, "face", work.number))
 
 
@@ -599,12 +610,14 @@ def convert(
     if missing:
         events.warning(f"{len(missing)} frames of the selection have no alignments (extracted with --every or "
                        f"--frames?); they get blank layers", frames=missing)
-    files = file_patterns(ext, settings.write_frames, settings.write_patches)
+    files = file_patterns(ext, settings.write_frames, settings.write_patches, mattes=settings.format != MULTILAYER)
     work = {n: FrameInProgress(n, None, jobs.get(n, []), frame_outputs(folder, files, n, len(jobs.get(n, []))))
             for n in numbers}
     todo = [n for n in numbers if not is_complete(work[n].outputs, common)]
+    layers = None if settings.format != MULTILAYER else [
+        name for name in exr_layers.LAYERS if name != "occlusion" or uses_learned]
     write_manifest(folder, common, files, source, alignments_path, model_dir, size,
-                   [n for n, faces in jobs.items() if faces], events.warning)
+                   [n for n, faces in jobs.items() if faces], events.warning, layers)
     if settings.write_patches:
         media.write_json(folder / files["matrices"], matrices(jobs, size, files, source.size))
 
@@ -733,4 +746,5 @@ class Pipeline:
 
     def _write(self, work: FrameInProgress, composed) -> None:
         with self.clock("encode"):
-            _write_frame(work, composed, self.source.size, self.source.linear, self.fmt, self.common)
+            _write_frame(work, composed, self.source.size, self.source.linear, self.fmt, self.common,
+                         self.converter.size)

@@ -5,7 +5,8 @@ read it through the manifest's file patterns.
       manifest.json                  source, model and hash, settings, frame range, file patterns
       face/face_%06d.png|exr         RGBA face layer, fully transparent where no face is: premultiplied
                                      alpha in EXR (--alpha straight to change it), straight in PNG
-      matte/matte_%06d.png|exr       the layer's alpha as one channel
+      matte/matte_%06d.png|exr       the layer's alpha as one channel (not for exr-multilayer, whose
+                                     face file holds face, matte, hull and occlusion layers: exr_layers)
       frames/frame_%06d.png|exr      the shot with the face composited in (--write-frames)
       patch/patch_%06d.png|exr       the swapped face in aligned space, its mask and matrices.json
       patch/patch_mask_%06d.png|exr  (--write-patches)
@@ -40,10 +41,14 @@ class OutputFormat(NamedTuple):
 FORMATS = {
     "png16": OutputFormat(".png", "PNG 16-bit", "16-bit RGBA PNG face layers"),
     "exr": OutputFormat(".exr", "OpenEXR", "32-bit float scene-linear RGBA EXR face layers"),
+    "exr-multilayer": OutputFormat(".exr", "OpenEXR Multilayer",
+                                   "One EXR per frame with face, matte and hull layers over the face's box, for "
+                                   "Nuke, Fusion and Blender's compositor (not added as strips)"),
 }
+MULTILAYER = "exr-multilayer"  # its face file holds the matte too: no matte files
 # EXR's convention (and what every reader assumes) is premultiplied colour; PNG's specification says straight.
 ALPHA_MODES = ("premultiplied", "straight")
-DEFAULT_ALPHA = {"png16": "straight", "exr": "premultiplied"}
+DEFAULT_ALPHA = {"png16": "straight", "exr": "premultiplied", MULTILAYER: "premultiplied"}
 MANIFEST_FILE = "manifest.json"
 MATRICES_FILE = "matrices.json"
 # Each kind of file, relative to the output folder, before its extension; %06d is the frame number.
@@ -57,9 +62,10 @@ XMP = (
 )
 
 
-def file_patterns(ext: str, write_frames: bool, write_patches: bool) -> dict[str, str]:
-    """The manifest's "files": each kind of file a run writes, as a pattern of its frame number."""
-    kinds = ["face", "matte"] + (["frames"] if write_frames else []) + (["patch", "patch_mask"] if write_patches else [])
+def file_patterns(ext: str, write_frames: bool, write_patches: bool, mattes: bool = True) -> dict[str, str]:
+    """The manifest's "files": each kind of file a run writes, as a pattern of its frame number; no
+    matte files without `mattes` (exr-multilayer)."""
+    kinds = ["face"] + (["matte"] if mattes else []) + (["frames"] if write_frames else []) + (["patch", "patch_mask"] if write_patches else [])
     files = {kind: PATTERNS[kind] + ext for kind in kinds}
     if write_patches:
         files["matrices"] = f"patch/{MATRICES_FILE}"
@@ -71,12 +77,12 @@ class Outputs:
     """The files of one frame."""
 
     face: Path
-    matte: Path
+    matte: Path | None  # None: exr-multilayer keeps the matte in the face file
     frame: Path | None = None
     patches: list[tuple[Path, Path]] = field(default_factory=list)
 
     def all(self) -> list[Path]:
-        return [self.face, self.matte] + ([self.frame] if self.frame else []) + [p for pair in self.patches for p in pair]
+        return [self.face] + ([self.matte] if self.matte else []) + ([self.frame] if self.frame else []) + [p for pair in self.patches for p in pair]
 
 
 def patch_names(files: dict[str, str], number: int, index: int) -> tuple[str, str]:
@@ -88,7 +94,7 @@ def patch_names(files: dict[str, str], number: int, index: int) -> tuple[str, st
 
 def frame_outputs(folder: Path, files: dict[str, str], number: int, faces: int) -> Outputs:
     """Where frame `number` (with `faces` faces) goes, by the run's file patterns."""
-    out = Outputs(folder / (files["face"] % number), folder / (files["matte"] % number))
+    out = Outputs(folder / (files["face"] % number), folder / (files["matte"] % number) if "matte" in files else None)
     if "frames" in files:
         out.frame = folder / (files["frames"] % number)
     if "patch" in files:
@@ -130,7 +136,8 @@ def is_complete(outputs: Outputs, common: dict) -> bool:
 
 
 def write_manifest(folder: Path, common: dict, files: dict[str, str], source, alignments_path: Path,
-                   model_dir: Path, model_size: int, frames_with_faces: list[int], warn) -> None:
+                   model_dir: Path, model_size: int, frames_with_faces: list[int], warn,
+                   layers: list[str] | None = None) -> None:
     """manifest.json: the same bytes from every chunk of one job, so parallel chunks can all write it."""
     path = folder / MANIFEST_FILE
     manifest = {
@@ -149,7 +156,8 @@ def write_manifest(folder: Path, common: dict, files: dict[str, str], source, al
         "frame_range": [source.numbers[0], source.numbers[-1]],
         "frame_numbers": list(source.numbers),
         "frames_with_faces": frames_with_faces,
-        "folders": {"face": "face", "matte": "matte", "frames": "frames" if "frames" in files else None,
+        **({"layers": layers} if layers else {}),
+        "folders": {"face": "face", "matte": "matte" if "matte" in files else None, "frames": "frames" if "frames" in files else None,
                     "patch": "patch" if "patch" in files else None},
         "files": files,
     }

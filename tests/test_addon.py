@@ -407,7 +407,7 @@ def test_result_strips_sit_above_the_target_frame_aligned(swapped):
         assert Path(bpy.path.abspath(strip.directory)) == output / prefix
         assert strip.directory.startswith("//facereplace/")  # relative, like the scene's paths: the project moves
     assert face.blend_type == "ALPHA_OVER" and not face.mute
-    assert [(m.type, m.name) for m in face.modifiers] == [("COLOR_BALANCE", "Color Match")]
+    assert [(m.type, m.name) for m in face.modifiers] == [("COMPOSITOR", "FaceReplace Blend")]
     assert matte.mute
 
 
@@ -455,6 +455,27 @@ def test_running_again_replaces_rather_than_stacks(swapped):
     assert bpy.ops.facereplace.add_strips() == {"FINISHED"}
     assert sorted(s.name for s in scene.sequence_editor.strips) == before
     assert len(_result_strips(scene, "face")) == 1 and len(_result_strips(scene, "matte")) == 1
+
+
+def test_blend_values_survive_adding_the_strips_again_and_bake_into_convert(swapped, addon, tmp_path):
+    scene = bpy.context.scene
+    blend = addon.blend
+    [face] = _result_strips(scene, "face")
+    blend.set_values(face, {"Erode": 2, "Gain": (1.2, 1.2, 1.2, 1.0)})
+    assert bpy.ops.facereplace.add_strips() == {"FINISHED"}
+    [face] = _result_strips(scene, "face")
+    assert blend.values(face)["Erode"] == 2 and blend.values(face)["Gain"] == pytest.approx((1.2, 1.2, 1.2, 1.0))
+    convert = scene.facereplace.convert
+    erode = convert.erode
+    assert bpy.ops.facereplace.bake_blend() == {"FINISHED"}
+    assert convert.erode == erode + 2 and blend.values(face)["Erode"] == 0
+    assert blend.values(face)["Gain"] == pytest.approx((1.2, 1.2, 1.2, 1.0))  # no convert setting: stays
+    convert.erode = erode
+    blend.set_values(face, blend.NEUTRAL)
+    (tmp_path / "manifest.json").write_text(json.dumps({"alpha": "premultiplied",
+                                                        "settings": {"format": "exr-multilayer"}}))
+    with pytest.raises(addon.engine_client.ClientError, match="multilayer EXRs, for compositing applications"):
+        addon.strips.layer_alpha_mode(tmp_path)
 
 
 def test_a_changed_shot_is_stale_until_extracted_again(swapped, addon):
@@ -644,7 +665,7 @@ class Drawn(list):
 
 PANELS = ("SEQUENCER_PT_facereplace", "SEQUENCER_PT_facereplace_shots", "SEQUENCER_PT_facereplace_extract",
           "SEQUENCER_PT_facereplace_contact_sheets", "SEQUENCER_PT_facereplace_train",
-          "SEQUENCER_PT_facereplace_convert")
+          "SEQUENCER_PT_facereplace_convert", "SEQUENCER_PT_facereplace_blend")
 
 
 def dump(drawn: list) -> str:
