@@ -69,6 +69,9 @@ MASK_MODES = {
 MASK_SOURCES = ("predicted", "hull", "extended", "learned")  # what --mask intersects
 # --feather's default: this share of the shot's median face width (the landmark box), in frame pixels.
 AUTO_FEATHER = 0.06
+# --edge-match reaches this share of the face's (landmark) width in from the matte's edge (2 sigma of its blur):
+# far enough to take the seam's colour step, short of the eyes and mouth, which stay the model's.
+EDGE_MATCH_REACH = 0.18
 MAX_SUPERSAMPLE = 4  # a crop that shrinks the face is averaged over up to 4x4 samples per pixel
 # A mask level within 2% of 0 or 1 counts as fully outside or inside: a model's sigmoid mask never reaches
 # either, which would let the plate show through the whole face and leave a faint haze around it.
@@ -102,6 +105,10 @@ class ConvertSettings:
                 "mouth (0-4; 0: off; 2 suits a 64 px model)"})
     sharpen: float = field(default=0.0, metadata={
         "type": number_in(0, 4), "metavar": "AMOUNT", "help": "unsharp-mask the face by this amount (0: off)"})
+    edge_match: float = field(default=0.0, metadata={
+        "type": number_in(0, 1), "metavar": "AMOUNT",
+        "help": "near the matte's edge, give the face this much of the plate's own colour and shading, fading "
+                "out a fifth of the face width inside (0-1; 0: off; 1 halves the seam on the benchmark)"})
     format: str = field(default="png16", metadata={
         "choices": FORMATS, "help": "png16: 16-bit sRGB PNG; exr: 32-bit float scene-linear EXR"})
     alpha: str | None = field(default=None, metadata={
@@ -130,6 +137,8 @@ class ConvertSettings:
         for name in ("detail", "sharpen"):
             if not 0 <= getattr(self, name) <= 4:
                 raise EngineError(f"--{name} must be between 0 and 4, got {getattr(self, name)}")
+        if not 0 <= self.edge_match <= 1:
+            raise EngineError(f"--edge-match must be between 0 and 1, got {self.edge_match}")
         if self.batch is not None and self.batch < 1:
             raise EngineError(f"--batch must be 1 or more, got {self.batch}")
 
@@ -140,10 +149,12 @@ class ConvertSettings:
 
     def marked(self) -> dict:
         """The settings a file's marking records (the feather resolved): a file converted with others is
-        converted again. Detail and sharpen only when used, so files from before they existed still count."""
+        converted again. Detail, sharpen and edge match only when used, so files from before they existed
+        still count."""
         return {"direction": self.direction, "mask": self.mask, "erode": self.erode, "feather": self.feather,
                 "color": self.color, "format": self.format,
-                **({"detail": self.detail, "sharpen": self.sharpen} if self.detail or self.sharpen else {})}
+                **({"detail": self.detail, "sharpen": self.sharpen} if self.detail or self.sharpen else {}),
+                **({"edge_match": self.edge_match} if self.edge_match else {})}
 
 
 def add_arguments(parser) -> None:
@@ -185,6 +196,19 @@ def _check_model(config, alignments: Alignments, model_dir: Path) -> None:
             f"(face size {config.face_size}), but the alignments are at coverage {alignments.coverage:g} "
             f"(face size {alignments.face_size}): extract the shot with the model's coverage"
         )
+
+
+def _plate_under(region, origin, box):
+    """The shot's own pixels under `box` (frame pixels), from the uploaded `region` at `origin`, edges repeated."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    to_region = np.array([[1.0, 0, box[0] - origin[0]], [0, 1.0, box[1] - origin[1]]])
+    return _sample(region, to_region, w, h, "nearest", "border")
+
+
+def _face_width(job: "FaceJob", size: int) -> float:
+    """The face's landmark width in frame pixels."""
+    xs = job.landmarks[:, 0]
+    return float(xs.max() - xs.min()) / _face_scale(job.matrix)
 
 
 def _face_scale(matrix) -> float:
@@ -382,6 +406,14 @@ class Converter:
             color = color.clamp(max=1.0)
         alpha = _sample(mask[None], frame_to_aligned, w, h, "bilinear", "zeros")
         alpha = shape_mask(alpha, self.settings.erode, self.settings.feather)[0]
+        if self.settings.edge_match:
+            from .detail import match_edges
+
+            sigma = EDGE_MATCH_REACH / 2 * _face_width(job, self.size)
+            color = match_edges(color[None], _plate_under(region, origin, box), alpha[None], self.settings.edge_match,
+                                sigma)[0].clamp(min=0.0)
+            if not self.linear:
+                color = color.clamp(max=1.0)
         cx0, cy0, cx1, cy1 = clipped
         inside = (slice(None), slice(cy0 - box[1], cy1 - box[1]), slice(cx0 - box[0], cx1 - box[0]))
         result = FaceResult(clipped, color[inside], alpha[inside])
@@ -402,9 +434,8 @@ class Converter:
             features = gaussian_blur(torch.from_numpy(features).to(color)[None, None], self.size / 64, "zeros")
             w, h = box[2] - box[0], box[3] - box[1]
             keep = 1 - _sample(features, frame_to_aligned, w, h, "bilinear", "zeros")
-            to_region = np.array([[1.0, 0, box[0] - origin[0]], [0, 1.0, box[1] - origin[1]]])
-            plate = _sample(region, to_region, w, h, "nearest", "border")  # the same pixels, edges repeated
-            color = restore_detail(color[None], plate, keep, self.settings.detail)[0].clamp(min=0.0)
+            color = restore_detail(color[None], _plate_under(region, origin, box), keep,
+                                   self.settings.detail)[0].clamp(min=0.0)
         return color
 
     def choose_mask(self, job: FaceJob, predicted):

@@ -7,6 +7,9 @@
   edges anywhere (a nose's outline, a frame of glasses): where the plate's high-pass is far above skin
   texture's level (DETAIL_EDGE) it fades out, so texture comes back and shapes do not.
 - `sharpen`: an unsharp mask of the swapped face itself, at the scale its pixels were enlarged by.
+- `match_edges`: the other end of the spectrum. Near the matte's edge the face takes the plate's low
+  frequencies (colour and shading), so the swap meets its surround as the original face did; a global
+  colour match cannot, where light falls differently across the face.
 
 Both work on N x C x H x W float tensors in the shot's own space, so they run wherever convert runs.
 """
@@ -60,3 +63,14 @@ def restore_detail(face: torch.Tensor, plate: torch.Tensor, weight: torch.Tensor
 def sharpen(face: torch.Tensor, amount: float, sigma: float) -> torch.Tensor:
     """Unsharp mask: `face` plus `amount` times its own detail finer than `sigma` pixels."""
     return face + amount * high_pass(face, sigma)
+
+
+def match_edges(face: torch.Tensor, plate: torch.Tensor, alpha: torch.Tensor, amount: float, sigma: float) -> torch.Tensor:
+    """`face` plus `amount` of the plate's difference from it at the scale of `sigma` pixels, in full at
+    the matte's edge (`alpha`, N x 1 x H x W) and fading to nothing about 2 sigma inside. The difference is
+    averaged over the face only: outside the matte the crop shows no face to compare."""
+    inside = (alpha > 0.5).to(face)
+    coverage = gaussian_blur(inside, sigma)
+    difference = gaussian_blur((plate - face) * inside, sigma) / coverage.clamp(min=1e-3)
+    near_edge = (2 * (1 - coverage)).clamp(0, 1)  # 1 on the edge, where half the blur is face
+    return face + amount * near_edge * difference

@@ -41,11 +41,16 @@ def parse_ranges(text: str) -> list[tuple[int, int]]:
     return ranges
 
 
+def frame_number(name: str) -> int | None:
+    """The frame number a file's name carries: the last number in its stem, or None."""
+    digits = re.findall(r"\d+", Path(name).stem)
+    return int(digits[-1]) if digits else None
+
+
 def sequence_numbers(names: list[str]) -> list[int]:
     """The frame numbers of an image sequence's files `names` (sorted): the last number in each name, or
     the position in name order (from 1) when some name has none or two share one."""
-    digits = [re.findall(r"\d+", Path(name).stem) for name in names]
-    numbers = [int(d[-1]) if d else None for d in digits]
+    numbers = [frame_number(name) for name in names]
     if None in numbers or len(set(numbers)) != len(numbers):
         return list(range(1, len(names) + 1))
     return numbers

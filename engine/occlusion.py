@@ -27,12 +27,13 @@ from . import media
 from .augment import Augmentation, sample_params, shift_lab
 from .events import EngineError, Events
 from .faceset import LEARNED_MASKS, Faceset
+from .frames import IMAGE_EXTENSIONS, frame_number
+from .model import clear_stop, stop_requested
 from .options import number_in
 
 FORMAT = "facereplace.occlusion"
 VERSION = 1
 DEFAULT_MODEL = "mask_model"  # inside the faceset, when --model is not given
-STOP_FILE = "stop"
 MODEL_MARK = "mask_model"  # the PNG text key naming the checkpoint that drew a learned mask
 # Stronger than the face model's: a segmenter taught by eight frames must see the occluder everywhere.
 # Apply's matte is the network's probability with its contrast raised about 0.5 by this factor: below
@@ -144,10 +145,10 @@ def read_labels(labels: str | Path, faceset: Faceset, warn) -> tuple[np.ndarray,
         raise EngineError(f"labels folder not found: {folder}")
     alignments, size = faceset.alignments, faceset.face_size
     width, height = alignments.source_size
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in media.IMAGE_EXTENSIONS and not p.name.startswith("."))
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
     faces, mattes, numbers = [], [], []
     for path in files:
-        number = media._frame_number(path.name)
+        number = frame_number(path.name)
         frame = alignments.frame(number) if number is not None else None
         if frame is None or not frame.faces:
             warn(f"label {path.name} is for frame {number}, which has no face in {faceset.folder}; it is not used")
@@ -236,7 +237,7 @@ def train(faceset: str | Path, labels: str | Path, model_dir: str | Path, iterat
     media.check_writable(model_dir)
     media.lock_folder(model_dir)
     media.sweep_temp_files(model_dir)
-    (model_dir / STOP_FILE).unlink(missing_ok=True)
+    clear_stop(model_dir)
 
     images = torch.from_numpy(_to_size(faces, settings.size, cv2.INTER_AREA)).permute(0, 3, 1, 2).to(torch_device)
     targets = torch.from_numpy(_to_size(mattes, settings.size, cv2.INTER_AREA)).permute(0, 3, 1, 2).to(torch_device)
@@ -277,7 +278,7 @@ def train(faceset: str | Path, labels: str | Path, model_dir: str | Path, iterat
             if not math.isfinite(loss_sum):
                 raise EngineError(f"the mask loss stopped being a number at iteration {iteration}; "
                                   f"a lower --learning-rate helps (nothing of this run was saved after the last checkpoint)")
-            if (model_dir / STOP_FILE).exists():
+            if stop_requested(model_dir):
                 stopped = "stop file"
             if iteration % settings.log_every == 0 or iteration == iterations or stopped != "iterations":
                 it_per_s = window / max(time.monotonic() - window_start, 1e-9)
@@ -291,7 +292,7 @@ def train(faceset: str | Path, labels: str | Path, model_dir: str | Path, iterat
     except KeyboardInterrupt:
         stopped = "SIGINT"
     checkpoint = save(iteration) if iteration > start or not resume else checkpoint_paths(model_dir)[0]
-    (model_dir / STOP_FILE).unlink(missing_ok=True)
+    clear_stop(model_dir)
     network.eval()
     with torch.no_grad():
         iou = _iou(torch.sigmoid(network(images.float() / 255.0)) > 0.5, targets[:, :1] > 0.5)
