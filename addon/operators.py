@@ -240,7 +240,7 @@ def convert_step(scene, frames: tuple[int, int] | None) -> Step:
     output = absolute(convert.output) if convert.output else work_folder(scene) / "output"
     args = [chunk.input, "--alignments", faceset_b / contract.folder("faceset")["alignments"], "--model", model, "--output", output,
             "--mask", convert.mask, "--erode", convert.erode, "--color", convert.color, "--format", convert.format,
-            "--detail", convert.detail, "--frames", chunk.frames]
+            "--detail", convert.detail, "--edge-match", convert.edge_match, "--frames", chunk.frames]
     if not convert.use_auto_feather:
         args += ["--feather", convert.feather]
     argv = engine_command(engine_python(), "convert", args, prefs().device)

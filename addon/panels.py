@@ -209,6 +209,7 @@ class SEQUENCER_PT_facereplace_convert(FaceReplacePanel, bpy.types.Panel):
         sub.prop(convert, "feather")
         col.prop(convert, "color")
         col.prop(convert, "detail")
+        col.prop(convert, "edge_match")
         col.prop(convert, "format")
         settings = edited_scene(context).facereplace
         if settings.target_frames:

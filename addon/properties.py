@@ -102,6 +102,9 @@ class FaceReplaceConvert(bpy.types.PropertyGroup):
     detail: FloatProperty(name="Plate Detail", default=0.0, min=0.0, max=4.0, soft_max=2.0,
                           description="Add the plate's own fine detail (skin, grain) onto the face, not on its "
                                       "eyes and mouth (1: all of it)")
+    edge_match: FloatProperty(name="Edge Match", default=0.0, min=0.0, max=1.0,
+                              description="Near the matte's edge, give the face the plate's own color and shading, "
+                                          "so it meets its surround as the original face did (1: in full)")
     color: EnumProperty(name="Color Match", items=contract.items("convert", "color"),
                         default=contract.default("convert", "color"))
     format: EnumProperty(name="Format", items=contract.items("convert", "format"),

@@ -1,6 +1,6 @@
 """The whole face swap inside Blender, headless, through the FaceReplace extension's own operators.
 
-    .venv/bin/python demo/blender_demo.py [--iterations 3000] [--preset tiny] [--detail 2] [--device auto]
+    .venv/bin/python demo/blender_demo.py [--iterations 3000] [--preset tiny] [--detail 3] [--device auto]
 
 It builds the extension zip and installs it into a private Blender user folder (demo/out/blender-user),
 makes a .blend whose sequencer holds the sample shot (Grace Hopper, an mp4) as target B, with source A the
@@ -23,9 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "demo" / "out"
 USER = OUT / "blender-user"
-# Convert's --detail: the setting docs/train.md ("Sharper faces") measured as the best trade of texture for
-# identity on a CPU-trained 64 px model.
-DETAIL = 2.0
+# Convert's --detail and --edge-match: the settings docs/train.md ("Sharper faces") measured as the best on a
+# CPU-trained 64 px model: texture back (detail ratio 0.9) with identity kept, and the seam halved.
+DETAIL = 3.0
+EDGE_MATCH = 1.0
 LABELLED_FRAMES = 8  # frames of B labelled in the Masks panel, spread over the shot
 MASK_ITERATIONS = 300
 os.environ["BLENDER_USER_RESOURCES"] = str(USER)  # before bpy starts: the extension installs in here
@@ -87,7 +88,7 @@ def make_project(shot_a: Path, shot_b: Path, preset: str, iterations: int, detai
     settings.a.source, settings.a.folder = "FOLDER", str(shot_a)
     settings.b.strip = plate.name
     settings.train.preset, settings.train.iterations = preset, iterations
-    settings.convert.detail = detail
+    settings.convert.detail, settings.convert.edge_match = detail, EDGE_MATCH
     bpy.ops.wm.save_as_mainfile(filepath=str(OUT / "demo.blend"))
     return scene
 

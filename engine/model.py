@@ -349,7 +349,7 @@ def _latest_checkpoint(model_dir: str | Path, device, warn) -> tuple[dict, Path,
     for path in paths:
         try:
             data = path.read_bytes()
-            return parse_checkpoint(data, device), path, _digest(data)
+            return parse_checkpoint(data, device), path, checkpoint_digest(data)
         except Exception as e:  # torch.load raises many kinds on a damaged file; any means "skip it"
             reason = f"{type(e).__name__}: {e}"
             (warn or log.warning)(f"checkpoint {path.name} is damaged ({reason}); using an older one")
@@ -373,7 +373,8 @@ def model_hash(model_dir: str | Path) -> str:
     return _latest_checkpoint(model_dir, "cpu", None)[2]
 
 
-def _digest(data: bytes) -> str:
+def checkpoint_digest(data: bytes) -> str:
+    """The short sha256 that marks outputs with the checkpoint bytes that made them."""
     return hashlib.sha256(data).hexdigest()[:16]
 
 

@@ -223,7 +223,7 @@ def train(faceset: str | Path, labels: str | Path, model_dir: str | Path, iterat
     fs = Faceset(faceset)
     torch_device = pick_device(device)
     if resume:
-        state, checkpoint = _latest(model_dir, torch_device, events.warning)
+        state, checkpoint, _ = _latest(model_dir, torch_device, events.warning)
         settings = MaskSettings.from_dict(state["settings"])
         start = int(state["iteration"])
     else:
@@ -307,18 +307,22 @@ def _iou(predicted, truth) -> float:
     return (predicted & truth).sum().item() / union if union else 1.0
 
 
-def _latest(model_dir: Path, device, warn) -> tuple[dict, Path]:
-    """The newest checkpoint that loads, skipping damaged ones with a warning."""
+def _latest(model_dir: Path, device, warn) -> tuple[dict, Path, str]:
+    """The newest checkpoint that loads, skipping damaged ones with a warning: its state, path and the
+    digest of the very bytes the state was read from."""
+    import io
+
     import torch
 
-    from .model import checkpoint_paths
+    from .model import checkpoint_digest, checkpoint_paths
 
     if not model_dir.is_dir() or not checkpoint_paths(model_dir):
         raise EngineError(f"no mask model in {model_dir} (run python -m engine mask train first)")
     reason = ""
     for path in checkpoint_paths(model_dir):
         try:
-            state = torch.load(path, map_location=device, weights_only=True)
+            data = path.read_bytes()
+            state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
             if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != VERSION:
                 raise ValueError("not a FaceReplace mask model checkpoint of this version")
             settings = MaskSettings.from_dict(state["settings"])
@@ -326,7 +330,7 @@ def _latest(model_dir: Path, device, warn) -> tuple[dict, Path]:
             network.load_state_dict(state["model"])
             if not all(torch.isfinite(v).all() for v in state["model"].values()):
                 raise ValueError("its weights are not all finite numbers")
-            return state, path
+            return state, path, checkpoint_digest(data)
         except Exception as e:  # torch.load and load_state_dict raise many kinds on a damaged file
             reason = f"{type(e).__name__}: {e}"
             warn(f"mask checkpoint {path.name} is damaged ({reason}); using an older one")
@@ -345,17 +349,16 @@ def apply(faceset: str | Path, model_dir: str | Path, device: str = "auto", even
     from torch.nn import functional as F
 
     from .device import pick_device
-    from .model import model_hash
 
     events = events or Events("mask")
     fs = Faceset(faceset)
     torch_device = pick_device(device)
-    state, checkpoint = _latest(Path(model_dir), torch_device, events.warning)
+    state, checkpoint, digest = _latest(Path(model_dir), torch_device, events.warning)
     settings = MaskSettings.from_dict(state["settings"])
     network = _segmenter(settings).to(torch_device)
     network.load_state_dict(state["model"])
     network.eval()
-    mark = {MODEL_MARK: model_hash(model_dir, checkpoint)}
+    mark = {MODEL_MARK: digest}
     media.check_writable(fs.folder / LEARNED_MASKS)
     media.lock_folder(fs.folder)
     media.sweep_temp_files(fs.folder / LEARNED_MASKS)
