@@ -86,6 +86,7 @@ class Shot:
     strip: str | None  # None for a folder that is not in the sequencer
     channel: int = 1
     key: str = ""  # what its result strips are tagged with: the strip's id, or the folder's name
+    colorspace: str = ""  # the strip's colour space in Blender's OCIO config; "" for a folder: the engine's default
 
     @property
     def end(self) -> int:
@@ -175,7 +176,20 @@ def shot_from_strip(strip) -> Shot:
         raise ClientError(f"strip {strip.name} shows none of its frames (check its trims)")
     # The first shown frame of the content (handles dragged past the content only hold a frame).
     start = int(strip.frame_start) + max(first, 0)
-    return Shot(strip.name, path, numbers, start, strip.name, strip.channel, strip.get(STRIP_ID) or strip.name)
+    return Shot(strip.name, path, numbers, start, strip.name, strip.channel, strip.get(STRIP_ID) or strip.name,
+                strip.colorspace_settings.name)
+
+
+def ocio_config() -> str:
+    """The OpenColorIO config Blender runs with: $OCIO when set, else the one it ships."""
+    return os.environ.get("OCIO") or os.path.join(bpy.utils.resource_path("LOCAL"), "datafiles", "colormanagement",
+                                                   "config.ocio")
+
+
+def colour_args(shot: Shot) -> list:
+    """The engine's colour options for `shot`: its strip's colour space, named in Blender's config, so
+    the engine reads the plate as Blender shows it."""
+    return ["--colorspace", shot.colorspace, "--ocio-config", ocio_config()] if shot.colorspace else []
 
 
 def shot_from_folder(folder: str) -> Shot:
@@ -287,6 +301,17 @@ def layer_alpha_mode(output: Path) -> str:
     return ALPHA_MODES[alpha]
 
 
+def layer_colour_space(output: Path) -> str:
+    """The colour space convert wrote the layers in, when it is a name in the config Blender runs with
+    ("" for layers converted without one: Blender's defaults for PNG and EXR then hold)."""
+    try:
+        manifest = json.loads((output / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    same_config = isinstance(manifest, dict) and manifest.get("ocio_config") == ocio_config()
+    return manifest.get("colorspace", "") if same_config else ""
+
+
 def add_result_strips(scene, target: Shot, output: Path, relative: bool = False) -> dict[str, object]:
     """Add the face layer (Alpha Over, with a Color Balance modifier) and the muted matte on the channels
     above the target, frame-aligned with it, replacing the ones an earlier run added. A folder target
@@ -297,7 +322,7 @@ def add_result_strips(scene, target: Shot, output: Path, relative: bool = False)
     if missing:
         shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
         raise ClientError(f"{output} lacks {len(missing)} of the shot's frames ({shown}): convert them first")
-    alpha_mode = layer_alpha_mode(output)
+    alpha_mode, colorspace = layer_alpha_mode(output), layer_colour_space(output)
     key = target.key or target.name
     remove_result_strips(scene, key)
     strips = strip_collection(scene.sequence_editor_create())
@@ -315,10 +340,14 @@ def add_result_strips(scene, target: Shot, output: Path, relative: bool = False)
                         channel, target.start, "face", key, relative=relative)
     face.blend_type = "ALPHA_OVER"
     face.alpha_mode = alpha_mode
+    if colorspace:  # the space the engine wrote the layers in; a matte is data, never colour-converted
+        face.colorspace_settings.name = colorspace
     _add_color_balance(face, scene)
     matte = _image_strip(strips, f"{target.name} matte", output / "matte", [mattes[n] for n in target.numbers],
                          channel + 1, target.start, "matte", key, relative=relative)
     matte.mute = True
+    if colorspace:
+        matte.colorspace_settings.name = "Non-Color"
     for layer in (face, matte):
         _match_placement(layer, plate)
     added.update(face=face, matte=matte)

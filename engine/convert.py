@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, media
+from . import __version__, colorspace, media
 from .events import EngineError, Events
 from .faces import align, masks
 from .faceset import ALIGNMENTS_FILE, Alignments, check_same_shot
@@ -93,6 +93,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--alpha", default=None, choices=ALPHA_MODES,
                         help="the face layer's colour: premultiplied by alpha (EXR's default) or straight "
                              "(PNG's, the only one PNG allows)")
+    colorspace.add_arguments(parser, output=True)
     parser.add_argument("--frames", metavar="A-B", help="convert only frames A-B (inclusive, the shot's numbers): a farm chunk")
     parser.add_argument("--write-frames", action="store_true", help="also write finished frames to frames/")
     parser.add_argument("--write-patches", action="store_true", help="also write aligned patches to patch/")
@@ -107,6 +108,7 @@ def run(args, events: Events) -> None:
         erode=args.erode, feather=args.feather, color=args.color, detail=args.detail, sharpen=args.sharpen,
         fmt=args.format, alpha=args.alpha, frames=args.frames, write_frames=args.write_frames,
         write_patches=args.write_patches, batch=args.batch, events=events, device=args.device, force=args.force,
+        plate_colorspace=args.colorspace, output_colorspace=args.output_colorspace, ocio_config=args.ocio_config,
     )
 
 
@@ -346,10 +348,11 @@ class Converter:
     """The per-face and per-frame pixel work, on one torch device."""
 
     def __init__(self, model, size: int, device, identity: str, mask: str, erode: int, feather: float,
-                 color: str, linear: bool, keep_patches: bool, detail: float = 0.0, sharpen: float = 0.0):
+                 color: str, colour: colorspace.ShotColour, keep_patches: bool, detail: float = 0.0,
+                 sharpen: float = 0.0):
         self.model, self.size, self.device, self.identity = model, size, device, identity
         self.mask_mode, self.erode, self.feather, self.color = mask, erode, feather, color
-        self.linear = linear  # the shot is scene-linear float (EXR); the model works in sRGB
+        self.colour = colour  # the model works in display sRGB, the plate and faces in the plate's space
         self.keep_patches = keep_patches
         self.detail, self.sharpen = detail, sharpen
         self.margin = 2 + max(-erode, 0) + feather_radius(feather)
@@ -394,8 +397,6 @@ class Converter:
         """
         from torch.nn import functional as F
 
-        from .color import linear_to_srgb
-
         k = min(max(math.ceil(1 / _face_scale(job.matrix) - 1e-6), 1), MAX_SUPERSAMPLE)
         # supersampled pixel j sits at aligned coordinate (j + 0.5) / k - 0.5
         sub_to_aligned = np.array([[1 / k, 0, 0.5 / k - 0.5], [0, 1 / k, 0.5 / k - 0.5], [0, 0, 1]])
@@ -405,27 +406,26 @@ class Converter:
         face = _sample(region, pixel_map, self.size * k, self.size * k, "bicubic", "reflection")
         if k > 1:
             face = F.avg_pool2d(face, k)
-        if self.linear:
-            face = linear_to_srgb(face)
+        face = colorspace.convert_tensor(face, self.colour.plate, colorspace.MODEL)
         return face[0].clamp(0.0, 1.0)
 
     # -- per face: mask, colour, warp back
 
     def finish_face(self, job: FaceJob, crop, rgb, predicted, frame_size, region=None, origin=(0, 0)) -> FaceResult:
         """Mask, colour-match and warp one swapped face back into frame pixels."""
-        from .color import match_color, srgb_to_linear
+        from .color import match_color
 
         mask = snap_levels(self.choose_mask(job, predicted), MASK_SNAP)
         face = match_color(self.color, rgb[None], crop[None], mask[None])[0]
         box = self.face_box(job)
         clipped = self.clip(box, frame_size)
-        shot_face = srgb_to_linear(face) if self.linear else face
+        shot_face = colorspace.convert_tensor(face, colorspace.MODEL, self.colour.plate)
         w, h = box[2] - box[0], box[3] - box[1]
         frame_to_aligned = (np.vstack([job.matrix, [0, 0, 1]]) @ np.array([[1, 0, box[0]], [0, 1, box[1]], [0, 0, 1]]))[:2]
         color = _sample(shot_face[None], frame_to_aligned, w, h, "bicubic", "border")[0].clamp(min=0.0)
         if self.detail or self.sharpen:
             color = self.add_detail(color, job, frame_to_aligned, region, origin, box)
-        if not self.linear:
+        if not self.colour.plate.scene_linear:  # a display-referred or log plate holds 0-1
             color = color.clamp(max=1.0)
         alpha = _sample(mask[None], frame_to_aligned, w, h, "bilinear", "zeros")
         alpha = shape_mask(alpha, self.erode, self.feather)[0]
@@ -470,10 +470,8 @@ class Converter:
         decoded first), as compositing applications do it."""
         import torch
 
-        from .color import srgb_to_linear
-
         def linear(t):
-            return t if self.linear else srgb_to_linear(t)
+            return colorspace.convert_tensor(t, self.colour.plate, self.colour.working)
 
         _, _, h, w = region.shape
         premultiplied = torch.zeros(3, h, w, device=region.device)
@@ -493,7 +491,7 @@ class Converter:
 
 @dataclass
 class Composite:
-    """A frame's faces over its region (h x w float32 numpy, scene-linear): the layer and the result."""
+    """A frame's faces over its region (h x w float32 numpy, the run's working space): the layer and the result."""
 
     premultiplied: np.ndarray  # h x w x 3, colour times alpha
     alpha: np.ndarray  # h x w
@@ -508,16 +506,12 @@ class Composite:
 # ---------------------------------------------------------------- files
 
 
-def encode(image: np.ndarray, linear: bool, fmt: str) -> np.ndarray:
-    """Pixels in the output's encoding: 16-bit sRGB for png16, float scene-linear for exr. `image` is
-    uint8/uint16 (sRGB) or float; float is linear when `linear`, else sRGB in [0, 1]."""
-    if image.dtype == np.uint8 or image.dtype == np.uint16:
-        image, linear = media.to_float(image), False
-    image = np.asarray(image, np.float32)
+def encode(image: np.ndarray, space: colorspace.Space, output: colorspace.Space, fmt: str) -> np.ndarray:
+    """Pixels in `space` (uint8/uint16 or float) as the output stores them: in the `output` space, 16-bit
+    for png16, float for exr. A float image already in `output` comes back as it is, bit for bit."""
+    image = colorspace.convert(colorspace.as_float(image), space, output)
     if fmt == "exr":
-        return image if linear else media.srgb_to_linear(image)
-    if linear:
-        image = media.linear_to_srgb(image)
+        return image
     return np.round(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
@@ -539,18 +533,20 @@ class FrameWork:
     results: dict = field(default_factory=dict)
 
 
-def encode_layer(composed: Composite, fmt: str, alpha_mode: str) -> np.ndarray:
-    """The RGBA face layer's pixels: premultiplied scene-linear EXR, or straight colour in either format."""
+def encode_layer(composed: Composite, fmt: str, alpha_mode: str, colour: colorspace.ShotColour) -> np.ndarray:
+    """The RGBA face layer's pixels: premultiplied EXR, or straight colour in either format."""
     matte = encode_matte(composed.alpha, fmt)
-    if alpha_mode == "premultiplied":
+    if alpha_mode == "premultiplied" and colour.working == colour.output:
         color = composed.premultiplied
+    elif alpha_mode == "premultiplied":
+        color = encode(composed.straight(), colour.working, colour.output, fmt) * composed.alpha[..., None]
     else:
         opaque = matte > 0  # as stored: a 16-bit zero is transparent however small the float
-        color = np.where(opaque[..., None], encode(composed.straight(), True, fmt), 0)
+        color = np.where(opaque[..., None], encode(composed.straight(), colour.working, colour.output, fmt), 0)
     return np.dstack([color, matte]).astype(matte.dtype)
 
 
-def _write_frame(work: FrameWork, composed: Composite | None, frame_size, linear: bool, fmt: str,
+def _write_frame(work: FrameWork, composed: Composite | None, frame_size, colour: colorspace.ShotColour, fmt: str,
                  common: dict) -> None:
     """Encode and write one frame's files. The face layer goes last, so its presence (with the right
     marking) means the frame is complete."""
@@ -558,17 +554,17 @@ def _write_frame(work: FrameWork, composed: Composite | None, frame_size, linear
     out = work.outputs
     empty = np.float32 if fmt == "exr" else np.uint16
     layer = np.zeros((h, w, 4), empty)
-    finished = encode(work.image, linear, fmt) if out.frame else None
+    finished = encode(work.image, colour.plate, colour.output, fmt) if out.frame else None
     if composed is not None:
         x0, y0, x1, y1 = work.box
-        layer[y0:y1, x0:x1] = encode_layer(composed, fmt, common["alpha"])
+        layer[y0:y1, x0:x1] = encode_layer(composed, fmt, common["alpha"], colour)
         if finished is not None:  # pixels the layer does not reach keep the shot's own values exactly
             touched = layer[y0:y1, x0:x1, 3:] > 0
-            finished[y0:y1, x0:x1] = np.where(touched, encode(composed.finished, True, fmt), finished[y0:y1, x0:x1])
+            finished[y0:y1, x0:x1] = np.where(touched, encode(composed.finished, colour.working, colour.output, fmt), finished[y0:y1, x0:x1])
     matte = np.ascontiguousarray(layer[..., 3])
     for index, (patch_path, mask_path) in enumerate(out.patches):
         result = work.results[index]
-        media.write_image(patch_path, encode(result.patch, False, fmt), _marking(common, "patch", work.number))
+        media.write_image(patch_path, encode(result.patch, colorspace.MODEL, colour.output, fmt), _marking(common, "patch", work.number))
         media.write_image(mask_path, encode_matte(result.patch_mask, fmt), _marking(common, "patch_mask", work.number))
     media.write_image(out.matte, matte, _marking(common, "matte", work.number))
     if finished is not None:
@@ -621,6 +617,9 @@ def convert(
     events: Events | None = None,
     device: str = "auto",
     force: bool = False,
+    plate_colorspace: str | None = None,
+    output_colorspace: str | None = None,
+    ocio_config: str | None = None,
 ) -> dict:
     """Convert `input` (a video or image folder) with its alignments and a trained model into `output`.
     `force` converts with alignments whose shot signature does not match `input`.
@@ -647,6 +646,7 @@ def convert(
         raise EngineError(f"--batch must be 1 or more, got {batch}")
 
     source = media.FrameSource(input)
+    colour = _colour(source, fmt, plate_colorspace, output_colorspace, ocio_config)
     alignments_path = Path(alignments)
     if alignments_path.is_dir():
         alignments_path = alignments_path / ALIGNMENTS_FILE
@@ -679,7 +679,7 @@ def convert(
     ext = FORMATS[fmt]
     feather = _auto_feather(shot) if feather is None else float(feather)
     settings = {"direction": direction, "mask": mask, "erode": erode, "feather": feather, "color": color,
-                "format": fmt, **({"detail": detail, "sharpen": sharpen} if detail or sharpen else {})}
+                "format": fmt, "colour": colour.record(), **({"detail": detail, "sharpen": sharpen} if detail or sharpen else {})}
     common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True, "alpha": alpha,
               "model_hash": model_hash(model_dir, model.checkpoint), "settings": settings}
 
@@ -693,7 +693,7 @@ def convert(
             for n in numbers}
     todo = [n for n in numbers if not _is_complete(work[n].outputs, common)]
     _write_manifest(folder, source, shot, alignments_path, model_dir, config, common, ext, write_frames,
-                    write_patches, jobs, events)
+                    write_patches, jobs, events, colour)
     if write_patches:
         media.write_json(folder / "patch" / MATRICES_FILE, _matrices(jobs, size, ext, source.size))
 
@@ -703,7 +703,7 @@ def convert(
         events.emit("resume", frames_done=len(numbers) - len(todo))
     batch = batch or (32 if torch_device.type == "cuda" else 8)
     converter = Converter(model, size, torch_device, DIRECTIONS[direction], mask, erode, feather, color,
-                          source.linear, write_patches, detail, sharpen)
+                          colour, write_patches, detail, sharpen)
     # On the CPU the cores are shared: half for torch, the rest for the reader and the writers, which
     # would otherwise preempt torch's worker threads mid-operation and stall every small warp.
     cores = len(os.sched_getaffinity(0))
@@ -732,8 +732,22 @@ def convert(
     return summary
 
 
+def _colour(source, fmt, plate: str | None, output: str | None, config: str | None) -> colorspace.ShotColour:
+    """The run's spaces. Files are written in the plate's space, except that exr files of a display-referred
+    plate hold the config's scene-linear space, as EXR's convention is. Without names, as before colour
+    management: an 8/16-bit plate is sRGB and a float one linear Rec.709, png16 files are written in sRGB
+    and exr files in linear Rec.709."""
+    plate_space = colorspace.plate_space(plate, config, source.linear)
+    if output:
+        return colorspace.ShotColour(plate_space, colorspace.resolve(output, config))
+    if plate:
+        linear = fmt == "exr" and not plate_space.scene_linear
+        return colorspace.ShotColour(plate_space, colorspace.resolve("scene_linear", config) if linear else plate_space)
+    return colorspace.ShotColour(plate_space, colorspace.BUILTIN_LINEAR if fmt == "exr" else colorspace.MODEL)
+
+
 def _write_manifest(folder, source, shot, alignments_path, model_dir, config, common, ext, write_frames,
-                    write_patches, jobs, events) -> None:
+                    write_patches, jobs, events, colour) -> None:
     """manifest.json: the same bytes from every chunk of one job, so parallel chunks can all write it."""
     path = folder / MANIFEST_FILE
     files = {"face": f"face/face_%06d{ext}", "matte": f"matte/matte_%06d{ext}"}
@@ -754,7 +768,9 @@ def _write_manifest(folder, source, shot, alignments_path, model_dir, config, co
         "alignments": str(alignments_path.resolve()),
         "model": str(model_dir.resolve()),
         "model_size": config.size,
-        "colorspace": "linear" if ext == ".exr" else "sRGB",
+        "colorspace": colour.output.name,  # of every file written
+        "plate_colorspace": colour.plate.name,
+        "ocio_config": colour.output.config,
         "frame_range": [source.numbers[0], source.numbers[-1]],
         "frame_numbers": list(source.numbers),
         "frames_with_faces": [n for n, faces in jobs.items() if faces],
@@ -865,4 +881,4 @@ class _Run:
 
     def _write(self, work: FrameWork, composed) -> None:
         with self.clock("encode"):
-            _write_frame(work, composed, self.source.size, self.source.linear, self.fmt, self.common)
+            _write_frame(work, composed, self.source.size, self.converter.colour, self.fmt, self.common)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import media
+from . import colorspace, media
 from .events import EngineError, Events
 from .faces import align, identity, masks
 from .faces.detect import Detection, make_detector
@@ -48,6 +48,7 @@ def add_arguments(parser) -> None:
                         help="keep the person who is face INDEX (0 = largest) in FRAME of this shot")
     parser.add_argument("--identity-threshold", type=float, default=identity.SAME_PERSON,
                         help="largest embedding distance counted as the same person")
+    colorspace.add_arguments(parser)
     parser.add_argument("--no-smooth", action="store_true", help="keep raw landmarks (no temporal smoothing)")
     parser.add_argument("--smooth-cutoff", type=number_in(0, 1000, above=True), default=SmoothSettings.min_cutoff,
                         help="One-Euro min cutoff in Hz: lower is smoother for a still face")
@@ -62,7 +63,7 @@ def run(args, events: Events) -> None:
         identity_threshold=args.identity_threshold, smoothing=not args.no_smooth,
         smooth=SmoothSettings(min_cutoff=args.smooth_cutoff, beta=args.smooth_beta),
         fan_weights=args.fan_weights, cnn=args.cnn, device=args.device, events=events,
-        offline=args.offline, batch=args.batch,
+        offline=args.offline, batch=args.batch, plate_colorspace=args.colorspace, ocio_config=args.ocio_config,
     )
 
 
@@ -86,6 +87,8 @@ def extract(
     events: Events | None = None,
     offline: bool = False,
     batch: int | None = None,
+    plate_colorspace: str | None = None,
+    ocio_config: str | None = None,
 ) -> dict:
     """Write a faceset for `input` into `output`; returns the summary that the "done" event carries."""
     events = events or Events("extract")
@@ -97,6 +100,7 @@ def extract(
     if batch is not None and not 1 <= batch <= 256:
         raise EngineError(f"--batch {batch} is out of range (1 to 256)")
     source = media.FrameSource(input)
+    plate = colorspace.plate_space(plate_colorspace, ocio_config, source.linear)
     numbers = source.select(frames, every)
     folder = media.check_writable(output)
     settings = {
@@ -111,6 +115,8 @@ def extract(
         "identity_threshold": identity_threshold,
         "smoothing": smoothing,
         "smooth": vars(smooth),
+        "colorspace": plate.name,  # the plate's; the detector and faces/ see its frames as sRGB
+        "ocio_config": plate.config,
     }
     _check_resumable(folder, settings)
     media.lock_folder(folder)
@@ -126,7 +132,7 @@ def extract(
 
     if batch is None:  # frames per detector call
         batch = 8 if str(torch_device) == "cuda" and detector_impl.name == "fan" else 1
-    detections = _detect_all(source, numbers, folder / DETECTIONS_FILE, detector_impl, events, batch)
+    detections = _detect_all(source, numbers, folder / DETECTIONS_FILE, detector_impl, events, batch, plate)
     if reference is None and reference_face:
         reference = _reference_from_shot(detections, reference_face)
     chosen = _choose_person(detections, numbers, reference, identity_threshold)
@@ -150,7 +156,8 @@ def extract(
         settings=settings,
         signature=media.shot_signature(source),
     )
-    _write_faces(source, numbers, every, detections, chosen, alignments, folder, smoothing, smooth, events)
+    _write_faces(source, numbers, every, detections, chosen, alignments, folder, smoothing, smooth, events,
+                 plate)
     alignments.complete = True
     alignments.save(folder / ALIGNMENTS_FILE)
     write_contact_sheet(folder, alignments)
@@ -228,7 +235,8 @@ def _batches(items, size: int):
         yield batch
 
 
-def _detect_all(source, numbers, path: Path, detector, events: Events, batch: int) -> dict[int, list[dict]]:
+def _detect_all(source, numbers, path: Path, detector, events: Events, batch: int,
+                plate: colorspace.Space) -> dict[int, list[dict]]:
     done = _load_detections(path)
     todo = [n for n in numbers if n not in done]
     if done:
@@ -237,7 +245,7 @@ def _detect_all(source, numbers, path: Path, detector, events: Events, batch: in
     already, processed = len(numbers) - len(todo), 0
     with open(path, "a") as log_file, media.Prefetch(source, todo) as decoded:
         for frames in _batches(decoded, batch):
-            images = [media.to_srgb8(image) for _, image in frames]
+            images = [colorspace.display8(image, plate) for _, image in frames]
             for (number, _), rgb, found in zip(frames, images, detector.detect_batch(images), strict=True):
                 embeddings = identity.embed_faces(rgb, [d.landmarks for d in found])
                 faces = [_detection_to_json(d, e) for d, e in zip(found, embeddings, strict=True)]
@@ -318,7 +326,8 @@ def _choose_person(detections, numbers, reference, threshold) -> dict[int, dict 
 # ---------------------------------------------------------------- pass 2: write the faceset
 
 
-def _write_faces(source, numbers, every, detections, chosen, alignments, folder, smoothing, smooth, events):
+def _write_faces(source, numbers, every, detections, chosen, alignments, folder, smoothing, smooth, events,
+                 plate: colorspace.Space):
     raw = {n: np.asarray(f["landmarks"], np.float64) for n, f in chosen.items() if f is not None}
     smoothed = dict(raw)
     if smoothing:
@@ -357,7 +366,7 @@ def _write_faces(source, numbers, every, detections, chosen, alignments, folder,
         for i, (n, image) in enumerate(decoded, 1):
             face = by_number[n].faces[0]
             matrix = np.asarray(face.matrix)
-            media.write_image(folder / face.image, align.warp_face(media.to_srgb8(image), matrix, size))
+            media.write_image(folder / face.image, align.warp_face(colorspace.display8(image, plate), matrix, size))
             points = align.transform_points(np.asarray(face.landmarks), matrix)
             for kind, path in (("hull", face.mask_hull), ("extended", face.mask_extended)):
                 mask = masks.MASKS[kind](points, size)

@@ -137,7 +137,7 @@ def test_every_output_is_marked_synthetic(converted_b, tiny_model):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model_hash"] == digest and manifest["synthetic"] is True
     assert manifest["frame_range"] == [1, 16] and manifest["files"]["face"] == "face/face_%06d.png"
-    assert manifest["alpha"] == "straight" and manifest["colorspace"] == "sRGB"
+    assert manifest["alpha"] == "straight" and manifest["colorspace"] == "sRGB Encoded Rec.709 (sRGB)"
 
 
 def test_patches_go_back_with_their_matrices(converted_b):
@@ -270,7 +270,7 @@ def test_linear_exr_shot_round_trips_without_a_shift(identity_model, faceset_b, 
         linear = media.srgb_to_linear(frame / 255.0)
         linear[:30, :60] = 4.0  # a highlight no display-referred format could hold
         originals[number] = linear
-        media.write_exr(plate / f"plate_{number:04d}.exr", linear)
+        media.write_image(plate / f"plate_{number:04d}.exr", linear)
     out = tmp_path / "out"
     convert(plate, faceset_b, identity_model, out, mask="predicted", feather=0, color="none", fmt="exr",
             write_frames=True, frames="1-6", device="cpu")
@@ -285,7 +285,7 @@ def test_linear_exr_shot_round_trips_without_a_shift(identity_model, faceset_b, 
         assert np.all(np.abs(ratio - 1) < 0.01), ratio  # no gamma or colour shift
         assert np.abs(layer[..., :3][core] - original[core]).mean() < 0.01
         assert read_marking(out / "face" / f"face_{number:06d}.exr")["settings"]["format"] == "exr"
-    assert json.loads((out / "manifest.json").read_text())["colorspace"] == "linear"
+    assert json.loads((out / "manifest.json").read_text())["colorspace"] == "Linear Rec.709 (sRGB)"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
