@@ -9,7 +9,8 @@
       patch/patch_%06d.png|exr       the swapped face in aligned space, its mask and matrices.json
       patch/patch_mask_%06d.png|exr  (--write-patches)
 
-%06d is the source frame number. PNGs are 16-bit sRGB; EXRs are 32-bit float scene-linear. Every
+%06d is the source frame number. PNGs are 16-bit, EXRs 32-bit float, both in the output colour space
+(engine.colorspace: the plate's; without --colorspace, sRGB PNGs and scene-linear EXRs). Every
 file carries a synthetic-media marking (PNG iTXt / EXR header) with the tool, version, model hash and
 settings, and nothing that depends on which frames a run was asked for, so farm chunks (--frames A-B)
 write disjoint files that together are byte-identical to one full run; a rerun skips frames whose files
@@ -89,7 +90,7 @@ def add_arguments(parser) -> None:
                         help="add this much of the plate's own fine detail (skin, grain) onto the face, not on its eyes and mouth (0-4; 0: off; 2 suits a 64 px model)")
     parser.add_argument("--sharpen", type=number_in(0, 4), default=0.0, metavar="AMOUNT", help="unsharp-mask the face by this amount (0: off)")
     parser.add_argument("--format", default="png16", choices=list(FORMATS),
-                        help="png16: 16-bit sRGB PNG; exr: 32-bit float scene-linear EXR")
+                        help="png16: 16-bit PNG; exr: 32-bit float EXR (sRGB and scene-linear without --colorspace)")
     parser.add_argument("--alpha", default=None, choices=ALPHA_MODES,
                         help="the face layer's colour: premultiplied by alpha (EXR's default) or straight "
                              "(PNG's, the only one PNG allows)")
