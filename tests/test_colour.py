@@ -127,7 +127,7 @@ def test_10bit_dpx_sequence_extracts_like_its_png_and_converts(identity_model, t
     for i, frame in enumerate(frames, 1):
         media.write_image(tmp_path / "dpx" / f"scan.{i:04d}.dpx", frame.astype(np.uint16) * 257, bits=10)
     scan = media.read_image(tmp_path / "dpx" / "scan.0001.dpx")
-    assert scan.dtype == np.uint16 and np.abs(scan.astype(int) - frames[0].astype(int) * 257).max() <= 32
+    assert scan.dtype == np.uint16 and np.abs(scan.astype(int) - frames[0].astype(int) * 257).max() <= 64  # one 10-bit level
     a = extract(png, tmp_path / "fs_png", detector="dlib", size=128)
     b = extract(tmp_path / "dpx", tmp_path / "fs_dpx", detector="dlib", size=128, plate_colorspace="sRGB Encoded Rec.709 (sRGB)")
     assert a["faces"] == b["faces"] == 3
