@@ -13,7 +13,7 @@ import torch
 from skimage.color import rgb2lab
 
 from demo import samples
-from engine import media
+from engine import colorspace, media
 from engine import model as model_module
 from engine.convert import Converter, FaceJob, convert, read_marking, shape_mask
 from engine.extract import extract
@@ -249,7 +249,8 @@ def test_crop_matches_the_facesets_own_aligned_faces(faceset_b, shot_b):
     """The model sees what extract showed it in training: convert's crop at the faceset's size equals
     the faceset's aligned face (which extract cut with OpenCV) up to resampling."""
     shot = Alignments.load(faceset_b)
-    converter = Converter(None, 128, torch.device("cpu"), "a", "hull", 0, 0.0, "none", False, False)
+    srgb = colorspace.ShotColour(colorspace.MODEL, colorspace.MODEL)
+    converter = Converter(None, 128, torch.device("cpu"), "a", "hull", 0, 0.0, "none", srgb, False)
     for number, image in list(source_frames(shot_b).items())[::5]:
         face = shot.frame(number).faces[0]
         job = FaceJob(number, 0, 0, np.asarray(face.matrix), face.aligned_landmarks())
