@@ -162,22 +162,22 @@ def shot_identity(alignments: Alignments) -> np.ndarray | None:
 # ---------------------------------------------------------------- per-frame measures
 
 
-def layer_space(manifest: dict) -> colorspace.Space:
-    """The layers' colour space, from their manifest. Manifests from before colour management name
-    "sRGB" or "linear" and no config."""
-    name = manifest.get("colorspace")
-    legacy = {"sRGB": colorspace.MODEL, "linear": colorspace.BUILTIN_LINEAR}
-    if name in legacy and "ocio_config" not in manifest:
-        return legacy[name]
-    config = manifest.get("ocio_config")
+def layer_space(manifest: dict) -> colorspace.Space | None:
+    """The layers' colour space, from their manifest; None for a manifest from before colour management
+    (no ocio_config), whose layers are sRGB when integer and linear Rec.709 when float."""
+    if "ocio_config" not in manifest:
+        return None
+    name, config = manifest.get("colorspace"), manifest.get("ocio_config")
     if not isinstance(name, str) or not isinstance(config, str):
         raise EngineError("the layers' manifest names no colour space (colorspace, ocio_config)")
     return colorspace.resolve(name, config)
 
 
 def composite(frame: np.ndarray, layer: np.ndarray, plate: colorspace.Space,
-              layer_space: colorspace.Space) -> tuple[np.ndarray, np.ndarray]:
+              layer_space: colorspace.Space | None) -> tuple[np.ndarray, np.ndarray]:
     """(composite as sRGB uint8, alpha float32): straight-alpha over, in the shot's own space, shown in sRGB."""
+    if layer_space is None:
+        layer_space = colorspace.BUILTIN_LINEAR if layer.dtype.kind == "f" else colorspace.MODEL
     alpha = np.clip(colorspace.as_float(layer[..., 3]), 0.0, 1.0)
     color = colorspace.convert(colorspace.as_float(layer[..., :3]), layer_space, plate)
     base = colorspace.as_float(frame)
@@ -293,7 +293,7 @@ class FrameMeasures:
     """Measures one frame, keeping what the next frame's temporal measures need."""
 
     def __init__(self, alignments: Alignments, identity_a: np.ndarray, detector,
-                 spaces: tuple[colorspace.Space, colorspace.Space],
+                 spaces: tuple[colorspace.Space, colorspace.Space | None],
                  gallery: dict[str, np.ndarray] | None = None):
         """`gallery`: identity name -> embedding, A's ("A") among them, for gallery retrieval."""
         self.alignments, self.identity_a, self.detector, self.spaces = alignments, identity_a, detector, spaces
