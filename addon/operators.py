@@ -123,7 +123,7 @@ def shot_args(scene, side: str) -> tuple[strips.Shot, list]:
     settings = scene.facereplace
     shot_settings = getattr(settings, side.lower())
     shot = strips.shot_of(scene, shot_settings, side)
-    args = [shot.input, "--frames", shot.frames, "--size", settings.face_size]
+    args = [shot.input, "--frames", shot.frames, "--size", settings.face_size, *strips.colour_args(shot)]
     if shot_settings.use_reference:
         args += ["--reference-face", f"{shot.number_at(shot_settings.reference_frame)}:{shot_settings.reference_face}"]
     return shot, args
@@ -240,7 +240,8 @@ def convert_step(scene, frames: tuple[int, int] | None) -> Step:
     output = absolute(convert.output) if convert.output else work_folder(scene) / "output"
     args = [chunk.input, "--alignments", faceset_b / contract.folder("faceset")["alignments"], "--model", model, "--output", output,
             "--mask", convert.mask, "--erode", convert.erode, "--color", convert.color, "--format", convert.format,
-            "--detail", convert.detail, "--edge-match", convert.edge_match, "--frames", chunk.frames]
+            "--detail", convert.detail, "--edge-match", convert.edge_match, "--frames", chunk.frames,
+            *strips.colour_args(chunk)]
     if not convert.use_auto_feather:
         args += ["--feather", convert.feather]
     argv = engine_command(engine_python(), "convert", args, prefs().device)

@@ -85,6 +85,7 @@ class Shot:
     strip: str | None  # None for a folder that is not in the sequencer
     channel: int = 1
     key: str = ""  # what its result strips are tagged with: the strip's id, or the folder's name
+    colorspace: str = ""  # the strip's colour space in Blender's OCIO config; "" for a folder: the engine's default
 
     @property
     def end(self) -> int:
@@ -163,7 +164,20 @@ def shot_from_strip(strip) -> Shot:
         raise ClientError(f"strip {strip.name} shows none of its frames (check its trims)")
     # The first shown frame of the content (handles dragged past the content only hold a frame).
     start = int(strip.frame_start) + max(first, 0)
-    return Shot(strip.name, path, numbers, start, strip.name, strip.channel, strip.get(STRIP_ID) or strip.name)
+    return Shot(strip.name, path, numbers, start, strip.name, strip.channel, strip.get(STRIP_ID) or strip.name,
+                strip.colorspace_settings.name)
+
+
+def ocio_config() -> str:
+    """The OpenColorIO config Blender runs with: $OCIO when set, else the one it ships."""
+    return os.environ.get("OCIO") or os.path.join(bpy.utils.resource_path("LOCAL"), "datafiles", "colormanagement",
+                                                   "config.ocio")
+
+
+def colour_args(shot: Shot) -> list:
+    """The engine's colour options for `shot`: its strip's colour space, named in Blender's config, so
+    the engine reads the plate as Blender shows it."""
+    return ["--colorspace", shot.colorspace, "--ocio-config", ocio_config()] if shot.colorspace else []
 
 
 def shot_from_folder(folder: str) -> Shot:
@@ -253,7 +267,10 @@ def read_manifest(output: Path) -> dict:
         raise ClientError(f"cannot read {path}: convert the shot again") from None
     if manifest.get("alpha") not in ALPHA_MODES:
         raise ClientError(f"{path} names no known alpha ({manifest.get('alpha')!r}): convert the shot again")
-    return {"alpha": manifest["alpha"], "files": files, "settings": settings}
+    # The colour space convert wrote the layers in, when it is a name in the config Blender runs with
+    # ("" for layers converted without one: Blender's defaults for PNG and EXR then hold).
+    colorspace = manifest.get("colorspace", "") if manifest.get("ocio_config") == ocio_config() else ""
+    return {"alpha": manifest["alpha"], "files": files, "settings": settings, "colorspace": colorspace}
 
 
 def result_file(output: Path, manifest: dict, kind: str, number: int) -> Path | None:
@@ -276,7 +293,7 @@ def add_result_strips(scene, target: Shot, output: Path, relative: bool = False)
     if missing:
         shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
         raise ClientError(f"{output} lacks {len(missing)} of the shot's frames ({shown}): convert them first")
-    alpha_mode = ALPHA_MODES[manifest["alpha"]]
+    alpha_mode, colorspace = ALPHA_MODES[manifest["alpha"]], manifest["colorspace"]
     key = target.key or target.name
     earlier = result_strips(scene, key).get("face")
     tuned = blend.values(earlier) if earlier is not None else None
@@ -297,10 +314,14 @@ def add_result_strips(scene, target: Shot, output: Path, relative: bool = False)
                         channel, target.start, "face", key, relative=relative)
     face.blend_type = "ALPHA_OVER"
     face.alpha_mode = alpha_mode
+    if colorspace:  # the space the engine wrote the layers in; a matte is data, never colour-converted
+        face.colorspace_settings.name = colorspace
     blend.add_blend_modifier(face, scene, tuned)
     matte = _image_strip(strips, f"{target.name} matte", mattes[0].parent, [p.name for p in mattes],
                          channel + 1, target.start, "matte", key, relative=relative)
     matte.mute = True
+    if colorspace:
+        matte.colorspace_settings.name = "Non-Color"
     for layer in (face, matte):
         _match_placement(layer, plate)
     added.update(face=face, matte=matte)

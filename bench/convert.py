@@ -9,6 +9,11 @@ time split between decode, model, warp/blend and encode, and what the output wei
 exr-multilayer's data window is for. "MB/frame" is the face layer and matte files of one frame; "read ms"
 reads all their channels back with OpenEXR (PNG: OpenCV).
 
+    .venv/bin/python bench/convert.py --io [--resolutions 1080p]     still-image read/write only
+
+--io times reading and writing one frame of convert's outputs (16-bit RGBA PNG, float RGBA EXR) through
+engine.media (OpenImageIO), against the path before it: OpenCV for PNG, the OpenEXR module for EXR.
+
 The shots are the Grace Hopper sample moving with known transforms, so their alignments come from the
 transforms (no detector in the timing). The model is a freshly initialised one of the preset: its speed
 does not depend on its weights. Stage times are busy seconds per frame summed over the threads that run
@@ -86,6 +91,58 @@ def output_cost(out: Path) -> tuple[float, float]:
     read_ms = 1000 * (time.perf_counter() - started) / frames
     return sum(p.stat().st_size for p in files) / frames / 1e6, read_ms
 
+def old_write(path: Path, image: np.ndarray, metadata: dict) -> None:
+    """Convert's writes before OpenImageIO: OpenCV's PNG with our iTXt chunks, the OpenEXR module's EXR."""
+    if path.suffix == ".png":
+        media.write_bytes(path, media.encode_png(image, metadata))
+        return
+    import OpenEXR
+
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage, **metadata}
+    with media.atomic_path(path) as tmp, OpenEXR.File(header, {"RGBA": image}) as f:
+        f.write(str(tmp))
+
+
+def old_read(path: Path) -> np.ndarray:
+    if path.suffix == ".png":
+        import cv2
+
+        return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
+    import OpenEXR
+
+    with OpenEXR.File(str(path)) as f:
+        return np.array(f.channels()["RGBA"].pixels)
+
+
+def io_speeds(resolutions: list[str], repeats: int = 5) -> list[dict]:
+    """ms per frame to write and read a face layer, old path and OpenImageIO's, per format and size."""
+    rows = []
+    print(f"{'size':6s} {'format':6s} {'write old':>10s} {'write new':>10s} {'read old':>10s} {'read new':>10s}  ms/frame")
+    marking = {"facereplace": '{"tool": "FaceReplace"}'}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in resolutions:
+            width, height = RESOLUTIONS[name]
+            clip, _ = samples.make_clip("grace_hopper", 1, (width, height), scale=height / 360 * 0.6)
+            rgba = np.dstack([clip[0], np.full((height, width), 255, np.uint8)])
+            for fmt, image in (("png16", rgba.astype(np.uint16) * 257),
+                               ("exr", media.srgb_to_linear(rgba / 255.0))):
+                path = Path(tmp) / f"layer{'.png' if fmt == 'png16' else '.exr'}"
+                times = {}
+                for label, write, read in (("old", old_write, old_read),
+                                           ("new", media.write_image, media.read_image)):
+                    started = time.perf_counter()
+                    for _ in range(repeats):
+                        write(path, image, marking)
+                    times[f"write_{label}"] = 1000 * (time.perf_counter() - started) / repeats
+                    started = time.perf_counter()
+                    for _ in range(repeats):
+                        assert np.array_equal(read(path), image)
+                    times[f"read_{label}"] = 1000 * (time.perf_counter() - started) / repeats
+                print(f"{name:6s} {fmt:6s} " + " ".join(f"{times[k]:10.1f}" for k in
+                                                        ("write_old", "write_new", "read_old", "read_new")))
+                rows.append({"resolution": name, "format": fmt, **{k: round(v, 2) for k, v in times.items()}})
+    return rows
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -97,7 +154,13 @@ def main() -> None:
     parser.add_argument("--write-frames", action="store_true", help="also write finished frames")
     parser.add_argument("--small-face", action="store_true", help="a face as small as in a 360p shot at every size")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write every figure to this JSON file")
+    parser.add_argument("--io", action="store_true", help="time still-image reads and writes only, old path and new")
     args = parser.parse_args()
+    if args.io:
+        rows = io_speeds(args.resolutions)
+        if args.json:
+            media.write_json(args.json, {"io": rows})
+        return
     import torch
 
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

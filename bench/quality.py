@@ -180,14 +180,17 @@ def still(data: dict, layers: Path, report: dict, path: Path) -> Path:
     """Plate beside composite, at the shot's middle evaluated frame, for looking at."""
     import numpy as np
 
-    from engine.evaluate import composite
+    from engine import colorspace
+    from engine.evaluate import composite, layer_space
 
     numbers = [r["frame"] for r in report["frames"]]
     number = numbers[len(numbers) // 2]
     source = media.FrameSource(data["shot"])
     _, frame = next(iter(source.frames([number])))
-    layer = media.read_image(layers / (media.read_json(layers / "manifest.json")["files"]["face"] % number))
-    swapped, _ = composite(frame, layer, source.linear)
+    manifest = media.read_json(layers / "manifest.json")
+    layer = media.read_image(layers / (manifest["files"]["face"] % number))
+    swapped, _ = composite(frame, layer, colorspace.plate_space(None, None, source.linear),
+                            layer_space(manifest))
     media.write_image(path, np.concatenate([media.to_srgb8(frame), swapped], axis=1))
     return path
 

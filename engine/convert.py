@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, exr_layers, media
+from . import __version__, colorspace, exr_layers, media
 from .color import COLOR_MODES
 from .events import EngineError, Events
 from .faces import align, masks
@@ -110,7 +110,9 @@ class ConvertSettings:
         "help": "near the matte's edge, give the face this much of the plate's own colour and shading, fading "
                 "out a fifth of the face width inside (0-1; 0: off; 1 halves the seam on the benchmark)"})
     format: str = field(default="png16", metadata={
-        "choices": FORMATS, "help": "png16: 16-bit sRGB PNG; exr: 32-bit float scene-linear EXR"})
+        "choices": FORMATS, "help": "png16: 16-bit PNG; exr: 32-bit float EXR (sRGB and scene-linear without "
+                                   "--colorspace); exr-multilayer: one EXR per frame with face, matte, hull (and "
+                                   "occlusion) layers over the face's box"})
     alpha: str | None = field(default=None, metadata={
         "choices": ALPHA_MODES, "help": "the face layer's colour: premultiplied by alpha (EXR's default) or "
                                         "straight (PNG's, the only one PNG allows)"})
@@ -166,11 +168,13 @@ def add_arguments(parser) -> None:
     add_fields(parser, ConvertSettings)
     parser.add_argument("--force", action="store_true",
                         help="use alignments whose shot signature does not match the input (a deliberate change of plate)")
+    colorspace.add_arguments(parser, output=True)
 
 
 def run(args, events: Events) -> None:
     convert(args.input, args.alignments, args.model, args.output, from_args(ConvertSettings, args), frames=args.frames,
-            events=events, device=args.device, force=args.force)
+            events=events, device=args.device, force=args.force, plate_colorspace=args.colorspace,
+            output_colorspace=args.output_colorspace, ocio_config=args.ocio_config)
 
 
 # ---------------------------------------------------------------- the job: what to convert, and where
@@ -215,6 +219,21 @@ def _face_scale(matrix) -> float:
     """Aligned pixels per frame pixel of a similarity matrix."""
     m = np.asarray(matrix, np.float64)
     return math.sqrt(abs(np.linalg.det(m[:, :2])))
+
+
+def _colour(source, fmt: str, plate: str | None, output: str | None, config: str | None) -> colorspace.ShotColour:
+    """The run's spaces. Files are written in the plate's space, except that EXR files of a display-referred
+    plate hold the config's scene-linear space, as EXR's convention is. Without names, as before colour
+    management: an 8/16-bit plate is sRGB and a float one linear Rec.709, PNG files are written in sRGB
+    and EXR files in linear Rec.709."""
+    exr = FORMATS[fmt].extension == ".exr"
+    plate_space = colorspace.plate_space(plate, config, source.linear)
+    if output:
+        return colorspace.ShotColour(plate_space, colorspace.resolve(output, config))
+    if plate:
+        linear = exr and not plate_space.scene_linear
+        return colorspace.ShotColour(plate_space, colorspace.resolve("scene_linear", config) if linear else plate_space)
+    return colorspace.ShotColour(plate_space, colorspace.BUILTIN_LINEAR if exr else colorspace.MODEL)
 
 
 def _auto_feather(alignments: Alignments) -> float:
@@ -323,10 +342,10 @@ class FaceResult:
 class Converter:
     """The per-face and per-frame pixel work, on one torch device."""
 
-    def __init__(self, model, size: int, device, settings: ConvertSettings, linear: bool):
-        """`settings` with its feather resolved; `linear`: the shot is scene-linear float (EXR), while the
-        model works in sRGB."""
-        self.model, self.size, self.device, self.settings, self.linear = model, size, device, settings, linear
+    def __init__(self, model, size: int, device, settings: ConvertSettings, colour: colorspace.ShotColour):
+        """`settings` with its feather resolved; `colour`: the model works in display sRGB, the plate and
+        faces in the plate's space."""
+        self.model, self.size, self.device, self.settings, self.colour = model, size, device, settings, colour
         self.decoder = DIRECTIONS[settings.direction]
         self.margin = 2 + max(-settings.erode, 0) + feather_radius(settings.feather)
         self.mask_sources = mask_sources(settings.mask)
@@ -371,8 +390,6 @@ class Converter:
         """
         from torch.nn import functional as F
 
-        from .color import linear_to_srgb
-
         k = min(max(math.ceil(1 / _face_scale(job.matrix) - 1e-6), 1), MAX_SUPERSAMPLE)
         # supersampled pixel j sits at aligned coordinate (j + 0.5) / k - 0.5
         sub_to_aligned = np.array([[1 / k, 0, 0.5 / k - 0.5], [0, 1 / k, 0.5 / k - 0.5], [0, 0, 1]])
@@ -382,27 +399,26 @@ class Converter:
         face = _sample(region, pixel_map, self.size * k, self.size * k, "bicubic", "reflection")
         if k > 1:
             face = F.avg_pool2d(face, k)
-        if self.linear:
-            face = linear_to_srgb(face)
+        face = colorspace.convert_tensor(face, self.colour.plate, colorspace.MODEL)
         return face[0].clamp(0.0, 1.0)
 
     # -- per face: mask, colour, warp back
 
     def finish_face(self, job: FaceJob, crop, rgb, predicted, frame_size, region=None, origin=(0, 0)) -> FaceResult:
         """Mask, colour-match and warp one swapped face back into frame pixels."""
-        from .color import match_color, srgb_to_linear
+        from .color import match_color
 
         mask = snap_levels(self.choose_mask(job, predicted), MASK_SNAP)
         face = match_color(self.settings.color, rgb[None], crop[None], mask[None])[0]
         box = self.face_box(job)
         clipped = self.clip(box, frame_size)
-        shot_face = srgb_to_linear(face) if self.linear else face
+        shot_face = colorspace.convert_tensor(face, colorspace.MODEL, self.colour.plate)
         w, h = box[2] - box[0], box[3] - box[1]
         frame_to_aligned = (np.vstack([job.matrix, [0, 0, 1]]) @ np.array([[1, 0, box[0]], [0, 1, box[1]], [0, 0, 1]]))[:2]
         color = _sample(shot_face[None], frame_to_aligned, w, h, "bicubic", "border")[0].clamp(min=0.0)
         if self.settings.detail or self.settings.sharpen:
             color = self.add_detail(color, job, frame_to_aligned, region, origin, box)
-        if not self.linear:
+        if not self.colour.plate.scene_linear:  # a display-referred or log plate holds 0-1
             color = color.clamp(max=1.0)
         alpha = _sample(mask[None], frame_to_aligned, w, h, "bilinear", "zeros")
         alpha = shape_mask(alpha, self.settings.erode, self.settings.feather)[0]
@@ -412,7 +428,7 @@ class Converter:
             sigma = EDGE_MATCH_REACH / 2 * _face_width(job, self.size)
             color = match_edges(color[None], _plate_under(region, origin, box), alpha[None], self.settings.edge_match,
                                 sigma)[0].clamp(min=0.0)
-            if not self.linear:
+            if not self.colour.plate.scene_linear:
                 color = color.clamp(max=1.0)
         cx0, cy0, cx1, cy1 = clipped
         inside = (slice(None), slice(cy0 - box[1], cy1 - box[1]), slice(cx0 - box[0], cx1 - box[0]))
@@ -465,10 +481,8 @@ class Converter:
         decoded first), as compositing applications do it."""
         import torch
 
-        from .color import srgb_to_linear
-
         def linear(t):
-            return t if self.linear else srgb_to_linear(t)
+            return colorspace.convert_tensor(t, self.colour.plate, self.colour.working)
 
         _, _, h, w = region.shape
         premultiplied = torch.zeros(3, h, w, device=region.device)
@@ -488,7 +502,7 @@ class Converter:
 
 @dataclass
 class Composite:
-    """A frame's faces over its region (h x w float32 numpy, scene-linear): the layer and the result."""
+    """A frame's faces over its region (h x w float32 numpy, the run's working space): the layer and the result."""
 
     premultiplied: np.ndarray  # h x w x 3, colour times alpha
     alpha: np.ndarray  # h x w
@@ -517,22 +531,22 @@ class FrameInProgress:
     results: dict = field(default_factory=dict)
 
 
-def _write_frame(work: FrameInProgress, composed: Composite | None, frame_size, linear: bool, fmt: str,
+def _write_frame(work: FrameInProgress, composed: Composite | None, frame_size, colour: colorspace.ShotColour, fmt: str,
                  common: dict, size: int) -> None:
     """Encode and write one frame's files. The face layer goes last, so its presence (with the right
     marking) means the frame is complete."""
     w, h = frame_size
     out = work.outputs
     layers_file, fmt = fmt == MULTILAYER, "exr" if fmt == MULTILAYER else fmt
-    box_layer = None if composed is None else encode_layer(composed, fmt, common["alpha"])
-    finished = encode(work.image, linear, fmt) if out.frame else None
+    box_layer = None if composed is None else encode_layer(composed, fmt, common["alpha"], colour)
+    finished = encode(work.image, colour.plate, colour.output, fmt) if out.frame else None
     if box_layer is not None and finished is not None:  # pixels the layer does not reach keep the shot's own values exactly
         x0, y0, x1, y1 = work.box
         touched = box_layer[..., 3:] > 0
-        finished[y0:y1, x0:x1] = np.where(touched, encode(composed.finished, True, fmt), finished[y0:y1, x0:x1])
+        finished[y0:y1, x0:x1] = np.where(touched, encode(composed.finished, colour.working, colour.output, fmt), finished[y0:y1, x0:x1])
     for index, (patch_path, mask_path) in enumerate(out.patches):
         result = work.results[index]
-        media.write_image(patch_path, encode(result.patch, False, fmt), marking(common, "patch", work.number))
+        media.write_image(patch_path, encode(result.patch, colorspace.MODEL, colour.output, fmt), marking(common, "patch", work.number))
         media.write_image(mask_path, encode_matte(result.patch_mask, fmt), marking(common, "patch_mask", work.number))
     if finished is not None:
         media.write_image(out.frame, finished, marking(common, "frame", work.number))
@@ -585,6 +599,9 @@ def convert(
     events: Events | None = None,
     device: str = "auto",
     force: bool = False,
+    plate_colorspace: str | None = None,
+    output_colorspace: str | None = None,
+    ocio_config: str | None = None,
     **changes,
 ) -> dict:
     """Convert `input` (a video or image folder) with its alignments and a trained model into `output`,
@@ -596,6 +613,7 @@ def convert(
     settings.check()
 
     source = media.FrameSource(input)
+    colour = _colour(source, settings.format, plate_colorspace, output_colorspace, ocio_config)
     alignments_path = Path(alignments)
     if alignments_path.is_dir():
         alignments_path = alignments_path / ALIGNMENTS_FILE
@@ -635,7 +653,7 @@ def convert(
     ext = FORMATS[settings.format].extension
     settings = replace(settings, feather=_auto_feather(shot) if settings.feather is None else float(settings.feather))
     common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True, "alpha": settings.layer_alpha,
-              "model_hash": model.hash, "settings": settings.marked()}
+              "model_hash": model.hash, "settings": {**settings.marked(), "colour": colour.record()}}
 
     missing = [n for n in numbers if n not in jobs]
     if missing:
@@ -648,7 +666,7 @@ def convert(
     layers = None if settings.format != MULTILAYER else [
         name for name in exr_layers.LAYERS if name != "occlusion" or uses_learned]
     write_manifest(folder, common, files, source, alignments_path, model_dir, size,
-                   [n for n, faces in jobs.items() if faces], events.warning, layers)
+                   [n for n, faces in jobs.items() if faces], events.warning, colour, layers)
     if settings.write_patches:
         media.write_json(folder / files["matrices"], matrices(jobs, size, files, source.size))
 
@@ -657,7 +675,7 @@ def convert(
     if len(todo) < len(numbers):
         events.resume(len(numbers) - len(todo))
     batch = settings.batch or (32 if torch_device.type == "cuda" else 8)
-    converter = Converter(model, size, torch_device, settings, source.linear)
+    converter = Converter(model, size, torch_device, settings, colour)
     # On the CPU the cores are shared: half for torch, the rest for the reader and the writers, which
     # would otherwise preempt torch's worker threads mid-operation and stall every small warp.
     cores = len(os.sched_getaffinity(0))
@@ -777,5 +795,5 @@ class Pipeline:
 
     def _write(self, work: FrameInProgress, composed) -> None:
         with self.clock("encode"):
-            _write_frame(work, composed, self.source.size, self.source.linear, self.fmt, self.common,
+            _write_frame(work, composed, self.source.size, self.converter.colour, self.fmt, self.common,
                          self.converter.size)

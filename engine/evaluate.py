@@ -36,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import media
+from . import colorspace, media
 from .events import EngineError, Events
 from .faces import align, identity, masks
 from .faces.detect import DETECTORS, make_detector, on_torch
@@ -75,11 +75,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gallery", nargs="+", default=[], metavar="FACESET",
                         help="facesets of other people: gallery retrieval is the share of frames whose swapped "
                              "face is nearest A among A, B and these")
+    colorspace.add_arguments(parser)
 
 
 def run(args, events: Events) -> None:
     evaluate(args.shot, args.alignments, args.layers, args.source, output=args.output, frames=args.frames,
-             detector=args.detector, device=args.device, gallery=args.gallery, events=events, force=args.force)
+             detector=args.detector, device=args.device, gallery=args.gallery, events=events, force=args.force,
+             plate_colorspace=args.colorspace, ocio_config=args.ocio_config)
 
 
 # ---------------------------------------------------------------- inputs and their checks
@@ -133,24 +135,27 @@ def shot_identity(alignments: Alignments) -> np.ndarray | None:
 # ---------------------------------------------------------------- per-frame measures
 
 
-def composite(frame: np.ndarray, layer: np.ndarray, linear: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(composite as sRGB uint8, alpha float32): straight-alpha over, in the shot's own space.
+def layer_space(manifest: dict) -> colorspace.Space | None:
+    """The layers' colour space, from their manifest; None for a manifest from before colour management
+    (no ocio_config), whose layers are sRGB when integer and linear Rec.709 when float."""
+    if "ocio_config" not in manifest:
+        return None
+    name, config = manifest.get("colorspace"), manifest.get("ocio_config")
+    if not isinstance(name, str) or not isinstance(config, str):
+        raise EngineError("the layers' manifest names no colour space (colorspace, ocio_config)")
+    return colorspace.resolve(name, config)
 
-    PNG layers are 16-bit sRGB and EXR layers scene-linear, as convert writes them."""
-    alpha = layer[..., 3].astype(np.float32)
-    if layer.dtype == np.uint16:
-        alpha /= 65535.0
-    elif layer.dtype == np.uint8:
-        alpha /= 255.0
-    alpha = np.clip(alpha, 0.0, 1.0)
-    if layer.dtype.kind == "f":
-        color = layer[..., :3] if linear else media.linear_to_srgb(layer[..., :3])
-    else:
-        color = media.to_float(layer[..., :3])
-        color = media.srgb_to_linear(color) if linear else color
-    base = frame.astype(np.float32) if linear else media.to_float(frame)
+
+def composite(frame: np.ndarray, layer: np.ndarray, plate: colorspace.Space,
+              layer_space: colorspace.Space | None) -> tuple[np.ndarray, np.ndarray]:
+    """(composite as sRGB uint8, alpha float32): straight-alpha over, in the shot's own space, shown in sRGB."""
+    if layer_space is None:
+        layer_space = colorspace.BUILTIN_LINEAR if layer.dtype.kind == "f" else colorspace.MODEL
+    alpha = np.clip(colorspace.as_float(layer[..., 3]), 0.0, 1.0)
+    color = colorspace.convert(colorspace.as_float(layer[..., :3]), layer_space, plate)
+    base = colorspace.as_float(frame)
     mixed = color * alpha[..., None] + base * (1.0 - alpha[..., None])
-    display = media.linear_to_srgb(mixed) if linear else mixed
+    display = colorspace.convert(mixed, plate, colorspace.MODEL)
     return np.round(np.clip(display, 0.0, 1.0) * 255.0).astype(np.uint8), alpha
 
 
@@ -260,18 +265,19 @@ def seam_steps(composite: np.ndarray, original: np.ndarray, alpha: np.ndarray, b
 class FrameMeasures:
     """Measures one frame, keeping what the next frame's temporal measures need."""
 
-    def __init__(self, alignments: Alignments, identity_a: np.ndarray, detector, linear: bool,
+    def __init__(self, alignments: Alignments, identity_a: np.ndarray, detector,
+                 spaces: tuple[colorspace.Space, colorspace.Space | None],
                  gallery: dict[str, np.ndarray] | None = None):
         """`gallery`: identity name -> embedding, A's ("A") among them, for gallery retrieval."""
-        self.alignments, self.identity_a, self.detector, self.linear = alignments, identity_a, detector, linear
+        self.alignments, self.identity_a, self.detector, self.spaces = alignments, identity_a, detector, spaces
         self.gallery = gallery
         self.inside = masks.hull_mask(align.template_points(ANALYSIS_SIZE, alignments.coverage), ANALYSIS_SIZE) > 0.5
         self.previous: dict | None = None
 
     def measure(self, number: int, frame: np.ndarray, layer: np.ndarray, adjacent: bool) -> dict:
         face = self.alignments.frame(number).faces[0]  # extract keeps one face a frame: the tracked person
-        swapped, alpha = composite(frame, layer, self.linear)
-        original = media.to_srgb8(frame)
+        swapped, alpha = composite(frame, layer, *self.spaces)
+        original = colorspace.display8(frame, self.spaces[0])
         stored = np.asarray(face.landmarks, np.float64)
         ocular = float(np.linalg.norm(stored[RIGHT_EYE_CORNER] - stored[LEFT_EYE_CORNER])) or 1.0
         record = {"frame": number, "swapped": bool(alpha.max() > CLEAR)}
@@ -470,6 +476,8 @@ def evaluate(
     gallery: list[str | Path] = (),
     events: Events | None = None,
     force: bool = False,
+    plate_colorspace: str | None = None,
+    ocio_config: str | None = None,
 ) -> dict:
     """Measure the converted shot; returns {"summary", "frames", "outputs", ...} as written to evaluation.json.
 
@@ -477,6 +485,7 @@ def evaluate(
     `force` measures with alignments whose shot signature does not match `shot`."""
     events = events or Events("evaluate")
     frame_source = media.FrameSource(shot)
+    plate = colorspace.plate_space(plate_colorspace, ocio_config, frame_source.linear)
     alignments_path = Path(alignments)
     shot_alignments = Alignments.load(alignments_path)
     check_alignments(shot_alignments, frame_source, alignments_path)
@@ -485,6 +494,7 @@ def evaluate(
     layers = Path(layers)
     manifest = read_manifest(layers)
     _check_layers_match(manifest, frame_source, layers, events)
+    spaces = (plate, layer_space(manifest))
     identity_a = source_identity(source)
     identities = None
     if gallery:
@@ -512,7 +522,7 @@ def evaluate(
 
     torch_device = str(pick_device(device)) if on_torch(detector) else "cpu"
     measures = FrameMeasures(shot_alignments, identity_a, make_detector(detector, torch_device),
-                             frame_source.linear, identities)
+                             spaces, identities)
     events.start(shot=str(frame_source.path), frames=len(numbers), layers=str(layers), output=str(folder))
     position = {n: i for i, n in enumerate(frame_source.numbers)}
     step = int(shot_alignments.settings.get("every", 1))  # frames an extract with --every N stepped over

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import media
+from . import colorspace, media
 from .events import EngineError, Events
 from .faces import align, identity, masks
 from .faces.detect import BACKENDS, DETECTORS, Detection, make_detector, on_torch
@@ -50,6 +50,7 @@ def add_arguments(parser) -> None:
                         help="keep the person who is face INDEX (0 = largest) in FRAME of this shot")
     parser.add_argument("--identity-threshold", type=float, default=identity.SAME_PERSON,
                         help="largest embedding distance counted as the same person")
+    colorspace.add_arguments(parser)
     parser.add_argument("--no-smooth", action="store_true", help="keep raw landmarks (no temporal smoothing)")
     parser.add_argument("--smooth-cutoff", type=number_in(0, 1000, above=True), default=SmoothSettings.min_cutoff,
                         help="One-Euro min cutoff in Hz: lower is smoother for a still face")
@@ -63,8 +64,8 @@ def run(args, events: Events) -> None:
         frames=args.frames, every=args.every, references=args.reference, reference_face=args.reference_face,
         identity_threshold=args.identity_threshold, smoothing=not args.no_smooth,
         smooth=SmoothSettings(min_cutoff=args.smooth_cutoff, beta=args.smooth_beta),
-        device=args.device, events=events, batch=args.batch,
-        **{name: getattr(args, name) for name in _detector_options()},
+        device=args.device, events=events, batch=args.batch, plate_colorspace=args.colorspace,
+        ocio_config=args.ocio_config, **{name: getattr(args, name) for name in _detector_options()},
     )
 
 
@@ -90,6 +91,8 @@ def extract(
     device: str = "auto",
     events: Events | None = None,
     batch: int | None = None,
+    plate_colorspace: str | None = None,
+    ocio_config: str | None = None,
     **detector_options,
 ) -> dict:
     """Write a faceset for `input` into `output`; returns the summary that the "done" event carries.
@@ -103,6 +106,7 @@ def extract(
     if batch is not None and not 1 <= batch <= 256:
         raise EngineError(f"--batch {batch} is out of range (1 to 256)")
     source = media.FrameSource(input)
+    plate = colorspace.plate_space(plate_colorspace, ocio_config, source.linear)
     numbers = source.select(frames, every)
     folder = media.check_writable(output)
     settings = {
@@ -117,6 +121,8 @@ def extract(
         "identity_threshold": identity_threshold,
         "smoothing": smoothing,
         "smooth": vars(smooth),
+        "colorspace": plate.name,  # the plate's; the detector and faces/ see its frames as sRGB
+        "ocio_config": plate.config,
     }
     check_extract_settings(folder, settings)
     media.lock_folder(folder)
@@ -132,7 +138,7 @@ def extract(
 
     if batch is None:  # frames per detector call
         batch = 8 if str(torch_device) == "cuda" and detector_impl.name == "fan" else 1
-    detections = _detect_all(source, numbers, DetectionsLog(folder), detector_impl, events, batch)
+    detections = _detect_all(source, numbers, DetectionsLog(folder), detector_impl, events, batch, plate)
     if reference is None and reference_face:
         reference = _reference_from_shot(detections, reference_face)
     chosen = _choose_person(detections, numbers, reference, identity_threshold)
@@ -156,7 +162,8 @@ def extract(
         settings=settings,
         signature=media.shot_signature(source),
     )
-    _write_faces(source, numbers, every, detections, chosen, alignments, folder, smoothing, smooth, events)
+    _write_faces(source, numbers, every, detections, chosen, alignments, folder, smoothing, smooth, events,
+                 plate)
     alignments.complete = True
     alignments.save(folder / ALIGNMENTS_FILE)
     write_contact_sheet(folder, alignments)
@@ -198,8 +205,8 @@ def _batches(items, size: int):
         yield batch
 
 
-def _detect_all(source, numbers, detections_log: DetectionsLog, detector, events: Events,
-                batch: int) -> dict[int, list[dict]]:
+def _detect_all(source, numbers, detections_log: DetectionsLog, detector, events: Events, batch: int,
+                plate: colorspace.Space) -> dict[int, list[dict]]:
     done = detections_log.read()
     todo = [n for n in numbers if n not in done]
     if done:
@@ -208,7 +215,7 @@ def _detect_all(source, numbers, detections_log: DetectionsLog, detector, events
     already, processed = len(numbers) - len(todo), 0
     with detections_log, media.Prefetch(source, todo) as decoded:
         for frames in _batches(decoded, batch):
-            images = [media.to_srgb8(image) for _, image in frames]
+            images = [colorspace.display8(image, plate) for _, image in frames]
             for (number, _), rgb, found in zip(frames, images, detector.detect_batch(images), strict=True):
                 embeddings = identity.embed_faces(rgb, [d.landmarks for d in found])
                 done[number] = [_detection_to_json(d, e) for d, e in zip(found, embeddings, strict=True)]
@@ -284,7 +291,8 @@ def _choose_person(detections, numbers, reference, threshold) -> dict[int, dict 
 # ---------------------------------------------------------------- pass 2: write the faceset
 
 
-def _write_faces(source, numbers, every, detections, chosen, alignments, folder, smoothing, smooth, events):
+def _write_faces(source, numbers, every, detections, chosen, alignments, folder, smoothing, smooth, events,
+                 plate: colorspace.Space):
     raw = {n: np.asarray(f["landmarks"], np.float64) for n, f in chosen.items() if f is not None}
     smoothed = dict(raw)
     if smoothing:
@@ -323,7 +331,7 @@ def _write_faces(source, numbers, every, detections, chosen, alignments, folder,
         for i, (n, image) in enumerate(decoded, 1):
             face = by_number[n].faces[0]
             matrix = np.asarray(face.matrix)
-            media.write_image(folder / face.image, align.warp_face(media.to_srgb8(image), matrix, size))
+            media.write_image(folder / face.image, align.warp_face(colorspace.display8(image, plate), matrix, size))
             points = align.transform_points(np.asarray(face.landmarks), matrix)
             for kind, path in (("hull", face.mask_hull), ("extended", face.mask_extended)):
                 mask = masks.MASKS[kind](points, size)

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 # The files that make up an image-sequence folder, and the videos a shot can be.
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".dpx", ".bmp"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 _RANGE = re.compile(r"\s*(-?\d+)\s*(?:(?:-|\.\.)\s*(-?\d+)\s*)?")
 _FILE_PATTERN = re.compile(r"[^%]*%0?\d{0,2}d[^%]*")  # a file name with one printf frame-number field

@@ -1,7 +1,10 @@
-"""Frames in (video, image sequence, EXR) and images out (PNG 8/16-bit, EXR), always written atomically.
+"""Frames in (video, image sequence) and images out, always written atomically.
 
-Images inside the engine are RGB(A) numpy arrays: uint8 or uint16 for display-referred sources, float32
-for scene-linear EXR. OpenCV's BGR order stays inside this module.
+Still images (DPX, TIFF, EXR, PNG, JPEG, ...) are read and written through OpenImageIO, their size
+checked from the header before any pixel is decoded; video stays on OpenCV's decoder. Images inside the
+engine are RGB(A) numpy arrays: uint8 or uint16 for integer files (DPX's 10 and 12 bits scaled to 16),
+float32 for float ones (EXR). What the values mean is the plate's colour space (engine.colorspace).
+OpenCV's BGR order stays inside this module.
 """
 
 import contextlib
@@ -250,68 +253,121 @@ def to_srgb8(image: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- reading
 
 
+def _oiio():
+    import OpenImageIO
+
+    return OpenImageIO
+
+
+def _oiio_error(otherwise: str) -> str:
+    """OpenImageIO's last error (reading it clears it), first line only."""
+    message = _oiio().geterror().strip()
+    return message.splitlines()[0] if message else otherwise
+
+
+class _Picture:
+    """An image file opened for reading: the part (subimage) holding its picture and that part's
+    channels, known from the header alone."""
+
+    def __init__(self, path: Path):
+        oiio = _oiio()
+        config = oiio.ImageSpec()
+        config.attribute("oiio:UnassociatedAlpha", 1)  # PNG/TIFF alpha as stored, not premultiplied on read
+        self.path = path
+        self.input = oiio.ImageInput.open(str(path), config)
+        if self.input is None:
+            raise EngineError(f"cannot read image {path}: {_oiio_error('not an image it knows')}")
+        try:
+            self.subimage, self.channels = self._find_picture()
+            self.spec = self.input.spec()
+        except BaseException:
+            self.input.close()
+            raise
+
+    def _find_picture(self) -> tuple[int, list[int]]:
+        """The first part with R, G, B (or Y) channels, a layer's (name.R ...) included; its channel indices."""
+        seen, subimage = [], 0
+        while self.input.seek_subimage(subimage, 0):
+            names = list(self.input.spec().channelnames)
+            for prefix in [""] + sorted({n.rsplit(".", 1)[0] + "." for n in names if "." in n}):
+                if all(prefix + c in names for c in "RGB"):
+                    wanted = [prefix + c for c in ("RGBA" if prefix + "A" in names else "RGB")]
+                    return subimage, [names.index(n) for n in wanted]
+                if prefix + "Y" in names:
+                    wanted = [prefix + "Y"] + ([prefix + "A"] if prefix + "A" in names else [])
+                    return subimage, [names.index(n) for n in wanted]
+            seen += names
+            subimage += 1
+        raise EngineError(f"image {self.path} has no RGB, RGBA or Y channels (has {sorted(set(seen))})")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The display window: the frame, wherever the data window lies."""
+        return self.spec.full_width, self.spec.full_height
+
+    def check(self) -> None:
+        what = f"image {self.path}"
+        check_dimensions(*self.size, what)
+        check_dimensions(self.spec.width, self.spec.height, what)
+
+    def read(self) -> np.ndarray:
+        oiio, spec = _oiio(), self.spec
+        basetype = spec.format.basetype
+        kind = ("uint8" if basetype == oiio.UINT8 else
+                "float" if basetype in (oiio.HALF, oiio.FLOAT, oiio.DOUBLE) else "uint16")
+        data = self.input.read_image(self.subimage, 0, 0, spec.nchannels, kind)
+        if data is None:
+            raise EngineError(f"cannot read image {self.path}: {_oiio_error('damaged')}")
+        data = data.reshape(spec.height, spec.width, spec.nchannels)
+        if self.channels != list(range(spec.nchannels)):
+            data = data[..., self.channels]
+        if (spec.x, spec.y, spec.width, spec.height) != (spec.full_x, spec.full_y, *self.size):
+            data = self._in_display_window(data)  # a data window: pixels outside it are 0, as OpenEXR says
+        return data[..., 0] if data.shape[2] == 1 else np.ascontiguousarray(data)
+
+    def _in_display_window(self, data: np.ndarray) -> np.ndarray:
+        spec = self.spec
+        frame = np.zeros((spec.full_height, spec.full_width, data.shape[2]), data.dtype)
+        x0, y0 = max(spec.x, spec.full_x), max(spec.y, spec.full_y)
+        x1 = min(spec.x + spec.width, spec.full_x + spec.full_width)
+        y1 = min(spec.y + spec.height, spec.full_y + spec.full_height)
+        if x1 > x0 and y1 > y0:
+            frame[y0 - spec.full_y:y1 - spec.full_y, x0 - spec.full_x:x1 - spec.full_x] = \
+                data[y0 - spec.y:y1 - spec.y, x0 - spec.x:x1 - spec.x]
+        return frame
+
+    def __enter__(self) -> "_Picture":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.input.close()
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """An image's width and height, from its header only."""
+    with _Picture(Path(path)) as picture:
+        return picture.size
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """RGB or RGBA (or single channel) array; uint8/uint16 for PNG/JPG/TIFF, float32 for EXR."""
-    path = Path(path)
-    if path.suffix.lower() == ".exr":
-        return _read_exr(path)
-    _check_header(path)
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise EngineError(f"cannot read image {path}")
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
-    return image
-
-
-def _check_header(path: Path) -> None:
-    """Refuse an image too large to decode, from the size its header states (PIL reads only the header)."""
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = None  # max_pixels() is the limit, whatever PIL's own would be
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except Exception:  # not an image PIL knows: OpenCV decides, within its own size limit
-        return
-    check_dimensions(width, height, f"image {path}")
-
-
-def _read_exr(path: Path) -> np.ndarray:
-    import OpenEXR
-
-    try:
-        with OpenEXR.File(str(path), header_only=True) as f:
-            (x0, y0), (x1, y1) = f.header()["dataWindow"]
-    except Exception as e:
-        raise EngineError(f"cannot read EXR {path}: {e}") from None
-    check_dimensions(int(x1) - int(x0) + 1, int(y1) - int(y0) + 1, f"EXR {path}")
-    try:
-        with OpenEXR.File(str(path)) as f:
-            channels = f.channels()  # valid only while the file is open
-            for name in ("RGBA", "RGB", "Y"):
-                if name in channels:
-                    return np.array(channels[name].pixels, dtype=np.float32)
-            names = sorted(channels)
-    except Exception as e:
-        raise EngineError(f"cannot read EXR {path}: {e}") from None
-    raise EngineError(f"EXR {path} has no RGB, RGBA or Y channels (has {names})")
+    """RGB or RGBA (or single channel) array in the frame's display window: uint8/uint16 for integer files,
+    float32 for float ones. The header's size is checked before the pixels are decoded."""
+    with _Picture(Path(path)) as picture:
+        picture.check()
+        return picture.read()
 
 
 def image_metadata(path: str | os.PathLike) -> dict:
-    """The text metadata of a PNG (tEXt/iTXt) or the string attributes of an EXR header."""
+    """The text metadata of a PNG (tEXt/iTXt, read raw: OpenImageIO parses XMP away) or the string
+    attributes of another format's header."""
     path = Path(path)
-    if path.suffix.lower() == ".exr":
-        import OpenEXR
+    if path.suffix.lower() == ".png":
+        from PIL import Image
 
-        with OpenEXR.File(str(path)) as f:
-            return {k: v for k, v in f.header().items() if isinstance(v, str)}
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return dict(getattr(im, "text", {}))
+        with Image.open(path) as im:
+            return dict(getattr(im, "text", {}))
+    with _Picture(path) as picture:
+        return {a.name: a.value for a in picture.spec.extra_attribs if isinstance(a.value, str)}
 
 
 class FrameSource:
@@ -361,23 +417,15 @@ class FrameSource:
         self.files = {numbers[i]: files[i] for i in order}
         self.numbers = [numbers[i] for i in order]
         self.fps = None
-        self.linear = any(p.suffix.lower() == ".exr" for p in files)
         first = read_image(files[order[0]])
+        self.linear = first.dtype.kind == "f"  # float files: scene-linear unless a colour space says otherwise
         self.size = (first.shape[1], first.shape[0])
         self._check_sizes()
 
     def _check_sizes(self) -> None:
         """Differing frame sizes break every later stage, so refuse them up front (headers only)."""
-        from PIL import Image
-
         for number, path in self.files.items():
-            if path.suffix.lower() == ".exr":
-                continue  # read in full later; EXR headers need OpenEXR, checked in frames()
-            try:
-                with Image.open(path) as im:
-                    size = im.size
-            except Exception:
-                raise EngineError(f"cannot read image {path}") from None
+            size = image_size(path)
             if size != self.size:
                 raise EngineError(
                     f"frame {number} ({path.name}) is {size[0]}x{size[1]} but the sequence is "
@@ -544,7 +592,8 @@ def _png_with_text(png: bytes, metadata: dict[str, str]) -> bytes:
 
 
 def encode_png(image: np.ndarray, metadata: dict[str, str] | None = None, compression: int = 3) -> bytes:
-    """PNG bytes of a uint8 or uint16 array with 1, 3 or 4 channels (RGB order)."""
+    """PNG bytes of a uint8 or uint16 array with 1, 3 or 4 channels (RGB order), for a PNG held in memory
+    (OpenImageIO's Python binding writes files only)."""
     if image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"PNG needs uint8 or uint16, got {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 3:
@@ -557,33 +606,46 @@ def encode_png(image: np.ndarray, metadata: dict[str, str] | None = None, compre
     return _png_with_text(buf.tobytes(), metadata) if metadata else buf.tobytes()
 
 
-def write_exr(path: str | os.PathLike, image: np.ndarray, metadata: dict[str, str] | None = None) -> None:
-    """32-bit float EXR (Y, RGB or RGBA), ZIP-compressed, with `metadata` as string header attributes."""
-    import OpenEXR
-
-    image = np.ascontiguousarray(image, dtype=np.float32)
-    name = {1: "Y", 3: "RGB", 4: "RGBA"}[1 if image.ndim == 2 else image.shape[2]]
-    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
-    header.update({k: str(v) for k, v in (metadata or {}).items()})
-    with atomic_path(path) as tmp, OpenEXR.File(header, {name: image}) as f:
-        f.write(str(tmp))
+# What each written format stores: the numpy types it takes, and its OpenImageIO settings.
+WRITE_TYPES = {".exr": (np.float32,), ".png": (np.uint8, np.uint16), ".jpg": (np.uint8,), ".jpeg": (np.uint8,),
+               ".tif": (np.uint8, np.uint16, np.float32), ".tiff": (np.uint8, np.uint16, np.float32),
+               ".dpx": (np.uint8, np.uint16)}
+WRITE_SETTINGS = {".exr": {"compression": "zip"}, ".png": {"png:compressionLevel": 3},
+                  ".jpg": {"Compression": "jpeg:95"}, ".jpeg": {"Compression": "jpeg:95"},
+                  ".tif": {"compression": "zip"}, ".tiff": {"compression": "zip"}}
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray, metadata: dict[str, str] | None = None) -> None:
-    """Atomically write PNG (uint8/uint16), EXR (float) or JPEG, by the file's extension."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".exr":
-        write_exr(path, image, metadata)
-    elif suffix == ".png":
-        write_bytes(path, encode_png(image, metadata))
-    elif suffix in (".jpg", ".jpeg"):
-        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        if not ok:
-            raise EngineError(f"JPEG encoding failed for {path}")
-        write_bytes(path, buf.tobytes())
-    else:
+def write_image(path: str | os.PathLike, image: np.ndarray, metadata: dict[str, str] | None = None,
+                bits: int | None = None) -> None:
+    """Atomically write an image by its file's extension (EXR float; PNG, TIFF, DPX 8/16-bit; JPEG 8-bit),
+    with `metadata` as string attributes of its header. `bits` stores fewer bits than the array holds
+    (10 for a 10-bit DPX from uint16)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITE_TYPES:
         raise EngineError(f"cannot write images of type {suffix}")
+    image = np.asarray(image)
+    if image.dtype not in WRITE_TYPES[suffix]:
+        if suffix != ".exr":
+            raise ValueError(f"{suffix} takes {', '.join(t.__name__ for t in WRITE_TYPES[suffix])}, got {image.dtype}")
+        image = image.astype(np.float32)
+    oiio = _oiio()
+    image = np.ascontiguousarray(image if image.ndim == 3 else image[..., None])
+    height, width, channels = image.shape
+    spec = oiio.ImageSpec(width, height, channels, {np.uint8: "uint8", np.uint16: "uint16"}.get(image.dtype.type, "float"))
+    spec.channelnames = {1: ("Y",), 2: ("Y", "A"), 3: ("R", "G", "B"), 4: ("R", "G", "B", "A")}[channels]
+    if channels in (2, 4):
+        spec.alpha_channel = channels - 1
+    spec.attribute("oiio:UnassociatedAlpha", 1)  # write the colour as given: straight stays straight
+    spec.attribute("DateTime", "")  # no write time in EXR/TIFF headers: a rerun writes the same bytes
+    if bits:
+        spec.attribute("oiio:BitsPerSample", bits)
+    for key, value in {**WRITE_SETTINGS.get(suffix, {}), **(metadata or {})}.items():
+        spec.attribute(key, value if isinstance(value, int) else str(value))
+    with atomic_path(path) as tmp:
+        output = oiio.ImageOutput.create(str(tmp))
+        if output is None or not output.open(str(tmp), spec) or not output.write_image(image) or not output.close():
+            raise EngineError(f"cannot write image {path}: {_oiio_error('failed')}")
 
 
 def contact_sheet(tiles: list[np.ndarray], columns: int, labels: list[str] | None = None) -> np.ndarray:

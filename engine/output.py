@@ -11,7 +11,8 @@ read it through the manifest's file patterns.
       patch/patch_%06d.png|exr       the swapped face in aligned space, its mask and matrices.json
       patch/patch_mask_%06d.png|exr  (--write-patches)
 
-%06d is the source frame number. PNGs are 16-bit sRGB; EXRs are 32-bit float scene-linear. Every
+%06d is the source frame number. PNGs are 16-bit, EXRs 32-bit float, both in the output colour space
+(engine.colorspace: the plate's; without --colorspace, sRGB PNGs and scene-linear EXRs). Every
 file carries a synthetic-media marking (PNG iTXt / EXR header) with the tool, version, model hash and
 settings, and nothing that depends on which frames a run was asked for, so farm chunks write disjoint
 files that together are byte-identical to one full run.
@@ -24,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import __version__, media
+from . import __version__, colorspace, media
 from .events import EngineError
 from .faces import align
 from .frames import frame_file
@@ -137,7 +138,7 @@ def is_complete(outputs: Outputs, common: dict) -> bool:
 
 def write_manifest(folder: Path, common: dict, files: dict[str, str], source, alignments_path: Path,
                    model_dir: Path, model_size: int, frames_with_faces: list[int], warn,
-                   layers: list[str] | None = None) -> None:
+                   colour: colorspace.ShotColour, layers: list[str] | None = None) -> None:
     """manifest.json: the same bytes from every chunk of one job, so parallel chunks can all write it."""
     path = folder / MANIFEST_FILE
     manifest = {
@@ -152,7 +153,9 @@ def write_manifest(folder: Path, common: dict, files: dict[str, str], source, al
         "alignments": str(alignments_path.resolve()),
         "model": str(model_dir.resolve()),
         "model_size": model_size,
-        "colorspace": "linear" if files["face"].endswith(".exr") else "sRGB",
+        "colorspace": colour.output.name,  # of every file written
+        "plate_colorspace": colour.plate.name,
+        "ocio_config": colour.output.config,
         "frame_range": [source.numbers[0], source.numbers[-1]],
         "frame_numbers": list(source.numbers),
         "frames_with_faces": frames_with_faces,
@@ -241,16 +244,12 @@ def matrices(jobs: dict, size: int, files: dict[str, str], frame_size) -> dict:
 # ---------------------------------------------------------------- encodings
 
 
-def encode(image: np.ndarray, linear: bool, fmt: str) -> np.ndarray:
-    """Pixels in the output's encoding: 16-bit sRGB for png16, float scene-linear for exr. `image` is
-    uint8/uint16 (sRGB) or float; float is linear when `linear`, else sRGB in [0, 1]."""
-    if image.dtype == np.uint8 or image.dtype == np.uint16:
-        image, linear = media.to_float(image), False
-    image = np.asarray(image, np.float32)
+def encode(image: np.ndarray, space: colorspace.Space, output: colorspace.Space, fmt: str) -> np.ndarray:
+    """Pixels in `space` (uint8/uint16 or float) as the output stores them: in the `output` space, 16-bit
+    for png16, float for exr. A float image already in `output` comes back as it is, bit for bit."""
+    image = colorspace.convert(colorspace.as_float(image), space, output)
     if fmt == "exr":
-        return image if linear else media.srgb_to_linear(image)
-    if linear:
-        image = media.linear_to_srgb(image)
+        return image
     return np.round(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
@@ -258,13 +257,15 @@ def encode_matte(alpha: np.ndarray, fmt: str) -> np.ndarray:
     return alpha.astype(np.float32) if fmt == "exr" else np.round(np.clip(alpha, 0, 1) * 65535.0).astype(np.uint16)
 
 
-def encode_layer(composed, fmt: str, alpha_mode: str) -> np.ndarray:
-    """The RGBA face layer's pixels from a frame's composite (convert.Composite: scene-linear colour
-    and alpha): premultiplied scene-linear EXR, or straight colour in either format."""
+def encode_layer(composed, fmt: str, alpha_mode: str, colour: colorspace.ShotColour) -> np.ndarray:
+    """The RGBA face layer's pixels from a frame's composite (convert.Composite: colour in the run's
+    working space, and alpha): premultiplied EXR, or straight colour in either format."""
     matte = encode_matte(composed.alpha, fmt)
-    if alpha_mode == "premultiplied":
+    if alpha_mode == "premultiplied" and colour.working == colour.output:
         color = composed.premultiplied
+    elif alpha_mode == "premultiplied":
+        color = encode(composed.straight(), colour.working, colour.output, fmt) * composed.alpha[..., None]
     else:
         opaque = matte > 0  # as stored: a 16-bit zero is transparent however small the float
-        color = np.where(opaque[..., None], encode(composed.straight(), True, fmt), 0)
+        color = np.where(opaque[..., None], encode(composed.straight(), colour.working, colour.output, fmt), 0)
     return np.dstack([color, matte]).astype(matte.dtype)

@@ -264,6 +264,34 @@ def test_offline_blender_keeps_the_engine_off_the_network(project, prefs, addon,
     assert "--offline" not in addon.operators.extract_step(scene, "A").argv  # dlib never downloads
 
 
+def test_strips_hand_their_colour_space_to_the_engine_and_results_carry_the_layers(project, addon, tmp_path):
+    """Extract and convert get the strip's colour space and Blender's own OCIO config; the result strips
+    are tagged with the space the manifest says the layers were written in, the matte as data."""
+    scene = bpy.context.scene
+    plate = scene.sequence_editor.strips["Hopper"]
+    config = addon.strips.ocio_config()
+    assert Path(config).is_file() and Path(config).name == "config.ocio"
+    argv = addon.operators.extract_step(scene, "B").argv
+    assert argv[argv.index("--colorspace") + 1] == "sRGB" and argv[argv.index("--ocio-config") + 1] == config
+    plate.colorspace_settings.name = "ACEScg"
+    try:
+        shot = addon.strips.shot_of(scene, scene.facereplace.b, "B")
+        assert addon.strips.colour_args(shot) == ["--colorspace", "ACEScg", "--ocio-config", config]
+        output = tmp_path / "output"
+        for kind, channels in (("face", 4), ("matte", 1)):
+            (output / kind).mkdir(parents=True)
+            for number in shot.numbers:
+                cv2.imwrite(str(output / kind / f"{kind}_{number:06d}.png"), np.zeros((240, 320, channels), np.uint16))
+        (output / "manifest.json").write_text(json.dumps({"alpha": "straight", "colorspace": "Linear Rec.2020",
+                                                          "ocio_config": config}))
+        added = addon.strips.add_result_strips(scene, shot, output)
+        assert added["face"].colorspace_settings.name == "Linear Rec.2020"
+        assert added["matte"].colorspace_settings.name == "Non-Color"
+    finally:
+        addon.strips.remove_result_strips(scene, plate.get("facereplace_id") or plate.name)
+        plate.colorspace_settings.name = "sRGB"
+
+
 def test_engine_runs_from_blender_share_the_cpu(project, prefs, addon):
     env = addon.operators.run_env()
     assert "FACEREPLACE_THREADS" not in env
@@ -472,10 +500,10 @@ def test_blend_values_survive_adding_the_strips_again_and_bake_into_convert(swap
     assert blend.values(face)["Gain"] == pytest.approx((1.2, 1.2, 1.2, 1.0))  # no convert setting: stays
     convert.erode = erode
     blend.set_values(face, blend.NEUTRAL)
-    (tmp_path / "manifest.json").write_text(json.dumps({"alpha": "premultiplied",
-                                                        "settings": {"format": "exr-multilayer"}}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"alpha": "premultiplied", "layers": ["face", "matte", "hull"],
+                                                        "files": {"face": "face/face_%06d.exr"}}))
     with pytest.raises(addon.engine_client.ClientError, match="multilayer EXRs, for compositing applications"):
-        addon.strips.layer_alpha_mode(tmp_path)
+        addon.strips.read_manifest(tmp_path)
 
 
 def test_a_changed_shot_is_stale_until_extracted_again(swapped, addon):

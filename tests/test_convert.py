@@ -11,7 +11,7 @@ import torch
 from skimage.color import rgb2lab
 
 from demo import samples
-from engine import media
+from engine import colorspace, media
 from engine import model as model_module
 from engine.color import COLOR_MODES
 from engine.convert import Converter, ConvertSettings, FaceJob, convert, shape_mask
@@ -130,7 +130,7 @@ def test_every_output_is_marked_synthetic(converted_b, tiny_model):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model_hash"] == digest and manifest["synthetic"] is True
     assert manifest["frame_range"] == [1, 16] and manifest["files"]["face"] == "face/face_%06d.png"
-    assert manifest["alpha"] == "straight" and manifest["colorspace"] == "sRGB"
+    assert manifest["alpha"] == "straight" and manifest["colorspace"] == "sRGB Encoded Rec.709 (sRGB)"
 
 
 def test_patches_go_back_with_their_matrices(converted_b):
@@ -242,8 +242,8 @@ def test_crop_matches_the_facesets_own_aligned_faces(faceset_b, shot_b):
     """The model sees what extract showed it in training: convert's crop at the faceset's size equals
     the faceset's aligned face (which extract cut with OpenCV) up to resampling."""
     shot = Alignments.load(faceset_b)
-    converter = Converter(None, 128, torch.device("cpu"), ConvertSettings(mask="hull", feather=0.0, color="none"),
-                          linear=False)
+    srgb = colorspace.ShotColour(colorspace.MODEL, colorspace.MODEL)
+    converter = Converter(None, 128, torch.device("cpu"), ConvertSettings(mask="hull", feather=0.0, color="none"), srgb)
     for number, image in list(source_frames(shot_b).items())[::5]:
         face = shot.frame(number).faces[0]
         job = FaceJob(number, 0, 0, np.asarray(face.matrix), face.aligned_landmarks())
@@ -264,7 +264,7 @@ def test_linear_exr_shot_round_trips_without_a_shift(identity_model, faceset_b, 
         linear = media.srgb_to_linear(frame / 255.0)
         linear[:30, :60] = 4.0  # a highlight no display-referred format could hold
         originals[number] = linear
-        media.write_exr(plate / f"plate_{number:04d}.exr", linear)
+        media.write_image(plate / f"plate_{number:04d}.exr", linear)
     out = tmp_path / "out"
     convert(plate, faceset_b, identity_model, out, mask="predicted", feather=0, color="none", format="exr",
             write_frames=True, frames="1-6", device="cpu")
@@ -279,7 +279,7 @@ def test_linear_exr_shot_round_trips_without_a_shift(identity_model, faceset_b, 
         assert np.all(np.abs(ratio - 1) < 0.01), ratio  # no gamma or colour shift
         assert np.abs(layer[..., :3][core] - original[core]).mean() < 0.01
         assert read_marking(out / "face" / f"face_{number:06d}.exr")["settings"]["format"] == "exr"
-    assert json.loads((out / "manifest.json").read_text())["colorspace"] == "linear"
+    assert json.loads((out / "manifest.json").read_text())["colorspace"] == "Linear Rec.709 (sRGB)"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -295,7 +295,7 @@ def png_claiming(width: int, height: int) -> bytes:
 
 def exr_claiming(path: Path, width: int, height: int) -> Path:
     """A real 8x8 EXR whose header's data window says `width` x `height`."""
-    media.write_exr(path, np.zeros((8, 8, 3), np.float32))
+    media.write_image(path, np.zeros((8, 8, 3), np.float32))
     data = path.read_bytes()
     box = struct.pack("<iiii", 0, 0, 7, 7)
     at = data.index(b"dataWindow\0box2i\0") + len(b"dataWindow\0box2i\0") + 4

@@ -37,7 +37,7 @@ def shot(shot_b, tmp_path_factory) -> dict:
     for number, frame in media.FrameSource(shot_b).frames(list(FRAMES)):
         linear = media.srgb_to_linear(frame / 255.0)
         path = folder / f"plate_{number:06d}.exr"
-        media.write_exr(path, np.dstack([linear, np.ones(linear.shape[:2], np.float32)]))
+        media.write_image(path, np.dstack([linear, np.ones(linear.shape[:2], np.float32)]))
         plates[number] = (linear, path)
     return plates
 
