@@ -179,7 +179,7 @@ def test_cli_events_and_bad_input(occluded, applied, capsys, tmp_path):
         (["mask", "apply", "--faceset", tmp_path / "none"], "faceset folder not found"),
         (["mask", "train", "--faceset", faceset], "--labels"),
         (["convert", occluded["shot"], "--alignments", faceset, "--model", tmp_path / "m", "--output",
-          tmp_path / "o", "--mask", "learned+bogus"], "--mask 'learned+bogus'"),
+          tmp_path / "o", "--mask", "learned+bogus"], "invalid choice: 'learned+bogus'"),
     ]
     for argv, message in cases:
         code, _, err = _engine(capsys, *argv, "--device", "cpu")
@@ -198,7 +198,7 @@ def test_convert_refuses_learned_mask_before_apply(occluded, applied, tmp_path):
     face_model = tmp_path / "face_model"
     train(bare, bare, face_model, preset="tiny", iterations=1, preview_every=1000, device="cpu")
     with pytest.raises(EngineError, match="no learned mask.*mask apply"):
-        convert(occluded["shot"], bare, face_model, tmp_path / "out", mask="extended+learned", device="cpu")
+        convert(occluded["shot"], bare, face_model, tmp_path / "out", mask="predicted+extended+learned", device="cpu")
     assert not (tmp_path / "out").exists()
 
 
