@@ -283,7 +283,9 @@ def test_strips_hand_their_colour_space_to_the_engine_and_results_carry_the_laye
             for number in shot.numbers:
                 cv2.imwrite(str(output / kind / f"{kind}_{number:06d}.png"), np.zeros((240, 320, channels), np.uint16))
         (output / "manifest.json").write_text(json.dumps({"alpha": "straight", "colorspace": "Linear Rec.2020",
-                                                          "ocio_config": config}))
+                                                          "ocio_config": config, "files": {
+                                                              "face": "face/face_%06d.png",
+                                                              "matte": "matte/matte_%06d.png"}}))
         added = addon.strips.add_result_strips(scene, shot, output)
         assert added["face"].colorspace_settings.name == "Linear Rec.2020"
         assert added["matte"].colorspace_settings.name == "Non-Color"

@@ -37,7 +37,7 @@ def test_acescg_exr_round_trips_bit_identical_outside_the_matte(identity_model, 
     plates = acescg_plate(source_frames(shot_b), tmp_path / "plate")
     out = tmp_path / "out"
     convert(tmp_path / "plate", faceset_b, identity_model, out, mask="predicted", feather=3, color="none",
-            fmt="exr", write_frames=True, frames="1-4", device="cpu", plate_colorspace="ACEScg")
+            format="exr", write_frames=True, frames="1-4", device="cpu", plate_colorspace="ACEScg")
     for number in range(1, 5):
         plate = plates[number]
         layer = media.read_image(out / "face" / f"face_{number:06d}.exr")
@@ -65,7 +65,7 @@ def test_srgb_png_and_acescg_exr_swaps_match_in_display_space(tiny_model, facese
     acescg_plate(frames, tmp_path / "exr")
     convert(png, faceset_b, tiny_model, tmp_path / "out_png", direction="b2a", write_frames=True, frames="1-3",
             device="cpu")
-    convert(tmp_path / "exr", faceset_b, tiny_model, tmp_path / "out_exr", direction="b2a", fmt="exr",
+    convert(tmp_path / "exr", faceset_b, tiny_model, tmp_path / "out_exr", direction="b2a", format="exr",
             write_frames=True, frames="1-3", device="cpu", plate_colorspace="ACEScg")
     for number in range(1, 4):
         shown_png = media.read_image(tmp_path / "out_png" / "frames" / f"frame_{number:06d}.png") / 65535.0
