@@ -66,7 +66,6 @@ MASK_MODES = {
     "learned": Choice("Learned", "The occlusion matte trained in Masks: occluders keep the plate"),
     "predicted+extended+learned": Choice("Intersection + Learned", "The intersection, less the occluders"),
 }
-MASK_SOURCES = ("predicted", "hull", "extended", "learned")  # what --mask intersects
 # --feather's default: this share of the shot's median face width (the landmark box), in frame pixels.
 AUTO_FEATHER = 0.06
 # --edge-match reaches this share of the face's (landmark) width in from the matte's edge (2 sigma of its blur):
@@ -242,11 +241,9 @@ def _auto_feather(alignments: Alignments) -> float:
 
 
 def mask_sources(mode: str) -> tuple[str, ...]:
-    """The masks --mask intersects: "intersection" is predicted+extended; MASK_SOURCES joined by "+"."""
-    sources = ("predicted", "extended") if mode == "intersection" else tuple(mode.split("+"))
-    if not all(source in MASK_SOURCES for source in sources):
-        raise EngineError(f"--mask {mode!r} is not one of {', '.join(MASK_MODES)} or some of them joined by +")
-    return sources
+    """The masks a --mask mode (one of MASK_MODES) intersects: "intersection" is predicted+extended, and
+    a mode joined by "+" is its parts."""
+    return ("predicted", "extended") if mode == "intersection" else tuple(mode.split("+"))
 
 
 def _face_jobs(alignments: Alignments, size: int, faceset: Path | None = None) -> dict[int, list[FaceJob]]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import colorspace
 from .events import EngineError
 from .frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, parse_range, sequence_files, sequence_numbers
 
@@ -236,10 +237,8 @@ def linear_to_srgb(x: np.ndarray) -> np.ndarray:
 
 def to_float(image: np.ndarray) -> np.ndarray:
     """Display-referred float in [0, 1] (sRGB), whatever the source's storage; EXR is taken as linear."""
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / 65535.0
+    if image.dtype in (np.uint8, np.uint16):
+        return colorspace.as_float(image)
     return np.clip(linear_to_srgb(image), 0.0, 1.0)
 
 

@@ -343,17 +343,23 @@ def _latest_checkpoint(model_dir: str | Path, device, warn) -> tuple[dict, Path,
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise EngineError(f"model folder not found: {model_dir}")
-    paths = checkpoint_paths(model_dir)
-    if not paths:
+    if not checkpoint_paths(model_dir):
         raise EngineError(f"no model checkpoint in {model_dir} (train one first)")
-    for path in paths:
+    return newest_loadable(model_dir, lambda data: parse_checkpoint(data, device), warn or log.warning)
+
+
+def newest_loadable(model_dir: Path, parse, warn, kind: str = "checkpoint") -> tuple[dict, Path, str]:
+    """The newest of `model_dir`'s checkpoints whose bytes `parse` turns into a state (a damaged one,
+    on which it raises, is skipped with a warning): the state, its path and the digest of those bytes."""
+    reason = "none"
+    for path in checkpoint_paths(model_dir):
         try:
             data = path.read_bytes()
-            return parse_checkpoint(data, device), path, checkpoint_digest(data)
+            return parse(data), path, checkpoint_digest(data)
         except Exception as e:  # torch.load raises many kinds on a damaged file; any means "skip it"
             reason = f"{type(e).__name__}: {e}"
-            (warn or log.warning)(f"checkpoint {path.name} is damaged ({reason}); using an older one")
-    raise EngineError(f"every checkpoint in {model_dir} is damaged (the last: {reason}); the model cannot be loaded")
+            warn(f"{kind} {path.name} is damaged ({reason}); using an older one")
+    raise EngineError(f"every {kind} in {model_dir} is damaged (the last: {reason}); the model cannot be loaded")
 
 
 def load_model(model_dir: str | Path, device="cpu", warn=None) -> tuple[FaceModel, ModelConfig]:

@@ -308,33 +308,26 @@ def _iou(predicted, truth) -> float:
 
 
 def _latest(model_dir: Path, device, warn) -> tuple[dict, Path, str]:
-    """The newest checkpoint that loads, skipping damaged ones with a warning: its state, path and the
-    digest of the very bytes the state was read from."""
+    """The newest mask checkpoint that loads, skipping damaged ones with a warning: its state, path and
+    the digest of the very bytes the state was read from."""
     import io
 
     import torch
 
-    from .model import checkpoint_digest, checkpoint_paths
+    from .model import checkpoint_paths, newest_loadable
+
+    def parse(data: bytes) -> dict:
+        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != VERSION:
+            raise ValueError("not a FaceReplace mask model checkpoint of this version")
+        _segmenter(MaskSettings.from_dict(state["settings"])).load_state_dict(state["model"])
+        if not all(torch.isfinite(v).all() for v in state["model"].values()):
+            raise ValueError("its weights are not all finite numbers")
+        return state
 
     if not model_dir.is_dir() or not checkpoint_paths(model_dir):
         raise EngineError(f"no mask model in {model_dir} (run python -m engine mask train first)")
-    reason = ""
-    for path in checkpoint_paths(model_dir):
-        try:
-            data = path.read_bytes()
-            state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
-            if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != VERSION:
-                raise ValueError("not a FaceReplace mask model checkpoint of this version")
-            settings = MaskSettings.from_dict(state["settings"])
-            network = _segmenter(settings)
-            network.load_state_dict(state["model"])
-            if not all(torch.isfinite(v).all() for v in state["model"].values()):
-                raise ValueError("its weights are not all finite numbers")
-            return state, path, checkpoint_digest(data)
-        except Exception as e:  # torch.load and load_state_dict raise many kinds on a damaged file
-            reason = f"{type(e).__name__}: {e}"
-            warn(f"mask checkpoint {path.name} is damaged ({reason}); using an older one")
-    raise EngineError(f"every mask checkpoint in {model_dir} is damaged (the last: {reason})")
+    return newest_loadable(model_dir, parse, warn, "mask checkpoint")
 
 
 # ---------------------------------------------------------------- apply
