@@ -55,6 +55,8 @@ def default_clips() -> Path:
 SHARED_PAIR = {"a": "d19.mp4", "b": "d18.mp4"}
 SHARED_GALLERY = {"s18": "s18.mp4", "s32": "s32.mp4", "s20": "s20.mp4"}
 GALLERY_EVERY = 10
+PRETRAIN_EVERY = 2  # the base model's faces: every 2nd frame of the clips that are not A or B
+BASE = "BASE"  # in a configuration's train options, the base model that --base trains
 SAMPLE_FRAMES, SAMPLE_SIZE = 48, (480, 360)
 DEFAULT_CONFIGS = ["fast=--preset fast --size 64"]
 
@@ -63,6 +65,7 @@ COLUMNS = [
     ("same-person", "same_person", "{:.2f}"),
     ("gallery", "gallery_retrieval", "{:.2f}"),
     ("detail", "detail_ratio", "{:.2f}"),
+    ("eyes+mouth detail", "feature_detail_ratio", "{:.2f}"),
     ("mouth corr", "mouth_correlation", "{:.2f}"),
     ("mouth diff", "mouth_difference", "{:.3f}"),
     ("eye corr", "eye_correlation", "{:.2f}"),
@@ -113,6 +116,25 @@ def prepare_data(work: Path, clips: Path) -> dict:
         samples.write_video(shot_b, samples.make_clip("grace_hopper", SAMPLE_FRAMES, SAMPLE_SIZE, scale=0.8, mouth=0.3)[0])
     return {"shot": shot_b, "a": extract(shot_a, facesets / "a"), "b": extract(shot_b, facesets / "b"),
             "gallery": [], "source": "packaged photos: A astronaut, B Grace Hopper (mouth moving), no gallery"}
+
+
+def pretrain(data: dict, work: Path, clips: Path, base_args: list[str], iterations: int) -> Path:
+    """The base model (`engine train --pretrain`) on every other person the clips hold, trained now or as an
+    earlier run left it; an interrupted one resumes."""
+    if not data["gallery"]:
+        sys.exit("error: --base needs the shared clips: the packaged photos hold no people besides A and B")
+    faces = [extract(clips / file, work / "facesets" / f"pretrain_{name}", "--every", str(PRETRAIN_EVERY))
+             for name, file in SHARED_GALLERY.items() if (clips / file).is_file()]
+    folder = work / "models" / f"base_{_slug(base_args)}_{iterations}it"
+    if not (folder / "bench_train.json").is_file():
+        print(f"pretraining {' '.join(base_args)} for {iterations}it on {len(faces)} people -> {folder}", flush=True)
+        resume = ["--resume"] if (folder / "model.json").is_file() else []
+        done = engine("train", "--pretrain", "--faces", *map(str, faces), "--model", str(folder),
+                      "--iterations", str(iterations), *resume, *base_args)
+        if done["stopped"] != "iterations":
+            sys.exit(f"error: pretraining stopped early ({done['stopped']}) at iteration {done['iterations']}")
+        media.write_json(folder / "bench_train.json", {"iterations": done["iterations"], "args": base_args})
+    return folder
 
 
 def parse_config(text: str) -> tuple[str, list[str], list[str]]:
@@ -222,6 +244,11 @@ def main() -> None:
     parser.add_argument("--clips", type=Path, default=default_clips(), metavar="DIR",
                         help="the shared clips folder (default ../shared/clips); absent, the packaged photos")
     parser.add_argument("--frames", metavar="A-B", help="evaluate only these frames of B's shot")
+    parser.add_argument("--base", metavar='"TRAIN ARGS"',
+                        help=f"train a base model (--pretrain) with these options on the clips' other people; a "
+                             f"configuration starts from it with --init-from {BASE}")
+    parser.add_argument("--base-iterations", type=int, default=1546, metavar="N",
+                        help="the base model's iterations (default 1546, 10 idle minutes of the fast preset)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="results file (default WORK/quality.json)")
     args = parser.parse_args()
 
@@ -230,6 +257,12 @@ def main() -> None:
     work = args.work.resolve()
     data = prepare_data(work, args.clips)
     configs = [parse_config(c) for c in (args.config or DEFAULT_CONFIGS)]
+    if any(BASE in train_args for _, train_args, _ in configs):
+        if args.base is None:
+            sys.exit(f"error: a configuration names {BASE}; give --base \"TRAIN ARGS\" to train it")
+        base = str(pretrain(data, work, args.clips, shlex.split(args.base), args.base_iterations))
+        configs = [(name, [base if a == BASE else a for a in train_args], convert_args)
+                   for name, train_args, convert_args in configs]
     print(f"data: {data['source']}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     budgets = [("iterations", n) for n in args.iterations] if args.iterations else [("minutes", m) for m in args.budgets]
     rows = []

@@ -18,19 +18,21 @@ from engine.__main__ import main
 from engine.convert import convert
 from engine.evaluate import evaluate
 from engine.extract import extract
-from engine.faces import align
+from engine.faces import align, masks
 from engine.faceset import Alignments
 from tests.conftest import empty_copy
 
 
 def write_layers(folder: Path, shot: Path, shot_faceset: Path, donor: Path, noise: float = 0.0,
                  brighten: float = 0.0, seed: int = 0, exr: bool = False, blur: float = 0.0,
-                 donor_face: int | None = None, plate: bool = False) -> Path:
+                 donor_face: int | None = None, plate: bool = False, soft_features: float = 0.0) -> Path:
     """Convert-style output for `shot`: the donor faceset's faces at the shot's faces. `noise` (frame
     pixels) shakes the landmarks the placement is fitted to, as an unsmoothed detector would; `brighten`
     lifts the face's levels, as a failed colour match would; `blur` (pixels) softens the face, as a
     low-resolution model draws it; `donor_face` puts that one donor face in every frame; `plate` takes
     the colour from the shot's own frame (only the donor's mask is used): B re-composited over itself;
+    `soft_features` (pixels) blurs only the eyes and the mouth, as a model that has not learnt them yet
+    draws them under skin that convert's --detail made sharp;
     `exr` writes scene-linear float EXR layers instead of 16-bit sRGB PNGs."""
     source = media.FrameSource(shot)
     alignments = Alignments.load(shot_faceset)
@@ -57,6 +59,11 @@ def write_layers(folder: Path, shot: Path, shot_faceset: Path, donor: Path, nois
             if plate:
                 pixels = plates[number].astype(np.float32) / 255.0
                 layer[..., :3] = cv2.GaussianBlur(pixels, (0, 0), blur) if blur else pixels
+            if soft_features:
+                points, side = np.asarray(face.landmarks), max(w, h)
+                features = np.maximum(masks.eyes_mask(points, side), masks.mouth_mask(points, side))[:h, :w, None]
+                soft = cv2.GaussianBlur(layer[..., :3], (0, 0), soft_features)
+                layer[..., :3] = layer[..., :3] * (1 - features) + soft * features
         if exr:
             layer[..., :3] = media.srgb_to_linear(layer[..., :3])
         else:
@@ -134,9 +141,20 @@ def test_detail_is_one_for_a_sharp_layer_and_falls_when_blurred(shot_b, faceset_
     faceset = evaluate(shot_b, faceset_b, write_layers(tmp_path / "faceset", shot_b, faceset_b, faceset_b),
                        faceset_a)["summary"]
     assert 0.75 < faceset["detail_ratio"] < 1.0
+    assert sharp["summary"]["feature_detail_ratio"] == pytest.approx(1.0, abs=0.02)
     soft = write_layers(tmp_path / "soft", shot_b, faceset_b, faceset_b, plate=True, blur=1.5)
     soft = evaluate(shot_b, faceset_b, soft, faceset_a)["summary"]
-    assert soft["detail_ratio"] < 0.5
+    assert soft["detail_ratio"] < 0.5 and soft["feature_detail_ratio"] < 0.5
+
+
+def test_feature_detail_tells_soft_eyes_and_mouth_under_sharp_skin(shot_b, faceset_a, faceset_b, tmp_path):
+    """Sharp skin around smudged eyes and mouth (what --detail makes of a young model) passes the detail
+    ratio; the eyes-and-mouth ratio does not."""
+    layers = write_layers(tmp_path / "smudged", shot_b, faceset_b, faceset_b, plate=True, soft_features=2.0)
+    summary = evaluate(shot_b, faceset_b, layers, faceset_a)["summary"]
+    assert summary["detail_ratio"] > 0.6
+    assert summary["feature_detail_ratio"] < 0.5
+    assert summary["feature_detail_ratio"] < summary["detail_ratio"] - 0.2
 
 
 @pytest.fixture(scope="module")
