@@ -7,8 +7,12 @@ shot, evaluate it, and print one table (also written as JSON).
     .venv/bin/python bench/quality.py --config base="--preset fast" \\
         --config late="--preset fast --no-warp-after 0.8" --config detail="--preset fast | --detail 0.5"
 
+    .venv/bin/python bench/quality.py --iterations 300 600 --base "--preset fast --size 64" \\
+        --config scratch="--preset fast --size 64" --config init="--preset fast --size 64 --init-from BASE"
+
 A configuration is NAME="TRAIN ARGS | CONVERT ARGS": engine train's options, and after a `|` engine
-convert's, exactly as on the command line. Configurations with the same train options share their
+convert's, exactly as on the command line. `BASE` in them is the base model that `--base` trains
+(`engine train --pretrain`, for `--base-iterations`) on the clips' people other than A and B. Configurations with the same train options share their
 models, so a convert option is measured on the same weights. Each budget trains its own model from
 scratch (a schedule that depends on the budget stays honest), with `--time-budget` in seconds, or with
 `--iterations` where budgets are given as iteration counts.
