@@ -42,7 +42,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size", type=int, default=256, help="aligned face size in pixels")
     parser.add_argument("--coverage", type=float, default=align.DEFAULT_COVERAGE,
                         help="share of the crop's width that the face's landmarks fill")
-    parser.add_argument("--frames", help="frame range A-B (inclusive), in the shot's frame numbers")
+    parser.add_argument("--frames", metavar="FIRST-LAST", help="frame range FIRST-LAST (inclusive), in the shot's frame numbers")
     parser.add_argument("--every", type=int, default=1, help="take every Nth frame")
     parser.add_argument("--reference", nargs="+", default=[], metavar="IMG",
                         help="photos of the person to keep when the shot holds several people")

@@ -22,9 +22,9 @@ const JOB_TYPE = {
         ADDON_MODULE_SETTING,
         // Read from the .blend, checked to be paths every worker sees.
         { key: "faceset_a", type: "string", eval: `${SCENE}.facereplace.a.faceset`, visible: "web",
-          description: "Source A's faceset" },
+          description: "Faceset A (the face to put in)" },
         { key: "faceset_b", type: "string", eval: `${SCENE}.facereplace.b.faceset`, visible: "web",
-          description: "Target B's faceset" },
+          description: "Faceset B (the shot's face)" },
         BLENDFILE_SETTING,
         SCENE_SETTING,
     ],
