@@ -23,8 +23,7 @@ const JOB_TYPE = {
         ENGINE_PYTHON_SETTING,
         ADDON_MODULE_SETTING,
         // Read from the .blend, checked to be paths every worker sees.
-        { key: "faceset", type: "string", eval: `${SCENE}.facereplace.b.faceset`, visible: "web",
-          description: "Faceset B (the shot's face)" },
+        facesetSetting("faceset", "b"),
         { key: "model", type: "string", eval: `${SCENE}.facereplace.train.model`, visible: "web",
           description: "The trained model" },
         { key: "output", type: "string", eval: `${SCENE}.facereplace.convert.output`, visible: "web",
