@@ -368,7 +368,7 @@ class FACEREPLACE_OT_extract(EngineOperator, bpy.types.Operator):
 class FACEREPLACE_OT_train(EngineOperator, bpy.types.Operator):
     bl_idname = "facereplace.train"
     bl_label = "Train"
-    bl_description = "Train the model that draws face A with the expressions, pose and light of shot B"
+    bl_description = "Train the model that draws A's face with the expression, pose and light of B's shot"
     stage = "train"
 
     resume: BoolProperty(name="Resume", description="Continue the scene's model; off: start a new model",

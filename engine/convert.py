@@ -57,7 +57,7 @@ from .output import (
     write_manifest,
 )
 
-DIRECTIONS = {"a2b": "a", "b2a": "b"}  # a2b: the shot's faces drawn by decoder A
+DIRECTIONS = {"a2b": "a", "b2a": "b"}  # a2b: the shot's faces drawn by A's decoder
 MASK_MODES = {
     "predicted": Choice("Predicted", "The mask the model draws"),
     "hull": Choice("Landmark Hull", "The hull of the face's landmarks"),
@@ -86,7 +86,7 @@ class ConvertSettings:
     convert(), and (but batch) the settings every output file's marking records."""
 
     direction: str = field(default="a2b", metadata={
-        "choices": DIRECTIONS, "help": "a2b: draw the shot's faces as A (decoder A); b2a: as B"})
+        "choices": DIRECTIONS, "help": "a2b: draw the shot's faces as A (A's decoder); b2a: as B"})
     mask: str = field(default="predicted", metadata={
         "choices": MASK_MODES,
         "help": "the model's mask (predicted), the landmark hull, the hull with forehead (extended), the occlusion "
