@@ -82,7 +82,7 @@ def _core_group():
 def _build_core(group) -> None:
     """Matte: erode/dilate, then a Gaussian feather. Colour: unpremultiplied, lift/gamma/gain, saturation,
     premultiplied by the new matte. Then edge blur where the matte is soft, then grain scaled by the matte.
-    Every stage is the identity at its neutral value."""
+    Every stage leaves the pixels as they are at its neutral value."""
     nodes, links = group.nodes, group.links
     inp, out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
 

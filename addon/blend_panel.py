@@ -1,4 +1,4 @@
-"""The Blend sub-panel: target B's face layer's FaceReplace Blend values, tuned live, and Bake."""
+"""The Blend sub-panel: the face layer over B's shot: FaceReplace Blend values, tuned live, and Bake."""
 
 import bpy
 
@@ -8,13 +8,13 @@ from .operators import resolved
 from .panels import FaceReplacePanel
 
 
-def target_face_strip(scene):
-    """The face layer the add-on added over target B, or None."""
+def face_strip_over_b(scene):
+    """The face layer the add-on added over B's shot, or None."""
     try:
-        target = strips.shot_of(scene, scene.facereplace.b, "B")
+        shot = strips.shot_of(scene, scene.facereplace.b, "B")
     except ClientError:
         return None
-    return strips.result_strips(scene, target.key or target.name).get("face")
+    return strips.result_strips(scene, shot.key or shot.name).get("face")
 
 
 class FACEREPLACE_OT_bake_blend(bpy.types.Operator):
@@ -27,7 +27,7 @@ class FACEREPLACE_OT_bake_blend(bpy.types.Operator):
 
     def execute(self, context):
         scene = strips.edited_scene(context)
-        face = target_face_strip(scene)
+        face = face_strip_over_b(scene)
         if face is None or blend.blend_node(face) is None:
             self.report({"ERROR"}, "no face layer with a FaceReplace Blend modifier: add the result strips first")
             return {"CANCELLED"}
@@ -50,7 +50,7 @@ class SEQUENCER_PT_facereplace_blend(FaceReplacePanel, bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        face = target_face_strip(strips.edited_scene(context))
+        face = face_strip_over_b(strips.edited_scene(context))
         node = blend.blend_node(face) if face is not None else None
         if node is None:
             layout.label(text="Add the result strips to blend the face live" if blend.has_compositor_modifier()

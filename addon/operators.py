@@ -22,7 +22,7 @@ from .jobs import Step
 from .preferences import BACKENDS, engine_python, extension_user_folder, managed_venv, prefs
 from .strips import absolute, edited_scene
 
-SIDES = [("A", "A", "Source A: the face to put in"), ("B", "B", "Target B: the shot whose face is replaced")]
+SIDES = [("A", "A", "A, the face to put in"), ("B", "B", "B, the shot's face: the one replaced")]
 TRAIN_STOP_GRACE_S = 60.0  # a stopped train finishes its iteration and saves; a big model on a CPU takes a while
 # Why a train ended, as the engine's "done" event says it ("stopped"), in the words of the report.
 STOP_REASONS = {"iterations": "reached its iterations", "time budget": "used its time budget",
@@ -227,7 +227,7 @@ def train_step(scene, resume: bool, into: str = "", iterations: int = 0) -> Step
 
 
 def convert_step(scene, frames: tuple[int, int] | None) -> Step:
-    """Convert target B, or only its timeline frames first..last (a farm chunk, which leaves the strips)."""
+    """Convert B's shot, or only its timeline frames first..last (a farm chunk, which leaves the strips)."""
     settings = scene.facereplace
     target = strips.shot_of(scene, settings.b, "B")
     chunk = target.within(*frames) if frames else target
@@ -368,7 +368,7 @@ class FACEREPLACE_OT_extract(EngineOperator, bpy.types.Operator):
 class FACEREPLACE_OT_train(EngineOperator, bpy.types.Operator):
     bl_idname = "facereplace.train"
     bl_label = "Train"
-    bl_description = "Train the model that draws face A with the expressions, pose and light of shot B"
+    bl_description = "Train the model that draws A's face with the expression, pose and light of B's shot"
     stage = "train"
 
     resume: BoolProperty(name="Resume", description="Continue the scene's model; off: start a new model",
@@ -389,13 +389,13 @@ class FACEREPLACE_OT_train(EngineOperator, bpy.types.Operator):
 class FACEREPLACE_OT_convert(EngineOperator, bpy.types.Operator):
     bl_idname = "facereplace.convert"
     bl_label = "Convert"
-    bl_description = "Swap the faces of target B and add the face layer and matte above it as strips"
+    bl_description = "Put A's face into B's shot and add the face layer and matte above it as strips"
     stage = "convert"
 
     frames: StringProperty(
         name="Frames",
-        description="Timeline frames to convert, as A-B or A-B,C-D (a farm chunk); these leave the strips "
-        "alone. Empty: the whole target, then add the strips",
+        description="Timeline frames to convert, as 101-200 or 1-50,80-90 (a farm chunk); these leave the strips "
+        "alone. Empty: the whole of B's shot, then add the strips",
         options={"SKIP_SAVE"},
     )
 
@@ -491,7 +491,7 @@ class FACEREPLACE_OT_add_strips(bpy.types.Operator):
     bl_idname = "facereplace.add_strips"
     bl_label = "Add Result Strips"
     bl_description = ("Add the converted face layer (Alpha Over, with a FaceReplace Blend modifier) and the "
-                      "muted matte above target B, replacing earlier ones")
+                      "muted matte above B's shot, replacing earlier ones")
     bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context):
@@ -554,7 +554,7 @@ class FACEREPLACE_OT_use_active_strip(bpy.types.Operator):
 class FACEREPLACE_OT_reference_frame(bpy.types.Operator):
     bl_idname = "facereplace.reference_frame"
     bl_label = "Use Current Frame"
-    bl_description = "Pick the person from the current frame"
+    bl_description = "Pick the person (A or B) from the current frame"
     bl_options = {"REGISTER", "UNDO"}
 
     side: EnumProperty(name="Shot", items=SIDES)

@@ -79,7 +79,7 @@ class SEQUENCER_PT_facereplace_shots(FaceReplacePanel, bpy.types.Panel):
     def draw(self, context):
         settings = edited_scene(context).facereplace
         editor = edited_scene(context).sequence_editor
-        for side, title in (("A", "Source A (the face to put in)"), ("B", "Target B (the shot to change)")):
+        for side, title in (("A", "A: the face to put in"), ("B", "B: the shot's face, replaced")):
             shot = getattr(settings, side.lower())
             box = self.layout.box()
             box.label(text=title)
@@ -213,7 +213,7 @@ class SEQUENCER_PT_facereplace_convert(FaceReplacePanel, bpy.types.Panel):
         col.prop(convert, "format")
         settings = edited_scene(context).facereplace
         if settings.target_frames:
-            layout.label(text=f"Target B: frames {settings.target_frames}")
+            layout.label(text=f"B: timeline frames {settings.target_frames}")
         row = layout.row(align=True)
         row.operator("facereplace.convert", icon="PLAY").frames = ""
         row.operator("facereplace.add_strips", icon="SEQ_STRIP_DUPLICATE")

@@ -35,7 +35,7 @@ def _set_strip(shot, name: str) -> None:
 
 class FaceReplaceShot(bpy.types.PropertyGroup):
     source: EnumProperty(
-        name="Source",
+        name="From", description="Where the shot is",
         items=[("STRIP", "Strip", "A movie or image strip of this scene's sequencer"),
                ("FOLDER", "Folder", "A folder holding an image sequence")],
         default="STRIP",
@@ -62,7 +62,7 @@ class FaceReplaceShot(bpy.types.PropertyGroup):
     frames_without_faces: StringProperty(name="Frames Without Faces", description="Shot frame numbers")
     signature: StringProperty(
         name="Shot Signature",
-        description="What the faceset was extracted from: source, frame numbers, face size, reference face")
+        description="What the faceset was extracted from: the shot, its frame numbers, face size, reference face")
 
 
 class FaceReplaceTrain(bpy.types.PropertyGroup):
@@ -115,7 +115,7 @@ class FaceReplaceConvert(bpy.types.PropertyGroup):
 
 
 def _target_frames(settings) -> str:
-    """Target B's timeline frames as "first-last" (a farm job's default range); empty while B is unset."""
+    """B's timeline frames as "first-last" (a farm job's default range); empty while B is unset."""
     try:
         shot = shot_of(settings.id_data, settings.b, "B")
     except ClientError:
@@ -124,12 +124,12 @@ def _target_frames(settings) -> str:
 
 
 class FaceReplaceSettings(bpy.types.PropertyGroup):
-    a: PointerProperty(type=FaceReplaceShot, name="Source A", description="The face to put in")
-    b: PointerProperty(type=FaceReplaceShot, name="Target B", description="The shot whose face is replaced")
+    a: PointerProperty(type=FaceReplaceShot, name="A", description="A, the face to put in: a shot of that person")
+    b: PointerProperty(type=FaceReplaceShot, name="B", description="B, the shot's face: the shot whose face is replaced")
     face_size: IntProperty(name="Face Size", default=256, min=64, max=1024, subtype="PIXEL",
                            description="Size of the aligned faces extract writes (at least the model's resolution)")
-    target_frames: StringProperty(name="Target Frames", get=_target_frames,
-                                  description="The timeline frames of target B, as a farm job converts them")
+    target_frames: StringProperty(name="B's Frames", get=_target_frames,
+                                  description="The timeline frames of B's shot, as a farm job converts them")
     train: PointerProperty(type=FaceReplaceTrain)
     convert: PointerProperty(type=FaceReplaceConvert)
 

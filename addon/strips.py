@@ -19,7 +19,7 @@ from .engine_client import ClientError, shared_module
 
 frame_rules = shared_module("frames")  # the engine's frame-numbering and frame-range rules
 TAG = "facereplace"  # custom property on the strips the add-on adds: "plate", "face" or "matte"
-TAG_TARGET = "facereplace_target"  # ... and the key of the shot they belong to (Shot.key)
+TAG_SHOT = "facereplace_target"  # ... and the key of the shot they belong to (Shot.key; saved in .blend files)
 STRIP_ID = "facereplace_id"  # custom property: a strip's id, which a rename keeps
 MAX_CHANNEL = 128
 # The face layer's alpha as convert's manifest names it -> Blender's strip alpha mode.
@@ -208,17 +208,17 @@ def shot_of(scene, shot_settings, side: str) -> Shot:
 # ---------------------------------------------------------------- result strips
 
 
-def result_strips(scene, target: str) -> dict[str, object]:
-    """{"face": strip, "matte": strip, "plate": strip} that the add-on added for the shot keyed `target`."""
+def result_strips(scene, shot_key: str) -> dict[str, object]:
+    """{"face": strip, "matte": strip, "plate": strip} that the add-on added for the shot keyed `shot_key`."""
     editor = scene.sequence_editor
     if editor is None:
         return {}
-    return {s[TAG]: s for s in strip_collection(editor) if s.get(TAG) and s.get(TAG_TARGET) == target}
+    return {s[TAG]: s for s in strip_collection(editor) if s.get(TAG) and s.get(TAG_SHOT) == shot_key}
 
 
-def remove_result_strips(scene, target: str) -> None:
+def remove_result_strips(scene, shot_key: str) -> None:
     strips = strip_collection(scene.sequence_editor) if scene.sequence_editor else None
-    for strip in result_strips(scene, target).values():
+    for strip in result_strips(scene, shot_key).values():
         strips.remove(strip)
 
 
@@ -231,7 +231,7 @@ def _free_channel(strips, lowest: int, count: int, start: int, end: int) -> int:
     raise ClientError(f"no {count} free channels above channel {lowest} for frames {start}-{end - 1}")
 
 
-def _image_strip(strips, name, folder: Path, files: list[str], channel, start, tag, target, fit="ORIGINAL",
+def _image_strip(strips, name, folder: Path, files: list[str], channel, start, tag, shot_key, fit="ORIGINAL",
                  relative=False):
     strip = strips.new_image(name=name, filepath=str(folder / files[0]), channel=channel, frame_start=start,
                              fit_method=fit)
@@ -240,7 +240,7 @@ def _image_strip(strips, name, folder: Path, files: list[str], channel, start, t
     if relative:  # stored like the scene's own paths, so the project folder can move
         strip.directory = bpy.path.relpath(str(folder)) + "/"
     strip[TAG] = tag
-    strip[TAG_TARGET] = target
+    strip[TAG_SHOT] = shot_key
     return strip
 
 
@@ -282,43 +282,43 @@ def result_file(output: Path, manifest: dict, kind: str, number: int) -> Path | 
     return path if path.resolve().is_relative_to(output.resolve()) and path.is_file() else None
 
 
-def add_result_strips(scene, target: Shot, output: Path, relative: bool = False) -> dict[str, object]:
+def add_result_strips(scene, shot: Shot, output: Path, relative: bool = False) -> dict[str, object]:
     """Add the face layer (Alpha Over, with the FaceReplace Blend modifier) and the muted matte on the
-    channels above the target, frame-aligned with it, replacing the ones an earlier run added (the blend
-    values tuned on the earlier face layer carry over). A folder target gets its plate added below them.
+    channels above B's shot `shot`, frame-aligned with it, replacing the ones an earlier run added (the blend
+    values tuned on the earlier face layer carry over). A folder shot gets its plate added below them.
     `relative` stores their folders "//"-relative to the .blend."""
     manifest = read_manifest(output)
-    layers = {kind: {n: result_file(output, manifest, kind, n) for n in target.numbers} for kind in ("face", "matte")}
-    missing = [n for n in target.numbers if layers["face"][n] is None or layers["matte"][n] is None]
+    layers = {kind: {n: result_file(output, manifest, kind, n) for n in shot.numbers} for kind in ("face", "matte")}
+    missing = [n for n in shot.numbers if layers["face"][n] is None or layers["matte"][n] is None]
     if missing:
         shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
         raise ClientError(f"{output} lacks {len(missing)} of the shot's frames ({shown}): convert them first")
     alpha_mode, colorspace = ALPHA_MODES[manifest["alpha"]], manifest["colorspace"]
-    key = target.key or target.name
+    key = shot.key or shot.name
     earlier = result_strips(scene, key).get("face")
     tuned = blend.values(earlier) if earlier is not None else None
     remove_result_strips(scene, key)
     strips = strip_collection(scene.sequence_editor_create())
     added = {}
-    if target.strip is None:
-        channel = _free_channel(strips, 1, 3, target.start, target.end)
-        files = {n: name for name, n in sequence_numbers(target.input).items()}
-        plate = _image_strip(strips, f"{target.name} plate", target.input, [files[n] for n in target.numbers],
-                             channel, target.start, "plate", key, fit="FIT", relative=relative)
+    if shot.strip is None:
+        channel = _free_channel(strips, 1, 3, shot.start, shot.end)
+        files = {n: name for name, n in sequence_numbers(shot.input).items()}
+        plate = _image_strip(strips, f"{shot.name} plate", shot.input, [files[n] for n in shot.numbers],
+                             channel, shot.start, "plate", key, fit="FIT", relative=relative)
         added["plate"] = plate
     else:
-        plate = find_strip(scene.sequence_editor, target.key, target.strip)
-    channel = _free_channel(strips, plate.channel + 1, 2, target.start, target.end)
-    faces, mattes = ([layers[kind][n] for n in target.numbers] for kind in ("face", "matte"))
-    face = _image_strip(strips, f"{target.name} face", faces[0].parent, [p.name for p in faces],
-                        channel, target.start, "face", key, relative=relative)
+        plate = find_strip(scene.sequence_editor, shot.key, shot.strip)
+    channel = _free_channel(strips, plate.channel + 1, 2, shot.start, shot.end)
+    faces, mattes = ([layers[kind][n] for n in shot.numbers] for kind in ("face", "matte"))
+    face = _image_strip(strips, f"{shot.name} face", faces[0].parent, [p.name for p in faces],
+                        channel, shot.start, "face", key, relative=relative)
     face.blend_type = "ALPHA_OVER"
     face.alpha_mode = alpha_mode
     if colorspace:  # the space the engine wrote the layers in; a matte is data, never colour-converted
         face.colorspace_settings.name = colorspace
     blend.add_blend_modifier(face, scene, tuned)
-    matte = _image_strip(strips, f"{target.name} matte", mattes[0].parent, [p.name for p in mattes],
-                         channel + 1, target.start, "matte", key, relative=relative)
+    matte = _image_strip(strips, f"{shot.name} matte", mattes[0].parent, [p.name for p in mattes],
+                         channel + 1, shot.start, "matte", key, relative=relative)
     matte.mute = True
     if colorspace:
         matte.colorspace_settings.name = "Non-Color"

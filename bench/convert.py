@@ -177,7 +177,7 @@ def main() -> None:
         shots = {name: make_shot(tmp, name, RESOLUTIONS[name], args.frames, landmarks, args.small_face)
                  for name in args.resolutions}
         for device in devices:
-            preset = args.preset or ("quality" if device == "cuda" else "fast")
+            preset = args.preset or model_module.default_preset(device)
             model_dir = tmp / f"model-{preset}"
             if not model_dir.exists():
                 make_model(model_dir, preset)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from demo import samples  # noqa: E402
 from engine.extract import extract  # noqa: E402
+from engine.model import PRESETS  # noqa: E402
 
 BUSY = "while True: pass"  # a process that wants a whole core, as Blender playing back does
 
@@ -52,7 +53,7 @@ def iterations(process: subprocess.Popen) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--preset", default="fast", choices=["tiny", "fast", "quality"])
+    parser.add_argument("--preset", default="fast", choices=list(PRESETS))
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:

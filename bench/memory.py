@@ -6,8 +6,8 @@ record every tensor that autograd saves for the backward pass.
     .venv/bin/python bench/memory.py --presets quality --sizes 256 512
 
 Columns: parameters; the fixed state (fp32 weights, gradients and Adam's two moments: 16 bytes a
-parameter); and the activations saved per face per identity (a batch of N costs 2 N times this, both
-identities) in fp32 (the CPU) and bf16 (CUDA autocast, about half: its convolutions save bf16 inputs).
+parameter); and the activations saved per face per person (a batch of N costs 2 N times this, A and
+B) in fp32 (the CPU) and bf16 (CUDA autocast, about half: its convolutions save bf16 inputs).
 GPU memory for a batch is about fixed + 2 N x activations, plus the allocator's and cuDNN's workspace
 (allow 10-20%).
 """
@@ -27,7 +27,7 @@ GIB = 1 << 30
 
 
 def saved_bytes(model: FaceModel, size: int, faces: int) -> int:
-    """Bytes autograd saves in one training step of `faces` per identity (fp32)."""
+    """Bytes autograd saves in one training step of `faces` per person (fp32)."""
     total = 0
 
     def pack(tensor):
@@ -60,7 +60,7 @@ def main() -> None:
                     model = FaceModel(config)
                 parameters = sum(p.numel() for p in model.parameters())
                 fixed = 16 * parameters
-                per_face = saved_bytes(model, size, 2) / 4  # two faces of each identity: per face per identity
+                per_face = saved_bytes(model, size, 2) / 4  # two faces of each person: per face per person
                 batch_gpu = fixed + 2 * config.batch * per_face / 2
                 print(f"| {preset} | {size} | {architecture} | {parameters / 1e6:.1f} M | {fixed / GIB:.2f} GiB | "
                       f"{per_face / (1 << 20):.1f} MiB | {batch_gpu / GIB:.1f} GiB at batch {config.batch} |")

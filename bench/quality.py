@@ -247,7 +247,7 @@ def main() -> None:
                         help="where facesets, models, layers and the results are kept (default work/quality)")
     parser.add_argument("--clips", type=Path, default=default_clips(), metavar="DIR",
                         help="the shared clips folder (default ../shared/clips); absent, the packaged photos")
-    parser.add_argument("--frames", metavar="A-B", help="evaluate only these frames of B's shot")
+    parser.add_argument("--frames", metavar="FIRST-LAST", help="evaluate only these frames of B's shot")
     parser.add_argument("--base", metavar='"TRAIN ARGS"',
                         help=f"train a base model (--pretrain) with these options on the clips' other people; a "
                              f"configuration starts from it with --init-from {BASE}")

@@ -6,7 +6,7 @@ and our 64-px model against an exact re-implementation of the book's reference m
     .venv/bin/python bench/train.py --sizes 128 256 --compile --json train.json   # as bench/gpu_check.sh
 
 An image is one face through a full training step (augmentation, forward, loss, backward, Adam), so a
-step of batch 8 per identity is 16 images. The data are the sample shots' faces, extracted at 256 px,
+step of batch 8 per person is 16 images. The data are the sample shots' faces, extracted at 256 px,
 loaded and augmented exactly as training does. "decode" is the loader reading faces from their PNGs
 (one process), "cached" the same from the in-memory copy that training makes when the faces fit. On CUDA it also prints the model's FLOPs per image
 (forward and backward, counted by torch) and the share of the GPU's bf16 peak that reached. "warm-up s"

@@ -3,7 +3,7 @@
     .venv/bin/python demo/blender_demo.py [--iterations 3000] [--preset tiny] [--detail 3] [--device auto]
 
 It builds the extension zip and installs it into a private Blender user folder (demo/out/blender-user),
-makes a .blend whose sequencer holds the sample shot (Grace Hopper, an mp4) as target B, with source A the
+makes a .blend whose sequencer holds the sample shot (Grace Hopper, an mp4) as B, with A (the face put in) the
 astronaut as a folder of frames, then runs extract, a short train and convert (with the plate's own fine
 texture put back onto the face, convert's --detail), which adds the face layer and matte strips. A hand
 and a microphone (demo/occluders.py) cross B's face: before training, the Masks panel's operators label a
@@ -45,7 +45,7 @@ FPS = 24
 
 
 def make_shots(out: Path, frames: int) -> tuple[Path, Path, list[np.ndarray]]:
-    """Source A: the astronaut as an image sequence. Target B: Grace Hopper as an mp4 shot, a hand and a
+    """A: the astronaut as an image sequence. B: Grace Hopper as an mp4 shot, a hand and a
     microphone crossing her face; and B's occluders per frame (boolean masks)."""
     frames_a, _ = samples.make_clip("astronaut", frames, SIZE)
     frames_b, matrices = samples.make_clip("grace_hopper", frames, SIZE, scale=0.7)

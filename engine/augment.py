@@ -7,7 +7,7 @@ the loader workers for every batch), and draws every random number of a batch. T
 resampling and colour work on the whole batch at once:
 - a small random rotation, zoom, shift and a horizontal flip, applied to input and target alike;
 - faceswap's random warp: the input alone is resampled through a smooth random grid, the target is not,
-  so the model must learn a face, not an identity copy of its input;
+  so the model must learn a face, not a copy of its input;
 - a Lab lightness and a/b shift, applied to input and target alike.
 
 Batch i's faces and random numbers come from a generator seeded by (seed, i, rank), so a run gives the
@@ -93,28 +93,28 @@ def sample_params(rng: np.random.Generator, n: int, augmentation: Augmentation) 
     return {"theta": theta.astype(np.float32), "warp": warp.astype(np.float32), "lab": lab.astype(np.float32)}
 
 
-def identity_params(n: int) -> dict[str, np.ndarray]:
+def unaugmented_params(n: int) -> dict[str, np.ndarray]:
     """No augmentation: for validation and previews."""
     return sample_params(np.random.default_rng(0), n, Augmentation(0, 0, 0, 0, 0, 0, 0))
 
 
 class FaceBatches(torch.utils.data.Dataset):
-    """Item i is iteration i's batch for both identities: {"a": batch, "b": batch}, each a dict of the
+    """Item i is iteration i's batch for both people (A and B): {"a": batch, "b": batch}, each a dict of the
     loaded faces (uint8 tensor n x size x size x 6) and their augmentation parameters."""
 
     def __init__(self, samples: dict[str, list[FaceSample]], face_size: int, size: int, batch: int,
                  augmentation: Augmentation, mask: str = "extended", seed: int = 0, rank: int = 0):
         self.samples, self.face_size, self.size, self.batch = samples, face_size, size, batch
         self.augmentation, self.mask, self.seed, self.rank = augmentation, mask, seed, rank
-        self.cache = None  # identity -> every face already loaded, once `preload` has run
+        self.cache = None  # person -> every face already loaded, once `preload` has run
 
     def __getitem__(self, iteration: int) -> dict:
         rng = np.random.default_rng([self.seed, iteration, self.rank])
         out = {}
-        for identity, samples in self.samples.items():
+        for person, samples in self.samples.items():
             picks = rng.choice(len(samples), self.batch, replace=len(samples) < self.batch)
-            faces = self.cache[identity][picks] if self.cache else self.load([samples[i] for i in picks])
-            out[identity] = {"faces": torch.from_numpy(faces)} | _tensors(
+            faces = self.cache[person][picks] if self.cache else self.load([samples[i] for i in picks])
+            out[person] = {"faces": torch.from_numpy(faces)} | _tensors(
                 sample_params(rng, self.batch, self.augmentation))
         return out
 
@@ -135,7 +135,7 @@ class FaceBatches(torch.utils.data.Dataset):
 
     def fixed(self, samples: list[FaceSample]) -> dict:
         """A batch of `samples` as they are, with no augmentation."""
-        return {"faces": torch.from_numpy(self.load(samples))} | _tensors(identity_params(len(samples)))
+        return {"faces": torch.from_numpy(self.load(samples))} | _tensors(unaugmented_params(len(samples)))
 
 
 def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 The output folder's layout, file patterns, markings and encodings are engine.output's. A rerun skips
 frames whose files are already there with the same marking (every file is written atomically), so
-farm chunks (--frames A-B) write disjoint files that together are byte-identical to one full run.
+farm chunks (--frames FIRST-LAST) write disjoint files that together are byte-identical to one full run.
 
 Per face: crop the frame with the stored matrix scaled to the model's size, run the decoder, match the
 colour to the original face inside the mask (in aligned space), and warp face and mask back by the
@@ -57,7 +57,7 @@ from .output import (
     write_manifest,
 )
 
-DIRECTIONS = {"a2b": "a", "b2a": "b"}  # a2b: the shot's faces drawn by decoder A
+DIRECTIONS = {"a2b": "a", "b2a": "b"}  # a2b: the shot's faces drawn by A's decoder
 MASK_MODES = {
     "predicted": Choice("Predicted", "The mask the model draws"),
     "hull": Choice("Landmark Hull", "The hull of the face's landmarks"),
@@ -86,7 +86,7 @@ class ConvertSettings:
     convert(), and (but batch) the settings every output file's marking records."""
 
     direction: str = field(default="a2b", metadata={
-        "choices": DIRECTIONS, "help": "a2b: draw the shot's faces as A (decoder A); b2a: as B"})
+        "choices": DIRECTIONS, "help": "a2b: draw the shot's faces as A (A's decoder); b2a: as B"})
     mask: str = field(default="predicted", metadata={
         "choices": MASK_MODES,
         "help": "the model's mask (predicted), the landmark hull, the hull with forehead (extended), the occlusion "
@@ -163,7 +163,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--alignments", required=True, metavar="FILE", help="the shot's alignments.json (or its faceset folder)")
     parser.add_argument("--model", required=True, metavar="DIR", help="the trained model folder")
     parser.add_argument("--output", "-o", required=True, metavar="DIR", help="the output folder")
-    parser.add_argument("--frames", metavar="A-B", help="convert only frames A-B (inclusive, the shot's numbers): a farm chunk")
+    parser.add_argument("--frames", metavar="FIRST-LAST", help="convert only frames FIRST-LAST (inclusive, the shot's numbers): a farm chunk")
     add_fields(parser, ConvertSettings)
     parser.add_argument("--force", action="store_true",
                         help="use alignments whose shot signature does not match the input (a deliberate change of plate)")
@@ -602,7 +602,7 @@ def convert(
     **changes,
 ) -> dict:
     """Convert `input` (a video or image folder) with its alignments and a trained model into `output`,
-    with `settings` and any of its fields `changes`d (convert(..., color="avg")); only `frames` (A-B) of
+    with `settings` and any of its fields `changes`d (convert(..., color="avg")); only `frames` (FIRST-LAST) of
     the shot when given. `force` converts with alignments whose shot signature does not match `input`.
     Returns the summary that the "done" event carries."""
     events = events or Events("convert")

@@ -17,7 +17,7 @@ Flags, in this order (a face flagged for one reason is not a duplicate's keeper)
   aligned faces inside the face, below --duplicate-threshold); the first in frame order is kept.
 
 Writes FACESET/curate/report.json, flagged.png (a contact sheet of the flagged faces, each with its reason)
-and pose.png (yaw x pitch coverage, beside the target's with --target). Nothing is ever deleted: --apply
+and pose.png (yaw x pitch coverage, beside faceset B's with --target). Nothing is ever deleted: --apply
 moves flagged faces' files into FACESET/aside/ (same relative paths) after recording them in
 FACESET/aside/moved.json, and --restore moves them back. Faceset.samples() skips faces whose image is
 missing, so training never sees a face that is aside.
@@ -61,7 +61,7 @@ THUMB_SIZE = 32  # duplicates are found on small thumbnails, which ignore noise 
 # Pose histogram cells, degrees; poses beyond the range fall in the edge cells.
 YAW_EDGES = np.arange(-90, 91, 10)
 PITCH_EDGES = np.arange(-60, 61, 10)
-# Pose regions checked against the target: (words, axis, sign, limit). Yaw is compared as |yaw|, since
+# Pose regions checked against B: (words, axis, sign, limit). Yaw is compared as |yaw|, since
 # training flips faces, so a face turned left also teaches the face turned right.
 POSE_REGIONS = [
     ("|yaw| > {}°", "yaw", 0, (15, 30, 45)),
@@ -79,7 +79,7 @@ def add_arguments(parser) -> None:
     action.add_argument("--apply", action="store_true", help="move the flagged faces aside (FACESET/aside/)")
     action.add_argument("--restore", action="store_true", help="move every face that is aside back, and stop")
     parser.add_argument("--target", metavar="FACESET_B",
-                        help="the target shot's faceset: compare pose coverage with it")
+                        help="faceset B (the shot's face): compare this faceset's pose coverage with it")
     parser.add_argument("--identity-threshold", type=float, metavar="X", default=identity.SAME_PERSON,
                         help="largest embedding distance to the main identity that counts as the same person "
                              "(default %(default)s)")
@@ -187,7 +187,7 @@ def curate(
 def _load_target(target) -> Alignments:
     alignments = Alignments.load(target)
     if not any(True for _ in alignments.faces()):
-        raise EngineError(f"target {target} holds no faces to compare poses with")
+        raise EngineError(f"faceset B {target} holds no faces to compare poses with")
     return alignments
 
 
@@ -375,19 +375,20 @@ def _pose_histogram(poses: np.ndarray) -> dict:
     }
 
 
-def compare_pose_coverage(source: np.ndarray, target: list[tuple[float, float, float]]) -> dict:
-    """How well the source faces' poses (n x 2 yaw, pitch) cover the target's, in numbers and plain words.
+def compare_pose_coverage(poses_a: np.ndarray, poses_b: list[tuple[float, float, float]]) -> dict:
+    """How well A's faces' poses (n x 2 yaw, pitch) cover B's, in numbers and plain words (the report keys
+    keep their names: source = A, target = B).
 
-    The source counts mirrored too (yaw negated), because training flips faces."""
-    target = np.array([p[:2] for p in target], np.float64).reshape(-1, 2)
-    target = target[np.isfinite(target).all(1)]
-    mirrored = np.concatenate([source, source * [-1.0, 1.0]]) if len(source) else source.reshape(0, 2)
-    covered = np.zeros(len(target), bool)
-    for start in range(0, len(target), 1024):  # chunks keep the pairwise table small
-        chunk = target[start : start + 1024]
+    A's count mirrored too (yaw negated), because training flips faces."""
+    poses_b = np.array([p[:2] for p in poses_b], np.float64).reshape(-1, 2)
+    poses_b = poses_b[np.isfinite(poses_b).all(1)]
+    mirrored = np.concatenate([poses_a, poses_a * [-1.0, 1.0]]) if len(poses_a) else poses_a.reshape(0, 2)
+    covered = np.zeros(len(poses_b), bool)
+    for start in range(0, len(poses_b), 1024):  # chunks keep the pairwise table small
+        chunk = poses_b[start : start + 1024]
         near = np.abs(chunk[:, None, :] - mirrored[None, :, :]).max(-1) <= POSE_NEAR
         covered[start : start + 1024] = near.any(1)
-    uncovered = 1.0 - covered.mean() if len(target) else 0.0
+    uncovered = 1.0 - covered.mean() if len(poses_b) else 0.0
 
     messages, regions = [], []
     for words, axis, sign, limits in POSE_REGIONS:
@@ -398,9 +399,9 @@ def compare_pose_coverage(source: np.ndarray, target: list[tuple[float, float, f
                 return values > limit
 
             name = words.format(limit)
-            share_b = float(inside(target).mean()) if len(target) else 0.0
-            count_a = int(inside(source).sum()) if len(source) else 0
-            share_a = count_a / len(source) if len(source) else 0.0
+            share_b = float(inside(poses_b).mean()) if len(poses_b) else 0.0
+            count_a = int(inside(poses_a).sum()) if len(poses_a) else 0
+            share_a = count_a / len(poses_a) if len(poses_a) else 0.0
             regions.append({"region": name, "target_share": round(share_b, 4), "source_faces": count_a,
                             "source_share": round(share_a, 4)})
             lacking = count_a == 0 or (share_a < share_b / 4 and count_a < 25)
@@ -412,12 +413,12 @@ def compare_pose_coverage(source: np.ndarray, target: list[tuple[float, float, f
         messages.append(f"{uncovered:.0%} of B's frames have no A face within {POSE_NEAR:.0f}° of their yaw "
                         f"and pitch (mirrored faces count)")
     return {
-        "target_faces": len(target),
-        "source_faces": len(source),
+        "target_faces": len(poses_b),
+        "source_faces": len(poses_a),
         "covered_share": round(1.0 - uncovered, 4),
         "regions": regions,
         "messages": messages,
-        "target_histogram": _pose_histogram(target),
+        "target_histogram": _pose_histogram(poses_b),
     }
 
 

@@ -63,13 +63,13 @@ MIN_SPREAD = 1e-3  # an opening that varies less than this (share of eye distanc
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("shot", help="the target shot: a video file or an image folder, as given to convert")
+    parser.add_argument("shot", help="B's shot: a video file or an image folder, as given to convert")
     parser.add_argument("--alignments", required=True, metavar="FILE", help="the shot's alignments.json (or its faceset folder)")
     parser.add_argument("--layers", required=True, metavar="DIR", help="convert's output folder (manifest.json, face/...)")
     parser.add_argument("--source", required=True, metavar="FACESET_A",
-                        help="the faceset of the identity the swap should carry")
+                        help="faceset A (the face put in): the identity the swap should carry")
     parser.add_argument("--output", "-o", metavar="DIR", help="where to write evaluation.json/png (default LAYERS/evaluate)")
-    parser.add_argument("--frames", metavar="A-B", help="evaluate only frames A-B (inclusive, the shot's numbers)")
+    parser.add_argument("--frames", metavar="FIRST-LAST", help="evaluate only frames FIRST-LAST (inclusive, the shot's numbers)")
     parser.add_argument("--detector", default="dlib", choices=DETECTORS,
                         help="landmark re-detection backend (dlib runs offline)")
     parser.add_argument("--force", action="store_true",
@@ -113,7 +113,7 @@ def _check_made_from(recorded: str, source: media.FrameSource, what: str, events
         events.warning(f"{what} were made from {made_from}; evaluating them against {here}")
 
 
-def source_identity(faceset: str | Path, what: str = "source faceset") -> np.ndarray:
+def faceset_identity(faceset: str | Path, what: str = "faceset A") -> np.ndarray:
     """A faceset's identity: the medoid of its faces' 128-D embeddings (those not moved aside by curate),
     as curate takes it. dlib's same-person distance is calibrated between two faces; a mean embedding
     is no one's face and sits nearer the middle of face space, where a featureless blob lands too."""
@@ -514,14 +514,14 @@ def evaluate(
     manifest = read_manifest(layers)
     _check_layers_match(manifest, frame_source, layers, events)
     spaces = (plate, layer_space(manifest))
-    identity_a = source_identity(source)
+    identity_a = faceset_identity(source)
     identities = None
     if gallery:
         identity_b = shot_identity(shot_alignments)
         if identity_b is None:
             raise EngineError(f"alignments {alignments_path} hold no identity embeddings: gallery retrieval needs B's")
         identities = {"A": identity_a, "B": identity_b}
-        identities.update({str(Path(g).resolve()): source_identity(g, "gallery faceset") for g in gallery})
+        identities.update({str(Path(g).resolve()): faceset_identity(g, "gallery faceset") for g in gallery})
 
     numbers = [n for n in frame_source.select(frames) if (f := shot_alignments.frame(n)) is not None and f.faces]
     missing = [n for n in numbers if not layer_path(layers, manifest, n).is_file()]

@@ -38,11 +38,12 @@ def add_arguments(parser) -> None:
     for name, spec in _detector_options().items():
         parser.add_argument(f"--{name.replace('_', '-')}", **spec)
     parser.add_argument("--batch", type=int,
-                        help="frames per detector call (fan backend; default 8 on CUDA, 1 on the CPU)")
+                        help="frames per detector call (default on CUDA: "
+                        + ", ".join(f"{name} {backend.cuda_batch}" for name, backend in BACKENDS.items()) + "; 1 on the CPU)")
     parser.add_argument("--size", type=int, default=256, help="aligned face size in pixels")
     parser.add_argument("--coverage", type=float, default=align.DEFAULT_COVERAGE,
                         help="share of the crop's width that the face's landmarks fill")
-    parser.add_argument("--frames", help="frame range A-B (inclusive), in the shot's frame numbers")
+    parser.add_argument("--frames", metavar="FIRST-LAST", help="frame range FIRST-LAST (inclusive), in the shot's frame numbers")
     parser.add_argument("--every", type=int, default=1, help="take every Nth frame")
     parser.add_argument("--reference", nargs="+", default=[], metavar="IMG",
                         help="photos of the person to keep when the shot holds several people")
@@ -137,7 +138,7 @@ def extract(
     reference = _reference_embedding(detector_impl, references)
 
     if batch is None:  # frames per detector call
-        batch = 8 if str(torch_device) == "cuda" and detector_impl.name == "fan" else 1
+        batch = BACKENDS[detector_impl.name].cuda_batch if str(torch_device) == "cuda" else 1
     detections = _detect_all(source, numbers, DetectionsLog(folder), detector_impl, events, batch, plate)
     if reference is None and reference_face:
         reference = _reference_from_shot(detections, reference_face)

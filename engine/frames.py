@@ -24,7 +24,7 @@ def parse_range(text: str) -> tuple[int, int]:
     """"101-200" or "150" (inclusive; Blender's "101..200" too) as (first, last)."""
     m = _RANGE.fullmatch(text)
     if not m:
-        raise ValueError(f"frame range {text!r} is not of the form A-B")
+        raise ValueError(f"frame range {text!r} is not of the form FIRST-LAST")
     first, last = int(m.group(1)), int(m.group(2) or m.group(1))
     if first > last:
         raise ValueError(f"frame range {text.strip()}: start is after end")
@@ -36,7 +36,7 @@ def parse_ranges(text: str) -> list[tuple[int, int]]:
     ranges = []
     for part in text.split(","):
         if not _RANGE.fullmatch(part):
-            raise ValueError(f"frame range {text!r} is not of the form A-B, A..B or A-B,C-D")
+            raise ValueError(f"frame range {text!r} is not of the form FIRST-LAST, FIRST..LAST or 1-50,80-90")
         ranges.append(parse_range(part))
     return ranges
 

@@ -60,7 +60,7 @@ def pixel_weights(mask, eyes, mouth, weights: LossWeights) -> torch.Tensor:
 
 
 def face_loss(rgb, mask_logits, target, mask, eyes, mouth, weights: LossWeights):
-    """The weighted loss of one identity's batch, a scalar."""
+    """The weighted loss of one person's batch, a scalar."""
     rgb, mask_logits = rgb.float(), mask_logits.float()
     w = pixel_weights(mask, eyes, mouth, weights)
     total_weight = w.sum().clamp_min(1e-6)

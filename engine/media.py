@@ -434,7 +434,7 @@ class FrameSource:
     # -- selection and reading
 
     def select(self, frames: str | None = None, every: int = 1) -> list[int]:
-        """Frame numbers in `frames` ("A-B" or "A", inclusive), every `every`-th; an error if outside."""
+        """Frame numbers in `frames` ("FIRST-LAST" or "N", inclusive), every `every`-th; an error if outside."""
         if every < 1:
             raise EngineError(f"--every must be 1 or more, got {every}")
         numbers = self.numbers

@@ -3,10 +3,10 @@ lays out.
 
 - "df" (the classic deepfake hourglass, DeepFaceLab's DF): one shared encoder with its bottleneck, one
   decoder per person.
-- "liae" (DeepFaceLab's LIAE): a shared encoder, two intermediates, inter_AB (both identities) and inter_B
+- "liae" (DeepFaceLab's LIAE): a shared encoder, two intermediates, inter_AB (A and B) and inter_B
   (B only), and a single decoder. A's code is inter_AB's output twice, B's is inter_B's beside
   inter_AB's; the swap draws B's faces from inter_AB twice, as A's. The decoder learns both people from
-  one code space, which carries B's expression and light across better; DF keeps identity crisper.
+  one code space, which carries B's expression and light across better; DF keeps A's likeness crisper.
 
     MODEL/
       model.json                  what is in here, for people and the add-on: config, settings, iteration
@@ -15,7 +15,7 @@ lays out.
       preview.png, previews/      the latest preview grid, and one per preview interval (a timelapse)
       stop                        create this file to make a running train save and stop
 
-Both identities go through the same encoder, so it learns a description of a face (pose, expression,
+Both people's faces go through the same encoder, so it learns a description of a face (pose, expression,
 light) that either decoder can draw; decoding B's faces with A's decoder is the swap. Each decoder draws
 RGB and a mask. Upscaling is a 3x3 convolution followed by pixel-shuffle (sub-pixel convolution),
 initialised with ICNR so it starts as nearest-neighbour upsampling rather than a checkerboard.

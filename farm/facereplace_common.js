@@ -19,6 +19,14 @@ const ADDON_MODULE_SETTING = {
 const BLENDFILE_SETTING = {
     key: "blendfile", type: "string", required: true, visible: "web", description: "The .blend to work on",
 };
+// Faceset A or B as the .blend's Extract left it ("a" or "b"), shown on the web form only.
+function facesetSetting(key, side) {
+    const words = { a: "the face to put in", b: "the shot's face" }[side];
+    return {
+        key, type: "string", eval: `${SCENE}.facereplace.${side}.faceset`, visible: "web",
+        description: `Faceset ${side.toUpperCase()} (${words})`,
+    };
+}
 const SCENE_SETTING = {
     key: "scene", type: "string", eval: `${SCENE}.name`, visible: "web", description: "The sequencer's scene",
 };

@@ -16,15 +16,14 @@ const JOB_TYPE = {
         {
             key: "frames", type: "string", required: true,
             eval: `${SCENE}.facereplace.target_frames`,
-            evalInfo: { showLinkButton: true, description: "Frames of the target strip" },
+            evalInfo: { showLinkButton: true, description: "Frames of B's strip" },
             description: "Timeline frames to convert, e.g. '1-250' or '1-100,150-250'",
         },
         { key: "chunk_size", type: "int32", default: 25, description: "Frames per task" },
         ENGINE_PYTHON_SETTING,
         ADDON_MODULE_SETTING,
         // Read from the .blend, checked to be paths every worker sees.
-        { key: "faceset", type: "string", eval: `${SCENE}.facereplace.b.faceset`, visible: "web",
-          description: "Target B's faceset" },
+        facesetSetting("faceset", "b"),
         { key: "model", type: "string", eval: `${SCENE}.facereplace.train.model`, visible: "web",
           description: "The trained model" },
         { key: "output", type: "string", eval: `${SCENE}.facereplace.convert.output`, visible: "web",

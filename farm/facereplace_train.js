@@ -21,10 +21,8 @@ const JOB_TYPE = {
         ENGINE_PYTHON_SETTING,
         ADDON_MODULE_SETTING,
         // Read from the .blend, checked to be paths every worker sees.
-        { key: "faceset_a", type: "string", eval: `${SCENE}.facereplace.a.faceset`, visible: "web",
-          description: "Source A's faceset" },
-        { key: "faceset_b", type: "string", eval: `${SCENE}.facereplace.b.faceset`, visible: "web",
-          description: "Target B's faceset" },
+        facesetSetting("faceset_a", "a"),
+        facesetSetting("faceset_b", "b"),
         BLENDFILE_SETTING,
         SCENE_SETTING,
     ],

@@ -11,7 +11,8 @@ from engine import colorspace, media
 from engine.convert import convert
 from engine.extract import extract
 from engine.faceset import Alignments
-from tests.test_convert import identity_model, run_engine, source_frames  # noqa: F401  (a fixture)
+from tests.conftest import run_engine
+from tests.test_convert import passthrough_model, source_frames  # noqa: F401  (a fixture)
 from tests.test_extract import assert_one_line_error
 
 ACESCG = colorspace.Space("ACEScg")
@@ -29,14 +30,14 @@ def acescg_plate(frames: dict[int, np.ndarray], folder) -> dict[int, np.ndarray]
     return plates
 
 
-def test_acescg_exr_round_trips_bit_identical_outside_the_matte(identity_model, faceset_b, shot_b,  # noqa: F811
+def test_acescg_exr_round_trips_bit_identical_outside_the_matte(passthrough_model, faceset_b, shot_b,  # noqa: F811
                                                                 tmp_path):
     """Outside the matte frames/ holds the plate's own float values, highlights included; inside, the
     face comes back in ACEScg unshifted; and the layer over the plate in ACEScg is convert's frame."""
     (tmp_path / "plate").mkdir()
     plates = acescg_plate(source_frames(shot_b), tmp_path / "plate")
     out = tmp_path / "out"
-    convert(tmp_path / "plate", faceset_b, identity_model, out, mask="predicted", feather=3, color="none",
+    convert(tmp_path / "plate", faceset_b, passthrough_model, out, mask="predicted", feather=3, color="none",
             format="exr", write_frames=True, frames="1-4", device="cpu", plate_colorspace="ACEScg")
     for number in range(1, 5):
         plate = plates[number]
@@ -121,7 +122,7 @@ def test_missing_config_names_the_path_tried(shot_a, tmp_path, monkeypatch):
     assert_one_line_error(result, str(missing))
 
 
-def test_10bit_dpx_sequence_extracts_like_its_png_and_converts(identity_model, tmp_path):  # noqa: F811
+def test_10bit_dpx_sequence_extracts_like_its_png_and_converts(passthrough_model, tmp_path):  # noqa: F811
     """A 10-bit DPX scan of the shot finds the same faces as its PNG frames, and converts with its pixels
     outside the matte kept at the scan's own 10-bit levels."""
     frames, _ = samples.make_clip("astronaut", 3, (320, 240))
@@ -137,7 +138,7 @@ def test_10bit_dpx_sequence_extracts_like_its_png_and_converts(identity_model, t
                       strict=True):
         assert np.abs(np.subtract(fa.faces[0].landmarks, fb.faces[0].landmarks)).max() < 1.0
     out = tmp_path / "out"
-    convert(tmp_path / "dpx", tmp_path / "fs_dpx", identity_model, out, color="none", write_frames=True,
+    convert(tmp_path / "dpx", tmp_path / "fs_dpx", passthrough_model, out, color="none", write_frames=True,
             device="cpu", plate_colorspace="sRGB Encoded Rec.709 (sRGB)")
     for number in (1, 2, 3):
         plate = media.read_image(tmp_path / "dpx" / f"scan.{number:04d}.dpx")

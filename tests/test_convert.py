@@ -35,21 +35,21 @@ def files_under(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-class IdentityModel:
+class PassThroughModel:
     """Draws every face exactly as it came in, with a mask over the whole crop: it isolates the crop,
     the warp back and the colour-space handling from what a trained model adds."""
 
-    hash = "identity"  # no checkpoint file: what load_model gives the model it loads
+    hash = "pass-through"  # no checkpoint file: what load_model gives the model it loads
 
-    def swap(self, faces, identity):
+    def swap(self, faces, person):
         return faces.clone(), torch.ones_like(faces[:, :1])
 
 
-class SoftMaskModel(IdentityModel):
+class SoftMaskModel(PassThroughModel):
     """The same under a mask as a trained model draws one: a sigmoid over a disk, 0.9995 in the middle and
     0.0005 at the corners, never quite 1 or 0."""
 
-    def swap(self, faces, identity):
+    def swap(self, faces, person):
         size = faces.shape[-1]
         y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
         distance = ((x - size / 2) ** 2 + (y - size / 2) ** 2).sqrt()
@@ -58,14 +58,14 @@ class SoftMaskModel(IdentityModel):
 
 
 @pytest.fixture
-def identity_model(monkeypatch, tmp_path, request):
-    """IdentityModel, or the model class an indirect parametrization names, loaded from a dummy folder."""
+def passthrough_model(monkeypatch, tmp_path, request):
+    """PassThroughModel, or the model class an indirect parametrization names, loaded from a dummy folder."""
     def load(model_dir, device, warn=None):
-        model = getattr(request, "param", IdentityModel)()
+        model = getattr(request, "param", PassThroughModel)()
         return model, ModelConfig(size=256, face_size=128, coverage=align.DEFAULT_COVERAGE)
 
     monkeypatch.setattr(model_module, "load_model", load)
-    folder = tmp_path / "identity-model"
+    folder = tmp_path / "passthrough-model"
     folder.mkdir()
     return folder
 
@@ -254,7 +254,7 @@ def test_crop_matches_the_facesets_own_aligned_faces(faceset_b, shot_b):
         assert np.abs(crop - stored)[inside].mean() < 3.0
 
 
-def test_linear_exr_shot_round_trips_without_a_shift(identity_model, faceset_b, shot_b, tmp_path):
+def test_linear_exr_shot_round_trips_without_a_shift(passthrough_model, faceset_b, shot_b, tmp_path):
     """A scene-linear plate: the face layer comes back linear and equal to the plate, and every pixel
     the mask does not touch, highlights above 1.0 included, is unchanged."""
     plate = tmp_path / "plate"
@@ -266,7 +266,7 @@ def test_linear_exr_shot_round_trips_without_a_shift(identity_model, faceset_b, 
         originals[number] = linear
         media.write_image(plate / f"plate_{number:04d}.exr", linear)
     out = tmp_path / "out"
-    convert(plate, faceset_b, identity_model, out, mask="predicted", feather=0, color="none", format="exr",
+    convert(plate, faceset_b, passthrough_model, out, mask="predicted", feather=0, color="none", format="exr",
             write_frames=True, frames="1-6", device="cpu")
     for number in range(1, 7):
         layer = media.read_image(out / "face" / f"face_{number:06d}.exr")
@@ -283,9 +283,9 @@ def test_linear_exr_shot_round_trips_without_a_shift(identity_model, faceset_b, 
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_and_cpu_agree(identity_model, faceset_b, shot_b, tmp_path):
+def test_cuda_and_cpu_agree(passthrough_model, faceset_b, shot_b, tmp_path):
     for device in ("cpu", "cuda"):
-        convert(shot_b, faceset_b, identity_model, tmp_path / device, mask="hull", erode=2, feather=6,
+        convert(shot_b, faceset_b, passthrough_model, tmp_path / device, mask="hull", erode=2, feather=6,
                 color="rct", frames="1-4", device=device)
     for number in range(1, 5):
         cpu = read16(tmp_path / "cpu" / "face" / f"face_{number:06d}.png")
@@ -320,14 +320,14 @@ def test_erode_dilate_and_feather_are_round_and_in_pixels():
     assert 19 <= width <= 23
 
 
-@pytest.mark.parametrize("identity_model", [SoftMaskModel], indirect=True)
-def test_matte_is_exactly_one_inside_and_zero_beyond_the_feather(identity_model, faceset_b, shot_b, tmp_path):
+@pytest.mark.parametrize("passthrough_model", [SoftMaskModel], indirect=True)
+def test_matte_is_exactly_one_inside_and_zero_beyond_the_feather(passthrough_model, faceset_b, shot_b, tmp_path):
     """A model's mask that never reaches 1 or 0 still gives a matte (and patch mask) of exactly 1 over the
     face and exactly 0 past the feather's reach, in both formats: no plate through the face, no haze."""
     feather = 10
     for fmt, ext, full in (("exr", ".exr", 1.0), ("png16", ".png", 65535)):
         out = tmp_path / fmt
-        convert(shot_b, faceset_b, identity_model, out, feather=feather, color="none", format=fmt, frames="4-5",
+        convert(shot_b, faceset_b, passthrough_model, out, feather=feather, color="none", format=fmt, frames="4-5",
                 write_patches=True, device="cpu")
         for number in (4, 5):
             matte = media.read_image(out / "matte" / f"matte_{number:06d}{ext}")

@@ -257,9 +257,9 @@ def test_bad_input_gets_one_clear_line(shot_a, shot_b, faceset_a, faceset_b, lay
     (tmp_path / "plain").mkdir()
     assert "is not a convert output folder" in _error(args(layers=tmp_path / "plain"), capsys)
 
-    # A source faceset with no faces.
+    # A faceset A with no faces.
     empty = empty_copy(faceset_a, tmp_path / "empty")
-    assert _error(args(source=empty), capsys) == f"error: source faceset {empty} holds no faces with identity embeddings"
+    assert _error(args(source=empty), capsys) == f"error: faceset A {empty} holds no faces with identity embeddings"
     message = _error(args() + ["--gallery", str(faceset_b), str(empty)], capsys)
     assert message == f"error: gallery faceset {empty} holds no faces with identity embeddings"
 

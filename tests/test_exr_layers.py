@@ -18,7 +18,7 @@ from engine.convert import convert
 from engine.faces import align
 from engine.faceset import Alignments, learned_mask
 from engine.output import read_marking
-from tests.test_convert import SoftMaskModel, identity_model  # noqa: F401 (a fixture)
+from tests.test_convert import SoftMaskModel, passthrough_model  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = "1-3"
@@ -34,10 +34,10 @@ def convert_both(model, faceset, shot, folder: Path, **settings) -> dict[str, Pa
 
 
 @pytest.mark.parametrize("alpha", ["premultiplied", "straight"])
-@pytest.mark.parametrize("identity_model", [SoftMaskModel], indirect=True)
-def test_layers_hold_the_single_layer_pixels_over_the_face_box_only(identity_model, faceset_b, shot_b,  # noqa: F811
+@pytest.mark.parametrize("passthrough_model", [SoftMaskModel], indirect=True)
+def test_layers_hold_the_single_layer_pixels_over_the_face_box_only(passthrough_model, faceset_b, shot_b,  # noqa: F811
                                                                     tmp_path, alpha):
-    outs = convert_both(identity_model, faceset_b, shot_b, tmp_path, alpha=alpha)
+    outs = convert_both(passthrough_model, faceset_b, shot_b, tmp_path, alpha=alpha)
     single, multi = outs["exr"], outs["exr-multilayer"]
     assert not (multi / "matte").exists()
     manifest = json.loads((multi / "manifest.json").read_text())
@@ -68,7 +68,7 @@ def test_layers_hold_the_single_layer_pixels_over_the_face_box_only(identity_mod
         hull = layers["hull"] > 0.5
         assert (hull & (expected > 0)).sum() / (hull | (expected > 0)).sum() > 0.95
         # placement and model in the header
-        assert header["facereplace_model_hash"] == "identity"
+        assert header["facereplace_model_hash"] == "pass-through"
         placed = json.loads(header["facereplace_matrices"])
         matrix = align.scale_matrix(face_record.matrix, shot.face_size, placed["patch_size"])
         assert np.allclose(placed["faces"][0]["matrix"], matrix, atol=1e-8)
@@ -76,7 +76,7 @@ def test_layers_hold_the_single_layer_pixels_over_the_face_box_only(identity_mod
         assert read_marking(path)["content"] == "layers"
 
 
-def test_a_learned_matte_becomes_the_occlusion_layer(identity_model, faceset_b, shot_b, tmp_path):  # noqa: F811
+def test_a_learned_matte_becomes_the_occlusion_layer(passthrough_model, faceset_b, shot_b, tmp_path):  # noqa: F811
     """With --mask learned, each face's learned matte (here a synthetic bar across the aligned mouth, as
     `mask apply` would write it into the faceset) comes out in frame pixels as a holdout matte: 1 on the
     bar, 0 on the rest of the face and off it."""
@@ -91,7 +91,7 @@ def test_a_learned_matte_becomes_the_occlusion_layer(identity_model, faceset_b, 
         path.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(path), learned)
     out = tmp_path / "out"
-    convert(shot_b, faceset, identity_model, out, mask="learned", format="exr-multilayer", frames="2", device="cpu")
+    convert(shot_b, faceset, passthrough_model, out, mask="learned", format="exr-multilayer", frames="2", device="cpu")
     assert json.loads((out / "manifest.json").read_text())["layers"] == ["face", "matte", "occlusion", "hull"]
     layers, header = exr_layers.read(out / "face" / "face_000002.exr")
     occlusion = layers["occlusion"]
@@ -130,14 +130,14 @@ BLENDER_CHECK = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("identity_model", [SoftMaskModel], indirect=True)
-def test_blenders_compositor_reads_the_layers(identity_model, faceset_b, shot_b, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("passthrough_model", [SoftMaskModel], indirect=True)
+def test_blenders_compositor_reads_the_layers(passthrough_model, faceset_b, shot_b, tmp_path):  # noqa: F811
     """Blender opens the file as a multilayer image whose passes are the layers, and its compositor
     gives back the face layer's linear values exactly. (Blender reads the data window as the whole
     image, so the check renders at the data window's size.)"""
     pytest.importorskip("bpy")
     out = tmp_path / "out"
-    convert(shot_b, faceset_b, identity_model, out, color="none", format="exr-multilayer", frames="1", device="cpu")
+    convert(shot_b, faceset_b, passthrough_model, out, color="none", format="exr-multilayer", frames="1", device="cpu")
     path = out / "face" / "face_000001.exr"
     layers, header = exr_layers.read(path)
     window = [[int(v) for v in corner] for corner in header["dataWindow"]]

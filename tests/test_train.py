@@ -22,7 +22,7 @@ import torch
 
 from engine import media
 from engine.__main__ import main
-from engine.augment import Augmentation, FaceBatches, identity_params, load_face
+from engine.augment import Augmentation, FaceBatches, load_face, unaugmented_params
 from engine.color import lab_to_rgb, rgb_to_lab
 from engine.faceset import Faceset
 from engine.model import checkpoint_paths, load_model, model_hash, read_checkpoint, read_history
@@ -347,7 +347,7 @@ def test_batches_are_the_same_whatever_the_workers_or_cache(faceset_a, faceset_b
             for name in ("faces", "theta", "warp", "lab"):
                 assert torch.equal(one[k][name], other[k][name]) and torch.equal(one[k][name], cached[k][name])
     assert not torch.equal(loaded[0][0]["a"]["warp"], loaded[0][1]["a"]["warp"])
-    assert identity_params(2)["warp"].max() == 0
+    assert unaugmented_params(2)["warp"].max() == 0
 
 
 @pytest.mark.parametrize("size", [64, 96, 192, 256])

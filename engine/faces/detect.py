@@ -272,13 +272,15 @@ class FanDetector:
 @dataclass(frozen=True)
 class Backend:
     """A detector backend: its class, its entry in the add-on's menu, whether it runs on torch (and so on
-    --device; a backend that does not is made without a device), and the options it takes, as extract's
-    command line declares them (argparse keywords by option name)."""
+    --device; a backend that does not is made without a device), the options it takes, as extract's
+    command line declares them (argparse keywords by option name), and the frames per call it batches on
+    CUDA by default."""
 
     make: type
     choice: Choice
     on_torch: bool
     options: dict
+    cuda_batch: int = 1
 
 
 BACKENDS = {
@@ -286,7 +288,8 @@ BACKENDS = {
         "FAN", "face-alignment's S3FD and 2DFAN4: accurate, fast on a GPU; weights downloaded once"), True, {
         "fan_weights": {"help": "folder holding the fan backend's weight files, for offline use"},
         "offline": {"action": "store_true",
-                    "help": "never reach the network: fan needs its weights on disk, auto falls back to dlib"}}),
+                    "help": "never reach the network: fan needs its weights on disk, auto falls back to dlib"}},
+        cuda_batch=8),
     "dlib": Backend(DlibDetector, Choice("dlib", "dlib's HOG detector and 68-point predictor: works offline"), False,
                     {"cnn": {"action": "store_true", "help": "dlib backend: the CNN detector instead of HOG"}}),
 }
