@@ -29,6 +29,7 @@ import torch
 from torch import distributed as dist
 
 from . import media
+from .adversarial import Adversary, make_adversary
 from .augment import Augmentation, FaceBatches, augment, worker_init
 from .device import pick_device
 from .events import EngineError, Events, log
@@ -87,6 +88,19 @@ class Schedule:
 
 
 @dataclass
+class Adversarial:
+    """The adversarial phase (DeepFaceLab's GAN power; see engine.adversarial): once the reconstruction has
+    converged, a small patch discriminator judges the model's faces against the real ones, inside the mask,
+    and the model learns to pass for real too, which sharpens skin and fine detail."""
+
+    weight: float = field(default=0.0, metadata={
+        "help": "weight of the adversarial loss beside the face loss (DeepFaceLab: about 0.1); 0: off"})
+    after: float = field(default=0.0, metadata={
+        "help": "start it from this iteration (1 or more), or this share of --iterations or --time-budget "
+                "(below 1), once the face is learnt; 0: with the late phase (--no-warp-after)"})
+
+
+@dataclass
 class TrainSettings:
     """How a model is trained (its shape is ModelConfig); stored in every checkpoint for --resume."""
 
@@ -101,11 +115,13 @@ class TrainSettings:
     augmentation: Augmentation = field(default_factory=Augmentation)
     loss: LossWeights = field(default_factory=LossWeights)
     schedule: Schedule = field(default_factory=Schedule)
+    adversarial: Adversarial = field(default_factory=Adversarial)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainSettings":
         return cls(**{**data, "augmentation": Augmentation(**data["augmentation"]), "loss": LossWeights(**data["loss"]),
-                      "schedule": Schedule(**data.get("schedule", {}))})
+                      "schedule": Schedule(**data.get("schedule", {})),
+                      "adversarial": Adversarial(**data.get("adversarial", {}))})
 
 
 def add_arguments(parser) -> None:
@@ -160,6 +176,11 @@ def add_arguments(parser) -> None:
     for f in fields(Schedule):
         schedule.add_argument(f"--{f.name.replace('_', '-')}", type=float, dest=f"schedule_{f.name}", metavar="X",
                               help=f"{f.metadata['help']} ({f.default:g})")
+    adversarial = parser.add_argument_group("adversarial phase")
+    for f in fields(Adversarial):
+        adversarial.add_argument(f"--gan-{f.name}", type=number_in(0) if f.name == "weight" else float,
+                                 dest=f"gan_{f.name}", metavar="W" if f.name == "weight" else "X",
+                                 help=f"{f.metadata['help']} ({f.default:g})")
 
 
 def run(args, events: Events) -> None:
@@ -176,6 +197,7 @@ def run(args, events: Events) -> None:
         model_options={k: options[k] for k in ("architecture", "encoder_width", "decoder_width", "latent",
                                                "residual_blocks", "learning_rate")},
         schedule={f.name: options[f"schedule_{f.name}"] for f in fields(Schedule)},
+        adversarial={f.name: options[f"gan_{f.name}"] for f in fields(Adversarial)},
         loss={f.name: options[f"loss_{f.name}"] for f in fields(LossWeights)},
         augmentation={f.name: options[f"augment_{f.name}"] for f in fields(Augmentation)},
         **{k: options[k] for k in ("mask", "validation", "log_every", "preview_every", "save_every", "keep",
@@ -204,6 +226,7 @@ def train(
     loss: dict | None = None,
     augmentation: dict | None = None,
     schedule: dict | None = None,
+    adversarial: dict | None = None,
     events: Events | None = None,
     **settings,
 ) -> dict:
@@ -212,9 +235,9 @@ def train(
     A base model (pretraining): `a` is a list of facesets of many people and `b` is None; both decoders
     learn from all of them. `init_from` starts a new model from another model's weights (same shape).
     `preset` None means model.default_preset for a new model (by device) and the model's own on resume.
-    `model_options`, `loss`, `augmentation`, `schedule` and `settings` change fields of ModelConfig,
-    LossWeights, Augmentation, Schedule and TrainSettings; None values are ignored. Returns the "done"
-    event's summary.
+    `model_options`, `loss`, `augmentation`, `schedule`, `adversarial` and `settings` change fields of
+    ModelConfig, LossWeights, Augmentation, Schedule, Adversarial and TrainSettings; None values are
+    ignored. Returns the "done" event's summary.
     """
     events = events or Events("train")
     model_dir = Path(model_dir)
@@ -232,12 +255,14 @@ def train(
     start = begin(model_dir, init_from, preset, {"size": size, "batch": batch, **(model_options or {})}, facesets,
                   device, events, main_process)
     config, progress = start.config, start.progress
-    train_settings = _changed_settings(start.settings, {"seed": seed, **settings}, augmentation, loss, schedule)
+    train_settings = _changed_settings(start.settings, {"seed": seed, **settings}, augmentation, loss, schedule,
+                                       adversarial)
     _check_settings(train_settings, iterations, time_budget, target_loss)
     data = _data(facesets, pretrain, config, train_settings, rank, world)
     loader = _loader(data.batches, progress.iteration, iterations, workers, device, world)
     model, optimizer = _model_and_optimizer(config, train_settings.seed, device, start.state,
                                             start.checkpoint if resume else None)
+    adversary = _resumed_adversary(train_settings, config, device, world, progress, start.state, start.checkpoint)
     del start  # the loaded weights: the model holds them now
     train_model = _parallel(model, device, world, compile)
     parameters = sum(p.numel() for p in model.parameters())
@@ -258,8 +283,16 @@ def train(
                 progress.late_from = iteration
                 events.emit("late_phase", iteration=iteration)
             late = progress.late_from is not None and iteration >= progress.late_from
+            if adversary is None and _adversarial_phase(train_settings, iteration, iterations,
+                                                        time.monotonic() - run_started, time_budget, late, world,
+                                                        device):
+                progress.adversarial_from = iteration
+                adversary = make_adversary(train_settings.adversarial.weight, config.learning_rate,
+                                           train_settings.seed, device, world)
+                events.emit("adversarial_phase", iteration=iteration)
             window += train_step(train_model, optimizer, batch, device, loss_fn, warp=not late,
-                                 update=_update(optimizer, train_settings, late, iteration, device))
+                                 update=_update(optimizer, train_settings, late, iteration, device),
+                                 adversary=adversary)
             window_iterations += 1
 
             # why stop now, if at all (every process must agree, or DDP would hang)
@@ -288,7 +321,7 @@ def train(
                 reached = replace(progress, iteration=iteration,
                                   elapsed=progress.elapsed + time.monotonic() - run_started)
                 checkpoint = _save(model_dir, model, optimizer, config, train_settings, facesets, reached, losses,
-                                   parameters)
+                                   parameters, adversary)
             if stopping:
                 break
 
@@ -312,13 +345,14 @@ def train(
 @dataclass
 class Progress:
     """How far a model has trained, kept at the top level of each checkpoint: its iteration, the seconds
-    all its runs took, [training loss, validation loss] at each validation, and the iteration the late
-    phase began at (None: not yet)."""
+    all its runs took, [training loss, validation loss] at each validation, and the iterations the late
+    and adversarial phases began at (None: not yet; the adversarial one is saved with its discriminator)."""
 
     iteration: int = 0
     elapsed: float = 0.0
     checks: list = field(default_factory=list)
     late_from: int | None = None
+    adversarial_from: int | None = None
 
 
 class Start(NamedTuple):
@@ -348,7 +382,7 @@ def _resumed_start(model_dir: Path, init_from, preset, model_changes: dict, face
     try:
         settings = TrainSettings.from_dict(state["settings"])
         progress = Progress(int(state["iteration"]), float(state["elapsed"]), list(state["checks"]),
-                            state.get("late_from"))
+                            state.get("late_from"), state.get("adversarial_from"))
     except (KeyError, TypeError, ValueError) as e:
         raise EngineError(f"checkpoint {checkpoint} cannot be resumed: {type(e).__name__}: {e}") from None
     log.info("resuming %s at iteration %d from %s", model_dir, progress.iteration, checkpoint.name)
@@ -378,13 +412,14 @@ def _new_start(model_dir: Path, init_from, preset, model_changes: dict, facesets
 
 
 def _changed_settings(settings: TrainSettings, changes: dict, augmentation: dict | None, loss: dict | None,
-                      schedule: dict | None) -> TrainSettings:
+                      schedule: dict | None, adversarial: dict | None) -> TrainSettings:
     """`settings` with the given (not None) values of its own fields and of its parts' fields."""
     return replace(
         settings, **_given(changes),
         augmentation=replace(settings.augmentation, **_given(augmentation or {})),
         loss=replace(settings.loss, **_given(loss or {})),
         schedule=replace(settings.schedule, **_given(schedule or {})),
+        adversarial=replace(settings.adversarial, **_given(adversarial or {})),
     )
 
 
@@ -456,6 +491,19 @@ def _model_and_optimizer(config: ModelConfig, seed: int, device, state: dict | N
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     return model, optimizer
+
+
+def _resumed_adversary(settings: TrainSettings, config: ModelConfig, device, world: int, progress: Progress,
+                       state: dict | None, checkpoint: Path | None) -> Adversary | None:
+    """The discriminator a resumed checkpoint holds, when its phase had begun and is still on; else None
+    (the phase then begins, or begins again, when the loop reaches it)."""
+    if settings.adversarial.weight == 0 or progress.adversarial_from is None or "discriminator" not in state:
+        return None
+    try:
+        return make_adversary(settings.adversarial.weight, config.learning_rate, settings.seed, device, world,
+                              state["discriminator"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise EngineError(f"checkpoint {checkpoint} cannot be resumed: {type(e).__name__}: {e}") from None
 
 
 def _parallel(model: FaceModel, device, world: int, compile: bool) -> torch.nn.Module:
@@ -548,11 +596,13 @@ def _eta(iteration: int, iterations: int | None, it_per_s: float, time_budget: f
 # ---------------------------------------------------------------- one step, one save
 
 
-def train_step(model, optimizer, batch: dict, device, loss, warp: bool = True, update=None) -> torch.Tensor:
+def train_step(model, optimizer, batch: dict, device, loss, warp: bool = True, update=None,
+               adversary: Adversary | None = None) -> torch.Tensor:
     """One training step, as train() runs it and bench/train.py times it: augment both people's faces on
     the device (random warp while `warp`), run `model` on them (bf16 autocast on CUDA), `loss(output,
-    target)` for each person, backward, then `update()` (default: the optimizer's step). Returns the two
-    losses, detached."""
+    target)` for each person, backward, then `update()` (default: the optimizer's step). With an
+    `adversary` (the adversarial phase), its generator term joins each person's loss and its
+    discriminator then takes a step of its own on this batch. Returns the two `loss`es, detached."""
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     inputs, targets = {}, {}
     for k in ("a", "b"):
@@ -561,16 +611,22 @@ def train_step(model, optimizer, batch: dict, device, loss, warp: bool = True, u
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         outputs = model(inputs["a"], inputs["b"])
     loss_a, loss_b = (loss(out, targets[k]) for k, out in zip("ab", outputs, strict=True))
+    total = loss_a + loss_b
+    if adversary is not None:
+        total = total + sum(adversary.generator_loss(out[0], targets[k]) for k, out in zip("ab", outputs, strict=True))
     optimizer.zero_grad(set_to_none=True)
-    (loss_a + loss_b).backward()
+    total.backward()
     (update or optimizer.step)()
+    if adversary is not None:
+        adversary.step([out[0] for out in outputs], [targets["a"], targets["b"]])
     return torch.stack([loss_a.detach(), loss_b.detach()])
 
 
 def _save(model_dir: Path, model: FaceModel, optimizer, config: ModelConfig, settings: "TrainSettings",
-          facesets: dict, progress: Progress, losses: dict, parameters: int) -> Path:
-    """The checkpoint (weights, optimiser, random states and `progress`) and model.json, on the main
-    process; never of weights that are not finite."""
+          facesets: dict, progress: Progress, losses: dict, parameters: int, adversary: Adversary | None) -> Path:
+    """The checkpoint (weights, optimiser, random states, `progress` and, in the adversarial phase, the
+    discriminator and its optimiser) and model.json, on the main process; never of weights that are not
+    finite. The face model's weights are the same keys with or without a discriminator."""
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise _diverged(model_dir, progress.iteration)
     state = {
@@ -581,6 +637,8 @@ def _save(model_dir: Path, model: FaceModel, optimizer, config: ModelConfig, set
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if next(model.parameters()).is_cuda else []},
     }
+    if adversary is not None:
+        state.update(adversarial_from=progress.adversarial_from, discriminator=adversary.state_dict())
     path = write_checkpoint(model_dir, state, settings.keep)
     media.write_json(model_dir / SUMMARY_FILE, {
         "format": FORMAT, "version": VERSION, "iteration": state["iteration"],
@@ -672,6 +730,15 @@ def _check_settings(settings: TrainSettings, iterations, time_budget, target_los
                           f"got {schedule.no_warp_after:g}" + (" with neither given" if schedule.no_warp_after > 0 else ""))
     if not 0 < schedule.lr_dropout <= 1:
         raise EngineError(f"--lr-dropout must be above 0 and at most 1, got {schedule.lr_dropout:g}")
+    gan = settings.adversarial
+    if gan.weight < 0:
+        raise EngineError(f"--gan-weight must be 0 (off) or more, got {gan.weight:g}")
+    if gan.after < 0 or (0 < gan.after < 1 and iterations is None and time_budget is None):
+        raise EngineError(f"--gan-after takes an iteration, or a share (below 1) of --iterations or --time-budget; "
+                          f"got {gan.after:g}" + (" with neither given" if gan.after > 0 else ""))
+    if gan.weight > 0 and not gan.after and not schedule.no_warp_after:
+        raise EngineError("--gan-weight needs --gan-after X (or --no-warp-after X, whose late phase it then joins): "
+                          "the adversarial phase starts only once the face is learnt")
     for name, value in (("iterations", iterations), ("time-budget", time_budget), ("target-loss", target_loss)):
         if value is not None and value <= 0:
             raise EngineError(f"--{name} must be above 0, got {value}")
@@ -680,7 +747,27 @@ def _check_settings(settings: TrainSettings, iterations, time_budget, target_los
 def late_phase(schedule: Schedule, iteration: int, iterations: int | None, seconds: float,
                time_budget: float | None) -> bool:
     """Whether `iteration` (`seconds` into this run) falls in the schedule's late phase."""
-    after = schedule.no_warp_after
+    return _reached(schedule.no_warp_after, iteration, iterations, seconds, time_budget)
+
+
+def _adversarial_phase(settings: TrainSettings, iteration: int, iterations: int | None, seconds: float,
+                       time_budget: float | None, late: bool, world: int, device) -> bool:
+    """Whether `iteration` falls in the adversarial phase: from --gan-after, or with the late phase. Under
+    torchrun every process agrees (a share of the time budget may come to each at another iteration)."""
+    gan = settings.adversarial
+    if gan.weight == 0:
+        return False
+    begun = _reached(gan.after, iteration, iterations, seconds, time_budget) if gan.after else late
+    if world > 1:
+        flag = torch.tensor([int(begun)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        begun = bool(flag.item())
+    return begun
+
+
+def _reached(after: float, iteration: int, iterations: int | None, seconds: float, time_budget: float | None) -> bool:
+    """Whether a phase that starts `after` (an iteration, 1 or more; a share, below 1, of `iterations` or of
+    `time_budget`; 0: never) has started by `iteration`, `seconds` into this run."""
     if after >= 1:
         return iteration > after
     if after > 0 and iterations is not None:
