@@ -10,24 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.__main__ import main
 from engine.adversarial import make_adversary
 from engine.losses import patch_mean
 from engine.model import checkpoint_paths, load_model, read_checkpoint, read_history
-from engine.train import train
 from tests.conftest import ROOT, assert_same_run
 from tests.test_train import face_tiles
-
-
-def quick(a, b, model, **options):
-    return train(a, b, model, **{"preset": "tiny", "preview_every": 1000, "save_every": 1000, "device": "cpu",
-                                 **options})
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main(["train", *map(str, argv)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.test_train_options import cli, quick
 
 
 def test_off_by_default_and_identical_until_the_phase_starts(faceset_a, faceset_b, tmp_path):
