@@ -1,7 +1,7 @@
 """How the engine talks: JSON lines on stdout for the add-on, a progress bar and a log on stderr for people.
 
 Every event is one JSON object on one line with an "event" key: start, resume, progress, preview,
-warning, done, error. stdout carries nothing else when events are on, so the add-on can parse every line.
+warning, done, error; and train's late_phase and adversarial_phase, once each where the phase begins. stdout carries nothing else when events are on, so the add-on can parse every line.
 """
 
 import json

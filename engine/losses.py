@@ -1,5 +1,6 @@
 """The training loss: structural similarity and L1 inside the face mask, weighted up on the eyes and the
-mouth (where people look, and where a swap first gives itself away), plus a loss on the predicted mask.
+mouth (where people look, and where a swap first gives itself away), plus a loss on the predicted mask;
+and the adversarial phase's least-squares GAN losses, per patch inside the face mask (engine.adversarial).
 
 Everything is computed in float32 whatever precision the model ran in.
 """
@@ -68,3 +69,20 @@ def face_loss(rgb, mask_logits, target, mask, eyes, mouth, weights: LossWeights)
     l1 = (w * (rgb - target).abs().mean(1, keepdim=True)).sum() / total_weight
     mask_bce = F.binary_cross_entropy_with_logits(mask_logits, mask)
     return weights.ssim * dssim + weights.l1 * l1 + weights.mask * mask_bce
+
+
+def patch_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of a discriminator's per-patch `values` (N x 1 x h x w), each weighted by the share of its patch
+    that the face `mask` (N x 1 x H x W) covers: patches of background count for nothing."""
+    weights = F.adaptive_avg_pool2d(mask.float(), values.shape[-2:])
+    return (weights * values).sum() / weights.sum().clamp_min(1e-6)
+
+
+def generator_loss(fake_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Least-squares GAN: the model's faces should score 1 (real) inside the mask."""
+    return patch_mean((fake_logits.float() - 1) ** 2, mask)
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Least-squares GAN: the discriminator should score real faces 1 and the model's 0, inside the mask."""
+    return patch_mean((real_logits.float() - 1) ** 2, mask) + patch_mean(fake_logits.float() ** 2, mask)

@@ -20,13 +20,16 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import distributed as dist
 
 from . import media
+from .adversarial import Adversary, make_adversary
 from .augment import Augmentation, FaceBatches, augment, worker_init
 from .device import pick_device
 from .events import EngineError, Events, log
@@ -85,6 +88,19 @@ class Schedule:
 
 
 @dataclass
+class Adversarial:
+    """The adversarial phase (DeepFaceLab's GAN power; see engine.adversarial): once the reconstruction has
+    converged, a small patch discriminator judges the model's faces against the real ones, inside the mask,
+    and the model learns to pass for real too, which sharpens skin and fine detail."""
+
+    weight: float = field(default=0.0, metadata={
+        "help": "weight of the adversarial loss beside the face loss (DeepFaceLab: about 0.1); 0: off"})
+    after: float = field(default=0.0, metadata={
+        "help": "start it from this iteration (1 or more), or this share of --iterations or --time-budget "
+                "(below 1), once the face is learnt; 0: with the late phase (--no-warp-after)"})
+
+
+@dataclass
 class TrainSettings:
     """How a model is trained (its shape is ModelConfig); stored in every checkpoint for --resume."""
 
@@ -99,11 +115,13 @@ class TrainSettings:
     augmentation: Augmentation = field(default_factory=Augmentation)
     loss: LossWeights = field(default_factory=LossWeights)
     schedule: Schedule = field(default_factory=Schedule)
+    adversarial: Adversarial = field(default_factory=Adversarial)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainSettings":
         return cls(**{**data, "augmentation": Augmentation(**data["augmentation"]), "loss": LossWeights(**data["loss"]),
-                      "schedule": Schedule(**data.get("schedule", {}))})
+                      "schedule": Schedule(**data.get("schedule", {})),
+                      "adversarial": Adversarial(**data.get("adversarial", {}))})
 
 
 def add_arguments(parser) -> None:
@@ -158,6 +176,11 @@ def add_arguments(parser) -> None:
     for f in fields(Schedule):
         schedule.add_argument(f"--{f.name.replace('_', '-')}", type=float, dest=f"schedule_{f.name}", metavar="X",
                               help=f"{f.metadata['help']} ({f.default:g})")
+    adversarial = parser.add_argument_group("adversarial phase")
+    for f in fields(Adversarial):
+        adversarial.add_argument(f"--gan-{f.name}", type=number_in(0) if f.name == "weight" else float,
+                                 dest=f"gan_{f.name}", metavar="W" if f.name == "weight" else "X",
+                                 help=f"{f.metadata['help']} ({f.default:g})")
 
 
 def run(args, events: Events) -> None:
@@ -174,6 +197,7 @@ def run(args, events: Events) -> None:
         model_options={k: options[k] for k in ("architecture", "encoder_width", "decoder_width", "latent",
                                                "residual_blocks", "learning_rate")},
         schedule={f.name: options[f"schedule_{f.name}"] for f in fields(Schedule)},
+        adversarial={f.name: options[f"gan_{f.name}"] for f in fields(Adversarial)},
         loss={f.name: options[f"loss_{f.name}"] for f in fields(LossWeights)},
         augmentation={f.name: options[f"augment_{f.name}"] for f in fields(Augmentation)},
         **{k: options[k] for k in ("mask", "validation", "log_every", "preview_every", "save_every", "keep",
@@ -202,6 +226,7 @@ def train(
     loss: dict | None = None,
     augmentation: dict | None = None,
     schedule: dict | None = None,
+    adversarial: dict | None = None,
     events: Events | None = None,
     **settings,
 ) -> dict:
@@ -210,9 +235,9 @@ def train(
     A base model (pretraining): `a` is a list of facesets of many people and `b` is None; both decoders
     learn from all of them. `init_from` starts a new model from another model's weights (same shape).
     `preset` None means model.default_preset for a new model (by device) and the model's own on resume.
-    `model_options`, `loss`, `augmentation`, `schedule` and `settings` change fields of ModelConfig,
-    LossWeights, Augmentation, Schedule and TrainSettings; None values are ignored. Returns the "done"
-    event's summary.
+    `model_options`, `loss`, `augmentation`, `schedule`, `adversarial` and `settings` change fields of
+    ModelConfig, LossWeights, Augmentation, Schedule, Adversarial and TrainSettings; None values are
+    ignored. Returns the "done" event's summary.
     """
     events = events or Events("train")
     model_dir = Path(model_dir)
@@ -222,151 +247,57 @@ def train(
         events = Events("train", stderr=io.StringIO())  # only the first process reports: never a bar (no tty)
     run_started = time.monotonic()
 
+    # -- set up: the facesets; the model's config, settings and progress; the data; the model and optimiser
     pretrain = b is None
     facesets = _pretrain_facesets(a) if pretrain else {"a": Faceset(a), "b": Faceset(b)}
     _check_facesets(facesets)
-    face_size, coverage = next(iter(facesets.values())).face_size, next(iter(facesets.values())).alignments.coverage
-    model_changes = {"size": size, "batch": batch, **(model_options or {})}
-    settings_changes = {"seed": seed, **settings}
-
-    # -- the model's config and settings: new, or as the checkpoint left them
-    if resume:
-        if not model_dir.is_dir() or not checkpoint_paths(model_dir):
-            raise EngineError(f"nothing to resume: {model_dir} holds no model (drop --resume to start one)")
-        if main_process:
-            media.lock_folder(model_dir)
-        state, checkpoint = latest_checkpoint(model_dir, device, warn=events.warning)
-        if init_from:
-            raise EngineError("--init-from starts a new model; a resumed one already has its weights (drop one of them)")
-        config = _resumed_config(config_from_state(state), preset, model_changes, face_size, coverage, model_dir)
-        try:
-            train_settings = TrainSettings.from_dict(state["settings"])
-            start, elapsed, checks = int(state["iteration"]), float(state["elapsed"]), list(state["checks"])
-            late_from = state.get("late_from")
-        except (KeyError, TypeError, ValueError) as e:
-            raise EngineError(f"checkpoint {checkpoint} cannot be resumed: {type(e).__name__}: {e}") from None
-        log.info("resuming %s at iteration %d from %s", model_dir, start, checkpoint.name)
-    else:
-        if checkpoint_paths(model_dir):
-            raise EngineError(f"{model_dir} already holds a model: pass --resume to continue it, or choose a new folder")
-        if model_dir.is_file():
-            raise EngineError(f"--model {model_dir} is a file, not a folder")
-        if main_process:
-            media.check_writable(model_dir)
-            media.lock_folder(model_dir)
-        if init_from:
-            base = _read_base(init_from, device, events)
-            config = _resumed_config(config_from_state(base), preset, model_changes, None, coverage, init_from,
-                                     "start from it at")
-            config = replace(config, face_size=face_size)
-        else:
-            config = replace(make_config(preset or default_preset(device.type), **model_changes), face_size=face_size,
-                             coverage=coverage)
-        train_settings, start, elapsed, checks, late_from = TrainSettings(), 0, 0.0, [], None
-    train_settings = replace(
-        train_settings, **_given(settings_changes),
-        augmentation=replace(train_settings.augmentation, **_given(augmentation or {})),
-        loss=replace(train_settings.loss, **_given(loss or {})),
-        schedule=replace(train_settings.schedule, **_given(schedule or {})),
-    )
+    begin = _resumed_start if resume else _new_start
+    start = begin(model_dir, init_from, preset, {"size": size, "batch": batch, **(model_options or {})}, facesets,
+                  device, events, main_process)
+    config, progress = start.config, start.progress
+    train_settings = _changed_settings(start.settings, {"seed": seed, **settings}, augmentation, loss, schedule,
+                                       adversarial)
     _check_settings(train_settings, iterations, time_budget, target_loss)
-
-    # -- data: a held-out validation split of each faceset, and a loader of augmented batches
-    samples = {k: f.samples() for k, f in facesets.items()}
-    if pretrain:  # both decoders learn every face: the base then draws any person either way
-        samples = dict.fromkeys("ab", [face for faces in samples.values() for face in faces])
-    held_out = {k: max(1, math.ceil(len(s) * train_settings.validation)) if train_settings.validation > 0 else 0
-                for k, s in samples.items()}
-    train_samples = {k: s[: len(s) - held_out[k]] for k, s in samples.items()}
-    batches = FaceBatches(train_samples, face_size, config.size, config.batch, train_settings.augmentation,
-                          train_settings.mask, train_settings.seed, rank)
-    cached = batches.preload(_memory_budget() // world)
-    validation = {k: batches.fixed(_spread(s[len(s) - held_out[k]:], VALIDATION_FACES))
-                  for k, s in samples.items() if held_out[k]}
-    preview_rows = min(train_settings.preview_rows, *map(len, samples.values()))
-    preview_faces = {k: batches.fixed(_spread(s, preview_rows)) for k, s in samples.items()}
-    if workers is None:
-        workers = min(8, (os.cpu_count() or 2) // max(world, 1) - 1) if device.type == "cuda" else 0
-    loader = torch.utils.data.DataLoader(
-        batches, batch_size=None, num_workers=max(workers, 0), pin_memory=device.type == "cuda",
-        sampler=range(start + 1, iterations + 1) if iterations is not None else itertools.count(start + 1),
-        worker_init_fn=worker_init, prefetch_factor=4 if workers > 0 else None,
-    )
-
-    # -- model and optimiser
-    torch.manual_seed(train_settings.seed)
-    model = FaceModel(config).to(device)
-    cuda = device.type == "cuda"
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.5, 0.999), fused=cuda)
-    if init_from:
-        model.load_state_dict(base.pop("model"))
-        del base
-    if resume:
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"]["torch"].cpu())
-            if cuda and state["rng"]["cuda"]:
-                torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-            raise EngineError(f"checkpoint {checkpoint} cannot be resumed: {type(e).__name__}: {e}") from None
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate
-        del state
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    if compile:
-        train_model = torch.compile(train_model)
-
+    data = _data(facesets, pretrain, config, train_settings, rank, world)
+    loader = _loader(data.batches, progress.iteration, iterations, workers, device, world)
+    model, optimizer = _model_and_optimizer(config, train_settings.seed, device, start.state,
+                                            start.checkpoint if resume else None)
+    adversary = _resumed_adversary(train_settings, config, device, world, progress, start.state, start.checkpoint)
+    del start  # the loaded weights: the model holds them now
+    train_model = _parallel(model, device, world, compile)
+    parameters = sum(p.numel() for p in model.parameters())
     if main_process:
-        media.sweep_temp_files(model_dir)  # what killed writes left: checkpoints, previews
-        trim_history(model_dir, start)
-        clear_stop(model_dir)
-        parameters = sum(p.numel() for p in model.parameters())
-        events.start(model=str(model_dir), a=str(a), b=str(b), iteration=start, device=str(device),
-                     processes=world, preset=config.preset, size=config.size, batch=config.batch,
-                     parameters=parameters, faces_a=len(train_samples["a"]), faces_b=len(train_samples["b"]),
-                     faces_in_memory=cached, learned_masks=sum(s.mask_learned is not None and s.mask_learned.is_file()
-                                                               for faces in samples.values() for s in faces))
-        if config.size > face_size:
-            events.warning(f"the facesets' faces are {face_size} px but the model is {config.size} px: it learns "
-                           f"upscaled faces (extract at --size {config.size} or more for sharper results)")
-        for k, s in samples.items():
-            if len(s) < FEW_FACES:
-                events.warning(f"faceset {k.upper()} has only {len(s)} faces; a few hundred or more, in every pose "
-                               f"and light the shot needs, give a far better model")
+        _tidy(model_dir, progress.iteration)
+        _announce(events, model_dir, a, b, progress.iteration, device, world, config, parameters, data)
 
     # -- the loop
-    def loss_of(output, target):
-        return face_loss(*output, *target, train_settings.loss)
-
+    loss_fn = partial(pair_loss, weights=train_settings.loss)
     window = torch.zeros(2, device=device)  # summed losses since the last history row
     window_start, window_iterations = time.monotonic(), 0
     losses = {"loss_a": None, "loss_b": None, "val_loss_a": None, "val_loss_b": None}
-    iteration, checkpoint, stop_reason = start, None, None
+    iteration, checkpoint, stop_reason = progress.iteration, None, None
     with _stop_requests() as requested, _out_of_memory_hint(config):
-        for iteration, batch in zip(itertools.count(start + 1), loader, strict=False):
-            if late_from is None and late_phase(train_settings.schedule, iteration, iterations,
-                                                time.monotonic() - run_started, time_budget):
-                late_from = iteration
+        for iteration, batch in zip(itertools.count(progress.iteration + 1), loader, strict=False):
+            if progress.late_from is None and late_phase(train_settings.schedule, iteration, iterations,
+                                                         time.monotonic() - run_started, time_budget):
+                progress.late_from = iteration
                 events.emit("late_phase", iteration=iteration)
-            late = late_from is not None and iteration >= late_from
-            window += train_step(train_model, optimizer, batch, device, loss_of, warp=not late,
-                                 update=_update(optimizer, train_settings, late, iteration, device))
+            late = progress.late_from is not None and iteration >= progress.late_from
+            if adversary is None and _adversarial_phase(train_settings, iteration, iterations,
+                                                        time.monotonic() - run_started, time_budget, late, world,
+                                                        device):
+                progress.adversarial_from = iteration
+                adversary = make_adversary(train_settings.adversarial.weight, config.learning_rate,
+                                           train_settings.seed, device, world)
+                events.emit("adversarial_phase", iteration=iteration)
+            window += train_step(train_model, optimizer, batch, device, loss_fn, warp=not late,
+                                 update=_update(optimizer, train_settings, late, iteration, device),
+                                 adversary=adversary)
             window_iterations += 1
 
             # why stop now, if at all (every process must agree, or DDP would hang)
-            if iterations is not None and iteration >= iterations:
-                stop_reason = "iterations"
-            elif time_budget is not None and time.monotonic() - run_started >= time_budget:
-                stop_reason = "time budget"
-            elif requested["signal"]:
-                stop_reason = requested["signal"]
-            elif main_process and stop_requested(model_dir):
-                stop_reason = "stop file"
+            stop_reason = _stop_reason(iteration, iterations, time.monotonic() - run_started, time_budget,
+                                       requested["signal"], model_dir if main_process else None)
             feedback = iteration % train_settings.preview_every == 0
             row = iteration % train_settings.log_every == 0 or feedback
             if row and target_loss is not None and window.sum().item() / (2 * window_iterations) <= target_loss:
@@ -376,38 +307,25 @@ def train(
             stopping = stop_reason is not None
 
             if main_process and (row or stopping):
-                mean = (window / window_iterations).tolist()
-                if not all(map(math.isfinite, mean)):
-                    raise _diverged(model_dir, iteration)
                 it_per_s = window_iterations / max(time.monotonic() - window_start, 1e-9)
-                losses = {"loss_a": mean[0], "loss_b": mean[1], "val_loss_a": None, "val_loss_b": None}
-                if feedback or stopping:
-                    losses.update(_validate(model, validation, device, train_settings.loss))
-                    if losses["val_loss_a"] is not None:
-                        checks.append([sum(mean) / 2, (losses["val_loss_a"] + losses["val_loss_b"]) / 2])
-                        if overtraining(checks) and not overtraining(checks[:-1]):  # once per rise
-                            events.warning(f"validation loss is rising while training loss still falls (iteration "
-                                           f"{iteration}): the model may be overtraining; more varied faces help, "
-                                           f"or stop here", iteration=iteration)
-                    preview = write_preview(model_dir, preview_grid(model, preview_faces, device), iteration)
-                    events.preview(path=str(preview), iteration=iteration)
-                append_history(model_dir, iteration, elapsed + time.monotonic() - run_started, losses)
-                eta = (iterations - iteration) / it_per_s if iterations is not None else None
-                if time_budget is not None:
-                    left = time_budget - (time.monotonic() - run_started)
-                    eta = min(eta, left) if eta is not None else left
+                losses = _report(model_dir, model, data, device, train_settings, events, progress, iteration,
+                                 (window / window_iterations).tolist(), validate=feedback or stopping)
+                append_history(model_dir, iteration, progress.elapsed + time.monotonic() - run_started, losses)
                 events.progress(iteration, iterations, iteration=iteration, **losses, it_per_s=round(it_per_s, 3),
-                                eta_s=None if eta is None else round(max(eta, 0.0), 1))
+                                eta_s=_eta(iteration, iterations, it_per_s, time_budget,
+                                           time.monotonic() - run_started))
             if row or stopping:
                 window.zero_()
                 window_start, window_iterations = time.monotonic(), 0
             if main_process and (stopping or iteration % train_settings.save_every == 0):
-                progress = {"iteration": iteration, "elapsed": elapsed + time.monotonic() - run_started,
-                            "checks": checks, "late_from": late_from}
-                checkpoint = _save(model_dir, model, optimizer, config, train_settings, facesets, progress, losses,
-                                   parameters)
+                reached = replace(progress, iteration=iteration,
+                                  elapsed=progress.elapsed + time.monotonic() - run_started)
+                checkpoint = _save(model_dir, model, optimizer, config, train_settings, facesets, reached, losses,
+                                   parameters, adversary)
             if stopping:
                 break
+
+    # -- save: the loop saved its last checkpoint as it stopped
     if main_process:
         clear_stop(model_dir)
     if world > 1:
@@ -421,14 +339,270 @@ def train(
     return summary
 
 
+# ---------------------------------------------------------------- set-up
+
+
+@dataclass
+class Progress:
+    """How far a model has trained, kept at the top level of each checkpoint: its iteration, the seconds
+    all its runs took, [training loss, validation loss] at each validation, and the iterations the late
+    and adversarial phases began at (None: not yet; the adversarial one is saved with its discriminator)."""
+
+    iteration: int = 0
+    elapsed: float = 0.0
+    checks: list = field(default_factory=list)
+    late_from: int | None = None
+    adversarial_from: int | None = None
+
+
+class Start(NamedTuple):
+    """Where a run starts from: the model's config, settings and progress, and the weights to load (a
+    checkpoint's whole state to resume, a base model's to start from, or None) with their checkpoint."""
+
+    config: ModelConfig
+    settings: TrainSettings
+    progress: Progress
+    state: dict | None = None
+    checkpoint: Path | None = None
+
+
+def _resumed_start(model_dir: Path, init_from, preset, model_changes: dict, facesets: dict, device, events: Events,
+                   main_process: bool) -> Start:
+    """The model in `model_dir` as its newest loadable checkpoint left it, with the changes a resume allows."""
+    if not model_dir.is_dir() or not checkpoint_paths(model_dir):
+        raise EngineError(f"nothing to resume: {model_dir} holds no model (drop --resume to start one)")
+    if main_process:
+        media.lock_folder(model_dir)
+    state, checkpoint = latest_checkpoint(model_dir, device, warn=events.warning)
+    if init_from:
+        raise EngineError("--init-from starts a new model; a resumed one already has its weights (drop one of them)")
+    first = next(iter(facesets.values()))
+    config = _resumed_config(config_from_state(state), preset, model_changes, first.face_size,
+                             first.alignments.coverage, model_dir)
+    try:
+        settings = TrainSettings.from_dict(state["settings"])
+        progress = Progress(int(state["iteration"]), float(state["elapsed"]), list(state["checks"]),
+                            state.get("late_from"), state.get("adversarial_from"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise EngineError(f"checkpoint {checkpoint} cannot be resumed: {type(e).__name__}: {e}") from None
+    log.info("resuming %s at iteration %d from %s", model_dir, progress.iteration, checkpoint.name)
+    return Start(config, settings, progress, state, checkpoint)
+
+
+def _new_start(model_dir: Path, init_from, preset, model_changes: dict, facesets: dict, device, events: Events,
+               main_process: bool) -> Start:
+    """A new model in `model_dir` (which must not hold one): from `preset`, or shaped as the base model
+    `init_from` with its weights."""
+    if checkpoint_paths(model_dir):
+        raise EngineError(f"{model_dir} already holds a model: pass --resume to continue it, or choose a new folder")
+    if model_dir.is_file():
+        raise EngineError(f"--model {model_dir} is a file, not a folder")
+    if main_process:
+        media.check_writable(model_dir)
+        media.lock_folder(model_dir)
+    first = next(iter(facesets.values()))
+    face_size, coverage = first.face_size, first.alignments.coverage
+    if not init_from:
+        config = make_config(preset or default_preset(device.type), **model_changes)
+        return Start(replace(config, face_size=face_size, coverage=coverage), TrainSettings(), Progress())
+    base = _read_base(init_from, device, events)
+    config = _resumed_config(config_from_state(base), preset, model_changes, None, coverage, init_from,
+                             "start from it at")
+    return Start(replace(config, face_size=face_size), TrainSettings(), Progress(), {"model": base["model"]})
+
+
+def _changed_settings(settings: TrainSettings, changes: dict, augmentation: dict | None, loss: dict | None,
+                      schedule: dict | None, adversarial: dict | None) -> TrainSettings:
+    """`settings` with the given (not None) values of its own fields and of its parts' fields."""
+    return replace(
+        settings, **_given(changes),
+        augmentation=replace(settings.augmentation, **_given(augmentation or {})),
+        loss=replace(settings.loss, **_given(loss or {})),
+        schedule=replace(settings.schedule, **_given(schedule or {})),
+        adversarial=replace(settings.adversarial, **_given(adversarial or {})),
+    )
+
+
+@dataclass
+class Data:
+    """The faces a run learns from and reports on, per person ("a", "b")."""
+
+    samples: dict  # every face (a pretraining pool's, for both people)
+    train_samples: dict  # the faces it learns from: the others are held out for validation
+    batches: FaceBatches  # the augmented training batches, each a function of (seed, iteration)
+    cached: int  # faces held in memory
+    validation: dict  # a fixed batch of held-out faces
+    preview_faces: dict  # the fixed batch of faces the preview grid shows
+
+
+def _data(facesets: dict, pretrain: bool, config: ModelConfig, settings: TrainSettings, rank: int,
+          world: int) -> Data:
+    """Each person's faces, their last ones held out as the validation split (so it is not the training set's
+    neighbours), and the batches of the others."""
+    samples = {k: f.samples() for k, f in facesets.items()}
+    if pretrain:  # both decoders learn every face: the base then draws any person either way
+        samples = dict.fromkeys("ab", [face for faces in samples.values() for face in faces])
+    held_out = {k: max(1, math.ceil(len(s) * settings.validation)) if settings.validation > 0 else 0
+                for k, s in samples.items()}
+    train_samples = {k: s[: len(s) - held_out[k]] for k, s in samples.items()}
+    face_size = next(iter(facesets.values())).face_size
+    batches = FaceBatches(train_samples, face_size, config.size, config.batch, settings.augmentation, settings.mask,
+                          settings.seed, rank)
+    cached = batches.preload(_memory_budget() // world)
+    validation = {k: batches.fixed(_spread(s[len(s) - held_out[k]:], VALIDATION_FACES))
+                  for k, s in samples.items() if held_out[k]}
+    preview_rows = min(settings.preview_rows, *map(len, samples.values()))
+    preview_faces = {k: batches.fixed(_spread(s, preview_rows)) for k, s in samples.items()}
+    return Data(samples, train_samples, batches, cached, validation, preview_faces)
+
+
+def _loader(batches: FaceBatches, start: int, iterations: int | None, workers: int | None, device,
+            world: int) -> torch.utils.data.DataLoader:
+    """The batches of the iterations after `start` (up to `iterations`), made by `workers` processes."""
+    if workers is None:
+        workers = min(8, (os.cpu_count() or 2) // max(world, 1) - 1) if device.type == "cuda" else 0
+    return torch.utils.data.DataLoader(
+        batches, batch_size=None, num_workers=max(workers, 0), pin_memory=device.type == "cuda",
+        sampler=range(start + 1, iterations + 1) if iterations is not None else itertools.count(start + 1),
+        worker_init_fn=worker_init, prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def _model_and_optimizer(config: ModelConfig, seed: int, device, state: dict | None, resumed: Path | None):
+    """The model, initialised from `seed` then given `state`'s weights if any, and its Adam optimiser. When
+    `resumed` (the checkpoint `state` came from), the optimiser and the random states come back too."""
+    torch.manual_seed(seed)
+    model = FaceModel(config).to(device)
+    cuda = device.type == "cuda"
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.5, 0.999), fused=cuda)
+    if resumed is None and state is not None:
+        model.load_state_dict(state["model"])
+    elif resumed is not None:
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+            if cuda and state["rng"]["cuda"]:
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise EngineError(f"checkpoint {resumed} cannot be resumed: {type(e).__name__}: {e}") from None
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate  # a resume may change it
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    return model, optimizer
+
+
+def _resumed_adversary(settings: TrainSettings, config: ModelConfig, device, world: int, progress: Progress,
+                       state: dict | None, checkpoint: Path | None) -> Adversary | None:
+    """The discriminator a resumed checkpoint holds, when its phase had begun and is still on; else None
+    (the phase then begins, or begins again, when the loop reaches it)."""
+    if settings.adversarial.weight == 0 or progress.adversarial_from is None or "discriminator" not in state:
+        return None
+    try:
+        return make_adversary(settings.adversarial.weight, config.learning_rate, settings.seed, device, world,
+                              state["discriminator"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise EngineError(f"checkpoint {checkpoint} cannot be resumed: {type(e).__name__}: {e}") from None
+
+
+def _parallel(model: FaceModel, device, world: int, compile: bool) -> torch.nn.Module:
+    """The module the loop trains: `model` in DistributedDataParallel under torchrun, compiled if asked."""
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
+    return torch.compile(model) if compile else model
+
+
+def _tidy(model_dir: Path, start: int) -> None:
+    """Clear what an earlier run left behind: killed writes, history rows after `start`, a stop file."""
+    media.sweep_temp_files(model_dir)
+    trim_history(model_dir, start)
+    clear_stop(model_dir)
+
+
+def _announce(events: Events, model_dir: Path, a, b, start: int, device, world: int, config: ModelConfig,
+              parameters: int, data: Data) -> None:
+    """The start event, then warnings about the facesets that a better run would fix."""
+    face_size = data.batches.face_size
+    events.start(model=str(model_dir), a=str(a), b=str(b), iteration=start, device=str(device),
+                 processes=world, preset=config.preset, size=config.size, batch=config.batch,
+                 parameters=parameters, faces_a=len(data.train_samples["a"]), faces_b=len(data.train_samples["b"]),
+                 faces_in_memory=data.cached,
+                 learned_masks=sum(s.mask_learned is not None and s.mask_learned.is_file()
+                                   for faces in data.samples.values() for s in faces))
+    if config.size > face_size:
+        events.warning(f"the facesets' faces are {face_size} px but the model is {config.size} px: it learns "
+                       f"upscaled faces (extract at --size {config.size} or more for sharper results)")
+    for k, s in data.samples.items():
+        if len(s) < FEW_FACES:
+            events.warning(f"faceset {k.upper()} has only {len(s)} faces; a few hundred or more, in every pose "
+                           f"and light the shot needs, give a far better model")
+
+
+# ---------------------------------------------------------------- the loop's parts
+
+
+def pair_loss(output, target, weights: LossWeights) -> torch.Tensor:
+    """face_loss of the model's (rgb, mask logits) `output` for one person against augment's `target`."""
+    return face_loss(*output, *target, weights)
+
+
+def _stop_reason(iteration: int, iterations: int | None, seconds: float, time_budget: float | None,
+                 signal_name: str | None, stop_file_in: Path | None) -> str | None:
+    """Why the run stops after `iteration` (`seconds` into it), if it does: the iterations or time budget
+    are reached, a signal asked, or a stop file appeared in `stop_file_in` (the main process's model folder)."""
+    if iterations is not None and iteration >= iterations:
+        return "iterations"
+    if time_budget is not None and seconds >= time_budget:
+        return "time budget"
+    if signal_name:
+        return signal_name
+    if stop_file_in is not None and stop_requested(stop_file_in):
+        return "stop file"
+    return None
+
+
+def _report(model_dir: Path, model: FaceModel, data: Data, device, settings: TrainSettings, events: Events,
+            progress: Progress, iteration: int, mean: list[float], validate: bool) -> dict:
+    """The losses of a history row: the `mean` training losses since the last row and, when `validate`, the
+    validation losses (with the overtraining check they feed) and a new preview."""
+    if not all(map(math.isfinite, mean)):
+        raise _diverged(model_dir, iteration)
+    losses = {"loss_a": mean[0], "loss_b": mean[1], "val_loss_a": None, "val_loss_b": None}
+    if not validate:
+        return losses
+    losses.update(_validate(model, data.validation, device, settings.loss))
+    if losses["val_loss_a"] is not None:
+        progress.checks.append([sum(mean) / 2, (losses["val_loss_a"] + losses["val_loss_b"]) / 2])
+        if overtraining(progress.checks) and not overtraining(progress.checks[:-1]):  # once per rise
+            events.warning(f"validation loss is rising while training loss still falls (iteration {iteration}): "
+                           f"the model may be overtraining; more varied faces help, or stop here", iteration=iteration)
+    preview = write_preview(model_dir, preview_grid(model, data.preview_faces, device), iteration)
+    events.preview(path=str(preview), iteration=iteration)
+    return losses
+
+
+def _eta(iteration: int, iterations: int | None, it_per_s: float, time_budget: float | None,
+         seconds: float) -> float | None:
+    """Seconds until --iterations or --time-budget stops the run, whichever comes first (None: neither)."""
+    eta = (iterations - iteration) / it_per_s if iterations is not None else None
+    if time_budget is not None:
+        left = time_budget - seconds
+        eta = min(eta, left) if eta is not None else left
+    return None if eta is None else round(max(eta, 0.0), 1)
+
+
 # ---------------------------------------------------------------- one step, one save
 
 
-def train_step(model, optimizer, batch: dict, device, loss, warp: bool = True, update=None) -> torch.Tensor:
+def train_step(model, optimizer, batch: dict, device, loss, warp: bool = True, update=None,
+               adversary: Adversary | None = None) -> torch.Tensor:
     """One training step, as train() runs it and bench/train.py times it: augment both people's faces on
     the device (random warp while `warp`), run `model` on them (bf16 autocast on CUDA), `loss(output,
-    target)` for each person, backward, then `update()` (default: the optimizer's step). Returns the two
-    losses, detached."""
+    target)` for each person, backward, then `update()` (default: the optimizer's step). With an
+    `adversary` (the adversarial phase), its generator term joins each person's loss and its
+    discriminator then takes a step of its own on this batch. Returns the two `loss`es, detached."""
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     inputs, targets = {}, {}
     for k in ("a", "b"):
@@ -437,26 +611,34 @@ def train_step(model, optimizer, batch: dict, device, loss, warp: bool = True, u
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         outputs = model(inputs["a"], inputs["b"])
     loss_a, loss_b = (loss(out, targets[k]) for k, out in zip("ab", outputs, strict=True))
+    total = loss_a + loss_b
+    if adversary is not None:
+        total = total + sum(adversary.generator_loss(out[0], targets[k]) for k, out in zip("ab", outputs, strict=True))
     optimizer.zero_grad(set_to_none=True)
-    (loss_a + loss_b).backward()
+    total.backward()
     (update or optimizer.step)()
+    if adversary is not None:
+        adversary.step([out[0] for out in outputs], [targets["a"], targets["b"]])
     return torch.stack([loss_a.detach(), loss_b.detach()])
 
 
 def _save(model_dir: Path, model: FaceModel, optimizer, config: ModelConfig, settings: "TrainSettings",
-          facesets: dict, progress: dict, losses: dict, parameters: int) -> Path:
-    """The checkpoint (weights, optimiser, random states and `progress`: iteration, elapsed, checks,
-    late_from) and model.json, on the main process; never of weights that are not finite."""
+          facesets: dict, progress: Progress, losses: dict, parameters: int, adversary: Adversary | None) -> Path:
+    """The checkpoint (weights, optimiser, random states, `progress` and, in the adversarial phase, the
+    discriminator and its optimiser) and model.json, on the main process; never of weights that are not
+    finite. The face model's weights are the same keys with or without a discriminator."""
     if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise _diverged(model_dir, progress["iteration"])
+        raise _diverged(model_dir, progress.iteration)
     state = {
-        "format": FORMAT, "version": VERSION, "iteration": progress["iteration"], "elapsed": progress["elapsed"],
-        "config": asdict(config), "settings": asdict(settings), "checks": progress["checks"],
-        "late_from": progress["late_from"], "facesets": {k: str(f.folder.resolve()) for k, f in facesets.items()},
+        "format": FORMAT, "version": VERSION, "iteration": progress.iteration, "elapsed": progress.elapsed,
+        "config": asdict(config), "settings": asdict(settings), "checks": progress.checks,
+        "late_from": progress.late_from, "facesets": {k: str(f.folder.resolve()) for k, f in facesets.items()},
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if next(model.parameters()).is_cuda else []},
     }
+    if adversary is not None:
+        state.update(adversarial_from=progress.adversarial_from, discriminator=adversary.state_dict())
     path = write_checkpoint(model_dir, state, settings.keep)
     media.write_json(model_dir / SUMMARY_FILE, {
         "format": FORMAT, "version": VERSION, "iteration": state["iteration"],
@@ -471,7 +653,7 @@ def _update(optimizer, settings: "TrainSettings", late: bool, iteration: int, de
     resumed run makes the same choices) in the late phase, or throughout without one; else Adam's step."""
     keep = settings.schedule.lr_dropout
     if keep < 1 and (late or not settings.schedule.no_warp_after):
-        return lambda: masked_step(optimizer, keep, torch.Generator(device).manual_seed(
+        return partial(masked_step, optimizer, keep, torch.Generator(device).manual_seed(
             settings.seed * 1_000_003 + iteration))
     return optimizer.step
 
@@ -548,6 +730,15 @@ def _check_settings(settings: TrainSettings, iterations, time_budget, target_los
                           f"got {schedule.no_warp_after:g}" + (" with neither given" if schedule.no_warp_after > 0 else ""))
     if not 0 < schedule.lr_dropout <= 1:
         raise EngineError(f"--lr-dropout must be above 0 and at most 1, got {schedule.lr_dropout:g}")
+    gan = settings.adversarial
+    if gan.weight < 0:
+        raise EngineError(f"--gan-weight must be 0 (off) or more, got {gan.weight:g}")
+    if gan.after < 0 or (0 < gan.after < 1 and iterations is None and time_budget is None):
+        raise EngineError(f"--gan-after takes an iteration, or a share (below 1) of --iterations or --time-budget; "
+                          f"got {gan.after:g}" + (" with neither given" if gan.after > 0 else ""))
+    if gan.weight > 0 and not gan.after and not schedule.no_warp_after:
+        raise EngineError("--gan-weight needs --gan-after X (or --no-warp-after X, whose late phase it then joins): "
+                          "the adversarial phase starts only once the face is learnt")
     for name, value in (("iterations", iterations), ("time-budget", time_budget), ("target-loss", target_loss)):
         if value is not None and value <= 0:
             raise EngineError(f"--{name} must be above 0, got {value}")
@@ -556,7 +747,27 @@ def _check_settings(settings: TrainSettings, iterations, time_budget, target_los
 def late_phase(schedule: Schedule, iteration: int, iterations: int | None, seconds: float,
                time_budget: float | None) -> bool:
     """Whether `iteration` (`seconds` into this run) falls in the schedule's late phase."""
-    after = schedule.no_warp_after
+    return _reached(schedule.no_warp_after, iteration, iterations, seconds, time_budget)
+
+
+def _adversarial_phase(settings: TrainSettings, iteration: int, iterations: int | None, seconds: float,
+                       time_budget: float | None, late: bool, world: int, device) -> bool:
+    """Whether `iteration` falls in the adversarial phase: from --gan-after, or with the late phase. Under
+    torchrun every process agrees (a share of the time budget may come to each at another iteration)."""
+    gan = settings.adversarial
+    if gan.weight == 0:
+        return False
+    begun = _reached(gan.after, iteration, iterations, seconds, time_budget) if gan.after else late
+    if world > 1:
+        flag = torch.tensor([int(begun)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        begun = bool(flag.item())
+    return begun
+
+
+def _reached(after: float, iteration: int, iterations: int | None, seconds: float, time_budget: float | None) -> bool:
+    """Whether a phase that starts `after` (an iteration, 1 or more; a share, below 1, of `iterations` or of
+    `time_budget`; 0: never) has started by `iteration`, `seconds` into this run."""
     if after >= 1:
         return iteration > after
     if after > 0 and iterations is not None:
