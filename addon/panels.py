@@ -163,8 +163,15 @@ class SEQUENCER_PT_facereplace_train(FaceReplacePanel, bpy.types.Panel):
         col = layout.column()
         col.prop(train, "preset")
         col.prop(train, "size")
+        col.prop(train, "architecture")
         col.prop(train, "iterations")
         col.prop(train, "time_budget")
+        col = layout.column()
+        col.prop(train, "late_phase")
+        late = col.column()
+        late.active = train.late_phase > 0  # both act in the late phase only
+        late.prop(train, "lr_dropout")
+        late.prop(train, "gan_weight")
         row = layout.row(align=True)
         if _busy("train"):
             row.operator("facereplace.cancel", text="Stop and Save", icon="PAUSE")

@@ -79,8 +79,25 @@ class FaceReplaceTrain(bpy.types.PropertyGroup):
         default="PRESET",
         description="Model resolution: a new model only (a resumed model keeps its own)",
     )
+    architecture: EnumProperty(
+        name="Architecture",
+        items=[("PRESET", "Preset's", "The preset's own architecture", AUTO_NUMBER)] + contract.items("train", "architecture"),
+        default="PRESET",
+        description="How the model draws the faces: a new model only (a resumed one keeps its own)",
+    )
     iterations: IntProperty(name="Iterations", default=20000, min=1,
                             description="Stop after this many iterations in all (a resumed run counts on)")
+    # The late phase and the adversarial phase (engine train's --no-warp-after, --lr-dropout, --gan-weight).
+    late_phase: FloatProperty(name="Late Phase", default=0.0, min=0.0, max=0.99, subtype="FACTOR",
+                              description="From this share of the iterations, train without the random warp and with "
+                                          "learning-rate dropout, which sharpens a converged model (0: off; 0.8 is "
+                                          "the measured best on a CPU)")
+    lr_dropout: FloatProperty(name="LR Dropout", default=1.0, min=0.01, max=1.0, subtype="FACTOR",
+                              description="In the late phase, the share of the weights each update reaches (1: off; 0.3 "
+                                          "is DeepFaceLab's)")
+    gan_weight: FloatProperty(name="Adversarial", default=0.0, min=0.0, soft_max=1.0,
+                              description="In the late phase, a patch discriminator's loss at this weight sharpens "
+                                          "detail (0: off; about 0.1)")
     time_budget: FloatProperty(name="Time Budget", default=0.0, min=0.0, subtype="TIME_ABSOLUTE", unit="TIME_ABSOLUTE",
                                description="Stop after this long (0: no limit); the model is saved first")
     # The model and how far it got.

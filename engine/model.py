@@ -52,7 +52,10 @@ PREVIEW_FILE = "preview.png"
 PREVIEWS = "previews"
 PREVIEW_COLUMNS = "A, A->A, A->B, B, B->B, B->A"
 SIZES = (64, 128, 192, 256, 320, 384, 448, 512)
-ARCHITECTURES = ("df", "liae")
+ARCHITECTURES = {
+    "df": Choice("DF", "One decoder per person: keeps A's likeness crisp"),
+    "liae": Choice("LIAE", "Shared intermediates and one decoder: carries B's expression and light across"),
+}
 CHECKPOINT_NAME = re.compile(r"model_(\d{8})\.pt")
 
 

@@ -147,7 +147,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=int, metavar="N", help="data loader processes (default: 0 on the CPU, up to 8 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow to start)")
     model = parser.add_argument_group("model (override the preset)")
-    model.add_argument("--architecture", choices=list(ARCHITECTURES),
+    model.add_argument("--architecture", choices=ARCHITECTURES,
                        help="df: one decoder per person; liae: shared and B-only intermediates, one decoder (df)")
     model.add_argument("--encoder-width", type=int, metavar="N",
                        help="channels of the first of the encoder's 4 downscales (each next one doubles them)")
