@@ -328,7 +328,8 @@ def train(
     # -- save: the loop saved its last checkpoint as it stopped
     if main_process:
         clear_stop(model_dir)
-    if world > 1:
+    if world > 1:  # leave together: a process that tears gloo down while the first still saves can abort
+        dist.barrier()
         dist.destroy_process_group()
     if stop_reason is None:  # the loader ran dry: --iterations was already reached before this run
         stop_reason = "iterations"
