@@ -372,11 +372,11 @@ def _resumed_start(model_dir: Path, init_from, preset, model_changes: dict, face
     """The model in `model_dir` as its newest loadable checkpoint left it, with the changes a resume allows."""
     if not model_dir.is_dir() or not checkpoint_paths(model_dir):
         raise EngineError(f"nothing to resume: {model_dir} holds no model (drop --resume to start one)")
+    if init_from:  # refused before the checkpoint is read: it would not be used
+        raise EngineError("--init-from starts a new model; a resumed one already has its weights (drop one of them)")
     if main_process:
         media.lock_folder(model_dir)
     state, checkpoint = latest_checkpoint(model_dir, device, warn=events.warning)
-    if init_from:
-        raise EngineError("--init-from starts a new model; a resumed one already has its weights (drop one of them)")
     first = next(iter(facesets.values()))
     config = _resumed_config(config_from_state(state), preset, model_changes, first.face_size,
                              first.alignments.coverage, model_dir)
@@ -726,23 +726,26 @@ def _check_settings(settings: TrainSettings, iterations, time_budget, target_los
     if settings.mask not in ("extended", "hull"):
         raise EngineError(f"--mask must be extended or hull, got {settings.mask!r}")
     schedule = settings.schedule
-    if schedule.no_warp_after < 0 or (0 < schedule.no_warp_after < 1 and iterations is None and time_budget is None):
-        raise EngineError(f"--no-warp-after takes an iteration, or a share (below 1) of --iterations or --time-budget; "
-                          f"got {schedule.no_warp_after:g}" + (" with neither given" if schedule.no_warp_after > 0 else ""))
+    _check_phase_start("--no-warp-after", schedule.no_warp_after, iterations, time_budget)
     if not 0 < schedule.lr_dropout <= 1:
         raise EngineError(f"--lr-dropout must be above 0 and at most 1, got {schedule.lr_dropout:g}")
     gan = settings.adversarial
     if gan.weight < 0:
         raise EngineError(f"--gan-weight must be 0 (off) or more, got {gan.weight:g}")
-    if gan.after < 0 or (0 < gan.after < 1 and iterations is None and time_budget is None):
-        raise EngineError(f"--gan-after takes an iteration, or a share (below 1) of --iterations or --time-budget; "
-                          f"got {gan.after:g}" + (" with neither given" if gan.after > 0 else ""))
+    _check_phase_start("--gan-after", gan.after, iterations, time_budget)
     if gan.weight > 0 and not gan.after and not schedule.no_warp_after:
         raise EngineError("--gan-weight needs --gan-after X (or --no-warp-after X, whose late phase it then joins): "
                           "the adversarial phase starts only once the face is learnt")
     for name, value in (("iterations", iterations), ("time-budget", time_budget), ("target-loss", target_loss)):
         if value is not None and value <= 0:
             raise EngineError(f"--{name} must be above 0, got {value}")
+
+
+def _check_phase_start(option: str, after: float, iterations, time_budget) -> None:
+    """A phase starts at an iteration, or at a share (below 1) of a budget that must then be given (see _reached)."""
+    if after < 0 or (0 < after < 1 and iterations is None and time_budget is None):
+        raise EngineError(f"{option} takes an iteration, or a share (below 1) of --iterations or --time-budget; "
+                          f"got {after:g}" + (" with neither given" if after > 0 else ""))
 
 
 def late_phase(schedule: Schedule, iteration: int, iterations: int | None, seconds: float,
