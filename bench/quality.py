@@ -56,7 +56,7 @@ def default_clips() -> Path:
     return next((r.parent / "shared" / "clips" for r in roots if (r.parent / "shared" / "clips").is_dir()),
                 ROOT.parent / "shared" / "clips")
 
-SHARED_PAIR = {"a": "d19.mp4", "b": "d18.mp4"}
+SHARED_PAIR = ("d19.mp4", "d18.mp4")  # A, B: d19's faces never open the mouth as wide as d18 does
 SHARED_GALLERY = {"s18": "s18.mp4", "s32": "s32.mp4", "s20": "s20.mp4"}
 GALLERY_EVERY = 10
 PRETRAIN_EVERY = 2  # the base model's faces: every 2nd frame of the clips that are not A or B
@@ -102,15 +102,16 @@ def _complete(folder: Path) -> bool:
     return bool(media.read_json(folder / "alignments.json").get("complete"))
 
 
-def prepare_data(work: Path, clips: Path) -> dict:
-    """{"shot": B's shot, "a", "b": facesets, "gallery": [facesets], "source": a description}."""
+def prepare_data(work: Path, clips: Path, pair: tuple[str, str]) -> dict:
+    """{"shot": B's shot, "a", "b": facesets, "gallery": [facesets], "pair": a name for the pair (it keys the
+    models and layers), "source": a description}."""
     facesets = work / "facesets"
-    if all((clips / name).is_file() for name in SHARED_PAIR.values()):
+    if all((clips / name).is_file() for name in pair):
         gallery = [extract(clips / file, facesets / name, "--every", str(GALLERY_EVERY))
-                   for name, file in SHARED_GALLERY.items() if (clips / file).is_file()]
-        return {"shot": clips / SHARED_PAIR["b"], "a": extract(clips / SHARED_PAIR["a"], facesets / "a"),
-                "b": extract(clips / SHARED_PAIR["b"], facesets / "b"), "gallery": gallery,
-                "source": f"{clips}: A {SHARED_PAIR['a']}, B {SHARED_PAIR['b']}, gallery "
+                   for name, file in SHARED_GALLERY.items() if (clips / file).is_file() and file not in pair]
+        a, b = (extract(clips / name, facesets / Path(name).stem) for name in pair)
+        return {"shot": clips / pair[1], "a": a, "b": b, "gallery": gallery, "pair": f"{a.name}-{b.name}",
+                "source": f"{clips}: A {pair[0]}, B {pair[1]}, gallery "
                           + ", ".join(SHARED_GALLERY[g.name] for g in gallery)}
     shots = work / "sample_shots"
     shot_a, shot_b = shots / "astronaut", shots / "hopper_talking.mp4"
@@ -119,17 +120,18 @@ def prepare_data(work: Path, clips: Path) -> dict:
     if not shot_b.is_file():
         samples.write_video(shot_b, samples.make_clip("grace_hopper", SAMPLE_FRAMES, SAMPLE_SIZE, scale=0.8, mouth=0.3)[0])
     return {"shot": shot_b, "a": extract(shot_a, facesets / "a"), "b": extract(shot_b, facesets / "b"),
-            "gallery": [], "source": "packaged photos: A astronaut, B Grace Hopper (mouth moving), no gallery"}
+            "gallery": [], "pair": "photos", "source": "packaged photos: A astronaut, B Grace Hopper (mouth moving), no gallery"}
 
 
-def pretrain(data: dict, work: Path, clips: Path, base_args: list[str], iterations: int) -> Path:
+def pretrain(data: dict, work: Path, clips: Path, pair: tuple[str, str], base_args: list[str], iterations: int) -> Path:
     """The base model (`engine train --pretrain`) on every other person the clips hold, trained now or as an
     earlier run left it; an interrupted one resumes."""
     if not data["gallery"]:
         sys.exit("error: --base needs the shared clips: the packaged photos hold no people besides A and B")
     faces = [extract(clips / file, work / "facesets" / f"pretrain_{name}", "--every", str(PRETRAIN_EVERY))
-             for name, file in SHARED_GALLERY.items() if (clips / file).is_file()]
-    folder = work / "models" / f"base_{_slug(base_args)}_{iterations}it"
+             for name, file in SHARED_GALLERY.items() if (clips / file).is_file() and file not in pair]
+    people = "-".join(f.name.removeprefix("pretrain_") for f in faces)
+    folder = work / "models" / f"base_{people}_{_slug(base_args)}_{iterations}it"
     if not (folder / "bench_train.json").is_file():
         print(f"pretraining {' '.join(base_args)} for {iterations}it on {len(faces)} people -> {folder}", flush=True)
         resume = ["--resume"] if (folder / "model.json").is_file() else []
@@ -163,7 +165,7 @@ def budget_name(budget: tuple[str, float]) -> str:
 def train(data: dict, work: Path, train_args: list[str], budget: tuple[str, float]) -> dict:
     """The model for these options and budget ("minutes" or "iterations", amount): trained now, or as an
     earlier run left it."""
-    folder = work / "models" / f"{_slug(train_args)}_{budget_name(budget)}"
+    folder = work / "models" / f"{data['pair']}_{_slug(train_args)}_{budget_name(budget)}"
     record = folder / "bench_train.json"
     if record.is_file():
         return media.read_json(record)
@@ -195,7 +197,7 @@ def train(data: dict, work: Path, train_args: list[str], budget: tuple[str, floa
 
 
 def convert(data: dict, work: Path, name: str, model: dict, convert_args: list[str], budget: tuple[str, float]) -> Path:
-    folder = work / "layers" / f"{name}_{budget_name(budget)}"
+    folder = work / "layers" / f"{data['pair']}_{name}_{budget_name(budget)}"
     print(f"converting {data['shot'].name} with {name} at {budget_name(budget)} -> {folder}", flush=True)
     engine("convert", str(data["shot"]), "--alignments", str(data["b"]), "--model", model["model"],
            "--output", str(folder), *convert_args)
@@ -247,6 +249,8 @@ def main() -> None:
                         help="where facesets, models, layers and the results are kept (default work/quality)")
     parser.add_argument("--clips", type=Path, default=default_clips(), metavar="DIR",
                         help="the shared clips folder (default ../shared/clips); absent, the packaged photos")
+    parser.add_argument("--pair", nargs=2, default=SHARED_PAIR, metavar=("A", "B"),
+                        help=f"the clips of A and B among the shared clips (default {' '.join(SHARED_PAIR)})")
     parser.add_argument("--frames", metavar="FIRST-LAST", help="evaluate only these frames of B's shot")
     parser.add_argument("--base", metavar='"TRAIN ARGS"',
                         help=f"train a base model (--pretrain) with these options on the clips' other people; a "
@@ -259,12 +263,12 @@ def main() -> None:
     from engine.evaluate import evaluate
 
     work = args.work.resolve()
-    data = prepare_data(work, args.clips)
+    data = prepare_data(work, args.clips, tuple(args.pair))
     configs = [parse_config(c) for c in (args.config or DEFAULT_CONFIGS)]
     if any(BASE in train_args for _, train_args, _ in configs):
         if args.base is None:
             sys.exit(f"error: a configuration names {BASE}; give --base \"TRAIN ARGS\" to train it")
-        base = str(pretrain(data, work, args.clips, shlex.split(args.base), args.base_iterations))
+        base = str(pretrain(data, work, args.clips, tuple(args.pair), shlex.split(args.base), args.base_iterations))
         configs = [(name, [base if a == BASE else a for a in train_args], convert_args)
                    for name, train_args, convert_args in configs]
     print(f"data: {data['source']}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
@@ -276,7 +280,7 @@ def main() -> None:
             layers = convert(data, work, name, model, convert_args, budget)
             started = time.monotonic()
             report = evaluate(data["shot"], data["b"], layers, data["a"], frames=args.frames, gallery=data["gallery"])
-            picture = still(data, layers, report, work / "stills" / f"{name}_{budget_name(budget)}.png")
+            picture = still(data, layers, report, work / "stills" / f"{data['pair']}_{name}_{budget_name(budget)}.png")
             rows.append({"config": name, "train_args": train_args, "convert_args": convert_args,
                          "budget": budget_name(budget),
                          "iterations": model["iterations"], "train_seconds": model["seconds"], "load": model["load"],

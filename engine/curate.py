@@ -17,7 +17,9 @@ Flags, in this order (a face flagged for one reason is not a duplicate's keeper)
   aligned faces inside the face, below --duplicate-threshold); the first in frame order is kept.
 
 Writes FACESET/curate/report.json, flagged.png (a contact sheet of the flagged faces, each with its reason)
-and pose.png (yaw x pitch coverage, beside faceset B's with --target). Nothing is ever deleted: --apply
+and pose.png (yaw x pitch coverage, beside faceset B's with --target). With --target, the report also
+says which of B's frames open the mouth wider or shut the eyes further than any kept face of A
+(engine.faces.expression). Nothing is ever deleted: --apply
 moves flagged faces' files into FACESET/aside/ (same relative paths) after recording them in
 FACESET/aside/moved.json, and --restore moves them back. Faceset.samples() skips faces whose image is
 missing, so training never sees a face that is aside.
@@ -33,6 +35,7 @@ import numpy as np
 from . import media
 from .events import EngineError, Events
 from .faces import align, identity, masks
+from .faces.expression import compare_expression_coverage
 from .faces.pose import head_pose
 from .faceset import (
     ALIGNMENTS_FILE,
@@ -79,7 +82,7 @@ def add_arguments(parser) -> None:
     action.add_argument("--apply", action="store_true", help="move the flagged faces aside (FACESET/aside/)")
     action.add_argument("--restore", action="store_true", help="move every face that is aside back, and stop")
     parser.add_argument("--target", metavar="FACESET_B",
-                        help="faceset B (the shot's face): compare this faceset's pose coverage with it")
+                        help="faceset B (the shot's face): compare this faceset's poses and expressions with it")
     parser.add_argument("--identity-threshold", type=float, metavar="X", default=identity.SAME_PERSON,
                         help="largest embedding distance to the main identity that counts as the same person "
                              "(default %(default)s)")
@@ -159,7 +162,12 @@ def curate(
         report["coverage"] = compare_pose_coverage(
             _poses(kept), [_face_pose(f, target_alignments) for _, f in target_alignments.faces()]
         )
-        for message in report["coverage"]["messages"]:
+        kept_frames = {s["frame"] for s in kept}
+        target_faces = list(target_alignments.faces())
+        report["expression_coverage"] = compare_expression_coverage(
+            [f.landmarks_raw for n, f in faces if n in kept_frames], [f.landmarks_raw for _, f in target_faces],
+            [n for n, _ in target_faces])
+        for message in report["coverage"]["messages"] + report["expression_coverage"]["messages"]:
             events.warning(message)
     if apply:
         report["summary"]["moved"] = move_aside(folder, [s for s in scores if s["flags"]], alignments)
@@ -177,7 +185,8 @@ def curate(
     }
     media.write_json(out / "report.json", report)
     events.done(**report["summary"], **report["outputs"],
-                **({"messages": report["coverage"]["messages"]} if "coverage" in report else {}))
+                **({"messages": report["coverage"]["messages"] + report["expression_coverage"]["messages"]}
+                   if "coverage" in report else {}))
     return report
 
 

@@ -18,7 +18,10 @@ over the shot's frame in the shot's own space, as a compositor would, and the re
   on the original, over the inter-ocular distance (outer eye corners, as 300-W normalises), and the
   difference of their yaw and pitch; expression carried: the mouth's and the eyes' opening (inner lip
   and lid gaps over the inter-ocular distance) of the swapped face against the original's, as their
-  correlation over the shot and their mean absolute difference;
+  correlation over the shot and their mean absolute difference; expression covered: the share of frames
+  whose mouth and eyes (as extract detected them) open no further than faceset A's faces do
+  (engine.faces.expression), where a model of A can draw them at all, and the same-person rate over
+  those frames alone;
 - temporal stability: flicker, the mean frame-to-frame change (8-bit levels) of the aligned face
   region, beside the original's own change (their ratio is about 1 for a stable swap); landmark jitter,
   the frame-to-frame change of the swapped face's landmarks relative to the original's, over the
@@ -42,6 +45,13 @@ from . import colorspace, media
 from .events import EngineError, Events
 from .faces import align, identity, masks
 from .faces.detect import DETECTORS, make_detector, on_torch
+from .faces.expression import (
+    LEFT_EYE_CORNER,
+    RIGHT_EYE_CORNER,
+    compare_expression_coverage,
+    openings,
+    uncovered,
+)
 from .faces.pose import head_pose
 from .faceset import ALIGNMENTS_FILE, Alignments, check_alignments, check_same_shot
 from .output import layer_path, read_manifest
@@ -54,11 +64,8 @@ SECTORS = 16  # the seam is measured per sector around the face, so one colour d
 MIN_SECTOR_PIXELS = 4
 CROP_MARGIN = 0.4  # re-detection searches the face box grown by this share of its size on every side
 MIN_OVERLAP = 0.3  # a re-detected face must overlap the stored box this much (IoU) to be the same face
-LEFT_EYE_CORNER, RIGHT_EYE_CORNER = 36, 45
 DETAIL_SIGMA = 1.5  # the high-pass that detail measures: the image minus its Gaussian blur of this sigma (px)
 INNER_FACE = np.arange(17, 68)  # brows, nose, eyes and lips: the face inside the jaw line, away from the mask edge
-MOUTH_GAPS = ((61, 67), (62, 66), (63, 65))  # inner lip pairs, upper to lower
-EYE_GAPS = ((37, 41), (38, 40), (43, 47), (44, 46))  # lid pairs, upper to lower
 MIN_SPREAD = 1e-3  # an opening that varies less than this (share of eye distance) over the shot does not move
 
 
@@ -113,15 +120,19 @@ def _check_made_from(recorded: str, source: media.FrameSource, what: str, events
         events.warning(f"{what} were made from {made_from}; evaluating them against {here}")
 
 
+def faceset_faces(faceset: str | Path) -> list:
+    """A faceset's faces (folder or alignments.json) that curate has not moved aside."""
+    folder = Path(faceset)
+    alignments = Alignments.load(folder / ALIGNMENTS_FILE if folder.is_dir() else folder)
+    base = folder if folder.is_dir() else folder.parent
+    return [f for n, f in alignments.faces() if media.inside(base, f.image, f"{faceset} frame {n} image").is_file()]
+
+
 def faceset_identity(faceset: str | Path, what: str = "faceset A") -> np.ndarray:
     """A faceset's identity: the medoid of its faces' 128-D embeddings (those not moved aside by curate),
     as curate takes it. dlib's same-person distance is calibrated between two faces; a mean embedding
     is no one's face and sits nearer the middle of face space, where a featureless blob lands too."""
-    folder = Path(faceset)
-    alignments = Alignments.load(folder / ALIGNMENTS_FILE if folder.is_dir() else folder)
-    base = folder if folder.is_dir() else folder.parent
-    embeddings = [np.asarray(f.embedding, np.float32) for n, f in alignments.faces()
-                  if media.inside(base, f.image, f"{faceset} frame {n} image").is_file() and len(f.embedding) == 128]
+    embeddings = [np.asarray(f.embedding, np.float32) for f in faceset_faces(faceset) if len(f.embedding) == 128]
     if not embeddings:
         raise EngineError(f"{what} {faceset} holds no faces with identity embeddings")
     return identity.medoid(np.stack(embeddings))
@@ -215,16 +226,6 @@ def _inner_face(landmarks: np.ndarray, alpha: np.ndarray) -> tuple[tuple[slice, 
     return crop, region, (features > 0.5) & opaque
 
 
-def openings(landmarks: np.ndarray) -> tuple[float, float]:
-    """(mouth, eyes): the mean inner-lip gap and lid gap, over the inter-ocular distance."""
-    ocular = float(np.linalg.norm(landmarks[RIGHT_EYE_CORNER] - landmarks[LEFT_EYE_CORNER])) or 1.0
-
-    def gap(pairs):
-        return float(np.mean([np.linalg.norm(landmarks[a] - landmarks[b]) for a, b in pairs]) / ocular)
-
-    return gap(MOUTH_GAPS), gap(EYE_GAPS)
-
-
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
@@ -275,10 +276,11 @@ class FrameMeasures:
 
     def __init__(self, alignments: Alignments, identity_a: np.ndarray, detector,
                  spaces: tuple[colorspace.Space, colorspace.Space | None],
-                 gallery: dict[str, np.ndarray] | None = None):
-        """`gallery`: identity name -> embedding, A's ("A") among them, for gallery retrieval."""
+                 gallery: dict[str, np.ndarray] | None = None, expression_range: dict | None = None):
+        """`gallery`: identity name -> embedding, A's ("A") among them, for gallery retrieval.
+        `expression_range`: A's faces' openings (expression.source_range), to mark the frames they span."""
         self.alignments, self.identity_a, self.detector, self.spaces = alignments, identity_a, detector, spaces
-        self.gallery = gallery
+        self.gallery, self.expression_range = gallery, expression_range
         self.inside = masks.hull_mask(align.template_points(ANALYSIS_SIZE, alignments.coverage), ANALYSIS_SIZE) > 0.5
         self.previous: dict | None = None
 
@@ -289,6 +291,8 @@ class FrameMeasures:
         stored = np.asarray(face.landmarks, np.float64)
         ocular = float(np.linalg.norm(stored[RIGHT_EYE_CORNER] - stored[LEFT_EYE_CORNER])) or 1.0
         record = {"frame": number, "swapped": bool(alpha.max() > CLEAR)}
+        if self.expression_range is not None:
+            record["expression_covered"] = not uncovered(openings(face.landmarks_raw), self.expression_range)
 
         box = np.asarray(face.bbox, np.float64)
         points_swap = _redetect(self.detector, swapped, box)
@@ -407,6 +411,9 @@ def summarise(records: list[dict]) -> dict:
         "distance_a": _mean(swapped, "distance_a"),
         "id_retrieval": _share(swapped, lambda r: r["nearer_a"]),
         "same_person": _share(swapped, lambda r: r["same_person"]),
+        "expression_covered": _share(swapped, lambda r: r.get("expression_covered", True)),
+        "same_person_covered": _share([r for r in swapped if r.get("expression_covered", True)],
+                                      lambda r: r["same_person"]),
         "gallery_retrieval": _share(ranked, lambda r: r["nearest"] == "A"),
         "detail": detail_swap,
         "detail_original": detail_original,
@@ -540,8 +547,13 @@ def evaluate(
     from .device import pick_device
 
     torch_device = str(pick_device(device)) if on_torch(detector) else "cpu"
+    shot_faces = [(n, shot_alignments.frame(n).faces[0]) for n in numbers]
+    coverage = compare_expression_coverage([f.landmarks_raw for f in faceset_faces(source)],
+                                           [f.landmarks_raw for _, f in shot_faces], [n for n, _ in shot_faces])
+    for message in coverage["messages"]:
+        events.warning(message)
     measures = FrameMeasures(shot_alignments, identity_a, make_detector(detector, torch_device),
-                             spaces, identities)
+                             spaces, identities, coverage["source_range"])
     events.start(shot=str(frame_source.path), frames=len(numbers), layers=str(layers), output=str(folder))
     position = {n: i for i, n in enumerate(frame_source.numbers)}
     step = int(shot_alignments.settings.get("every", 1))  # frames an extract with --every N stepped over

@@ -287,13 +287,16 @@ class Faceset:
             raise EngineError(f"faceset {self.folder} is incomplete: its extract did not finish (rerun it to resume)")
         self.face_size = self.alignments.face_size
 
+    def kept_faces(self) -> list[tuple[int, Face]]:
+        """(frame number, face) of each face curate has not moved aside."""
+        return [(number, face) for number, face in self.alignments.faces() if self.paths(number, face)[0].is_file()]
+
     def samples(self) -> list[FaceSample]:
         out = []
-        for number, face in self.alignments.faces():
+        for number, face in self.kept_faces():
             image, hull, extended = self.paths(number, face)
-            if image.is_file():
-                out.append(FaceSample(frame=number, image=image, mask_hull=hull, mask_extended=extended,
-                                      landmarks=face.aligned_landmarks(), mask_learned=learned_mask(self.folder, face)))
+            out.append(FaceSample(frame=number, image=image, mask_hull=hull, mask_extended=extended,
+                                  landmarks=face.aligned_landmarks(), mask_learned=learned_mask(self.folder, face)))
         return out
 
     def paths(self, number: int, face: Face) -> tuple[Path, Path, Path]:

@@ -41,6 +41,17 @@ def parse_ranges(text: str) -> list[tuple[int, int]]:
     return ranges
 
 
+def format_ranges(numbers) -> str:
+    """Frame numbers as the ranges parse_ranges reads: [65, 66, 67, 90] as "65-67,90"."""
+    ranges: list[list[int]] = []
+    for number in sorted(set(numbers)):
+        if ranges and number == ranges[-1][1] + 1:
+            ranges[-1][1] = number
+        else:
+            ranges.append([number, number])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
 def frame_number(name: str) -> int | None:
     """The frame number a file's name carries: the last number in its stem, or None."""
     digits = re.findall(r"\d+", Path(name).stem)

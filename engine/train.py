@@ -33,6 +33,7 @@ from .adversarial import Adversary, make_adversary
 from .augment import Augmentation, FaceBatches, augment, worker_init
 from .device import pick_device
 from .events import EngineError, Events, log
+from .faces.expression import compare_expression_coverage
 from .faceset import Faceset
 from .losses import LossWeights, face_loss
 from .model import (
@@ -268,7 +269,7 @@ def train(
     parameters = sum(p.numel() for p in model.parameters())
     if main_process:
         _tidy(model_dir, progress.iteration)
-        _announce(events, model_dir, a, b, progress.iteration, device, world, config, parameters, data)
+        _announce(events, model_dir, a, b, progress.iteration, device, world, config, parameters, data, facesets)
 
     # -- the loop
     loss_fn = partial(pair_loss, weights=train_settings.loss)
@@ -523,7 +524,7 @@ def _tidy(model_dir: Path, start: int) -> None:
 
 
 def _announce(events: Events, model_dir: Path, a, b, start: int, device, world: int, config: ModelConfig,
-              parameters: int, data: Data) -> None:
+              parameters: int, data: Data, facesets: dict) -> None:
     """The start event, then warnings about the facesets that a better run would fix."""
     face_size = data.batches.face_size
     events.start(model=str(model_dir), a=str(a), b=str(b), iteration=start, device=str(device),
@@ -539,6 +540,12 @@ def _announce(events: Events, model_dir: Path, a, b, start: int, device, world: 
         if len(s) < FEW_FACES:
             events.warning(f"faceset {k.upper()} has only {len(s)} faces; a few hundred or more, in every pose "
                            f"and light the shot needs, give a far better model")
+    if b is not None:  # a pair, not a base: A's faces should span the expressions B's face makes
+        faces_a, faces_b = facesets["a"].kept_faces(), facesets["b"].kept_faces()
+        coverage = compare_expression_coverage([f.landmarks_raw for _, f in faces_a],
+                                               [f.landmarks_raw for _, f in faces_b], [n for n, _ in faces_b])
+        for message in coverage["messages"]:
+            events.warning(message)
 
 
 # ---------------------------------------------------------------- the loop's parts

@@ -53,6 +53,15 @@ def faceset_b(shot_b, tmp_path_factory) -> Path:
     return _extract(shot_b, tmp_path_factory.mktemp("faceset_b") / "faceset")
 
 
+@pytest.fixture(scope="session")
+def talking(tmp_path_factory) -> dict:
+    """Grace Hopper opening and closing her mouth twice over 16 frames, and its faceset."""
+    folder = tmp_path_factory.mktemp("talking")
+    frames, _ = samples.make_clip("grace_hopper", 16, (320, 240), scale=0.6, mouth=0.3)
+    shot = samples.write_sequence(folder / "frames", frames)
+    return {"shot": shot, "faceset": _extract(shot, folder / "faceset")}
+
+
 # Iterations of the tiny model: enough that each decoder redraws its own person recognisably (B->B close
 # to B inside the mask), about a minute on 2 CPU cores.
 TINY_ITERATIONS = 600

@@ -146,7 +146,8 @@ def test_an_interrupted_apply_is_recorded_and_restores_fully(mixed, monkeypatch)
     assert _hashes(mixed) == before
 
 
-def test_warns_when_the_target_has_poses_the_source_lacks(faceset_a, faceset_b, tmp_path, capsys):
+def test_warns_when_the_target_has_poses_or_expressions_the_source_lacks(faceset_a, faceset_b, talking, tmp_path,
+                                                                          capsys):
     """The target turns its head: the landmarks of a third of its frames are a generic 3-D face turned
     40° and projected where the face was, which pose estimation must read back as such."""
     alignments = Alignments.load(faceset_b)
@@ -172,6 +173,14 @@ def test_warns_when_the_target_has_poses_the_source_lacks(faceset_a, faceset_b, 
     report = json.loads((source / "curate" / "report.json").read_text())
     assert report["coverage"]["covered_share"] == pytest.approx(1 - share, abs=0.01)
     assert report["coverage"]["messages"] == warnings
+
+    # A target whose mouth opens wider than any face of A: said, with the frames, and in the report.
+    assert main(["curate", str(source), "--target", str(talking["faceset"]), "--events"]) == 0
+    warnings = [e["message"] for e in map(json.loads, capsys.readouterr().out.splitlines()) if e["event"] == "warning"]
+    report = json.loads((source / "curate" / "report.json").read_text())
+    expression = report["expression_coverage"]
+    assert expression["messages"] == [w for w in warnings if w.startswith("B opens its mouth wider")] != []
+    assert expression["mouth_wider_frames"] and expression["covered_share"] < 1
 
     # A target whose poses A covers draws no warning.
     assert main(["curate", str(source), "--target", str(faceset_b), "--events"]) == 0

@@ -12,14 +12,13 @@ import cv2
 import numpy as np
 import pytest
 
-from demo import samples
 from engine import media
 from engine.__main__ import main
 from engine.convert import convert
 from engine.evaluate import evaluate
-from engine.extract import extract
 from engine.faces import align, masks
 from engine.faceset import Alignments
+from engine.frames import format_ranges, parse_ranges
 from tests.conftest import empty_copy
 
 
@@ -157,16 +156,6 @@ def test_feature_detail_tells_soft_eyes_and_mouth_under_sharp_skin(shot_b, faces
     assert summary["feature_detail_ratio"] < summary["detail_ratio"] - 0.2
 
 
-@pytest.fixture(scope="module")
-def talking(tmp_path_factory) -> dict:
-    """Grace Hopper opening and closing her mouth twice over 16 frames, and its faceset."""
-    folder = tmp_path_factory.mktemp("talking")
-    frames, _ = samples.make_clip("grace_hopper", 16, (320, 240), scale=0.6, mouth=0.3)
-    shot = samples.write_sequence(folder / "frames", frames)
-    extract(shot, folder / "faceset", detector="dlib", size=128)
-    return {"shot": shot, "faceset": folder / "faceset"}
-
-
 def test_expression_is_carried_only_when_the_mouth_moves(talking, faceset_a, tmp_path):
     shot, faceset = talking["shot"], talking["faceset"]
     own = evaluate(shot, faceset, write_layers(tmp_path / "own", shot, faceset, faceset), faceset_a)["summary"]
@@ -178,6 +167,34 @@ def test_expression_is_carried_only_when_the_mouth_moves(talking, faceset_a, tmp
     assert still["summary"]["mouth_difference"] > 3 * own["mouth_difference"]
     opened = max(still["frames"], key=lambda r: r["mouth_open_original"])
     assert opened["mouth_open_original"] > 0.15 and opened["mouth_open"] < 0.08
+
+
+def test_frames_whose_expression_faceset_a_lacks_are_marked(talking, faceset_a, tmp_path, capsys):
+    """The astronaut's smile parts her lips by about 0.11 of the eye distance, never more: the frames where
+    Grace Hopper opens her mouth twice as wide are the ones a model of A draws half shut, and evaluate says
+    which. A faceset that does open it covers every frame."""
+    shot, faceset = talking["shot"], talking["faceset"]
+    layers = write_layers(tmp_path / "own", shot, faceset, faceset)
+    args = ["evaluate", str(shot), "--alignments", str(faceset), "--layers", str(layers), "--events"]
+    assert main([*args, "--source", str(faceset_a), "--output", str(tmp_path / "astronaut")]) == 0
+    warnings = [e["message"] for e in map(json.loads, capsys.readouterr().out.splitlines()) if e["event"] == "warning"]
+    report = json.loads((tmp_path / "astronaut" / "evaluation.json").read_text())
+    wide = [r["frame"] for r in report["frames"] if r["mouth_open_original"] > 0.21]
+    shut = [r["frame"] for r in report["frames"] if r["mouth_open_original"] < 0.1]
+    assert wide and shut
+    assert not any(r["expression_covered"] for r in report["frames"] if r["frame"] in wide)
+    assert all(r["expression_covered"] for r in report["frames"] if r["frame"] in shut)
+    uncovered = [r["frame"] for r in report["frames"] if not r["expression_covered"]]
+    assert report["summary"]["expression_covered"] == pytest.approx(1 - len(uncovered) / 16, abs=1e-4)
+    message = [w for w in warnings if w.startswith("B opens its mouth wider than A's faces do")]
+    assert len(message) == 1 and f"in {len(uncovered)} of 16 frames ({format_ranges(uncovered)})" in message[0]
+    assert [n for a, b in parse_ranges(format_ranges(uncovered)) for n in range(a, b + 1)] == uncovered
+
+    assert main([*args, "--source", str(faceset), "--output", str(tmp_path / "herself")]) == 0
+    assert '"warning"' not in capsys.readouterr().out
+    summary = json.loads((tmp_path / "herself" / "evaluation.json").read_text())["summary"]
+    assert summary["expression_covered"] == 1.0
+    assert summary["same_person_covered"] == summary["same_person"]
 
 
 def test_linear_exr_layers_measure_as_their_png_twins(shot_b, faceset_a, faceset_b, clean, tmp_path):

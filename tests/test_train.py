@@ -134,6 +134,21 @@ def test_events_history_and_model_folder(faceset_a, faceset_b, tmp_path, capsys)
     assert summary["iteration"] == 20 and summary["config"]["face_size"] == 128
 
 
+def test_warns_when_faceset_a_lacks_the_mouth_b_opens(faceset_a, talking, tmp_path, capsys):
+    """Before any training: B opens her mouth wider than any face of A, so the swap would draw it half
+    shut. The other way round, A's faces span B's, and nothing is said."""
+    def warnings(a, b, model):
+        code, out, err = cli(capsys, "--a", a, "--b", b, "--model", tmp_path / model, "--preset", "tiny",
+                             "--iterations", 1, "--events")
+        assert code == 0, err
+        return [e["message"] for e in events_of(out) if e["event"] == "warning"]
+
+    lacking = [w for w in warnings(faceset_a, talking["faceset"], "a_b") if "mouth" in w]
+    assert len(lacking) == 1 and lacking[0].startswith("B opens its mouth wider than A's faces do in ")
+    assert "of 16 frames (" in lacking[0] and lacking[0].endswith("add faces of A with the mouth open")
+    assert not [w for w in warnings(talking["faceset"], faceset_a, "b_a") if "mouth" in w or "eyes" in w]
+
+
 # ---------------------------------------------------------------- stop and resume
 
 
