@@ -18,8 +18,9 @@ scratch (a schedule that depends on the budget stays honest), with `--time-budge
 `--iterations` where budgets are given as iteration counts.
 
 Data: with the shared talking-head clips (`../shared/clips` from the repository root, or `--clips`), A is
-d19.mp4 and B is d18.mp4, a pair the engine has not been tuned on (from a git worktree, the folder beside the main checkout), and the gallery is the main person of
-s18, s32 and s20 (every 10th frame). Without them, A and B are clips made from the packaged photos, B's
+d19.mp4 and B is d18.mp4, a pair the engine has not been tuned on (from a git worktree, the folder beside
+the main checkout); `--pair d18.mp4 d19.mp4` swaps them, or names any two of the clips. The gallery is
+the main person of the other clips among s18, s32 and s20 (every 10th frame). Without them, A and B are clips made from the packaged photos, B's
 mouth opening and closing, and there is no gallery. Facesets (dlib, 256 px) are extracted once into
 `--work` and reused, as are trained models and converted layers: a rerun only re-evaluates, so a new
 measure reaches old models at the cost of an evaluation.
