@@ -54,6 +54,7 @@ from .faces.expression import (
 )
 from .faces.pose import head_pose
 from .faceset import ALIGNMENTS_FILE, Alignments, check_alignments, check_same_shot
+from .frames import format_ranges, parse_ranges
 from .output import layer_path, read_manifest
 
 FORMAT = "facereplace.evaluation"
@@ -461,8 +462,14 @@ def _plot(records: list[dict], summary: dict, path: Path) -> Path:
         ("flicker (8-bit levels)", [("swap", "flicker"), ("original", "flicker_original")]),
         ("seam (delta E)", [("swap", "seam"), ("original", "seam_original"), ("excess", "seam_excess")]),
     ]
+    # B's frames whose expression A's faces lack, shaded on every panel: what training cannot fix
+    uncovered = [r["frame"] for r in records if r.get("expression_covered") is False]
+    lacking = parse_ranges(format_ranges(uncovered)) if uncovered else []
     figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels)), sharex=True)
     for axis, (title, lines) in zip(axes, panels, strict=True):
+        for i, (first, last) in enumerate(lacking):
+            axis.axvspan(first - 0.5, last + 0.5, color="tab:red", alpha=0.08, linewidth=0,
+                         label="expression A's faces lack" if i == 0 and axis is axes[0] else None)
         for label, key in lines:
             axis.plot(frames, series(key), marker=".", linewidth=1, label=label)
         if lines[0][1] == "distance_a":
@@ -478,6 +485,8 @@ def _plot(records: list[dict], summary: dict, path: Path) -> Path:
         title += f", detail ratio {summary['detail_ratio']:.2f}"
     if summary["feature_detail_ratio"] is not None:
         title += f" ({summary['feature_detail_ratio']:.2f} on the eyes and mouth)"
+    if summary["expression_covered"] is not None and summary["expression_covered"] < 1:
+        title += f"\n{1 - summary['expression_covered']:.0%} of frames in expressions A's faces lack (shaded)"
     figure.suptitle(title or "no swapped frames", fontsize=10)
     figure.tight_layout()
     with media.atomic_path(path) as tmp:
