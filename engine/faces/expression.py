@@ -63,7 +63,11 @@ def uncovered(opening: tuple[float, float], limits: dict) -> list[str]:
 
 def compare_expression_coverage(landmarks_a, landmarks_b, frames_b: list[int]) -> dict:
     """How well A's faces (68 x 2 landmarks each, in any one similarity frame per face) span B's (one per
-    frame in `frames_b`) in how open the mouth and eyes are, in numbers and plain words."""
+    frame in `frames_b`) in how open the mouth and eyes are, in numbers and plain words. With no faces of
+    A (curate flagged them all) there is no range to compare with, and nothing is said."""
+    if not len(landmarks_a):
+        return {"source_range": None, "target_faces": len(frames_b), "covered_share": None,
+                "mouth_wider_frames": "", "eyes_shut_frames": "", "messages": []}
     limits = source_range([openings(points) for points in landmarks_a])
     found = {"mouth wider": [], "eyes shut": []}
     for number, points in zip(frames_b, landmarks_b, strict=True):
