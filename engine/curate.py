@@ -159,11 +159,9 @@ def curate(
         "pose": _pose_histogram(_poses(kept)),
     }
     if target_alignments is not None:
-        report["coverage"] = compare_pose_coverage(
-            _poses(kept), [_face_pose(f, target_alignments) for _, f in target_alignments.faces()]
-        )
-        kept_frames = {s["frame"] for s in kept}
         target_faces = list(target_alignments.faces())
+        report["coverage"] = compare_pose_coverage(_poses(kept), [_face_pose(f, target_alignments) for _, f in target_faces])
+        kept_frames = {s["frame"] for s in kept}
         report["expression_coverage"] = compare_expression_coverage(
             [f.landmarks_raw for n, f in faces if n in kept_frames], [f.landmarks_raw for _, f in target_faces],
             [n for n, _ in target_faces])

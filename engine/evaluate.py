@@ -129,13 +129,14 @@ def faceset_faces(faceset: str | Path) -> list:
     return [f for n, f in alignments.faces() if media.inside(base, f.image, f"{faceset} frame {n} image").is_file()]
 
 
-def faceset_identity(faceset: str | Path, what: str = "faceset A") -> np.ndarray:
-    """A faceset's identity: the medoid of its faces' 128-D embeddings (those not moved aside by curate),
-    as curate takes it. dlib's same-person distance is calibrated between two faces; a mean embedding
-    is no one's face and sits nearer the middle of face space, where a featureless blob lands too."""
-    embeddings = [np.asarray(f.embedding, np.float32) for f in faceset_faces(faceset) if len(f.embedding) == 128]
+def faceset_identity(faces: list, what: str) -> np.ndarray:
+    """The identity of a faceset's `faces` (faceset_faces: those not moved aside by curate): the medoid of
+    their 128-D embeddings, as curate takes it. dlib's same-person distance is calibrated between two
+    faces; a mean embedding is no one's face and sits nearer the middle of face space, where a featureless
+    blob lands too. `what` names the faceset in the error."""
+    embeddings = [np.asarray(f.embedding, np.float32) for f in faces if len(f.embedding) == 128]
     if not embeddings:
-        raise EngineError(f"{what} {faceset} holds no faces with identity embeddings")
+        raise EngineError(f"{what} holds no faces with identity embeddings")
     return identity.medoid(np.stack(embeddings))
 
 
@@ -530,14 +531,16 @@ def evaluate(
     manifest = read_manifest(layers)
     _check_layers_match(manifest, frame_source, layers, events)
     spaces = (plate, layer_space(manifest))
-    identity_a = faceset_identity(source)
+    faces_a = faceset_faces(source)  # read once: for A's identity and for the expressions it spans
+    identity_a = faceset_identity(faces_a, f"faceset A {source}")
     identities = None
     if gallery:
         identity_b = shot_identity(shot_alignments)
         if identity_b is None:
             raise EngineError(f"alignments {alignments_path} hold no identity embeddings: gallery retrieval needs B's")
         identities = {"A": identity_a, "B": identity_b}
-        identities.update({str(Path(g).resolve()): faceset_identity(g, "gallery faceset") for g in gallery})
+        identities.update({str(Path(g).resolve()): faceset_identity(faceset_faces(g), f"gallery faceset {g}")
+                           for g in gallery})
 
     numbers = [n for n in frame_source.select(frames) if (f := shot_alignments.frame(n)) is not None and f.faces]
     missing = [n for n in numbers if not layer_path(layers, manifest, n).is_file()]
@@ -557,7 +560,7 @@ def evaluate(
 
     torch_device = str(pick_device(device)) if on_torch(detector) else "cpu"
     shot_faces = [(n, shot_alignments.frame(n).faces[0]) for n in numbers]
-    coverage = compare_expression_coverage([f.landmarks_raw for f in faceset_faces(source)],
+    coverage = compare_expression_coverage([f.landmarks_raw for f in faces_a],
                                            [f.landmarks_raw for _, f in shot_faces], [n for n, _ in shot_faces])
     for message in coverage["messages"]:
         events.warning(message)
