@@ -211,6 +211,8 @@ def train_step(scene, resume: bool, into: str = "", iterations: int = 0) -> Step
         args += ["--no-warp-after", round(train.late_phase, 3), "--lr-dropout", round(train.lr_dropout, 3)]
         if train.gan_weight > 0:
             args += ["--gan-weight", round(train.gan_weight, 3)]
+    if train.balance_expressions:
+        args.append("--balance-expressions")
     if train.time_budget > 0:
         args += ["--time-budget", round(train.time_budget, 1)]
     argv = engine_command(engine_python(), "train", args, prefs().device, processes=prefs().train_processes)

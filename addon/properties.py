@@ -98,6 +98,10 @@ class FaceReplaceTrain(bpy.types.PropertyGroup):
     gan_weight: FloatProperty(name="Adversarial", default=0.0, min=0.0, soft_max=1.0,
                               description="In the late phase, a patch discriminator's loss at this weight sharpens "
                                           "detail (0: off; about 0.1)")
+    balance_expressions: BoolProperty(name="Balance Expressions", default=False,
+                                      description="Show the mouth openings the facesets have few faces of more often, "
+                                                  "so the swap's mouth opens as far as the shot's (engine train's "
+                                                  "--balance-expressions)")
     time_budget: FloatProperty(name="Time Budget", default=0.0, min=0.0, subtype="TIME_ABSOLUTE", unit="TIME_ABSOLUTE",
                                description="Stop after this long (0: no limit); the model is saved first")
     # The model and how far it got.

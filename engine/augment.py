@@ -103,16 +103,18 @@ class FaceBatches(torch.utils.data.Dataset):
     loaded faces (uint8 tensor n x size x size x 6) and their augmentation parameters."""
 
     def __init__(self, samples: dict[str, list[FaceSample]], face_size: int, size: int, batch: int,
-                 augmentation: Augmentation, mask: str = "extended", seed: int = 0, rank: int = 0):
+                 augmentation: Augmentation, mask: str = "extended", seed: int = 0, rank: int = 0,
+                 weights: dict[str, np.ndarray] | None = None):
         self.samples, self.face_size, self.size, self.batch = samples, face_size, size, batch
         self.augmentation, self.mask, self.seed, self.rank = augmentation, mask, seed, rank
+        self.weights = weights or {}  # person -> each face's chance of a pick; absent: every face alike
         self.cache = None  # person -> every face already loaded, once `preload` has run
 
     def __getitem__(self, iteration: int) -> dict:
         rng = np.random.default_rng([self.seed, iteration, self.rank])
         out = {}
         for person, samples in self.samples.items():
-            picks = rng.choice(len(samples), self.batch, replace=len(samples) < self.batch)
+            picks = rng.choice(len(samples), self.batch, replace=len(samples) < self.batch, p=self.weights.get(person))
             faces = self.cache[person][picks] if self.cache else self.load([samples[i] for i in picks])
             out[person] = {"faces": torch.from_numpy(faces)} | _tensors(
                 sample_params(rng, self.batch, self.augmentation))

@@ -33,7 +33,7 @@ from .adversarial import Adversary, make_adversary
 from .augment import Augmentation, FaceBatches, augment, worker_init
 from .device import pick_device
 from .events import EngineError, Events, log
-from .faces.expression import compare_expression_coverage
+from .faces.expression import compare_expression_coverage, expression_balance_weights
 from .faceset import Faceset
 from .losses import LossWeights, face_loss
 from .model import (
@@ -113,6 +113,7 @@ class TrainSettings:
     save_every: int = 500  # iterations per checkpoint (and always on stop)
     keep: int = 3  # checkpoints kept
     preview_rows: int = 4
+    balance_expressions: bool = False  # show the mouth openings a faceset has few faces of more often
     augmentation: Augmentation = field(default_factory=Augmentation)
     loss: LossWeights = field(default_factory=LossWeights)
     schedule: Schedule = field(default_factory=Schedule)
@@ -173,6 +174,10 @@ def add_arguments(parser) -> None:
         augmentation.add_argument(f"--{f.name.replace('_', '-')}", type=number_in(0, AUGMENTATION_LIMITS.get(f.name, 1)),
                                   dest=f"augment_{f.name}", metavar="X",
                                   help=f"{f.metadata['help']} ({f.default:g})")
+    augmentation.add_argument("--balance-expressions", action="store_const", const=True,
+                              help="show the mouth openings a faceset has few faces of more often (each step of opening "
+                                   "by the square root of its faces, not their number): the swap's mouth then opens as "
+                                   "far as B's, not half as far")
     schedule = parser.add_argument_group("late phase")
     for f in fields(Schedule):
         schedule.add_argument(f"--{f.name.replace('_', '-')}", type=float, dest=f"schedule_{f.name}", metavar="X",
@@ -202,7 +207,7 @@ def run(args, events: Events) -> None:
         loss={f.name: options[f"loss_{f.name}"] for f in fields(LossWeights)},
         augmentation={f.name: options[f"augment_{f.name}"] for f in fields(Augmentation)},
         **{k: options[k] for k in ("mask", "validation", "log_every", "preview_every", "save_every", "keep",
-                                   "preview_rows")},
+                                   "preview_rows", "balance_expressions")},
     )
 
 
@@ -448,8 +453,10 @@ def _data(facesets: dict, pretrain: bool, config: ModelConfig, settings: TrainSe
                 for k, s in samples.items()}
     train_samples = {k: s[: len(s) - held_out[k]] for k, s in samples.items()}
     face_size = next(iter(facesets.values())).face_size
+    weights = ({k: expression_balance_weights([face.landmarks for face in s]) for k, s in train_samples.items()}
+               if settings.balance_expressions else None)
     batches = FaceBatches(train_samples, face_size, config.size, config.batch, settings.augmentation, settings.mask,
-                          settings.seed, rank)
+                          settings.seed, rank, weights)
     cached = batches.preload(_memory_budget() // world)
     validation = {k: batches.fixed(_spread(s[len(s) - held_out[k]:], VALIDATION_FACES))
                   for k, s in samples.items() if held_out[k]}

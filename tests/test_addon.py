@@ -424,7 +424,7 @@ def test_train_records_the_model(swapped):
     assert Path(bpy.path.abspath(train.preview)).is_file()
 
 
-def test_train_panel_passes_architecture_and_the_late_phases(swapped, addon):
+def test_train_panel_passes_architecture_balance_and_the_late_phases(swapped, addon):
     """The Train panel's architecture, late phase, learning-rate dropout and adversarial weight reach the
     engine as its own options, parsed by the engine's parser; left at their defaults, none is passed."""
     from engine.__main__ import build_parser
@@ -437,14 +437,16 @@ def test_train_panel_passes_architecture_and_the_late_phases(swapped, addon):
         return build_parser("train").parse_args(argv[argv.index("train"):])
 
     plain = parsed()
-    assert (plain.architecture, plain.schedule_no_warp_after, plain.schedule_lr_dropout, plain.gan_weight) == (
-        None, None, None, None)
+    assert (plain.architecture, plain.schedule_no_warp_after, plain.schedule_lr_dropout, plain.gan_weight,
+            plain.balance_expressions) == (None, None, None, None, None)
     train.architecture, train.late_phase, train.lr_dropout, train.gan_weight = "liae", 0.8, 0.3, 0.1
+    train.balance_expressions = True
     try:
         given = parsed()
     finally:
         train.architecture, train.late_phase, train.lr_dropout, train.gan_weight = "PRESET", 0.0, 1.0, 0.0
-    assert given.architecture == "liae"
+        train.balance_expressions = False
+    assert given.architecture == "liae" and given.balance_expressions is True
     assert (given.schedule_no_warp_after, given.schedule_lr_dropout, given.gan_weight) == (0.8, 0.3, 0.1)
 
 

@@ -25,6 +25,9 @@ MARGIN = {"mouth": 0.05, "eyes": 0.015}
 # blink A lacks (open eyes measure 0.045-0.10 on the shared clips, shut ones about 0.02).
 SHUT_EYES = 0.035
 MIN_FRAMES = 3  # fewer uncovered frames than this are not worth a warning (a blink is 3 to 5)
+# Mouth openings this close (a share of the eye distance) count as one expression when training balances
+# expressions: about 10 steps from shut to wide open.
+EXPRESSION_STEP = 0.05
 
 
 def openings(landmarks) -> tuple[float, float]:
@@ -36,6 +39,18 @@ def openings(landmarks) -> tuple[float, float]:
         return float(np.mean([np.linalg.norm(landmarks[a] - landmarks[b]) for a, b in pairs]) / ocular)
 
     return gap(MOUTH_GAPS), gap(EYE_GAPS)
+
+
+def expression_balance_weights(landmarks) -> np.ndarray:
+    """Sampling probabilities, one per face, that even out how often each mouth opening (in EXPRESSION_STEP
+    steps) is seen: a step's share of the batches grows with the square root of its faces, not with their
+    number. A talker's faces are mostly shut or wide open, and a model learns the openings in between only
+    if it sees the few faces that show them; fully even shares (DeepFaceLab's uniform yaw) starve the shut
+    mouth instead, which the swap then no longer closes, and cost likeness."""
+    steps = np.array([int(openings(face)[0] // EXPRESSION_STEP) for face in landmarks])
+    _, step_of_face, faces_per_step = np.unique(steps, return_inverse=True, return_counts=True)
+    weights = faces_per_step[step_of_face] ** -0.5
+    return weights / weights.sum()
 
 
 def source_range(openings_a) -> dict:
