@@ -73,6 +73,7 @@ COLUMNS = [
     ("eyes+mouth detail", "feature_detail_ratio", "{:.2f}"),
     ("mouth corr", "mouth_correlation", "{:.2f}"),
     ("mouth diff", "mouth_difference", "{:.3f}"),
+    ("mouth gain", "mouth_gain", "{:.2f}"),
     ("eye corr", "eye_correlation", "{:.2f}"),
     ("flicker", "flicker_ratio", "{:.2f}"),
     ("seam excess", "seam_excess", "{:.2f}"),

@@ -18,7 +18,8 @@ over the shot's frame in the shot's own space, as a compositor would, and the re
   on the original, over the inter-ocular distance (outer eye corners, as 300-W normalises), and the
   difference of their yaw and pitch; expression carried: the mouth's and the eyes' opening (inner lip
   and lid gaps over the inter-ocular distance) of the swapped face against the original's, as their
-  correlation over the shot and their mean absolute difference; expression covered: the share of frames
+  correlation over the shot, their mean absolute difference and the gain (how far the swap opens for
+  each unit the original does); expression covered: the share of frames
   whose mouth and eyes (as extract detected them) open no further than faceset A's faces do
   (engine.faces.expression), where a model of A can draw them at all, and the same-person rate over
   those frames alone;
@@ -381,19 +382,21 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 4) if numerator is not None and denominator else None
 
 
-def carried(records: list[dict], key: str) -> tuple[float | None, float | None]:
-    """(correlation, mean absolute difference) of the swap's `key` and the original's over the frames
-    holding both. The correlation is None where the original does not move (nothing to carry) and 0
-    where it moves and the swap does not."""
+def carried(records: list[dict], key: str) -> tuple[float | None, float | None, float | None]:
+    """(correlation, mean absolute difference, gain) of the swap's `key` and the original's over the frames
+    holding both; the gain is the slope of the swap's on the original's (least squares): 1 where the swap
+    opens as far as the original, 0.5 where half as far. Correlation and gain are None where the original
+    does not move (nothing to carry), and 0 where it moves and the swap does not."""
     pairs = np.array([(r[key], r[f"{key}_original"]) for r in records if r.get(key) is not None], np.float64)
     if not len(pairs):
-        return None, None
+        return None, None, None
     difference = round(float(np.abs(pairs[:, 0] - pairs[:, 1]).mean()), 4)
     if len(pairs) < 3 or pairs[:, 1].std() < MIN_SPREAD:
-        return None, difference
+        return None, difference, None
     if pairs[:, 0].std() < MIN_SPREAD:
-        return 0.0, difference
-    return round(float(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]), 4), difference
+        return 0.0, difference, 0.0
+    gain = np.polyfit(pairs[:, 1], pairs[:, 0], 1)[0]
+    return round(float(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]), 4), difference, round(float(gain), 4)
 
 
 def summarise(records: list[dict]) -> dict:
@@ -401,8 +404,8 @@ def summarise(records: list[dict]) -> dict:
     flicker, flicker_original = _mean(swapped, "flicker"), _mean(swapped, "flicker_original")
     detail_swap, detail_original = _mean(swapped, "detail"), _mean(swapped, "detail_original")
     feature_swap, feature_original = _mean(swapped, "feature_detail"), _mean(swapped, "feature_detail_original")
-    mouth_correlation, mouth_difference = carried(swapped, "mouth_open")
-    eye_correlation, eye_difference = carried(swapped, "eye_open")
+    mouth_correlation, mouth_difference, mouth_gain = carried(swapped, "mouth_open")
+    eye_correlation, eye_difference, eye_gain = carried(swapped, "eye_open")
     ranked = [r for r in swapped if "nearest" in r]
     return {
         "frames_evaluated": len(records),
@@ -425,8 +428,10 @@ def summarise(records: list[dict]) -> dict:
         "feature_detail_ratio": _ratio(feature_swap, feature_original),
         "mouth_correlation": mouth_correlation,
         "mouth_difference": mouth_difference,
+        "mouth_gain": mouth_gain,
         "eye_correlation": eye_correlation,
         "eye_difference": eye_difference,
+        "eye_gain": eye_gain,
         "landmark_error": _mean(swapped, "landmark_error"),
         "yaw_error": _mean(swapped, "yaw_error"),
         "pitch_error": _mean(swapped, "pitch_error"),

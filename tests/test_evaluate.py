@@ -159,12 +159,13 @@ def test_feature_detail_tells_soft_eyes_and_mouth_under_sharp_skin(shot_b, faces
 def test_expression_is_carried_only_when_the_mouth_moves(talking, faceset_a, tmp_path):
     shot, faceset = talking["shot"], talking["faceset"]
     own = evaluate(shot, faceset, write_layers(tmp_path / "own", shot, faceset, faceset), faceset_a)["summary"]
-    assert own["mouth_correlation"] > 0.9 and own["mouth_difference"] < 0.03
+    assert own["mouth_correlation"] > 0.9 and own["mouth_difference"] < 0.03 and 0.85 < own["mouth_gain"] < 1.15
     # The first frame's closed mouth pasted over every frame: the shot's mouth moves, the swap's does not.
     closed = write_layers(tmp_path / "closed", shot, faceset, faceset, donor_face=0)
     still = evaluate(shot, faceset, closed, faceset_a)
     assert still["summary"]["mouth_correlation"] < 0.5
     assert still["summary"]["mouth_difference"] > 3 * own["mouth_difference"]
+    assert abs(still["summary"]["mouth_gain"]) < 0.3
     opened = max(still["frames"], key=lambda r: r["mouth_open_original"])
     assert opened["mouth_open_original"] > 0.15 and opened["mouth_open"] < 0.08
 
