@@ -24,10 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "demo" / "out"
 USER = OUT / "blender-user"
 # The best CPU settings docs/train.md ("Quality per minute of training") measured on a 64 px model: the
-# late phase from 80% of the iterations with learning-rate dropout 0.3 (the mouth carried), and at convert
+# late phase from 80% of the iterations with learning-rate dropout 0.3 (the mouth carried), the mouth
+# openings each faceset has few faces of shown more often (the same-person rate held on reruns), and at convert
 # the plate's texture back (--detail 3), the edge matched to the plate (--edge-match 1) and the mask eroded
 # by 3.6% of the face's width (8 px of d18's 223; the sample's face is 127 px wide): the seam halved.
 LATE_PHASE, LR_DROPOUT = 0.8, 0.3
+BALANCE_EXPRESSIONS = True
 DETAIL = 3.0
 EDGE_MATCH = 1.0
 ERODE = 5
@@ -93,6 +95,7 @@ def make_project(shot_a: Path, shot_b: Path, preset: str, iterations: int, detai
     settings.b.strip = plate.name
     settings.train.preset, settings.train.iterations = preset, iterations
     settings.train.late_phase, settings.train.lr_dropout = LATE_PHASE, LR_DROPOUT
+    settings.train.balance_expressions = BALANCE_EXPRESSIONS
     settings.convert.detail, settings.convert.edge_match, settings.convert.erode = detail, EDGE_MATCH, ERODE
     bpy.ops.wm.save_as_mainfile(filepath=str(OUT / "demo.blend"))
     return scene
