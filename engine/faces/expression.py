@@ -3,8 +3,9 @@ span what B's face does in the shot.
 
 A model draws A only as A's faces showed it. Where B opens its mouth wider than A ever did, the swap draws
 the mouth half shut on B's dropped jaw; where B shuts its eyes and A never did, the swap keeps them open.
-Those frames also read less like A (dlib's same-person distance climbs on them), and no training setting
-fixes that: A's faceset needs faces with that expression.
+Those frames also read less like A (dlib's same-person distance climbs on them). No training setting makes
+the swap open wider than A's faces do (balancing expressions keeps A's likeness there, not B's width): A's
+faceset needs faces with that expression.
 """
 
 import numpy as np
