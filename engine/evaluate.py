@@ -55,7 +55,7 @@ from .faces.expression import (
 )
 from .faces.pose import head_pose
 from .faceset import ALIGNMENTS_FILE, Alignments, check_alignments, check_same_shot
-from .frames import format_ranges, parse_ranges
+from .frames import frame_runs
 from .output import layer_path, read_manifest
 
 FORMAT = "facereplace.evaluation"
@@ -468,9 +468,9 @@ def _plot(records: list[dict], summary: dict, path: Path) -> Path:
         ("flicker (8-bit levels)", [("swap", "flicker"), ("original", "flicker_original")]),
         ("seam (delta E)", [("swap", "seam"), ("original", "seam_original"), ("excess", "seam_excess")]),
     ]
-    # B's frames whose expression A's faces lack, shaded on every panel: what training cannot fix
+    # B's frames whose expression A's faces lack, shaded on every panel: what faces of A fix, not training
     uncovered = [r["frame"] for r in records if r.get("expression_covered") is False]
-    lacking = parse_ranges(format_ranges(uncovered)) if uncovered else []
+    lacking = frame_runs(uncovered)
     figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels)), sharex=True)
     for axis, (title, lines) in zip(axes, panels, strict=True):
         for i, (first, last) in enumerate(lacking):

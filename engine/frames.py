@@ -41,15 +41,20 @@ def parse_ranges(text: str) -> list[tuple[int, int]]:
     return ranges
 
 
+def frame_runs(numbers) -> list[tuple[int, int]]:
+    """Frame numbers as runs of consecutive frames: [65, 66, 67, 90] as [(65, 67), (90, 90)]."""
+    runs: list[list[int]] = []
+    for number in sorted(set(numbers)):
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return [(first, last) for first, last in runs]
+
+
 def format_ranges(numbers) -> str:
     """Frame numbers as the ranges parse_ranges reads: [65, 66, 67, 90] as "65-67,90"."""
-    ranges: list[list[int]] = []
-    for number in sorted(set(numbers)):
-        if ranges and number == ranges[-1][1] + 1:
-            ranges[-1][1] = number
-        else:
-            ranges.append([number, number])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in frame_runs(numbers))
 
 
 def frame_number(name: str) -> int | None:
