@@ -15,7 +15,8 @@ reads all their channels back with OpenEXR (PNG: OpenCV).
 engine.media (OpenImageIO), against the path before it: OpenCV for PNG, the OpenEXR module for EXR.
 
 The shots are the Grace Hopper sample moving with known transforms, so their alignments come from the
-transforms (no detector in the timing). The model is a freshly initialised one of the preset: its speed
+transforms (no detector in the timing): the photo's 68 landmarks, found once by dlib, are kept in
+bench/sample_landmarks.json, so the benchmark needs no detector models (a GPU machine may lack them). The model is a freshly initialised one of the preset: its speed
 does not depend on its weights. Stage times are busy seconds per frame summed over the threads that run
 the stage; the stages overlap (reader thread, model, writer pool), so the frame rate follows the
 slowest stage per thread rather than their sum.
@@ -37,12 +38,12 @@ from engine import media  # noqa: E402
 from engine import model as model_module  # noqa: E402
 from engine.convert import StageClock, convert  # noqa: E402
 from engine.faces import align  # noqa: E402
-from engine.faces.detect import make_detector  # noqa: E402
 from engine.faceset import Alignments, Face, Frame  # noqa: E402
 
 RESOLUTIONS = {"480p": (854, 480), "1080p": (1920, 1080), "4k": (3840, 2160)}
 FORMATS = ("png16", "exr", "exr-multilayer")
 FACE_SIZE = 256
+SAMPLE_LANDMARKS = Path(__file__).with_name("sample_landmarks.json")  # dlib's, on samples.grace_hopper()
 
 
 def make_shot(folder: Path, name: str, size: tuple[int, int], frames: int, landmarks: np.ndarray,
@@ -168,7 +169,7 @@ def main() -> None:
           f"{torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
     report = {"torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "frames": args.frames,
               "gpu": torch.cuda.get_device_name() if "cuda" in devices else None, "rows": []}
-    landmarks = max(make_detector("dlib").detect(samples.grace_hopper()), key=lambda d: d.area).landmarks
+    landmarks = np.asarray(media.read_json(SAMPLE_LANDMARKS), np.float64)
     stages = " ".join(f"{s:>10s}" for s in StageClock.STAGES)
     print(f"{'device':6s} {'preset':7s} {'size':6s} {'format':14s} {'frames/s':>9s}   ms per frame: {stages}"
           f"   MB/frame  read ms")

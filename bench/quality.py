@@ -4,6 +4,7 @@ shot, evaluate it, and print one table (also written as JSON).
     .venv/bin/python bench/quality.py                                  # fast preset, 2, 5 and 10 minutes
     .venv/bin/python bench/quality.py --budgets 2 10 --work work/quality
     .venv/bin/python bench/quality.py --iterations 120 600             # fixed work, on a busy machine
+    .venv/bin/python bench/quality.py --budgets 2 5 8 --cumulative     # one run, measured as it passes each
     .venv/bin/python bench/quality.py --config base="--preset fast" \\
         --config late="--preset fast --no-warp-after 0.8" --config detail="--preset fast | --detail 0.5"
 
@@ -45,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from demo import samples  # noqa: E402
 from engine import media  # noqa: E402
+from engine.model import PREVIEW_FILE  # noqa: E402
 
 
 def default_clips() -> Path:
@@ -164,9 +166,20 @@ def budget_name(budget: tuple[str, float]) -> str:
     return f"{amount:g}min" if kind == "minutes" else f"{amount:g}it"
 
 
-def train(data: dict, work: Path, train_args: list[str], budget: tuple[str, float]) -> dict:
+def train(data: dict, work: Path, train_args: list[str], budget: tuple[str, float],
+          previous: float | None = None) -> dict:
     """The model for these options and budget ("minutes" or "iterations", amount): trained now, or as an
-    earlier run left it."""
+    earlier run left it. With `previous` (--cumulative: the budget before this one, 0 for the first), one model
+    of these options is resumed from there, so the budgets are points along one training run."""
+    if previous is not None:
+        folder = work / "models" / f"{data['pair']}_{_slug(train_args)}_cumulative"
+        record = folder / f"bench_train_{budget_name(budget)}.json"
+        if record.is_file():
+            return media.read_json(record)
+        # --iterations counts from the model's start, --time-budget from the run's
+        stop = budget if budget[0] == "iterations" else (budget[0], budget[1] - previous)
+        return _run_train(data, folder, record, train_args, stop,
+                          ["--resume"] if (folder / "model.json").is_file() else [])
     folder = work / "models" / f"{data['pair']}_{_slug(train_args)}_{budget_name(budget)}"
     record = folder / "bench_train.json"
     if record.is_file():
@@ -179,6 +192,11 @@ def train(data: dict, work: Path, train_args: list[str], budget: tuple[str, floa
             import shutil
 
             shutil.rmtree(folder)
+    return _run_train(data, folder, record, train_args, budget, resume)
+
+
+def _run_train(data: dict, folder: Path, record: Path, train_args: list[str], budget: tuple[str, float],
+               resume: list[str]) -> dict:
     print(f"training {' '.join(train_args)} for {budget_name(budget)} -> {folder}", flush=True)
     load_before = os.getloadavg()[0]
     stop = ["--time-budget", str(budget[1] * 60)] if budget[0] == "minutes" else ["--iterations", str(int(budget[1]))]
@@ -247,6 +265,9 @@ def main() -> None:
                         help="training budgets in minutes of wall clock (default 2 5 10)")
     parser.add_argument("--iterations", nargs="+", type=int, metavar="N",
                         help="training budgets in iterations instead of minutes (for a busy machine)")
+    parser.add_argument("--cumulative", action="store_true",
+                        help="the budgets are points along one training run per configuration (each resumes the "
+                             "model of the budget before it), not separate runs from scratch")
     parser.add_argument("--work", type=Path, default=ROOT / "work" / "quality", metavar="DIR",
                         help="where facesets, models, layers and the results are kept (default work/quality)")
     parser.add_argument("--clips", type=Path, default=default_clips(), metavar="DIR",
@@ -277,12 +298,16 @@ def main() -> None:
     budgets = [("iterations", n) for n in args.iterations] if args.iterations else [("minutes", m) for m in args.budgets]
     rows = []
     for name, train_args, convert_args in configs:
-        for budget in budgets:
-            model = train(data, work, train_args, budget)
+        for index, budget in enumerate(budgets):
+            previous = (budgets[index - 1][1] if index else 0) if args.cumulative else None
+            model = train(data, work, train_args, budget, previous)
             layers = convert(data, work, name, model, convert_args, budget)
             started = time.monotonic()
             report = evaluate(data["shot"], data["b"], layers, data["a"], frames=args.frames, gallery=data["gallery"])
             picture = still(data, layers, report, work / "stills" / f"{data['pair']}_{name}_{budget_name(budget)}.png")
+            grid = Path(model["model"]) / PREVIEW_FILE
+            if grid.is_file():  # the training's face grid at this budget, beside the still
+                media.write_bytes(picture.with_name(f"{picture.stem}_grid.png"), grid.read_bytes())
             rows.append({"config": name, "train_args": train_args, "convert_args": convert_args,
                          "budget": budget_name(budget),
                          "iterations": model["iterations"], "train_seconds": model["seconds"], "load": model["load"],
