@@ -30,7 +30,7 @@ from torch import distributed as dist
 
 from . import media
 from .adversarial import Adversary, make_adversary
-from .augment import Augmentation, FaceBatches, augment, worker_init
+from .augment import CHANNELS, Augmentation, FaceBatches, augment, worker_init
 from .device import pick_device
 from .events import EngineError, Events, log
 from .faces.expression import compare_expression_coverage, expression_balance_weights
@@ -72,6 +72,7 @@ OVERTRAIN_RISE = 0.01
 AUGMENTATION_LIMITS = {"rotation": 180}
 # Model fields that a resume may change; any other would not fit the checkpoint.
 RESUMABLE_CHANGES = {"batch", "learning_rate"}
+LOADER_PREFETCH = 4  # batches each loader process makes ahead
 
 
 @dataclass
@@ -470,11 +471,24 @@ def _loader(batches: FaceBatches, start: int, iterations: int | None, workers: i
     """The batches of the iterations after `start` (up to `iterations`), made by `workers` processes."""
     if workers is None:
         workers = min(8, (os.cpu_count() or 2) // max(world, 1) - 1) if device.type == "cuda" else 0
+    workers = max(workers, 0)
+    _check_batch_memory(batches, workers * LOADER_PREFETCH + 1)
     return torch.utils.data.DataLoader(
-        batches, batch_size=None, num_workers=max(workers, 0), pin_memory=device.type == "cuda",
+        batches, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
         sampler=range(start + 1, iterations + 1) if iterations is not None else itertools.count(start + 1),
-        worker_init_fn=worker_init, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=worker_init, prefetch_factor=LOADER_PREFETCH if workers > 0 else None,
     )
+
+
+def _check_batch_memory(batches: FaceBatches, in_flight: int) -> None:
+    """Refuse a batch whose loaded faces, times the batches the loader keeps in flight, would not fit in half
+    the machine's memory: the loader's processes would be killed for it (on a GPU with room to spare, host
+    memory runs out first) rather than say anything."""
+    item = len(batches.samples) * batches.batch * batches.size * batches.size * CHANNELS
+    if item * in_flight > 2 * _memory_budget():
+        raise EngineError(f"a batch of {batches.batch} faces at {batches.size} px takes {item / 2**30:.1f} GiB of "
+                          f"memory, {in_flight} of them in flight: more than half this machine's memory; "
+                          "lower --batch or --size")
 
 
 def _model_and_optimizer(config: ModelConfig, seed: int, device, state: dict | None, resumed: Path | None):

@@ -319,9 +319,24 @@ def test_model_folder_errors(tiny_model, faceset_a, faceset_b, tmp_path, capsys)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_out_of_gpu_memory_names_the_fix(faceset_a, faceset_b, tmp_path, capsys):
-    code, _, err = cli(capsys, "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "m", "--preset", "quality",
-                    "--size", 256, "--batch", 100000, "--iterations", 1, "--device", "cuda")
+    # 2 GiB of the card, whatever its size: a batch that fits in host memory then overflows the GPU (on an
+    # H200, a batch large enough to fill its 141 GB overflows the host's memory first)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (2 << 30) / torch.cuda.get_device_properties(0).total_memory))
+    try:
+        code, _, err = cli(capsys, "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "m", "--preset",
+                           "quality", "--size", 256, "--batch", 256, "--iterations", 1, "--device", "cuda")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
     assert code == 2 and "out of GPU memory" in err and "lower --batch or --size" in err
+
+
+def test_a_batch_too_big_for_the_machine_is_refused_before_it_is_built(faceset_a, faceset_b, tmp_path, capsys):
+    code, _, err = cli(capsys, "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "m", "--preset", "tiny",
+                       "--size", 256, "--batch", 100000, "--iterations", 1, "--device", "cpu")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err
+    assert last.startswith("error: a batch of 100000 faces at 256 px") and last.endswith("lower --batch or --size")
 
 
 # ---------------------------------------------------------------- pieces
