@@ -5,7 +5,8 @@
 
 Prints one line per (backend, device, resolution); a backend that cannot load says why. "detect" is the
 detection pass alone (detector, landmarks and identity embedding per frame), "overall" the whole extract
-including model load and writing the faceset. The fan backend uses its published weights where they are
+including model load and writing the faceset; both follow one untimed detector batch (face-alignment's
+numba JIT and cuDNN's autotuning happen once per process, and over a few frames they dominated). The fan backend uses its published weights where they are
 on disk (--fan-weights DIR, or the engine's weights folder); elsewhere it runs face-alignment's networks
 with random weights (bench/random_fan.py), which are as fast: nothing is downloaded.
 """
@@ -74,6 +75,15 @@ def main() -> None:
                 for name, shot in shots.items():
                     out = tmp / f"{backend}-{device}-{name}"
                     log = io.StringIO()
+                    # One detector batch first, untimed: face-alignment's numba JIT and cuDNN's autotuning
+                    # happen once per process, and over a few frames they would be most of the time.
+                    warm = (args.batch or detect.BACKENDS[backend].cuda_batch) if device == "cuda" else 1
+                    try:
+                        extract(shot, tmp / f"warm-{backend}-{device}-{name}", detector=backend, size=256,
+                                device=device, fan_weights=weights, offline=True, batch=args.batch,
+                                frames=f"1-{min(warm, args.frames)}", events=Events("extract", True, io.StringIO()))
+                    except EngineError:
+                        pass  # the timed run says why
                     start = time.perf_counter()
                     try:
                         summary = extract(shot, out, detector=backend, size=256, device=device, fan_weights=weights,
