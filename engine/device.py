@@ -5,6 +5,8 @@ import contextlib
 import os
 from pathlib import Path
 
+import portalocker
+
 from .events import EngineError
 
 THREADS_ENV = "FACEREPLACE_THREADS"  # a thread count set by the caller, outright
@@ -23,41 +25,50 @@ def runs_folder() -> Path | None:
     return Path(folder) if folder else None
 
 
+def _try_lock(file) -> bool:
+    """Take the OS lock on the open `file` without waiting; False when another process holds it."""
+    try:
+        portalocker.lock(file, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+    except portalocker.AlreadyLocked:
+        return False
+    return True
+
+
 def _locked(path: Path) -> bool:
     """Whether another live process holds the lock on `path` (a file left by a dead one is removed)."""
-    import fcntl
-
     try:
         with open(path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
+            if not _try_lock(f):
+                return True
+    except (OSError, portalocker.LockException):
         return False
     path.unlink(missing_ok=True)
     return False
 
 
 def _join_runs() -> int:
-    """Register this run and return how many other engine runs live on this machine (0 where the OS has
-    no flock)."""
+    """Register this run and return how many other engine runs live on this machine (0 where the
+    filesystem has no locks)."""
     global _held
-    try:
-        import fcntl
-    except ImportError:
-        return 0
     folder = runs_folder()
     if folder is None:
         return 0
     if _held is None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, portalocker.LockException):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             _held = open(folder / f"{os.getpid()}.lock", "w")
-            fcntl.flock(_held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _try_lock(_held)
     own = f"{os.getpid()}.lock"
     with contextlib.suppress(OSError):
         return sum(_locked(p) for p in folder.glob("*.lock") if p.name != own)
     return 0
+
+
+def available_cores() -> int:
+    """The cores this process may run on: its affinity where the OS has one (Linux), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def cpu_threads(cores: int | None = None) -> int | None:
@@ -70,7 +81,7 @@ def cpu_threads(cores: int | None = None) -> int | None:
     if runs_folder() is None:
         return None
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = available_cores()
     reserve = os.environ.get(RESERVE_ENV, "").strip()
     cores -= int(reserve) if reserve.isdigit() else 0
     return max(1, cores // (1 + _join_runs()))
