@@ -8,6 +8,14 @@ from pathlib import Path
 import portalocker
 
 from .events import EngineError
+from .options import Choice
+
+DEVICES = {
+    "auto": Choice("Auto", "A CUDA (or ROCm) GPU when there is one, else Apple silicon's GPU, else the CPU"),
+    "cuda": Choice("CUDA", "An NVIDIA GPU, or an AMD one through ROCm (an error without one)"),
+    "cpu": Choice("CPU", "The processor"),
+    "mps": Choice("Apple MPS", "The GPU of Apple silicon (an error without one)"),
+}  # new devices go last: a .blend stores the Device preference by its place here
 
 THREADS_ENV = "FACEREPLACE_THREADS"  # a thread count set by the caller, outright
 RESERVE_ENV = "FACEREPLACE_RESERVE_CORES"  # cores the share leaves alone (the add-on: one, for Blender's window)
@@ -87,18 +95,32 @@ def cpu_threads(cores: int | None = None) -> int | None:
     return max(1, cores // (1 + _join_runs()))
 
 
+def device_type(name: str, cuda: bool, mps: bool) -> str:
+    """The torch device type `name` ("auto" or one of DEVICES) means on a machine where torch sees a CUDA
+    GPU (`cuda`) and Apple's MPS GPU (`mps`): auto takes the fastest there is."""
+    if name == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if name == "cuda" and not cuda:
+        raise EngineError("--device cuda was asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
+    if name == "mps" and not mps:
+        raise EngineError("--device mps was asked for, but torch sees no Apple MPS GPU (it needs Apple silicon, "
+                          "macOS 12.3 or later and torch's macOS build; use --device cpu or auto)")
+    return name
+
+
 def pick_device(name: str = "auto"):
-    """torch.device for "auto" (CUDA when present), "cuda" (an error without it) or "cpu"; sets torch's
-    thread count to `cpu_threads()` where that chooses one."""
+    """torch.device for "auto" (CUDA, else MPS, else the CPU) or the device `name` asks for (an error where
+    torch sees none); sets torch's thread count to `cpu_threads()` where that chooses one.
+
+    On MPS the engine runs float32 (bf16 autocast is for CUDA only) and an operation MPS lacks runs on the
+    CPU (PYTORCH_ENABLE_MPS_FALLBACK, set in engine/__init__.py before torch loads)."""
     import torch
 
     if threads := cpu_threads():
         torch.set_num_threads(threads)
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise EngineError("--device cuda was asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
-    return torch.device("cuda")
+    chosen = device_type(name, torch.cuda.is_available(), torch.backends.mps.is_available())
+    if chosen == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return torch.device(chosen)
