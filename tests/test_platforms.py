@@ -89,6 +89,17 @@ def test_no_file_imports_a_posix_only_module_at_its_top():
     assert not offenders
 
 
+def test_a_temp_file_name_is_at_most_14_characters_longer_than_its_target(tmp_path):
+    """So a deep output path that fits Windows' 260 characters still fits while it is being written."""
+    from engine import media
+
+    for name in ("face_000001.exr", "a_very_long_output_name_from_a_studio_pipeline_v0012.exr"):
+        with media.atomic_path(tmp_path / name) as temp:
+            assert len(temp.name) <= len(name) + 14 and media.TEMP_NAME.fullmatch(temp.name)
+            temp.write_bytes(b"1")
+        assert (tmp_path / name).read_bytes() == b"1"
+
+
 # ---------------------------------------------------------------- the .blend's paths
 
 
