@@ -5,8 +5,6 @@ import contextlib
 import os
 from pathlib import Path
 
-import portalocker
-
 from .events import EngineError
 from .options import Choice
 
@@ -34,11 +32,16 @@ def runs_folder() -> Path | None:
 
 
 def _try_lock(file) -> bool:
-    """Take the OS lock on the open `file` without waiting; False when another process holds it."""
+    """Take the OS lock on the open `file` without waiting; False when another process holds it, OSError
+    where the filesystem cannot lock."""
+    import portalocker  # here, not at the top: the command line (`python -m engine --help`) needs none
+
     try:
         portalocker.lock(file, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
     except portalocker.AlreadyLocked:
         return False
+    except portalocker.LockException as e:
+        raise OSError(f"cannot lock {getattr(file, 'name', file)}: {e}") from e
     return True
 
 
@@ -48,7 +51,7 @@ def _locked(path: Path) -> bool:
         with open(path, "a") as f:
             if not _try_lock(f):
                 return True
-    except (OSError, portalocker.LockException):
+    except OSError:
         return False
     path.unlink(missing_ok=True)
     return False
@@ -62,7 +65,7 @@ def _join_runs() -> int:
     if folder is None:
         return 0
     if _held is None:
-        with contextlib.suppress(OSError, portalocker.LockException):
+        with contextlib.suppress(OSError):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             _held = open(folder / f"{os.getpid()}.lock", "w")
             _try_lock(_held)
