@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +22,9 @@ from pathlib import Path
 ENGINE_PYTHON_ENV = "FACEREPLACE_ENGINE_PYTHON"  # overrides the preference, e.g. on farm workers
 REQUIREMENTS_FILE = "engine-requirements.txt"  # written beside the bundled engine by the extension build
 TERMINATE_AFTER_S = 10.0  # after SIGTERM, how long before SIGKILL
+# On Windows a run gets no console window of its own, and its own process group, so CTRL_BREAK can ask it
+# (and it alone) to stop the way SIGTERM does elsewhere: terminate() there is a kill that saves nothing.
+WINDOWS_FLAGS = getattr(subprocess, "CREATE_NO_WINDOW", 0) | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
 
 
 class ClientError(Exception):
@@ -112,11 +116,12 @@ class EngineProcess:
             self._log = open(log_path, "w", encoding="utf-8")  # closed when stderr ends
             self._log.write(" ".join(argv) + "\n")
         if stop_file is not None and stop_file.exists():
-            stop_file.unlink()  # a stop file left from an earlier run would end this one at once
+            stop_file.unlink()  # one left from an earlier run would end this one at once (the engine keeps it)
         try:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env=engine_env(env), cwd=engine_root(), text=True, encoding="utf-8", errors="replace", bufsize=1,
+                creationflags=WINDOWS_FLAGS if os.name == "nt" else 0,
             )
         except OSError as e:
             if self._log:
@@ -197,23 +202,34 @@ class EngineProcess:
             self.stop_file.parent.mkdir(parents=True, exist_ok=True)
             self.stop_file.touch()
         else:
+            self.terminate()
+
+    def terminate(self) -> None:
+        """Ask the run to end now: SIGTERM, or CTRL_BREAK to its process group on Windows (train saves on
+        either); a Windows run that cannot take it is killed."""
+        if os.name != "nt":
             self.process.terminate()
+            return
+        try:
+            self.process.send_signal(signal.CTRL_BREAK_EVENT)
+        except OSError:
+            self.process.kill()
 
     def enforce_stop(self, grace: float) -> None:
-        """Escalate a stop that was asked for `grace` seconds ago: SIGTERM (train still saves on it),
-        then SIGKILL after TERMINATE_AFTER_S more."""
+        """Escalate a stop that was asked for `grace` seconds ago: `terminate` (train still saves on it),
+        then a kill after TERMINATE_AFTER_S more."""
         if self.stop_requested_at is None or self.process.poll() is not None:
             return
         waited = time.monotonic() - self.stop_requested_at
         if waited > grace + TERMINATE_AFTER_S:
             self.process.kill()
         elif waited > grace:
-            self.process.terminate()
+            self.terminate()
 
     def stop(self, grace: float) -> int:
         """Stop and wait for the exit (blocking), escalating as `enforce_stop` does."""
         self.request_stop()
-        for limit, escalate in ((grace, self.process.terminate), (TERMINATE_AFTER_S, self.process.kill)):
+        for limit, escalate in ((grace, self.terminate), (TERMINATE_AFTER_S, self.process.kill)):
             try:
                 return self.process.wait(timeout=limit)
             except subprocess.TimeoutExpired:

@@ -19,6 +19,7 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from . import contract, jobs, strips
 from .engine_client import REQUIREMENTS_FILE, ClientError, engine_command, engine_root, venv_python
 from .jobs import Step
+from .paths import blend_relative, not_reserved
 from .preferences import BACKENDS, engine_python, extension_user_folder, managed_venv, prefs
 from .strips import absolute, edited_scene
 
@@ -39,7 +40,7 @@ def work_folder(scene) -> Path:
     if folder.startswith("//") and not bpy.data.filepath:
         raise ClientError(f"save the .blend first: the work folder ({folder}) is beside it; "
                           f"or set an absolute work folder in Preferences > Add-ons > FaceReplace")
-    return absolute(folder) / bpy.path.clean_name(scene.name)
+    return absolute(folder) / not_reserved(bpy.path.clean_name(scene.name))
 
 
 def stored(path: Path) -> str:
@@ -48,7 +49,7 @@ def stored(path: Path) -> str:
     which must stay put when Flamenco's packer copies the .blend elsewhere)."""
     blend = Path(bpy.data.filepath).resolve().parent if bpy.data.filepath else None
     if prefs().work_folder.startswith("//") and blend is not None and path.resolve().is_relative_to(blend):
-        return bpy.path.relpath(str(path))
+        return blend_relative(str(path), os.path.dirname(bpy.data.filepath))
     return str(path)
 
 

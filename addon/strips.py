@@ -16,6 +16,7 @@ import bpy
 
 from . import blend, contract
 from .engine_client import ClientError, shared_module
+from .paths import blend_absolute, blend_relative
 
 frame_rules = shared_module("frames")  # the engine's frame-numbering and frame-range rules
 TAG = "facereplace"  # custom property on the strips the add-on adds: "plate", "face" or "matte"
@@ -134,7 +135,7 @@ def sequence_numbers(folder: Path) -> dict[str, int]:
 def absolute(path: str) -> Path:
     """A path as Blender stores it ("//" relative to the .blend) made absolute and normal, so the same
     file always gives the same engine arguments (and so the same faceset folder) wherever the .blend is."""
-    return Path(os.path.normpath(bpy.path.abspath(path)))
+    return Path(blend_absolute(path, os.path.dirname(bpy.data.filepath)))
 
 
 def shot_from_strip(strip) -> Shot:
@@ -238,7 +239,7 @@ def _image_strip(strips, name, folder: Path, files: list[str], channel, start, t
     for file in files[1:]:
         strip.elements.append(file)
     if relative:  # stored like the scene's own paths, so the project folder can move
-        strip.directory = bpy.path.relpath(str(folder)) + "/"
+        strip.directory = blend_relative(str(folder), os.path.dirname(bpy.data.filepath)) + "/"
     strip[TAG] = tag
     strip[TAG_SHOT] = shot_key
     return strip

@@ -16,8 +16,8 @@ import sys
 import traceback
 
 from . import __version__
+from .device import DEVICES
 from .events import EngineError, Events
-from .options import Choice
 
 
 class _ParserError(Exception):
@@ -29,11 +29,6 @@ class Parser(argparse.ArgumentParser):
         raise _ParserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-DEVICES = {
-    "auto": Choice("Auto", "A CUDA GPU when there is one, else the CPU"),
-    "cuda": Choice("CUDA", "An NVIDIA GPU (an error without one)"),
-    "cpu": Choice("CPU", "The processor"),
-}
 VERBS = {
     "extract": ("engine.extract", "frames -> faceset: detect, align, mask and embed faces"),
     "train": ("engine.train", "two facesets -> model: the shared-encoder, two-decoder autoencoder"),
@@ -126,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(args.module).run(args, events)
         except EngineError as e:
             return _fail(events, str(e))
-        except KeyboardInterrupt:
-            return _fail(events, "interrupted", 130)
+        except KeyboardInterrupt as e:
+            return _fail(events, str(e) or "interrupted", 130)
         except MemoryError:
             return _fail(events, "out of memory (a smaller --batch, --size or frame range needs less)")
         except OSError as e:  # the machine, not the engine: a full disk, a vanished mount, a quota

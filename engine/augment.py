@@ -146,9 +146,11 @@ def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 def worker_init(_worker_id: int) -> None:
     cv2.setNumThreads(1)  # each worker is one process; OpenCV's own threads would only contend
-    # Ctrl+C reaches the whole process group: the trainer saves and stops, and its workers must live
-    # until it has (it ends them itself).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl+C (and Windows' CTRL_BREAK) reaches the whole process group: the trainer saves and stops, and
+    # its workers must live until it has (it ends them itself).
+    for stop in (signal.SIGINT, getattr(signal, "SIGBREAK", None)):
+        if stop is not None:
+            signal.signal(stop, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------- on the device, batched

@@ -18,7 +18,6 @@ what the model computes for a face never depends on the chunk or on the faces ba
 
 import contextlib
 import math
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -626,7 +625,7 @@ def convert(
 
     import torch
 
-    from .device import pick_device
+    from .device import available_cores, pick_device
     from .model import load_model
 
     torch_device = pick_device(device)
@@ -675,7 +674,7 @@ def convert(
     converter = Converter(model, size, torch_device, settings, colour)
     # On the CPU the cores are shared: half for torch, the rest for the reader and the writers, which
     # would otherwise preempt torch's worker threads mid-operation and stall every small warp.
-    cores = len(os.sched_getaffinity(0))
+    cores = available_cores()
     torch_threads = torch.get_num_threads()
     if torch_device.type == "cpu":
         torch.set_num_threads(max(1, cores // 2))

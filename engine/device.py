@@ -6,6 +6,14 @@ import os
 from pathlib import Path
 
 from .events import EngineError
+from .options import Choice
+
+DEVICES = {
+    "auto": Choice("Auto", "A CUDA (or ROCm) GPU when there is one, else Apple silicon's GPU, else the CPU"),
+    "cuda": Choice("CUDA", "An NVIDIA GPU, or an AMD one through ROCm (an error without one)"),
+    "cpu": Choice("CPU", "The processor"),
+    "mps": Choice("Apple MPS", "The GPU of Apple silicon (an error without one)"),
+}  # new devices go last: a .blend stores the Device preference by its place here
 
 THREADS_ENV = "FACEREPLACE_THREADS"  # a thread count set by the caller, outright
 RESERVE_ENV = "FACEREPLACE_RESERVE_CORES"  # cores the share leaves alone (the add-on: one, for Blender's window)
@@ -23,15 +31,26 @@ def runs_folder() -> Path | None:
     return Path(folder) if folder else None
 
 
-def _locked(path: Path) -> bool:
-    """Whether another live process holds the lock on `path` (a file left by a dead one is removed)."""
-    import fcntl
+def _try_lock(file) -> bool:
+    """Take the OS lock on the open `file` without waiting; False when another process holds it, OSError
+    where the filesystem cannot lock."""
+    import portalocker  # here, not at the top: the command line (`python -m engine --help`) needs none
 
     try:
+        portalocker.lock(file, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+    except portalocker.AlreadyLocked:
+        return False
+    except portalocker.LockException as e:
+        raise OSError(f"cannot lock {getattr(file, 'name', file)}: {e}") from e
+    return True
+
+
+def _locked(path: Path) -> bool:
+    """Whether another live process holds the lock on `path` (a file left by a dead one is removed)."""
+    try:
         with open(path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+            if not _try_lock(f):
+                return True
     except OSError:
         return False
     path.unlink(missing_ok=True)
@@ -39,13 +58,9 @@ def _locked(path: Path) -> bool:
 
 
 def _join_runs() -> int:
-    """Register this run and return how many other engine runs live on this machine (0 where the OS has
-    no flock)."""
+    """Register this run and return how many other engine runs live on this machine (0 where the
+    filesystem has no locks)."""
     global _held
-    try:
-        import fcntl
-    except ImportError:
-        return 0
     folder = runs_folder()
     if folder is None:
         return 0
@@ -53,11 +68,18 @@ def _join_runs() -> int:
         with contextlib.suppress(OSError):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             _held = open(folder / f"{os.getpid()}.lock", "w")
-            fcntl.flock(_held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _try_lock(_held)
     own = f"{os.getpid()}.lock"
     with contextlib.suppress(OSError):
         return sum(_locked(p) for p in folder.glob("*.lock") if p.name != own)
     return 0
+
+
+def available_cores() -> int:
+    """The cores this process may run on: its affinity where the OS has one (Linux), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def cpu_threads(cores: int | None = None) -> int | None:
@@ -70,24 +92,38 @@ def cpu_threads(cores: int | None = None) -> int | None:
     if runs_folder() is None:
         return None
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = available_cores()
     reserve = os.environ.get(RESERVE_ENV, "").strip()
     cores -= int(reserve) if reserve.isdigit() else 0
     return max(1, cores // (1 + _join_runs()))
 
 
+def device_type(name: str, cuda: bool, mps: bool) -> str:
+    """The torch device type `name` ("auto" or one of DEVICES) means on a machine where torch sees a CUDA
+    GPU (`cuda`) and Apple's MPS GPU (`mps`): auto takes the fastest there is."""
+    if name == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if name == "cuda" and not cuda:
+        raise EngineError("--device cuda was asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
+    if name == "mps" and not mps:
+        raise EngineError("--device mps was asked for, but torch sees no Apple MPS GPU (it needs Apple silicon, "
+                          "macOS 12.3 or later and torch's macOS build; use --device cpu or auto)")
+    return name
+
+
 def pick_device(name: str = "auto"):
-    """torch.device for "auto" (CUDA when present), "cuda" (an error without it) or "cpu"; sets torch's
-    thread count to `cpu_threads()` where that chooses one."""
+    """torch.device for "auto" (CUDA, else MPS, else the CPU) or the device `name` asks for (an error where
+    torch sees none); sets torch's thread count to `cpu_threads()` where that chooses one.
+
+    On MPS the engine runs float32 (bf16 autocast is for CUDA only) and an operation MPS lacks runs on the
+    CPU (PYTORCH_ENABLE_MPS_FALLBACK, set in engine/__init__.py before torch loads)."""
     import torch
 
     if threads := cpu_threads():
         torch.set_num_threads(threads)
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise EngineError("--device cuda was asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
-    return torch.device("cuda")
+    chosen = device_type(name, torch.cuda.is_available(), torch.backends.mps.is_available())
+    if chosen == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return torch.device(chosen)

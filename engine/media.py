@@ -10,24 +10,25 @@ OpenCV's BGR order stays inside this module.
 import contextlib
 import contextvars
 import errno
-import fcntl
 import fnmatch
 import functools
 import json
 import os
 import queue
 import re
-import signal
+import stat
 import struct
 import sys
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
+import portalocker
 
 from . import colorspace
 from .events import EngineError
@@ -48,6 +49,18 @@ def _read_umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_read_umask()  # what open() would give a new file: mkstemp's 0600 would hide outputs
+# A temp file's name keeps this much of its target's stem, so it is no longer than the target's name plus 14
+# characters: a deep output path that fits Windows' 260 characters keeps fitting while it is written.
+TEMP_STEM = 16
+
+
+def set_file_mode(fd: int) -> None:
+    """Give the open file `fd` FILE_MODE. Windows has only a read-only bit, which mkstemp leaves off, and
+    (before Python 3.13) no chmod of an open file: there the file keeps what it has."""
+    if os.chmod in os.supports_fd:
+        os.chmod(fd, FILE_MODE)
+
+
 # Test hook: a write whose target name matches this glob pauses after its temp file is complete and
 # before the rename, and says so on stderr, so a test can kill it exactly there. Unset, it does nothing.
 PAUSE_BEFORE_RENAME = "FACEREPLACE_PAUSE_BEFORE_RENAME"
@@ -63,9 +76,9 @@ def atomic_path(path: str | os.PathLike):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:TEMP_STEM]}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     try:
-        os.fchmod(fd, FILE_MODE)
+        set_file_mode(fd)
     finally:
         os.close(fd)
     try:
@@ -84,8 +97,8 @@ def _pause_for_tests(path: Path, tmp: str) -> None:
     pattern = os.environ.get(PAUSE_BEFORE_RENAME)
     if pattern and fnmatch.fnmatch(path.name, pattern):
         print(f"paused before rename: {tmp}", file=sys.stderr, flush=True)
-        while True:
-            signal.pause()
+        while True:  # until the test kills it (signal.pause does not exist on Windows)
+            time.sleep(3600)
 
 
 def sweep_temp_files(folder: str | os.PathLike) -> None:
@@ -171,30 +184,65 @@ def holds_folder_locks(function):
 def lock_folder(folder: str | os.PathLike, shared: bool = False) -> None:
     """Take `folder`'s lock until the enclosing `holds_folder_locks` function ends: exclusive for the one
     run that writes a folder, `shared` for runs that may write it side by side (farm chunks of one
-    convert). It is an OS lock (flock) on FOLDER/.facereplace.lock, so a killed run never leaves it
-    held; readers take none. A folder in use is an EngineError naming the run that holds it."""
+    convert). It is an OS lock (portalocker: flock on POSIX, LockFileEx on Windows) on
+    FOLDER/.facereplace.lock, so a killed run never leaves it held; readers take none. A folder in use is
+    an EngineError naming the run that holds it."""
     stack = _held_locks.get()
     if stack is None:
         raise RuntimeError("lock_folder is for functions marked holds_folder_locks")
     folder = Path(folder)
+    lock = stack.enter_context(_open_lock_file(folder / LOCK_FILE))
+    flags = portalocker.LockFlags.SHARED if shared else portalocker.LockFlags.EXCLUSIVE
     try:
-        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        portalocker.lock(lock, flags | portalocker.LockFlags.NON_BLOCKING)
+    except portalocker.AlreadyLocked:
+        raise EngineError(f"{folder} is in use by another run (pid {_lock_holder(lock)})") from None
+    except portalocker.LockException as e:
+        cause = e.__cause__
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            return  # a filesystem without locks (some network mounts): run, as before locks
+        raise EngineError(f"cannot lock {folder}: {getattr(cause, 'strerror', None) or e}") from None
+    if not shared:  # the holder's pid, for the message another run gets; blanked on a clean exit
+        _write_at_start(lock, str(os.getpid()))
+        stack.callback(_write_at_start, lock, "")
+
+
+LOCK_HOLDER_WIDTH = 32  # the lock file's one record: a pid, padded, so it is overwritten, never truncated
+
+
+@contextlib.contextmanager
+def _open_lock_file(path: Path):
+    """The lock file, opened for reading and writing (created if missing) only if it is a plain file of
+    its folder: a symbolic link (dangling or not, refused by O_NOFOLLOW where the OS has it) or a hard link
+    could make writing the holder's pid write a file elsewhere."""
+    if path.is_symlink():
+        raise EngineError(f"{path} is a link: the lock must be a plain file of its folder (remove the link)")
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
     except OSError as e:
-        raise EngineError(f"output folder {folder} is not writable: {e.strerror or e}") from None
-    stack.callback(os.close, fd)
+        if e.errno == errno.ELOOP:  # it became a link since the check
+            raise EngineError(f"{path} is a link: the lock must be a plain file of its folder (remove the link)") from None
+        raise EngineError(f"output folder {path.parent} is not writable: {e.strerror or e}") from None
+    with os.fdopen(fd, "r+b", buffering=0) as lock:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
+            raise EngineError(f"{path} is not a plain file of its folder (a link to another file?): remove it")
+        yield lock
+
+
+def _write_at_start(lock, text: str) -> None:
+    lock.seek(0)
+    lock.write(text.ljust(LOCK_HOLDER_WIDTH).encode())
+
+
+def _lock_holder(lock) -> str:
+    """The pid the holder wrote, or 'unknown' (Windows keeps a locked file's bytes from other processes)."""
     try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        raise EngineError(f"{folder} is in use by another run (pid {holder or 'unknown'})") from None
-    except OSError as e:  # a filesystem without locks (some network mounts): run, as before locks
-        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-            raise
-        return
-    if not shared:  # the holder's pid, for the message another run gets; cleared on a clean exit
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        stack.callback(os.ftruncate, fd, 0)
+        lock.seek(0)
+        return lock.read(LOCK_HOLDER_WIDTH).decode(errors="replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 MAX_PIXELS = "FACEREPLACE_MAX_PIXELS"

@@ -21,12 +21,15 @@ RGB and a mask. Upscaling is a 3x3 convolution followed by pixel-shuffle (sub-pi
 initialised with ICNR so it starts as nearest-neighbour upsampling rather than a checkerboard.
 """
 
+import _thread
 import contextlib
 import csv
 import hashlib
 import io
 import logging
 import re
+import signal
+import threading
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -405,8 +408,75 @@ def stop_requested(model_dir: Path) -> bool:
 
 
 def clear_stop(model_dir: Path) -> None:
-    """Forget a stop request: one left from an earlier run must not end the next at once."""
+    """Forget a stop request once a run has served it, so the next run of the model does not end at once.
+    Never at start-up: Stop clicked while the run starts would be lost (the add-on removes an old one
+    before it starts a run)."""
     (model_dir / STOP_FILE).unlink(missing_ok=True)
+
+
+STOP_POLL_S = 0.25  # how often a training run looks for its stop file: Stop acts well within 2 s
+# Ctrl+C, a kill's polite signal and, on Windows, CTRL_BREAK (sent to a run started in its own process group)
+STOP_SIGNALS = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)) if s is not None]
+
+
+class StopRequests:
+    """What asks a training run to stop, seen within STOP_POLL_S whatever the run is doing: STOP_SIGNALS
+    and the stop file in the model folder, looked for by a thread. Until `training` is set nothing is
+    trained, so ending at once loses nothing: a request then raises KeyboardInterrupt in the main thread
+    (the run ends with status 130). Once it is set, `reason` is set and the loop saves, then stops."""
+
+    def __init__(self, model_dir: Path | None):
+        self.model_dir = model_dir
+        self.training = False
+        self.reason: str | None = None
+        self.file_seen = False
+        self._done = threading.Event()
+
+    def ask(self, signal_name: str) -> None:
+        """A stop signal arrived (in the main thread, where Python runs signal handlers)."""
+        if not self.training:
+            raise KeyboardInterrupt("stopped while starting, before any training: nothing to save")
+        if self.reason:
+            log.warning("saving before stopping; please wait")
+        self.reason = self.reason or ("stop file" if self.file_seen else signal_name)
+
+    def _watch(self, on_main_thread: bool) -> None:
+        while not self._done.wait(STOP_POLL_S):
+            if stop_requested(self.model_dir):
+                self.file_seen = True
+                if self.training or not on_main_thread:
+                    self.reason = self.reason or "stop file"
+                else:  # runs SIGINT's handler, `ask`, in the main thread: start-up ends there
+                    _thread.interrupt_main(signal.SIGINT)
+                return
+
+
+@contextlib.contextmanager
+def stop_requests(model_dir: Path | None):
+    """A StopRequests for the block: the stop file of `model_dir` (None: signals only, as in the other
+    processes under torchrun) and, in the main thread, STOP_SIGNALS. Afterwards a stop file that was
+    seen is removed: the request was served."""
+    requests = StopRequests(model_dir)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {}
+    if on_main_thread:
+        previous = {s: signal.signal(s, lambda signum, _frame: requests.ask(signal.Signals(signum).name))
+                    for s in STOP_SIGNALS}
+    watcher = threading.Thread(target=requests._watch, args=(on_main_thread,), daemon=True)
+    if model_dir is not None:
+        watcher.start()
+    try:
+        yield requests
+    finally:
+        requests._done.set()
+        try:
+            if watcher.is_alive():
+                watcher.join()  # a start-up stop it asked for in the meantime is raised here, inside the block
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if requests.file_seen:
+                clear_stop(model_dir)
 
 
 def append_history(model_dir: Path, iteration: int, elapsed: float, losses: dict) -> None:

@@ -25,10 +25,11 @@ import numpy as np
 
 from . import media
 from .augment import Augmentation, sample_params, shift_lab
+from .device import DEVICES
 from .events import EngineError, Events
 from .faceset import LEARNED_MASKS, Faceset
 from .frames import IMAGE_EXTENSIONS, frame_number
-from .model import clear_stop, stop_requested
+from .model import StopRequests, clear_stop, stop_requests
 from .options import number_in
 
 FORMAT = "facereplace.occlusion"
@@ -68,7 +69,7 @@ def add_arguments(parser) -> None:
     common = argparse.ArgumentParser(add_help=False)
     # The verb's own options, accepted after the action too (argparse gives each subparser its own).
     common.add_argument("--events", action="store_true", default=argparse.SUPPRESS, help="JSON lines on stdout")
-    common.add_argument("--device", choices=["auto", "cuda", "cpu"], default=argparse.SUPPRESS, help="where torch runs")
+    common.add_argument("--device", choices=DEVICES, default=argparse.SUPPRESS, help="where torch runs")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     common.add_argument("--faceset", required=True, metavar="DIR", help="the faceset whose faces the mattes are for")
     common.add_argument("--model", metavar="DIR", help=f"the mask model folder (default FACESET/{DEFAULT_MODEL})")
@@ -212,14 +213,20 @@ def _to_size(array: np.ndarray, size: int, interpolation) -> np.ndarray:
 def train(faceset: str | Path, labels: str | Path, model_dir: str | Path, iterations: int = 600, resume: bool = False,
           device: str = "auto", events: Events | None = None, **changes) -> dict:
     """Train (or continue) the segmenter in `model_dir` on the faces of `faceset` labelled in `labels`.
-    `changes` set MaskSettings fields (None values are ignored). Returns the "done" summary."""
+    `changes` set MaskSettings fields (None values are ignored). Returns the "done" summary. Stop asked
+    for during start-up ends the run at once; in the loop it saves first (model.StopRequests)."""
+    with stop_requests(Path(model_dir)) as requests:
+        return _train_segmenter(faceset, labels, Path(model_dir), iterations, resume, device,
+                                events or Events("mask"), requests, changes)
+
+
+def _train_segmenter(faceset, labels, model_dir: Path, iterations: int, resume: bool, device: str, events: Events,
+                     requests: StopRequests, changes: dict) -> dict:
     import torch
 
     from .device import pick_device
     from .model import checkpoint_paths, write_checkpoint
 
-    events = events or Events("mask")
-    model_dir = Path(model_dir)
     fs = Faceset(faceset)
     torch_device = pick_device(device)
     if resume:
@@ -237,7 +244,6 @@ def train(faceset: str | Path, labels: str | Path, model_dir: str | Path, iterat
     media.check_writable(model_dir)
     media.lock_folder(model_dir)
     media.sweep_temp_files(model_dir)
-    clear_stop(model_dir)
 
     images = torch.from_numpy(_to_size(faces, settings.size, cv2.INTER_AREA)).permute(0, 3, 1, 2).to(torch_device)
     targets = torch.from_numpy(_to_size(mattes, settings.size, cv2.INTER_AREA)).permute(0, 3, 1, 2).to(torch_device)
@@ -264,33 +270,31 @@ def train(faceset: str | Path, labels: str | Path, model_dir: str | Path, iterat
     iteration, loss_sum, window, stopped, checkpoint = start, 0.0, 0, "iterations", None
     began = window_start = time.monotonic()
     network.train()
-    try:
-        for iteration in range(start + 1, iterations + 1):
-            rng = np.random.default_rng([settings.seed, iteration])
-            picks = torch.from_numpy(rng.choice(len(numbers), settings.batch, replace=len(numbers) < settings.batch))
-            x, y = _batch(images[picks.to(torch_device)], targets[picks.to(torch_device)],
-                          sample_params(rng, settings.batch, settings.augmentation), torch_device)
-            loss = _loss(network(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum, window = loss_sum + loss.item(), window + 1
-            if not math.isfinite(loss_sum):
-                raise EngineError(f"the mask loss stopped being a number at iteration {iteration}; "
-                                  f"a lower --learning-rate helps (nothing of this run was saved after the last checkpoint)")
-            if stop_requested(model_dir):
-                stopped = "stop file"
-            if iteration % settings.log_every == 0 or iteration == iterations or stopped != "iterations":
-                it_per_s = window / max(time.monotonic() - window_start, 1e-9)
-                events.progress(iteration, iterations, iteration=iteration, loss=loss_sum / window,
-                                it_per_s=round(it_per_s, 3), eta_s=round((iterations - iteration) / it_per_s, 1))
-                loss_sum, window, window_start = 0.0, 0, time.monotonic()
-            if iteration % settings.save_every == 0 and iteration < iterations:
-                checkpoint = save(iteration)
-            if stopped != "iterations":
-                break
-    except KeyboardInterrupt:
-        stopped = "SIGINT"
+    requests.training = True
+    for iteration in range(start + 1, iterations + 1):
+        rng = np.random.default_rng([settings.seed, iteration])
+        picks = torch.from_numpy(rng.choice(len(numbers), settings.batch, replace=len(numbers) < settings.batch))
+        x, y = _batch(images[picks.to(torch_device)], targets[picks.to(torch_device)],
+                      sample_params(rng, settings.batch, settings.augmentation), torch_device)
+        loss = _loss(network(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum, window = loss_sum + loss.item(), window + 1
+        if not math.isfinite(loss_sum):
+            raise EngineError(f"the mask loss stopped being a number at iteration {iteration}; "
+                              f"a lower --learning-rate helps (nothing of this run was saved after the last checkpoint)")
+        if requests.reason:
+            stopped = requests.reason
+        if iteration % settings.log_every == 0 or iteration == iterations or stopped != "iterations":
+            it_per_s = window / max(time.monotonic() - window_start, 1e-9)
+            events.progress(iteration, iterations, iteration=iteration, loss=loss_sum / window,
+                            it_per_s=round(it_per_s, 3), eta_s=round((iterations - iteration) / it_per_s, 1))
+            loss_sum, window, window_start = 0.0, 0, time.monotonic()
+        if iteration % settings.save_every == 0 and iteration < iterations:
+            checkpoint = save(iteration)
+        if stopped != "iterations":
+            break
     checkpoint = save(iteration) if iteration > start or not resume else checkpoint_paths(model_dir)[0]
     clear_stop(model_dir)
     network.eval()

@@ -16,8 +16,6 @@ import io
 import itertools
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
@@ -55,7 +53,7 @@ from .model import (
     default_preset,
     latest_checkpoint,
     make_config,
-    stop_requested,
+    stop_requests,
     trim_history,
     write_checkpoint,
     write_preview,
@@ -250,87 +248,90 @@ def train(
     model_dir = Path(model_dir)
     rank, world, device = _start_processes(device)
     main_process = rank == 0
-    if not main_process:
-        events = Events("train", stderr=io.StringIO())  # only the first process reports: never a bar (no tty)
-    run_started = time.monotonic()
+    # Stop asked for during start-up ends the run at once; in the loop it saves first (model.StopRequests)
+    with stop_requests(model_dir if main_process else None) as requests:
+        if not main_process:
+            events = Events("train", stderr=io.StringIO())  # only the first process reports: never a bar (no tty)
+        run_started = time.monotonic()
 
-    # -- set up: the facesets; the model's config, settings and progress; the data; the model and optimiser
-    pretrain = b is None
-    facesets = _pretrain_facesets(a) if pretrain else {"a": Faceset(a), "b": Faceset(b)}
-    _check_facesets(facesets)
-    begin = _resumed_start if resume else _new_start
-    start = begin(model_dir, init_from, preset, {"size": size, "batch": batch, **(model_options or {})}, facesets,
-                  device, events, main_process)
-    config, progress = start.config, start.progress
-    train_settings = _changed_settings(start.settings, {"seed": seed, **settings}, augmentation, loss, schedule,
-                                       adversarial)
-    _check_settings(train_settings, iterations, time_budget, target_loss)
-    data = _data(facesets, pretrain, config, train_settings, rank, world)
-    loader = _loader(data.batches, progress.iteration, iterations, workers, device, world)
-    model, optimizer = _model_and_optimizer(config, train_settings.seed, device, start.state,
-                                            start.checkpoint if resume else None)
-    adversary = _resumed_adversary(train_settings, config, device, world, progress, start.state, start.checkpoint)
-    del start  # the loaded weights: the model holds them now
-    train_model = _parallel(model, device, world, compile)
-    parameters = sum(p.numel() for p in model.parameters())
-    if main_process:
-        _tidy(model_dir, progress.iteration)
-        _announce(events, model_dir, a, b, progress.iteration, device, world, config, parameters, data, facesets)
+        # -- set up: the facesets; the model's config, settings and progress; the data; the model and optimiser
+        pretrain = b is None
+        facesets = _pretrain_facesets(a) if pretrain else {"a": Faceset(a), "b": Faceset(b)}
+        _check_facesets(facesets)
+        begin = _resumed_start if resume else _new_start
+        start = begin(model_dir, init_from, preset, {"size": size, "batch": batch, **(model_options or {})}, facesets,
+                      device, events, main_process)
+        config, progress = start.config, start.progress
+        train_settings = _changed_settings(start.settings, {"seed": seed, **settings}, augmentation, loss, schedule,
+                                           adversarial)
+        _check_settings(train_settings, iterations, time_budget, target_loss)
+        data = _data(facesets, pretrain, config, train_settings, rank, world)
+        loader = _loader(data.batches, progress.iteration, iterations, workers, device, world)
+        model, optimizer = _model_and_optimizer(config, train_settings.seed, device, start.state,
+                                                start.checkpoint if resume else None)
+        adversary = _resumed_adversary(train_settings, config, device, world, progress, start.state, start.checkpoint)
+        del start  # the loaded weights: the model holds them now
+        train_model = _parallel(model, device, world, compile)
+        parameters = sum(p.numel() for p in model.parameters())
+        if main_process:
+            _tidy(model_dir, progress.iteration)
+            _announce(events, model_dir, a, b, progress.iteration, device, world, config, parameters, data, facesets)
 
-    # -- the loop
-    loss_fn = partial(pair_loss, weights=train_settings.loss)
-    window = torch.zeros(2, device=device)  # summed losses since the last history row
-    window_start, window_iterations = time.monotonic(), 0
-    losses = {"loss_a": None, "loss_b": None, "val_loss_a": None, "val_loss_b": None}
-    iteration, checkpoint, stop_reason = progress.iteration, None, None
-    with _stop_requests() as requested, _out_of_memory_hint(config):
-        for iteration, batch in zip(itertools.count(progress.iteration + 1), loader, strict=False):
-            if progress.late_from is None and late_phase(train_settings.schedule, iteration, iterations,
-                                                         time.monotonic() - run_started, time_budget):
-                progress.late_from = iteration
-                events.emit("late_phase", iteration=iteration)
-            late = progress.late_from is not None and iteration >= progress.late_from
-            if adversary is None and _adversarial_phase(train_settings, iteration, iterations,
-                                                        time.monotonic() - run_started, time_budget, late, world,
-                                                        device):
-                progress.adversarial_from = iteration
-                adversary = make_adversary(train_settings.adversarial.weight, config.learning_rate,
-                                           train_settings.seed, device, world)
-                events.emit("adversarial_phase", iteration=iteration)
-            window += train_step(train_model, optimizer, batch, device, loss_fn, warp=not late,
-                                 update=_update(optimizer, train_settings, late, iteration, device),
-                                 adversary=adversary)
-            window_iterations += 1
+        # -- the loop
+        loss_fn = partial(pair_loss, weights=train_settings.loss)
+        window = torch.zeros(2, device=device)  # summed losses since the last history row
+        window_start, window_iterations = time.monotonic(), 0
+        losses = {"loss_a": None, "loss_b": None, "val_loss_a": None, "val_loss_b": None}
+        iteration, checkpoint, stop_reason = progress.iteration, None, None
+        requests.training = True
+        with _out_of_memory_hint(config):
+            for iteration, batch in zip(itertools.count(progress.iteration + 1), loader, strict=False):
+                if progress.late_from is None and late_phase(train_settings.schedule, iteration, iterations,
+                                                             time.monotonic() - run_started, time_budget):
+                    progress.late_from = iteration
+                    events.emit("late_phase", iteration=iteration)
+                late = progress.late_from is not None and iteration >= progress.late_from
+                if adversary is None and _adversarial_phase(train_settings, iteration, iterations,
+                                                            time.monotonic() - run_started, time_budget, late, world,
+                                                            device):
+                    progress.adversarial_from = iteration
+                    adversary = make_adversary(train_settings.adversarial.weight, config.learning_rate,
+                                               train_settings.seed, device, world)
+                    events.emit("adversarial_phase", iteration=iteration)
+                window += train_step(train_model, optimizer, batch, device, loss_fn, warp=not late,
+                                     update=_update(optimizer, train_settings, late, iteration, device),
+                                     adversary=adversary)
+                window_iterations += 1
 
-            # why stop now, if at all (every process must agree, or DDP would hang)
-            stop_reason = _stop_reason(iteration, iterations, time.monotonic() - run_started, time_budget,
-                                       requested["signal"], model_dir if main_process else None)
-            feedback = iteration % train_settings.preview_every == 0
-            row = iteration % train_settings.log_every == 0 or feedback
-            if row and target_loss is not None and window.sum().item() / (2 * window_iterations) <= target_loss:
-                stop_reason = stop_reason or "target loss"
-            if world > 1:
-                stop_reason = _agree(stop_reason, device)
-            stopping = stop_reason is not None
+                # why stop now, if at all (every process must agree, or DDP would hang)
+                stop_reason = _stop_reason(iteration, iterations, time.monotonic() - run_started, time_budget,
+                                           requests.reason)
+                feedback = iteration % train_settings.preview_every == 0
+                row = iteration % train_settings.log_every == 0 or feedback
+                if row and target_loss is not None and window.sum().item() / (2 * window_iterations) <= target_loss:
+                    stop_reason = stop_reason or "target loss"
+                if world > 1:
+                    stop_reason = _agree(stop_reason, device)
+                stopping = stop_reason is not None
 
-            if main_process and (row or stopping):
-                it_per_s = window_iterations / max(time.monotonic() - window_start, 1e-9)
-                losses = _report(model_dir, model, data, device, train_settings, events, progress, iteration,
-                                 (window / window_iterations).tolist(), validate=feedback or stopping)
-                append_history(model_dir, iteration, progress.elapsed + time.monotonic() - run_started, losses)
-                events.progress(iteration, iterations, iteration=iteration, **losses, it_per_s=round(it_per_s, 3),
-                                eta_s=_eta(iteration, iterations, it_per_s, time_budget,
-                                           time.monotonic() - run_started))
-            if row or stopping:
-                window.zero_()
-                window_start, window_iterations = time.monotonic(), 0
-            if main_process and (stopping or iteration % train_settings.save_every == 0):
-                reached = replace(progress, iteration=iteration,
-                                  elapsed=progress.elapsed + time.monotonic() - run_started)
-                checkpoint = _save(model_dir, model, optimizer, config, train_settings, facesets, reached, losses,
-                                   parameters, adversary)
-            if stopping:
-                break
+                if main_process and (row or stopping):
+                    it_per_s = window_iterations / max(time.monotonic() - window_start, 1e-9)
+                    losses = _report(model_dir, model, data, device, train_settings, events, progress, iteration,
+                                     (window / window_iterations).tolist(), validate=feedback or stopping)
+                    append_history(model_dir, iteration, progress.elapsed + time.monotonic() - run_started, losses)
+                    events.progress(iteration, iterations, iteration=iteration, **losses, it_per_s=round(it_per_s, 3),
+                                    eta_s=_eta(iteration, iterations, it_per_s, time_budget,
+                                               time.monotonic() - run_started))
+                if row or stopping:
+                    window.zero_()
+                    window_start, window_iterations = time.monotonic(), 0
+                if main_process and (stopping or iteration % train_settings.save_every == 0):
+                    reached = replace(progress, iteration=iteration,
+                                      elapsed=progress.elapsed + time.monotonic() - run_started)
+                    checkpoint = _save(model_dir, model, optimizer, config, train_settings, facesets, reached, losses,
+                                       parameters, adversary)
+                if stopping:
+                    break
 
     # -- save: the loop saved its last checkpoint as it stopped
     if main_process:
@@ -538,10 +539,9 @@ def _parallel(model: FaceModel, device, world: int, compile: bool) -> torch.nn.M
 
 
 def _tidy(model_dir: Path, start: int) -> None:
-    """Clear what an earlier run left behind: killed writes, history rows after `start`, a stop file."""
+    """Clear what an earlier run left behind: killed writes and history rows after `start`."""
     media.sweep_temp_files(model_dir)
     trim_history(model_dir, start)
-    clear_stop(model_dir)
 
 
 def _announce(events: Events, model_dir: Path, a, b, start: int, device, world: int, config: ModelConfig,
@@ -578,18 +578,14 @@ def pair_loss(output, target, weights: LossWeights) -> torch.Tensor:
 
 
 def _stop_reason(iteration: int, iterations: int | None, seconds: float, time_budget: float | None,
-                 signal_name: str | None, stop_file_in: Path | None) -> str | None:
+                 requested: str | None) -> str | None:
     """Why the run stops after `iteration` (`seconds` into it), if it does: the iterations or time budget
-    are reached, a signal asked, or a stop file appeared in `stop_file_in` (the main process's model folder)."""
+    are reached, or a stop was `requested` (a signal, the stop file)."""
     if iterations is not None and iteration >= iterations:
         return "iterations"
     if time_budget is not None and seconds >= time_budget:
         return "time budget"
-    if signal_name:
-        return signal_name
-    if stop_file_in is not None and stop_requested(stop_file_in):
-        return "stop file"
-    return None
+    return requested
 
 
 def _report(model_dir: Path, model: FaceModel, data: Data, device, settings: TrainSettings, events: Events,
@@ -637,7 +633,7 @@ def train_step(model, optimizer, batch: dict, device, loss, warp: bool = True, u
     for k in ("a", "b"):
         x, *target = augment(batch[k], device, train=warp)
         inputs[k], targets[k] = x.contiguous(memory_format=memory_format), target
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):  # MPS: float32
         outputs = model(inputs["a"], inputs["b"])
     loss_a, loss_b = (loss(out, targets[k]) for k, out in zip("ab", outputs, strict=True))
     total = loss_a + loss_b
@@ -836,7 +832,10 @@ def _start_processes(device_name: str):
     if "RANK" not in os.environ:
         return 0, 1, pick_device(device_name)
     device = pick_device(device_name)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "mps":
+        raise EngineError("one Mac has one MPS GPU: train without torchrun (or with --device cpu)")
+    # nccl is Linux's; Windows' torch has gloo only, which carries CUDA tensors more slowly but works
+    dist.init_process_group("nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
@@ -853,31 +852,10 @@ def _memory_budget() -> int:
 
 def _agree(stop_reason: str | None, device) -> str | None:
     """Every process stops if any wants to: the reason is shared as an index into a fixed list."""
-    reasons = [None, "iterations", "time budget", "target loss", "stop file", "SIGINT", "SIGTERM"]
+    reasons = [None, "iterations", "time budget", "target loss", "stop file", "SIGINT", "SIGTERM", "SIGBREAK"]
     flag = torch.tensor([reasons.index(stop_reason)], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return reasons[int(flag.item())]
-
-
-@contextlib.contextmanager
-def _stop_requests():
-    """SIGINT and SIGTERM ask the loop to save and stop instead of killing it mid-iteration."""
-    requested = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield requested
-        return
-
-    def ask(signum, _frame):
-        if requested["signal"]:
-            log.warning("saving before stopping; please wait")
-        requested["signal"] = signal.Signals(signum).name
-
-    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield requested
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 @contextlib.contextmanager

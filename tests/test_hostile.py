@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import media
+from engine import media, occlusion
 from engine.__main__ import main
 from engine.convert import convert
 from engine.events import EngineError, Events
@@ -170,6 +170,61 @@ def test_extract_and_convert_sweep_what_a_killed_write_left(faceset_a, shot_a, s
     stray.write_bytes(b"half")
     convert(shot_b, faceset_b, quick_model, out, device="cpu", color="none")  # a full run: alone in the folder
     assert not stray.exists()
+
+
+def link_lock_file(folder: Path, target: Path) -> Path:
+    """Replace FOLDER/.facereplace.lock with a symbolic link to `target`; returns the link."""
+    lock = folder / media.LOCK_FILE
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(target)
+    return lock
+
+
+def test_mask_apply_refuses_a_lock_file_linked_to_a_file_elsewhere(faceset_a, shot_a, tmp_path, capsys):
+    """Issue 24.1: the link was opened, truncated and written through; now it is refused and the file it
+    points at keeps every byte."""
+    labels = tmp_path / "labels"
+    media.write_image(labels / "mask_000001.png", np.full((240, 320), 255, np.uint8))
+    occlusion.train(faceset_a, labels, tmp_path / "mask_model", iterations=1, device="cpu", batch=2, size=32)
+    faceset = copy(faceset_a, tmp_path / "faceset")
+    victim = tmp_path / "precious.txt"
+    victim.write_text("an artist's notes")
+    link_lock_file(faceset, victim)
+    code, _, err = run(capsys, "mask", "apply", "--faceset", faceset, "--model", tmp_path / "mask_model", "--device", "cpu")
+    refused(code, err, media.LOCK_FILE, "is a link")
+    assert victim.read_text() == "an artist's notes"
+    assert not list((faceset / "masks" / "learned").glob("*.png"))
+
+
+def test_train_resume_refuses_a_lock_file_linked_to_a_file_elsewhere(quick_model, faceset_a, faceset_b, tmp_path,
+                                                                     capsys):
+    model = copy(quick_model, tmp_path / "model")
+    victim = tmp_path / "precious.txt"
+    victim.write_text("an artist's notes")
+    link_lock_file(model, victim)
+    code, _, err = run(capsys, "train", "--a", faceset_a, "--b", faceset_b, "--model", model, "--resume",
+                       "--iterations", "3", "--device", "cpu")
+    refused(code, err, media.LOCK_FILE, "is a link")
+    assert victim.read_text() == "an artist's notes"
+    (model / media.LOCK_FILE).unlink()
+    os.link(victim, model / media.LOCK_FILE)  # a hard link would be written through just the same
+    code, _, err = run(capsys, "train", "--a", faceset_a, "--b", faceset_b, "--model", model, "--resume",
+                       "--iterations", "3", "--device", "cpu")
+    refused(code, err, media.LOCK_FILE, "not a plain file of its folder")
+    assert victim.read_text() == "an artist's notes"
+
+
+def test_convert_frames_refuses_a_dangling_lock_link_and_creates_nothing(shot_b, faceset_b, quick_model, tmp_path,
+                                                                         capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    target = tmp_path / "elsewhere" / "created.txt"
+    target.parent.mkdir()
+    link_lock_file(out, target)
+    code, _, err = run(capsys, "convert", shot_b, "--alignments", faceset_b, "--model", quick_model, "--output", out,
+                       "--frames", "1-1", "--device", "cpu")
+    refused(code, err, media.LOCK_FILE, "is a link")
+    assert not target.exists()
 
 
 # ---------------------------------------------------------------- 4. numbers that are not numbers

@@ -1,0 +1,32 @@
+"""Paths the .blend keeps and folders named after what the user named, the same on Windows, macOS and Linux.
+
+No bpy here. `paths` is the OS's path module (os.path); the tests pass ntpath and posixpath to check that
+a .blend saved on one OS finds its files on the other.
+"""
+
+import os
+
+# Names Windows gives to devices in every folder, whatever the extension: a folder called CON cannot be made.
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in range(1, 10))}
+
+
+def blend_relative(path: str, blend_folder: str, paths=os.path) -> str:
+    """`path` as the .blend keeps it when it lies beside the .blend: "//" and the rest relative to
+    `blend_folder`, with forward slashes whatever the OS (bpy.path.relpath writes backslashes on Windows,
+    which macOS and Linux read as part of a name)."""
+    return "//" + paths.relpath(path, blend_folder).replace("\\", "/")
+
+
+def blend_absolute(stored: str, blend_folder: str, paths=os.path) -> str:
+    """A path the .blend keeps made absolute and normal under this OS's rules: "//" is `blend_folder`, and
+    either slash separates the rest (a .blend saved on Windows by Blender itself or an older add-on
+    holds backslashes)."""
+    if stored.startswith("//"):
+        stored = paths.join(blend_folder, *stored[2:].replace("\\", "/").split("/"))
+    return paths.normpath(stored)
+
+
+def not_reserved(name: str) -> str:
+    """`name` (already cleaned of the characters Windows forbids, as bpy.path.clean_name does) as a folder
+    name Windows can make: one it reserves for a device (CON, AUX, COM1, ...) gets a trailing _."""
+    return f"{name}_" if name.upper() in WINDOWS_RESERVED else name
