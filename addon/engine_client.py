@@ -25,6 +25,9 @@ TERMINATE_AFTER_S = 10.0  # after SIGTERM, how long before SIGKILL
 # On Windows a run gets no console window of its own, and its own process group, so CTRL_BREAK can ask it
 # (and it alone) to stop the way SIGTERM does elsewhere: terminate() there is a kill that saves nothing.
 WINDOWS_FLAGS = getattr(subprocess, "CREATE_NO_WINDOW", 0) | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+# How long an exited engine's output is still awaited: a process it left behind holding its stdout open
+# (a grandchild) must not keep the job busy for as long as that process lives.
+DRAIN_AFTER_EXIT_S = 2.0
 
 
 class ClientError(Exception):
@@ -109,6 +112,7 @@ class EngineProcess:
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self.error_message: str | None = None
         self.stop_requested_at: float | None = None
+        self.exit_seen_at: float | None = None
         self._echo = echo if echo is not None else sys.stderr
         self._log = None
         if log_path is not None:
@@ -172,7 +176,13 @@ class EngineProcess:
 
     @property
     def finished(self) -> bool:
-        return self.process.poll() is not None and not self._stdout.is_alive() and self.events.empty()
+        """The engine has exited and its output is read: to its end, or for DRAIN_AFTER_EXIT_S after the
+        exit when something else still holds the pipe."""
+        if self.process.poll() is None or not self.events.empty():
+            return False
+        if self.exit_seen_at is None:
+            self.exit_seen_at = time.monotonic()
+        return not self._stdout.is_alive() or time.monotonic() - self.exit_seen_at > DRAIN_AFTER_EXIT_S
 
     @property
     def returncode(self) -> int | None:

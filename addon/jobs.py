@@ -234,7 +234,10 @@ def _finish(job: Job, error: str | None) -> None:
 
 
 def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number a progress bar can use: a 400-digit integer is none (math.isfinite overflows on it)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) < 2**63
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def clean_event(event: dict) -> dict:

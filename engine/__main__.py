@@ -17,7 +17,7 @@ import traceback
 
 from . import __version__
 from .device import DEVICES
-from .events import EngineError, Events
+from .events import EngineError, Events, one_line
 
 
 class _ParserError(Exception):
@@ -68,7 +68,14 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     for name, value in vars(args).items():  # float("nan") and float("inf") parse; no option means them
         if isinstance(value, float) and not math.isfinite(value):
             raise _ParserError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+        if isinstance(value, str) and not value.strip():  # not the default: --frames "" is not every frame
+            raise _ParserError(f"{'--' if name in _option_names(argv) else ''}{name.replace('_', '-')} is empty: "
+                               f"give a value, or leave the option out for its default")
     return args
+
+
+def _option_names(argv: list[str]) -> set[str]:
+    return {a.lstrip("-").split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
 
 
 @contextlib.contextmanager
@@ -96,6 +103,7 @@ def _stdout_for_events():
 
 
 def _fail(events: Events | None, message: str, code: int = 2) -> int:
+    message = one_line(message)  # a newline in a path or a library's message must not forge another line
     if events is not None:
         events.error(message)
     print(f"error: {message}", file=sys.stderr)

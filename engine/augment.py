@@ -24,11 +24,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from . import media
 from .color import lab_to_rgb, rgb_to_lab
-from .events import EngineError
 from .faces import masks
-from .faceset import FaceSample
+from .faceset import FaceSample, read_face_image
 
 # The random warp's control points: a 5 x 5 grid, as faceswap uses, smoothly interpolated to every pixel.
 WARP_GRID = 5
@@ -55,19 +53,12 @@ class Augmentation:
 
 def load_face(sample: FaceSample, face_size: int, size: int, mask: str = "extended") -> np.ndarray:
     """One faceset face at the model's size: uint8 size x size x 6 (RGB, mask, eyes, mouth)."""
-    rgb = media.to_srgb8(media.read_image(sample.image))
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[..., None], 3, axis=2)
-    face_mask = media.to_srgb8(media.read_image(sample.mask_extended if mask == "extended" else sample.mask_hull))
-    if rgb.shape[:2] != (face_size, face_size) or face_mask.shape[:2] != (face_size, face_size):
-        raise EngineError(f"face {sample.image} or its mask is not {face_size} px, the size of its faceset's faces")
+    rgb = read_face_image(sample.image, face_size)
+    face_mask = read_face_image(sample.mask_extended if mask == "extended" else sample.mask_hull, face_size, grey=True)
     if sample.mask_learned is not None and sample.mask_learned.is_file():  # an occluder is no face to learn
-        learned = media.to_srgb8(media.read_image(sample.mask_learned))
-        if learned.shape != (face_size, face_size):
-            raise EngineError(f"learned mask {sample.mask_learned} is not {face_size} px grey: run mask apply again")
-        face_mask = np.minimum(face_mask.reshape(face_size, face_size), learned)
+        face_mask = np.minimum(face_mask, read_face_image(sample.mask_learned, face_size, grey=True))
     regions = [masks.eyes_mask(sample.landmarks, face_size), masks.mouth_mask(sample.landmarks, face_size)]
-    stack = np.dstack([rgb[..., :3], face_mask.reshape(face_size, face_size)] +
+    stack = np.dstack([rgb, face_mask] +
                       [np.round(r * 255).astype(np.uint8) for r in regions])
     if face_size != size:
         interpolation = cv2.INTER_AREA if face_size > size else cv2.INTER_CUBIC

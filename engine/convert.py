@@ -37,6 +37,7 @@ from .faceset import (
     check_alignments,
     check_same_shot,
     learned_mask,
+    read_face_image,
 )
 from .options import Choice, add_fields, from_args, number_in
 from .output import (
@@ -232,6 +233,19 @@ def _colour(source, fmt: str, plate: str | None, output: str | None, config: str
         linear = exr and not plate_space.scene_linear
         return colorspace.ShotColour(plate_space, colorspace.resolve("scene_linear", config) if linear else plate_space)
     return colorspace.ShotColour(plate_space, colorspace.BUILTIN_LINEAR if exr else colorspace.MODEL)
+
+
+def _recorded_space(shot: Alignments, source, config: str | None, where: Path) -> str | None:
+    """The plate's colour space that extract was given (--colorspace), which convert then takes too; None
+    when extract took the files' default. It is named in the run's config: one recorded from another
+    config is refused (a path read from a file is not a config to load)."""
+    name, recorded_config = shot.settings.get("colorspace"), shot.settings.get("ocio_config")
+    if not isinstance(name, str) or not name or name == colorspace.plate_space(None, None, source.linear).name:
+        return None
+    if isinstance(recorded_config, str) and recorded_config != colorspace.config_path(config):
+        raise EngineError(f"extract recorded the plate's colour space as {name!r} in the OCIO config "
+                          f"{recorded_config!r}, not this run's: pass --ocio-config (or --colorspace) ({where})")
+    return name
 
 
 def _auto_feather(alignments: Alignments) -> float:
@@ -461,7 +475,7 @@ class Converter:
             elif source == "learned":  # faceset pixels -> model pixels: the same aligned space, rescaled
                 import cv2
 
-                learned = cv2.resize(media.to_float(media.read_image(job.learned)), (self.size, self.size),
+                learned = cv2.resize(media.to_float(read_face_image(job.learned, None, grey=True)), (self.size, self.size),
                                      interpolation=cv2.INTER_AREA)
                 mask = torch.from_numpy(learned).to(predicted)[None]
                 job.occlusion = learned  # exr-multilayer's occlusion layer
@@ -609,11 +623,12 @@ def convert(
     settings.check()
 
     source = media.FrameSource(input)
-    colour = _colour(source, settings.format, plate_colorspace, output_colorspace, ocio_config)
     alignments_path = Path(alignments)
     if alignments_path.is_dir():
         alignments_path = alignments_path / ALIGNMENTS_FILE
     shot = Alignments.load(alignments_path)
+    plate_colorspace = plate_colorspace or _recorded_space(shot, source, ocio_config, alignments_path)
+    colour = _colour(source, settings.format, plate_colorspace, output_colorspace, ocio_config)
     check_alignments(shot, source, alignments_path)
     check_same_shot(shot, source, alignments_path, force, events.warning)
     if Path(shot.source) != source.path.resolve():  # a regraded or re-exported plate is fine, a wrong one is not
@@ -641,12 +656,14 @@ def convert(
         raise EngineError(f"--mask {settings.mask}: {len(unlearned)} faces (frames {unlearned[0]}...) have no learned mask in "
                           f"{alignments_path.parent / LEARNED_MASKS}: run python -m engine mask apply --faceset "
                           f"{alignments_path.parent} first")
-    folder = media.check_writable(output)  # last: a refused input leaves no folder behind
+    size = config.size
+    ext = FORMATS[settings.format].extension
+    files = file_patterns(ext, settings.write_frames, settings.write_patches, mattes=settings.format != MULTILAYER)
+    # last: a refused input leaves no folder behind
+    folder = media.check_writable(output, {str(Path(pattern).parent) for pattern in files.values()})
     media.lock_folder(folder, shared=frames is not None)  # farm chunks write one folder side by side
     if frames is None:  # alone in the folder: what a killed run left half-written can go
         media.sweep_temp_files(folder)
-    size = config.size
-    ext = FORMATS[settings.format].extension
     settings = replace(settings, feather=_auto_feather(shot) if settings.feather is None else float(settings.feather))
     common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True, "alpha": settings.layer_alpha,
               "model_hash": model.hash, "settings": {**settings.marked(), "colour": colour.record()}}
@@ -655,7 +672,6 @@ def convert(
     if missing:
         events.warning(f"{len(missing)} frames of the selection have no alignments (extracted with --every or "
                        f"--frames?); they get blank layers", frames=missing)
-    files = file_patterns(ext, settings.write_frames, settings.write_patches, mattes=settings.format != MULTILAYER)
     work = {n: FrameInProgress(n, None, jobs.get(n, []), frame_outputs(folder, files, n, len(jobs.get(n, []))))
             for n in numbers}
     todo = [n for n in numbers if not is_complete(work[n].outputs, common)]
@@ -685,6 +701,8 @@ def convert(
     finally:
         torch.set_num_threads(torch_threads)
 
+    if run.non_finite:
+        events.warning(media.non_finite_warning(run.non_finite, "under the faces"), frames=sorted(run.non_finite))
     in_selection = [n for n in numbers if jobs.get(n)]
     summary = {
         "frames": len(numbers),
@@ -692,6 +710,7 @@ def convert(
         "skipped": len(numbers) - len(todo),
         "frames_with_faces": len(in_selection),
         "faces": sum(len(jobs[n]) for n in in_selection),
+        "non_finite_samples": sum(run.non_finite.values()),
         "fps": round(len(todo) / max(time.monotonic() - run.started, 1e-9), 2),
         "stage_seconds": {k: round(v, 3) for k, v in run.clock.seconds.items()},
         "output": str(folder),
@@ -714,6 +733,7 @@ class Pipeline:
         self.clock = StageClock()
         self.started = time.monotonic()
         self.converted = 0
+        self.non_finite: dict[int, int] = {}  # frame number -> NaN or infinite samples under its faces
 
     def process(self, todo: list[FrameInProgress], needs_pixels: bool) -> None:
         reading = [w for w in todo if w.jobs or needs_pixels]
@@ -742,6 +762,12 @@ class Pipeline:
         conv = self.converter
         boxes = [conv.clip(conv.face_box(j), self.source.size) for j in work.jobs]
         work.box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+        x0, y0, x1, y1 = work.box
+        clean, bad = media.finite_pixels(image[y0:y1, x0:x1])
+        if bad:  # what the model, the colour match and the layer see; the finished frame keeps the plate's
+            self.non_finite[work.number] = bad
+            image = image.copy()
+            image[y0:y1, x0:x1] = clean
         with torch.inference_mode(), self.clock("warp_blend"):
             work.region = conv.upload(image, work.box)
             for job in work.jobs:

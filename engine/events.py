@@ -13,6 +13,12 @@ import time
 log = logging.getLogger("engine")
 
 
+def one_line(text: str) -> str:
+    """`text` on one line, its line breaks escaped: an `error:` line that a file name holding a newline
+    (or a library's message of many lines) cannot split or forge a second of."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class EngineError(Exception):
     """A problem with the user's input or environment, reported as one line and a non-zero exit."""
 
@@ -77,7 +83,7 @@ class Events:
 
     def warning(self, message: str, **fields) -> None:
         self._close_bar()
-        log.warning("%s", message)
+        log.warning("%s", one_line(message))
         self.emit("warning", message=message, **fields)
 
     def done(self, **summary) -> None:

@@ -21,6 +21,7 @@ from .faces.smooth import SmoothSettings, runs, smooth_landmarks
 from .faceset import (
     ALIGNMENTS_FILE,
     EXTRACT_FILE,
+    FACESET_FOLDERS,
     Alignments,
     DetectionsLog,
     Face,
@@ -109,7 +110,7 @@ def extract(
     source = media.FrameSource(input)
     plate = colorspace.plate_space(plate_colorspace, ocio_config, source.linear)
     numbers = source.select(frames, every)
-    folder = media.check_writable(output)
+    folder = media.check_writable(output, FACESET_FOLDERS)
     settings = {
         "source": str(source.path.resolve()),
         "frames": [numbers[0], numbers[-1]],
@@ -214,9 +215,15 @@ def _detect_all(source, numbers, detections_log: DetectionsLog, detector, events
         events.resume(len(numbers) - len(todo))
     started = time.monotonic()
     already, processed = len(numbers) - len(todo), 0
+    non_finite: dict[int, int] = {}  # frame number -> NaN or infinite samples, taken as 0
     with detections_log, media.Prefetch(source, todo) as decoded:
         for frames in _batches(decoded, batch):
-            images = [colorspace.display8(image, plate) for _, image in frames]
+            images = []
+            for number, image in frames:
+                image, bad = media.finite_pixels(image)
+                if bad:
+                    non_finite[number] = bad
+                images.append(colorspace.display8(image, plate))
             for (number, _), rgb, found in zip(frames, images, detector.detect_batch(images), strict=True):
                 embeddings = identity.embed_faces(rgb, [d.landmarks for d in found])
                 done[number] = [_detection_to_json(d, e) for d, e in zip(found, embeddings, strict=True)]
@@ -225,6 +232,8 @@ def _detect_all(source, numbers, detections_log: DetectionsLog, detector, events
             processed += len(frames)
             fps = processed / max(time.monotonic() - started, 1e-9)
             events.progress(already + processed, len(numbers), frame=frames[-1][0], fps=round(fps, 2))
+    if non_finite:
+        events.warning(media.non_finite_warning(non_finite, "in its frames"), frames=sorted(non_finite))
     return {n: done[n] for n in numbers}
 
 
@@ -332,7 +341,8 @@ def _write_faces(source, numbers, every, detections, chosen, alignments, folder,
         for i, (n, image) in enumerate(decoded, 1):
             face = by_number[n].faces[0]
             matrix = np.asarray(face.matrix)
-            media.write_image(folder / face.image, align.warp_face(colorspace.display8(image, plate), matrix, size))
+            shown = colorspace.display8(media.finite_pixels(image)[0], plate)
+            media.write_image(folder / face.image, align.warp_face(shown, matrix, size))
             points = align.transform_points(np.asarray(face.landmarks), matrix)
             for kind, path in (("hull", face.mask_hull), ("extended", face.mask_extended)):
                 mask = masks.MASKS[kind](points, size)

@@ -31,6 +31,7 @@ FORMAT = "facereplace.alignments"
 VERSION = 1
 ALIGNMENTS_FILE = "alignments.json"
 LEARNED_MASKS = "masks/learned"  # named as the faces: faces/000012_0.png -> masks/learned/000012_0.png
+FACESET_FOLDERS = ("faces", "masks/hull", "masks/extended")  # what extract writes into
 EXTRACT_FILE = "extract.json"  # the settings of the extract that writes the faceset: a rerun must match them
 DETECTIONS_FILE = "detections.jsonl"  # extract's first pass: every frame's detected faces, one frame a line
 # Curate moves a face's files into aside/ (same relative paths), recorded in aside/moved.json. A face whose
@@ -309,6 +310,20 @@ class Faceset:
         return len(self.samples())
 
 
+def read_face_image(path: Path, face_size: int | None, grey: bool = False) -> np.ndarray:
+    """A faceset's image as uint8: a face in RGB (a grey one in three channels), or with `grey` a mask in
+    one channel (a colour one's first). One that is not `face_size` px square (None: any size) is an
+    EngineError naming it, whoever made it a 1x1 or a 64 px image in a 128 px faceset."""
+    image = media.to_srgb8(media.read_image(path))
+    if grey:
+        image = image[..., 0] if image.ndim == 3 else image
+    else:
+        image = np.repeat(image[..., None], 3, 2) if image.ndim == 2 else image[..., :3]
+    if face_size is not None and image.shape[:2] != (face_size, face_size):
+        raise EngineError(f"{'mask' if grey else 'face'} {path} is not {face_size} px, the size of its faceset's faces")
+    return np.ascontiguousarray(image)
+
+
 def learned_mask(folder: str | Path, face: Face) -> Path:
     """Where the learned occlusion matte of `face` lives in the faceset `folder` (it may not exist yet)."""
     return media.inside(folder, f"{LEARNED_MASKS}/{Path(face.image).name}", f"{folder} learned mask of {face.image}")
@@ -347,6 +362,8 @@ class DetectionsLog:
         """Frames already detected. A last line cut short by a kill is dropped and the file trimmed to match."""
         path = self.path
         done: dict[int, list[dict]] = {}
+        if path.is_symlink():  # its trimming and appending would reach the link's target
+            raise EngineError(f"{path} is a link: extract writes its own file there (remove the link)")
         if not path.is_file():
             return done
         good_bytes = 0
@@ -363,25 +380,28 @@ class DetectionsLog:
         return done
 
     def __enter__(self) -> "DetectionsLog":
-        self._file = open(self.path, "a")
+        self._file = media.open_appending(self.path)
         self._synced = time.monotonic()
         return self
 
     def append(self, number: int, faces: list[dict]) -> None:
-        self._file.write(json.dumps({"frame": number, "faces": faces}) + "\n")
+        with media.write_errors(self.path):
+            self._file.write(json.dumps({"frame": number, "faces": faces}) + "\n")
 
     def flush(self) -> None:
-        self._file.flush()
-        if time.monotonic() - self._synced > self.SYNC_S:
-            os.fsync(self._file.fileno())
-            self._synced = time.monotonic()
+        with media.write_errors(self.path):
+            self._file.flush()
+            if time.monotonic() - self._synced > self.SYNC_S:
+                os.fsync(self._file.fileno())
+                self._synced = time.monotonic()
 
     def __exit__(self, *exc) -> None:
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        finally:
-            self._file.close()
+        with media.write_errors(self.path):
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            finally:
+                self._file.close()
 
 
 # ---------------------------------------------------------------- aside/

@@ -16,6 +16,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import stat
 import struct
 import sys
@@ -68,11 +69,13 @@ TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?|\.write-test\.[a-z0-9
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, complete=None):
     """Yield a temp path beside `path`; on success fsync it and rename it over `path`, else remove it.
 
     A reader (or a resumed run) therefore sees either the old file or the complete new one, never a
     half-written file, even if the process is killed mid-write (`sweep_temp_files` removes what is left).
+    A write that fails (a full disk: OSError, or torch's RuntimeError) or that `complete(temp path)` finds
+    cut short (a library that ignores a failed write) is an EngineError naming the file and the free space.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,15 +85,41 @@ def atomic_path(path: str | os.PathLike):
     finally:
         os.close(fd)
     try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        try:
+            yield Path(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:
+            raise write_failed(path, _why(e)) from None
+        if not (complete or _not_empty)(Path(tmp)):
+            raise write_failed(path, "the file came out cut short")
         _pause_for_tests(path, tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _not_empty(path: Path) -> bool:
+    return path.stat().st_size > 0
+
+
+def _why(error: Exception) -> str:
+    """Why a write failed, in the words __main__ uses for a full disk."""
+    number = getattr(error, "errno", None)
+    if number in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the disk"
+    return "it is a link" if number == errno.ELOOP else getattr(error, "strerror", None) or str(error)
+
+
+def write_failed(path: Path, reason: str) -> EngineError:
+    """The error of a write that did not complete: the file, why, and the room left on its disk."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free on its disk"
+    except OSError:
+        free = "the free space on its disk unknown"
+    return EngineError(f"cannot write {path}: {reason.splitlines()[0] if reason else 'failed'} ({free})")
 
 
 def _pause_for_tests(path: Path, tmp: str) -> None:
@@ -102,19 +131,38 @@ def _pause_for_tests(path: Path, tmp: str) -> None:
 
 
 def sweep_temp_files(folder: str | os.PathLike) -> None:
-    """Remove the temp files that writes killed mid-way left in `folder` and below (atomic_path's names)."""
+    """Remove the temp files that writes killed mid-way left in `folder` and below (atomic_path's names),
+    never through a link: a linked subfolder is not entered (a linked `folder` is refused by the
+    run's check_writable before it sweeps)."""
     folder = Path(folder)
     if not folder.is_dir():
         return
-    for root, _, files in os.walk(folder):
+    for root, _, files in os.walk(folder):  # os.walk enters no linked folder
         for name in files:
             if TEMP_NAME.fullmatch(name):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(root, name))
 
 
+@contextlib.contextmanager
+def write_errors(path: str | os.PathLike):
+    """A write to `path` in the block that fails (a full disk) as an EngineError naming it and the free space."""
+    try:
+        yield
+    except OSError as e:
+        raise write_failed(Path(path), _why(e)) from None
+
+
+def open_appending(path: str | os.PathLike):
+    """`path` opened to append text (a log a killed run resumes after), never through a link, which would
+    write outside its folder. Wrap its writes in `write_errors`."""
+    with write_errors(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
+    return os.fdopen(fd, "a", newline="")
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, lambda tmp: tmp.stat().st_size == len(data)) as tmp:
         Path(tmp).write_bytes(data)
 
 
@@ -124,6 +172,8 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 def read_json(path: str | os.PathLike):
     """A JSON file's content; an unreadable or damaged file is an EngineError naming it."""
+    if not Path(path).is_file():  # a FIFO or a device would block or never end
+        raise EngineError(f"cannot read {path}: not a file")
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
@@ -132,9 +182,18 @@ def read_json(path: str | os.PathLike):
         raise EngineError(f"cannot read {path}: its JSON is nested too deeply") from None
 
 
-def check_writable(folder: str | os.PathLike) -> Path:
-    """Create `folder` if needed and prove we can write there, before any work starts."""
+def check_writable(folder: str | os.PathLike, subfolders=()) -> Path:
+    """Create `folder` if needed and prove we can write there, before any work starts. `subfolders` (relative
+    paths) are where the run will write inside it: each is refused if it, or a folder on the way to it, is
+    a link, which would lead the run's writes (and its sweep of killed writes) out of the folder."""
     folder = Path(folder)
+    for name in subfolders:
+        path = folder
+        for part in Path(name).parts:
+            path = path / part
+            if path.is_symlink():
+                raise EngineError(f"{path} is a link: a run writes only into real folders inside {folder} "
+                                  f"(replace the link with a folder)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test."):
@@ -270,6 +329,27 @@ def check_dimensions(width: int, height: int, what) -> None:
                           f"decodes (set {MAX_PIXELS} to raise the limit)")
 
 
+# ---------------------------------------------------------------- pixels that are not numbers
+
+
+def finite_pixels(pixels: np.ndarray) -> tuple[np.ndarray, int]:
+    """`pixels` with every NaN or infinite sample (a damaged or badly rendered float plate) set to 0, and
+    how many there were: one such sample would otherwise turn a whole face, its colour match and its
+    matte into NaN. Integer pixels come back as they are."""
+    if pixels.dtype.kind != "f":
+        return pixels, 0
+    bad = ~np.isfinite(pixels)
+    count = int(np.count_nonzero(bad))
+    return (np.where(bad, 0, pixels).astype(pixels.dtype), count) if count else (pixels, 0)
+
+
+def non_finite_warning(counts: dict[int, int], where: str) -> str:
+    """The one warning of a shot whose frames (number -> count) held NaN or infinite samples `where`."""
+    frames = sorted(counts)
+    return (f"{sum(counts.values())} samples of the plate {where} are NaN or infinite, in {len(frames)} frames "
+            f"(the first: {frames[0]}); they were taken as 0: check the plate's render")
+
+
 # ---------------------------------------------------------------- colour
 
 
@@ -321,6 +401,8 @@ class _Picture:
         config = oiio.ImageSpec()
         config.attribute("oiio:UnassociatedAlpha", 1)  # PNG/TIFF alpha as stored, not premultiplied on read
         self.path = path
+        if not path.is_file():  # a FIFO or a device would block the read or never end
+            raise EngineError(f"cannot read image {path}: not a file")
         self.input = oiio.ImageInput.open(str(path), config)
         if self.input is None:
             raise EngineError(f"cannot read image {path}: {_oiio_error('not an image it knows')}")
@@ -362,12 +444,16 @@ class _Picture:
         basetype = spec.format.basetype
         kind = ("uint8" if basetype == oiio.UINT8 else
                 "float" if basetype in (oiio.HALF, oiio.FLOAT, oiio.DOUBLE) else "uint16")
-        data = self.input.read_image(self.subimage, 0, 0, spec.nchannels, kind)
-        if data is None:
-            raise EngineError(f"cannot read image {self.path}: {_oiio_error('damaged')}")
-        data = data.reshape(spec.height, spec.width, spec.nchannels)
-        if self.channels != list(range(spec.nchannels)):
-            data = data[..., self.channels]
+        # Only the picture's channels (OpenImageIO puts a part's R, G, B, A or Y, A first): an EXR of a
+        # thousand layers would otherwise take as much memory as a frame a thousand times larger.
+        first, last = min(self.channels), max(self.channels) + 1
+        data = self.input.read_image(self.subimage, 0, first, last, kind)
+        if data is None or self.input.has_error:  # a file cut short reads as zeros, with an error
+            reason = self.input.geterror().strip() or _oiio_error("damaged")
+            raise EngineError(f"cannot read image {self.path}: {reason.splitlines()[0]}")
+        data = data.reshape(spec.height, spec.width, last - first)
+        if self.channels != list(range(first, last)):
+            data = data[..., [c - first for c in self.channels]]
         if (spec.x, spec.y, spec.width, spec.height) != (spec.full_x, spec.full_y, *self.size):
             data = self._in_display_window(data)  # a data window: pixels outside it are 0, as OpenEXR says
         return data[..., 0] if data.shape[2] == 1 else np.ascontiguousarray(data)
@@ -411,10 +497,20 @@ def image_metadata(path: str | os.PathLike) -> dict:
     if path.suffix.lower() == ".png":
         from PIL import Image
 
+        if not path.is_file():
+            raise EngineError(f"cannot read image {path}: not a file")
         with Image.open(path) as im:
             return dict(getattr(im, "text", {}))
     with _Picture(path) as picture:
         return {a.name: a.value for a in picture.spec.extra_attribs if isinstance(a.value, str)}
+
+
+def _capture(path: Path) -> cv2.VideoCapture:
+    """OpenCV's decoder of a video, its frames turned as the file's rotation metadata says (a phone's
+    portrait clip), as Blender shows them, so layers line up with the strip in the sequencer."""
+    cap = cv2.VideoCapture(str(path))
+    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
+    return cap
 
 
 class FrameSource:
@@ -438,7 +534,7 @@ class FrameSource:
 
     def _open_video(self) -> None:
         self.kind = "video"
-        cap = cv2.VideoCapture(str(self.path))
+        cap = _capture(self.path)
         if cap.isOpened():
             size = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
             if size[0] > 0 and size[1] > 0:
@@ -516,7 +612,7 @@ class FrameSource:
     def _video_frames(self, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
         if not wanted:
             return
-        cap = cv2.VideoCapture(str(self.path))
+        cap = _capture(self.path)
         try:
             position = wanted[0]
             if position > 1:
@@ -540,7 +636,7 @@ SAME_SHOT = 0.7  # least mean correlation of the thumbnails for two shots to cou
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:
-    grey = cv2.cvtColor(np.ascontiguousarray(to_srgb8(image)[..., :3]), cv2.COLOR_RGB2GRAY)
+    grey = cv2.cvtColor(np.ascontiguousarray(to_srgb8(finite_pixels(image)[0])[..., :3]), cv2.COLOR_RGB2GRAY)
     return cv2.resize(grey, (SIGNATURE_SIZE, SIGNATURE_SIZE), interpolation=cv2.INTER_AREA)
 
 
@@ -689,10 +785,31 @@ def write_image(path: str | os.PathLike, image: np.ndarray, metadata: dict[str, 
         spec.attribute("oiio:BitsPerSample", bits)
     for key, value in {**WRITE_SETTINGS.get(suffix, {}), **(metadata or {})}.items():
         spec.attribute(key, value if isinstance(value, int) else str(value))
-    with atomic_path(path) as tmp:
+    with atomic_path(path, functools.partial(_image_complete, suffix)) as tmp:
         output = oiio.ImageOutput.create(str(tmp))
         if output is None or not output.open(str(tmp), spec) or not output.write_image(image) or not output.close():
-            raise EngineError(f"cannot write image {path}: {_oiio_error('failed')}")
+            raise write_failed(path, _oiio_error("failed"))
+
+
+PNG_END = b"\0\0\0\0IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
+JPEG_END = b"\xff\xd9"
+
+
+def _image_complete(suffix: str, path: Path) -> bool:
+    """Whether an image file OpenImageIO wrote is whole: its writers of PNG, JPEG and DPX ignore a failed
+    write (a full disk) and leave a file cut short. A PNG and a JPEG end with their end marker; a DPX
+    is as long as its header says. TIFF and EXR writers report their failures."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if suffix == ".png" or suffix in (".jpg", ".jpeg"):
+            end = PNG_END if suffix == ".png" else JPEG_END
+            f.seek(max(size - len(end), 0))
+            return f.read() == end
+        if suffix == ".dpx":
+            header = f.read(20)
+            order = ">" if header[:4] == b"SDPX" else "<"
+            return len(header) == 20 and size >= struct.unpack(order + "I", header[16:20])[0]
+    return size > 0
 
 
 def contact_sheet(tiles: list[np.ndarray], columns: int, labels: list[str] | None = None) -> np.ndarray:

@@ -53,6 +53,7 @@ HISTORY_COLUMNS = ["iteration", "elapsed_s", "loss_a", "loss_b", "val_loss_a", "
 STOP_FILE = "stop"
 PREVIEW_FILE = "preview.png"
 PREVIEWS = "previews"
+MODEL_FOLDERS = (CHECKPOINTS, PREVIEWS)  # what train writes into
 PREVIEW_COLUMNS = "A, A->A, A->B, B, B->B, B->A"
 SIZES = (64, 128, 192, 256, 320, 384, 448, 512)
 ARCHITECTURES = {
@@ -112,16 +113,31 @@ def make_config(preset: str, size: int | None = None, **overrides) -> ModelConfi
     """A preset's config with `size` and any other field (None means keep the preset's) changed."""
     if preset not in PRESETS:
         raise EngineError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    config = replace(PRESETS[preset], **{k: v for k, v in dict(size=size, **overrides).items() if v is not None})
+    return check_config(replace(PRESETS[preset], **{k: v for k, v in dict(size=size, **overrides).items() if v is not None}))
+
+
+# What a ModelConfig's numbers may be: far beyond any preset, short of a model no machine holds.
+CONFIG_RANGES = {"encoder_width": (1, 1024), "latent": (1, 16384), "decoder_width": (8, 8192),
+                 "residual_blocks": (0, 64), "batch": (1, 4096), "face_size": (0, 4096)}
+
+
+def check_config(config: ModelConfig) -> ModelConfig:
+    """Refuse a config no model can be built from (the command line's, or a checkpoint's, whoever wrote it),
+    before any tensor is."""
     if config.size not in SIZES:
-        raise EngineError(f"model size {config.size} is not supported; choose one of {', '.join(map(str, SIZES))}")
-    if config.architecture not in ARCHITECTURES:
+        raise EngineError(f"model size {config.size!r} is not supported; choose one of {', '.join(map(str, SIZES))}")
+    if not isinstance(config.architecture, str) or config.architecture not in ARCHITECTURES:
         raise EngineError(f"unknown architecture {config.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-    for name in ("encoder_width", "latent", "decoder_width", "batch"):
-        if getattr(config, name) < 1:
-            raise EngineError(f"{name.replace('_', '-')} must be 1 or more, got {getattr(config, name)}")
+    for name, (low, high) in CONFIG_RANGES.items():
+        value = getattr(config, name)
+        if type(value) is not int or not low <= value <= high:
+            raise EngineError(f"{name.replace('_', '-')} must be a whole number from {low} to {high}, got {value!r}")
     if config.decoder_width % 8:
         raise EngineError(f"decoder width must be a multiple of 8 (it halves three times), got {config.decoder_width}")
+    for name, high in (("learning_rate", 1), ("coverage", 1)):
+        value = getattr(config, name)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= high):
+            raise EngineError(f"{name.replace('_', ' ')} {value!r} is not a number from 0 to {high}")
     return config
 
 
@@ -274,15 +290,32 @@ class FaceModel(nn.Module):
 
 
 def checkpoint_paths(model_dir: str | Path) -> list[Path]:
-    """The model folder's checkpoints, newest (highest iteration) first."""
+    """The model folder's checkpoints, newest (highest iteration) first; files only (a FIFO would block)."""
     folder = Path(model_dir) / CHECKPOINTS
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if CHECKPOINT_NAME.fullmatch(p.name)), reverse=True)
+    return sorted((p for p in folder.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and p.is_file()), reverse=True)
 
 
-def write_checkpoint(model_dir: str | Path, state: dict, keep: int = 3) -> Path:
-    """Atomically write `state` as the checkpoint of its iteration, then drop all but the newest `keep`.
+def best_checkpoint(model_dir: str | Path) -> tuple[Path, float] | None:
+    """The checkpoint with the lowest loss in history.csv at its iteration (the validation loss, else the
+    training loss where nothing was held out) and that loss; None when history has no row for any."""
+    rows = {row["iteration"]: row for row in read_history(Path(model_dir) / HISTORY_FILE)}
+    scored = []
+    for path in checkpoint_paths(model_dir):
+        row = rows.get(int(CHECKPOINT_NAME.fullmatch(path.name)[1]))
+        kind = "val_loss" if row and row["val_loss_a"] is not None else "loss"
+        if row and row[f"{kind}_a"] is not None and row[f"{kind}_b"] is not None:
+            scored.append(((row[f"{kind}_a"] + row[f"{kind}_b"]) / 2, path))
+    if not scored:
+        return None
+    score, path = min(scored)
+    return path, score
+
+
+def write_checkpoint(model_dir: str | Path, state: dict, keep: int = 3, best: Path | None = None) -> Path:
+    """Atomically write `state` as the checkpoint of its iteration, then drop all but the newest `keep`
+    and `best` (train's lowest validation loss: a run that runs away must not rotate it out).
 
     A kill at any moment leaves the previous checkpoints intact and at worst a temp file (swept by
     `media.sweep_temp_files`, which train runs on the model folder), so the model folder always loads.
@@ -292,7 +325,7 @@ def write_checkpoint(model_dir: str | Path, state: dict, keep: int = 3) -> Path:
         torch.save(state, tmp)
     # Only older ones go: a newer checkpoint (one a resume skipped as damaged) is never what rotation
     # deletes in place of the good one just written.
-    older = [p for p in checkpoint_paths(model_dir) if p.name < path.name]
+    older = [p for p in checkpoint_paths(model_dir) if p.name < path.name and p != best]
     for old in older[max(keep, 1) - 1:]:
         old.unlink(missing_ok=True)
     return path
@@ -333,8 +366,9 @@ def _check_weights(state: dict) -> None:
 
 
 def config_from_state(state: dict) -> ModelConfig:
+    """A checkpoint's config, range-checked."""
     known = {f.name for f in fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in state["config"].items() if k in known})
+    return check_config(ModelConfig(**{k: v for k, v in state["config"].items() if k in known}))
 
 
 def latest_checkpoint(model_dir: str | Path, device="cpu", warn=None) -> tuple[dict, Path]:
@@ -483,7 +517,7 @@ def append_history(model_dir: Path, iteration: int, elapsed: float, losses: dict
     """One history.csv row. Appended, not rewritten: a row cut short by a kill is dropped by the next resume."""
     path = model_dir / HISTORY_FILE
     new = not path.exists()
-    with open(path, "a", newline="") as f:
+    with media.write_errors(path), media.open_appending(path) as f:
         writer = csv.writer(f)
         if new:
             writer.writerow(HISTORY_COLUMNS)

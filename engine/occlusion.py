@@ -27,7 +27,7 @@ from . import media
 from .augment import Augmentation, sample_params, shift_lab
 from .device import DEVICES
 from .events import EngineError, Events
-from .faceset import LEARNED_MASKS, Faceset
+from .faceset import LEARNED_MASKS, Faceset, read_face_image
 from .frames import IMAGE_EXTENSIONS, frame_number
 from .model import StopRequests, clear_stop, stop_requests
 from .options import number_in
@@ -61,7 +61,34 @@ class MaskSettings:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MaskSettings":
-        return cls(**{**data, "augmentation": Augmentation(**data["augmentation"])})
+        """The settings a checkpoint stores, range-checked before any network is built from them."""
+        return cls(**{**data, "augmentation": Augmentation(**data["augmentation"])}).check()
+
+    def check(self) -> "MaskSettings":
+        """Refuse values no run can use, whoever wrote them (a checkpoint is a stranger's file): a width of
+        512 would take gigabytes before a weight is compared, a string size or NaN rate would crash."""
+        for name, (low, high) in SETTING_RANGES.items():
+            value = getattr(self, name)
+            if not (_number(value) and low <= value <= high and (name == "learning_rate" or type(value) is int)):
+                raise EngineError(f"mask setting {name} {value!r} is not a {'number' if name == 'learning_rate' else 'whole number'} "
+                                  f"from {low:g} to {high:g}")
+        if self.size % 16 or self.width % 4:
+            raise EngineError(f"mask size {self.size} is not a multiple of 16, or width {self.width} of 4")
+        for name, value in asdict(self.augmentation).items():
+            if not (_number(value) and 0 <= value <= (180 if name == "rotation" else 1)):
+                raise EngineError(f"mask augmentation {name} {value!r} is out of range")
+        if self.learning_rate <= 0:
+            raise EngineError(f"mask learning rate {self.learning_rate!r} is not above 0")
+        return self
+
+
+# What MaskSettings may hold (the command line's options keep to these too).
+SETTING_RANGES = {"size": (32, 512), "width": (4, 64), "batch": (1, 1024), "learning_rate": (0, 1),
+                  "seed": (0, 2**32 - 1), "log_every": (1, 10**7), "save_every": (1, 10**7), "keep": (1, 1000)}
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def add_arguments(parser) -> None:
@@ -146,7 +173,16 @@ def read_labels(labels: str | Path, faceset: Faceset, warn) -> tuple[np.ndarray,
         raise EngineError(f"labels folder not found: {folder}")
     alignments, size = faceset.alignments, faceset.face_size
     width, height = alignments.source_size
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    # Files only: a FIFO among them would block the read for ever.
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+                   and p.is_file())
+    by_frame: dict = {}
+    for path in files:
+        by_frame.setdefault(frame_number(path.name), []).append(path)
+    twice = next((paths for number, paths in by_frame.items() if number is not None and len(paths) > 1), None)
+    if twice:
+        raise EngineError(f"labels {twice[0].name} and {twice[1].name} in {folder} are both for frame "
+                          f"{frame_number(twice[0].name)}: keep one")
     faces, mattes, numbers = [], [], []
     for path in files:
         number = frame_number(path.name)
@@ -158,16 +194,17 @@ def read_labels(labels: str | Path, faceset: Faceset, warn) -> tuple[np.ndarray,
         if label.shape[:2] != (height, width):
             raise EngineError(f"label {path} is {label.shape[1]}x{label.shape[0]}, not the shot's {width}x{height}")
         label = media.to_float(label[..., 0] if label.ndim == 3 else label)
+        if not np.isfinite(label).all():
+            raise EngineError(f"label {path} holds NaN or infinite values: a label is white (face) and black (not)")
         for face in frame.faces:
             image = media.inside(faceset.folder, face.image, f"{faceset.folder} frame {number} image")
             if not image.is_file():  # curate moved it aside
                 continue
-            rgb = media.to_srgb8(media.read_image(image))
-            faces.append(np.repeat(rgb[..., None], 3, 2) if rgb.ndim == 2 else rgb[..., :3])
-            region = media.to_float(media.read_image(media.inside(faceset.folder, face.mask_extended,
-                                                                  f"{faceset.folder} frame {number} mask")))
+            faces.append(read_face_image(image, size))
+            region = media.to_float(read_face_image(media.inside(faceset.folder, face.mask_extended,
+                                                                 f"{faceset.folder} frame {number} mask"), size, grey=True))
             mattes.append(np.dstack([cv2.warpAffine(label, np.asarray(face.matrix, np.float64), (size, size),
-                                                    flags=cv2.INTER_LINEAR, borderValue=0.0), region.reshape(size, size)]))
+                                                    flags=cv2.INTER_LINEAR, borderValue=0.0), region]))
             numbers.append(number)
     if not faces:
         raise EngineError(f"no label in {folder} is for a frame with a face in {faceset.folder} "
@@ -225,7 +262,7 @@ def _train_segmenter(faceset, labels, model_dir: Path, iterations: int, resume: 
     import torch
 
     from .device import pick_device
-    from .model import checkpoint_paths, write_checkpoint
+    from .model import CHECKPOINTS, checkpoint_paths, write_checkpoint
 
     fs = Faceset(faceset)
     torch_device = pick_device(device)
@@ -237,11 +274,9 @@ def _train_segmenter(faceset, labels, model_dir: Path, iterations: int, resume: 
         if checkpoint_paths(model_dir):
             raise EngineError(f"{model_dir} already holds a mask model: pass --resume to continue it, or choose a new folder")
         state, start, settings = None, 0, MaskSettings()
-    settings = replace(settings, **{k: v for k, v in changes.items() if v is not None})
-    if settings.size % 16:
-        raise EngineError(f"--size {settings.size} is not a multiple of 16")
+    settings = replace(settings, **{k: v for k, v in changes.items() if v is not None}).check()
     faces, mattes, numbers = read_labels(labels, fs, events.warning)
-    media.check_writable(model_dir)
+    media.check_writable(model_dir, [CHECKPOINTS])
     media.lock_folder(model_dir)
     media.sweep_temp_files(model_dir)
 
@@ -254,8 +289,8 @@ def _train_segmenter(faceset, labels, model_dir: Path, iterations: int, resume: 
         try:
             network.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise EngineError(f"the mask model in {model_dir} cannot be resumed: {e}") from None
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+            raise EngineError(f"the mask model in {model_dir} cannot be resumed: {type(e).__name__}: {e}") from None
         for group in optimizer.param_groups:
             group["lr"] = settings.learning_rate
     events.start(faceset=str(fs.folder), model=str(model_dir), labelled_frames=len(set(numbers)), faces=len(numbers),
@@ -324,8 +359,14 @@ def _latest(model_dir: Path, device, warn) -> tuple[dict, Path, str]:
         state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
         if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != VERSION:
             raise ValueError("not a FaceReplace mask model checkpoint of this version")
-        _segmenter(MaskSettings.from_dict(state["settings"])).load_state_dict(state["model"])
-        if not all(torch.isfinite(v).all() for v in state["model"].values()):
+        if not (type(state.get("iteration")) is int and state["iteration"] >= 0):
+            raise ValueError(f"its iteration {state.get('iteration')!r} is not a whole number")
+        with torch.device("meta"):  # the shapes the settings build, allocating nothing
+            expected = {k: tuple(v.shape) for k, v in _segmenter(MaskSettings.from_dict(state["settings"])).state_dict().items()}
+        weights = state.get("model")
+        if not isinstance(weights, dict) or {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()} != expected:
+            raise ValueError("its weights do not fit the network its settings describe")
+        if not all(torch.is_tensor(v) and v.is_floating_point() and torch.isfinite(v).all() for v in weights.values()):
             raise ValueError("its weights are not all finite numbers")
         return state
 
@@ -356,7 +397,7 @@ def apply(faceset: str | Path, model_dir: str | Path, device: str = "auto", even
     network.load_state_dict(state["model"])
     network.eval()
     mark = {MODEL_MARK: digest}
-    media.check_writable(fs.folder / LEARNED_MASKS)
+    media.check_writable(fs.folder, [LEARNED_MASKS])  # before the sweep below, which would follow a link
     media.lock_folder(fs.folder)
     media.sweep_temp_files(fs.folder / LEARNED_MASKS)
     samples = fs.samples()
@@ -368,7 +409,7 @@ def apply(faceset: str | Path, model_dir: str | Path, device: str = "auto", even
     with torch.no_grad():
         for first in range(0, len(todo), batch):
             chunk = todo[first : first + batch]
-            faces = np.stack([media.to_srgb8(media.read_image(s.image))[..., :3] for s in chunk])
+            faces = np.stack([read_face_image(s.image, fs.face_size) for s in chunk])
             x = torch.from_numpy(_to_size(faces, settings.size, cv2.INTER_AREA)).permute(0, 3, 1, 2).to(torch_device)
             logits = F.interpolate(network(x.float() / 255.0), size=(fs.face_size, fs.face_size), mode="bilinear",
                                    align_corners=False)

@@ -39,6 +39,7 @@ from .model import (
     CHECKPOINTS,
     DEFAULT_PRESETS,
     FORMAT,
+    MODEL_FOLDERS,
     PRESET_CHOICES,
     PREVIEW_FILE,
     SIZES,
@@ -47,6 +48,7 @@ from .model import (
     FaceModel,
     ModelConfig,
     append_history,
+    best_checkpoint,
     checkpoint_paths,
     clear_stop,
     config_from_state,
@@ -66,6 +68,9 @@ VALIDATION_FACES = 64  # validation loss is measured on at most this many held-o
 # Overtraining: compare the mean of the last OVERTRAIN_WINDOW validations with the window before it.
 OVERTRAIN_WINDOW = 3
 OVERTRAIN_RISE = 0.01
+# A run away: a training loss this many times above its best over the last rows (and validations) stops it.
+DIVERGENCE_FACTOR = 100
+DIVERGENCE_WINDOW = 50
 # Augmentation options range from 0 to 1 (shares and chances), except these.
 AUGMENTATION_LIMITS = {"rotation": 180}
 # Model fields that a resume may change; any other would not fit the checkpoint.
@@ -362,6 +367,7 @@ class Progress:
     checks: list = field(default_factory=list)
     late_from: int | None = None
     adversarial_from: int | None = None
+    recent_losses: list = field(default_factory=list)  # this run's last history rows' training loss, not saved
 
 
 class Start(NamedTuple):
@@ -383,6 +389,7 @@ def _resumed_start(model_dir: Path, init_from, preset, model_changes: dict, face
     if init_from:  # refused before the checkpoint is read: it would not be used
         raise EngineError("--init-from starts a new model; a resumed one already has its weights (drop one of them)")
     if main_process:
+        media.check_writable(model_dir, MODEL_FOLDERS)
         media.lock_folder(model_dir)
     state, checkpoint = latest_checkpoint(model_dir, device, warn=events.warning)
     first = next(iter(facesets.values()))
@@ -407,7 +414,7 @@ def _new_start(model_dir: Path, init_from, preset, model_changes: dict, facesets
     if model_dir.is_file():
         raise EngineError(f"--model {model_dir} is a file, not a folder")
     if main_process:
-        media.check_writable(model_dir)
+        media.check_writable(model_dir, MODEL_FOLDERS)
         media.lock_folder(model_dir)
     first = next(iter(facesets.values()))
     face_size, coverage = first.face_size, first.alignments.coverage
@@ -594,6 +601,12 @@ def _report(model_dir: Path, model: FaceModel, data: Data, device, settings: Tra
     validation losses (with the overtraining check they feed) and a new preview."""
     if not all(map(math.isfinite, mean)):
         raise _diverged(model_dir, iteration)
+    recent = [check[0] for check in progress.checks] + progress.recent_losses
+    best = min(recent[-DIVERGENCE_WINDOW:], default=math.inf)
+    if sum(mean) / 2 > DIVERGENCE_FACTOR * best:
+        raise _diverged(model_dir, iteration, f"the loss climbed to {sum(mean) / 2:.3g}, over {DIVERGENCE_FACTOR}x "
+                                              f"its recent best of {best:.3g}")
+    progress.recent_losses = progress.recent_losses[-DIVERGENCE_WINDOW:] + [sum(mean) / 2]
     losses = {"loss_a": mean[0], "loss_b": mean[1], "val_loss_a": None, "val_loss_b": None}
     if not validate:
         return losses
@@ -664,7 +677,8 @@ def _save(model_dir: Path, model: FaceModel, optimizer, config: ModelConfig, set
     }
     if adversary is not None:
         state.update(adversarial_from=progress.adversarial_from, discriminator=adversary.state_dict())
-    path = write_checkpoint(model_dir, state, settings.keep)
+    best = best_checkpoint(model_dir)
+    path = write_checkpoint(model_dir, state, settings.keep, best[0] if best else None)
     media.write_json(model_dir / SUMMARY_FILE, {
         "format": FORMAT, "version": VERSION, "iteration": state["iteration"],
         "checkpoint": f"{CHECKPOINTS}/{path.name}", "elapsed_s": round(state["elapsed"], 1), "config": state["config"],
@@ -690,12 +704,16 @@ def _given(changes: dict) -> dict:
     return {k: v for k, v in changes.items() if v is not None}
 
 
-def _diverged(model_dir: Path, iteration: int) -> EngineError:
-    """The error that stops a run whose loss or weights stopped being numbers: nothing of it is saved."""
-    kept = checkpoint_paths(model_dir)
-    last = f"its last good checkpoint, {kept[0].name}, is kept" if kept else "no checkpoint was saved"
-    return EngineError(f"training diverged at iteration {iteration}: the loss is no longer a finite number "
-                       f"(a lower --learning-rate helps); {last}")
+def _diverged(model_dir: Path, iteration: int, how: str = "the loss is no longer a finite number") -> EngineError:
+    """The error that stops a run whose loss ran away or whose loss or weights stopped being numbers:
+    nothing more of it is saved, and it names the checkpoint to go back to."""
+    kept, best = checkpoint_paths(model_dir), best_checkpoint(model_dir)
+    if best and best[0] != kept[0]:
+        last = (f"its best checkpoint, {best[0].name} (loss {best[1]:.4g}), is kept: move the newer ones out of "
+                f"{model_dir / CHECKPOINTS} to resume from it")
+    else:
+        last = f"its last good checkpoint, {kept[0].name}, is kept" if kept else "no checkpoint was saved"
+    return EngineError(f"training diverged at iteration {iteration}: {how} (a lower --learning-rate helps); {last}")
 
 
 def _pretrain_facesets(folders: list) -> dict[str, Faceset]:

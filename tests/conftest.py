@@ -121,3 +121,19 @@ def empty_copy(faceset: Path, folder: Path) -> Path:
         frame.faces = []
     alignments.save(folder / ALIGNMENTS_FILE)
     return folder
+
+
+@pytest.fixture(scope="session")
+def mask_model(faceset_b, tmp_path_factory) -> Path:
+    """A copy of faceset_b holding a mask model (mask_model/) of 2 iterations at 32 px, trained on one
+    all-face label of frame 1 (in the copy's parent, labels/): a real mask model folder in seconds."""
+    import numpy as np
+
+    from engine import media, occlusion
+
+    root = tmp_path_factory.mktemp("masked")
+    faceset = root / "faceset"
+    shutil.copytree(faceset_b, faceset)
+    media.write_image(root / "labels" / "mask_000001.png", np.full((240, 320), 255, np.uint8))
+    occlusion.train(faceset, root / "labels", faceset / "mask_model", iterations=2, size=32, device="cpu")
+    return faceset

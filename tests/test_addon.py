@@ -357,6 +357,7 @@ def test_events_with_wrong_field_types_never_break_the_job(project, addon, tmp_p
     argv = _fake_engine(tmp_path, """
 for event in [{"event": "progress", "done": "x", "total": [1], "loss_a": "low", "it_per_s": {}, "eta_s": None},
               {"event": "progress", "done": 1e400, "total": 0, "phase": 7, "iteration": "3"},
+              {"event": "progress", "done": 10**400, "total": -10**400, "iteration": 10**400},
               {"event": "preview", "path": 5}, {"event": "warning", "message": ["a"]}, {"event": 3},
               {"event": "output", "line": None}, {"event": "done", "frames": "many"}]:
     print(json.dumps(event), flush=True)

@@ -5,6 +5,8 @@ The "engines" here are small Python scripts that print what a broken or stranger
 
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -127,3 +129,24 @@ def test_info_reports_what_the_engine_found():
                           cwd=ROOT, check=True)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert {"torch", "cuda", "mps", "hip_version", "gpus", "cpu_threads"} <= set(summary)
+
+
+def test_the_run_ends_when_the_engine_exits_whatever_its_children_hold(tmp_path):
+    """An engine that leaves a child holding its stdout open (a stray worker) and exits: the run ends,
+    with every event the engine wrote, instead of waiting for the child."""
+    argv = _engine_script(tmp_path, """
+        import subprocess
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # inherits stdout
+        print(json.dumps({"event": "done", "child": child.pid}), flush=True)
+    """)
+    process = client.EngineProcess(argv, echo=open(tmp_path / "stderr.txt", "w"))
+    events = []
+    for _ in range(120):  # a guard against a hang (60 s), far beyond the client's wait after the exit
+        if process.finished:
+            break
+        events += [e for e in [process.next_event(timeout=0.5)] if e is not None]
+    try:
+        assert process.finished and process.returncode == 0
+        assert [e["event"] for e in events + process.drain()] == ["done"]
+    finally:
+        os.kill(events[0]["child"], signal.SIGKILL)

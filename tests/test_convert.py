@@ -32,7 +32,9 @@ def read16(path) -> np.ndarray:
 
 
 def files_under(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """The folder's files and their bytes; the lock file is not output (it records which run holds it)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != media.LOCK_FILE}
 
 
 class PassThroughModel:

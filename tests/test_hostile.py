@@ -3,6 +3,7 @@ folder. Nothing outside the folder named is touched, one run writes a folder, nu
 stop the run, memory stays bounded, every failure is one `error:` line, outputs keep the umask's mode,
 stdout carries only events, temp files of a killed write are swept, and a shot and its alignments match."""
 
+import contextlib
 import errno
 import io
 import json
@@ -493,3 +494,281 @@ def test_alignments_of_another_shot_are_refused_unless_forced(shot_a, shot_b, fa
     code, out, _ = run(capsys, "convert", shot_b, "--alignments", old, "--model", quick_model, "--device", "cpu",
                        "--frames", "1-2", "--output", tmp_path / "old", "--events")
     assert code == 0 and any("no shot signature" in json.loads(line).get("message", "") for line in out.splitlines())
+
+
+# ---------------------------------------------------------------- round 2: links, full disks, runaways, poisoned pixels
+
+
+def test_a_run_that_runs_away_stops_and_keeps_its_best_checkpoint(quick_model, faceset_a, faceset_b, tmp_path, capsys):
+    model = copy(quick_model, tmp_path / "model")
+    code, _, err = run(capsys, "train", "--a", faceset_a, "--b", faceset_b, "--model", model, "--resume",
+                       "--learning-rate", "1", "--iterations", "200", "--log-every", "1", "--save-every", "1",
+                       "--keep", "1", "--preview-every", "1000", "--device", "cpu")
+    line = refused(code, err, "diverged", "x its recent best", "model_00000002.pt")
+    print(line)
+    assert (model / "checkpoints" / "model_00000002.pt").is_file()  # rotation kept the best beside the newest
+
+
+def test_mask_apply_refuses_a_linked_masks_folder_before_sweeping_it(mask_model, tmp_path, capsys):
+    faceset = copy(mask_model, tmp_path / "faceset")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    stranger = elsewhere / ".notes.abcd1234.tmp.txt"  # a name the sweep of killed writes would remove
+    stranger.write_text("someone else's")
+    (faceset / "masks" / "learned").symlink_to(elsewhere, target_is_directory=True)
+    code, _, err = run(capsys, "mask", "apply", "--faceset", faceset, "--device", "cpu")
+    refused(code, err, "masks/learned is a link")
+    assert stranger.read_text() == "someone else's" and os.listdir(elsewhere) == [stranger.name]
+
+
+def test_convert_refuses_an_output_subfolder_that_is_a_link(shot_b, faceset_b, quick_model, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "face").symlink_to(elsewhere, target_is_directory=True)
+    code, _, err = run(capsys, "convert", shot_b, "--alignments", faceset_b, "--model", quick_model, "--output",
+                       tmp_path / "out", "--frames", "1-2", "--device", "cpu")
+    refused(code, err, "face is a link")
+    assert not os.listdir(elsewhere)
+
+
+def test_logs_are_never_trimmed_or_appended_through_a_link(shot_a, faceset_a, faceset_b, quick_model, tmp_path,
+                                                           capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    folder = copy(faceset_a, tmp_path / "faceset")
+    (folder / "detections.jsonl").unlink()
+    (folder / "detections.jsonl").symlink_to(victim)
+    code, _, err = run(capsys, "extract", shot_a, "--output", folder, "--detector", "dlib", "--size", "128")
+    refused(code, err, "detections.jsonl is a link")
+    model = copy(quick_model, tmp_path / "model")
+    (model / "history.csv").unlink()
+    (model / "history.csv").symlink_to(victim)
+    train(faceset_a, faceset_b, model, resume=True, iterations=3, preview_every=1000, device="cpu")
+    assert victim.read_text() == "keep" and not (model / "history.csv").is_symlink()
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of `size` mounted at `folder` (root only: skipped otherwise); yields a function that grows it."""
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", folder],
+                                           capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+
+    def grow(to: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={to}", folder], check=True)
+
+    try:
+        yield grow
+    finally:
+        subprocess.run(["umount", "-l", folder], check=True)
+
+
+def assert_whole_images(folder: Path) -> None:
+    """Every image under `folder` reads back whole: nothing cut short was published."""
+    for path in folder.rglob("*"):
+        if path.suffix in (".png", ".exr") and path.is_file():
+            media.read_image(path)
+
+
+def test_a_full_disk_publishes_nothing_cut_short_and_extract_resumes_once_space_is_freed(
+        shot_a, shot_b, faceset_a, faceset_b, quick_model, tmp_path, capsys):
+    with small_disk(tmp_path / "disk", "200k") as grow:
+        out = tmp_path / "disk" / "out"
+        for fmt in ("png16", "exr-multilayer"):
+            code, _, err = run(capsys, "convert", shot_b, "--alignments", faceset_b, "--model", quick_model,
+                               "--output", out / fmt, "--format", fmt, "--device", "cpu")
+            refused(code, err, "cannot write", "MiB free on its disk")
+            assert_whole_images(out)
+        shutil.rmtree(out)
+
+        code, _, err = run(capsys, "train", "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "disk" / "m",
+                           "--preset", "tiny", "--iterations", "1", "--device", "cpu")
+        refused(code, err, "cannot write", "MiB free on its disk")
+        shutil.rmtree(tmp_path / "disk" / "m")
+
+        faceset = tmp_path / "disk" / "faceset"
+        code, _, err = run(capsys, "extract", shot_a, "--output", faceset, "--detector", "dlib", "--size", "128")
+        refused(code, err, "cannot write", "MiB free on its disk")
+        assert_whole_images(faceset)
+        grow("20m")
+        code, _, err = run(capsys, "extract", shot_a, "--output", faceset, "--detector", "dlib", "--size", "128")
+        assert code == 0, err
+        assert_whole_images(faceset)
+        assert len(list((faceset / "faces").iterdir())) == len(list((faceset_a / "faces").iterdir()))
+
+
+def test_a_nan_or_infinite_sample_under_a_face_is_replaced_not_spread(shot_a, faceset_a, quick_model, tmp_path,
+                                                                      capsys):
+    """An EXR copy of the shot (linear, the same shot by its signature) converted clean and with one NaN and
+    one infinite sample on the face: the layers match but for that pixel's neighbourhood, and one warning
+    counts them."""
+    clean, poisoned = tmp_path / "clean", tmp_path / "poisoned"
+    for folder in (clean, poisoned):
+        folder.mkdir()
+    for path in sorted(shot_a.iterdir()):
+        linear = media.srgb_to_linear(media.read_image(path).astype(np.float32) / 255)
+        media.write_image(clean / f"{path.stem}.exr", linear)
+        x, y = np.round(first_face(json.loads((faceset_a / "alignments.json").read_text()))["landmarks"][30]).astype(int)
+        linear[y, x, 1], linear[y + 1, x, 0] = np.nan, np.inf
+        media.write_image(poisoned / f"{path.stem}.exr", linear)
+    layers = {}
+    for name, plate in (("clean", clean), ("poisoned", poisoned)):
+        for fmt in ("exr", "png16"):
+            code, out, err = run(capsys, "convert", plate, "--alignments", faceset_a, "--model", quick_model, "--output",
+                                 tmp_path / f"out-{name}-{fmt}", "--format", fmt, "--frames", "1-1", "--device", "cpu",
+                                 "--events")
+            assert code == 0, err
+            warnings = [e["message"] for e in map(json.loads, out.splitlines()) if e["event"] == "warning"]
+            assert sum("NaN or infinite" in w for w in warnings) == (name == "poisoned"), warnings
+            layers[name, fmt] = media.read_image(tmp_path / f"out-{name}-{fmt}" / "face" / f"face_000001.{fmt[:3]}")
+    for fmt in ("exr", "png16"):
+        a, b = (media.to_float(layers[name, fmt]) if fmt == "png16" else layers[name, fmt] for name in ("clean", "poisoned"))
+        assert np.isfinite(b).all()
+        assert np.abs(a[..., 3] - b[..., 3]).mean() < 0.01  # the matte did not vanish
+        assert (np.abs(a - b).max(axis=2) > 0.05).sum() < 0.02 * (a[..., 3] > 0).sum()
+
+
+def rotated_copy(video: Path, to: Path) -> Path:
+    """`video` with its track's display matrix saying: show it turned 90 degrees (a phone's portrait clip)."""
+    data = bytearray(video.read_bytes())
+    at = data.index(b"tkhd")
+    matrix = at + 8 + (32 if data[at + 4] == 1 else 20) + 16
+    assert struct.unpack(">9i", data[matrix:matrix + 36]) == (0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    data[matrix:matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    to.write_bytes(bytes(data))
+    return to
+
+
+def test_a_video_tagged_as_rotated_is_read_turned_as_blender_shows_it(shot_b, tmp_path):
+    upright = media.FrameSource(shot_b)
+    turned = media.FrameSource(rotated_copy(shot_b, tmp_path / "portrait.mp4"))
+    assert upright.size == (320, 240) and turned.size == (240, 320)
+    (_, frame), = upright.frames([3])
+    (_, portrait), = turned.frames([3])
+    np.testing.assert_array_equal(portrait, np.rot90(frame, -1))  # clockwise, as the matrix says
+
+
+def test_convert_takes_the_colour_space_extract_recorded(shot_b, faceset_b, quick_model, tmp_path, capsys):
+    folder = copy(faceset_b, tmp_path / "faceset")
+    edit_json(folder / "alignments.json", lambda d: d["settings"].update(colorspace="ACEScg"))
+    code, _, err = run(capsys, "convert", shot_b, "--alignments", folder, "--model", quick_model, "--output",
+                       tmp_path / "out", "--frames", "1-1", "--format", "exr", "--device", "cpu")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["plate_colorspace"] == manifest["colorspace"] == "ACEScg"
+    edit_json(folder / "alignments.json", lambda d: d["settings"].update(ocio_config="/elsewhere/config.ocio"))
+    code, _, err = run(capsys, "convert", shot_b, "--alignments", folder, "--model", quick_model, "--output",
+                       tmp_path / "out2", "--frames", "1-1", "--device", "cpu")
+    refused(code, err, "'ACEScg'", "/elsewhere/config.ocio", "--ocio-config")
+
+
+def test_mask_train_saves_on_sigterm_as_train_does(mask_model, tmp_path):
+    faceset = copy(mask_model, tmp_path / "faceset")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine", "mask", "train", "--faceset", faceset, "--labels", mask_model.parent / "labels",
+         "--model", tmp_path / "m", "--size", "32", "--iterations", "1000000", "--device", "cpu", "--events"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in process.stdout:
+        if json.loads(line)["event"] == "progress":
+            process.terminate()
+            break
+    out = process.stdout.read()
+    assert process.wait(timeout=120) == 0
+    done = [e for e in map(json.loads, out.splitlines()) if e["event"] == "done"][0]
+    assert done["stopped"] == "SIGTERM" and Path(done["checkpoint"]).is_file()
+
+
+def test_mask_labels_a_fifo_two_for_a_frame_or_a_nan_are_refused_in_one_line(mask_model, tmp_path, capsys):
+    faceset = copy(mask_model, tmp_path / "faceset")
+    labels = copy(mask_model.parent / "labels", tmp_path / "labels")
+    os.mkfifo(labels / "mask_000002.png")  # skipped: reading it would block for ever
+    argv = ["mask", "train", "--faceset", faceset, "--labels", labels, "--model", tmp_path / "m", "--size", "32",
+            "--iterations", "2", "--device", "cpu"]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    shutil.copy(labels / "mask_000001.png", labels / "0001.png")
+    code, _, err = run(capsys, *argv, "--resume")
+    refused(code, err, "mask_000001.png", "0001.png", "both for frame 1")
+    (labels / "0001.png").unlink()
+    (labels / "mask_000001.png").unlink()
+    nan = np.ones((240, 320), np.float32)
+    nan[5, 5] = np.nan
+    media.write_image(labels / "mask_000001.exr", nan)
+    code, _, err = run(capsys, *argv, "--resume")
+    refused(code, err, "mask_000001.exr", "NaN")
+
+
+def test_every_error_is_one_line_and_an_empty_option_is_no_default(shot_b, faceset_b, quick_model, tmp_path, capsys):
+    forged = tmp_path / "shot\nerror: all is well"
+    code, out, err = run(capsys, "extract", forged, "--output", tmp_path / "fs", "--events")
+    assert "all is well" in refused(code, err, "input not found", "\\nerror: all is well")
+    assert [json.loads(line)["event"] for line in out.splitlines()] == ["error"]
+    convert_argv = ["convert", shot_b, "--alignments", faceset_b, "--model", quick_model, "--output", tmp_path / "o"]
+    for option in ("--frames", "--colorspace", "--ocio-config"):
+        code, _, err = run(capsys, *convert_argv, option, "")
+        refused(code, err, f"{option} is empty")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_truncated_tiff_or_dpx_is_refused_not_read_as_zeros(tmp_path):
+    image = (np.random.default_rng(0).random((64, 96, 3)) * 65535).astype(np.uint16)
+    for suffix in (".tif", ".dpx"):
+        path = tmp_path / f"plate{suffix}"
+        media.write_image(path, image)
+        np.testing.assert_array_equal(media.read_image(path), image)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        with pytest.raises(EngineError, match="cannot read image"):
+            media.read_image(path)
+
+
+def test_an_exr_of_many_channels_takes_the_memory_of_its_picture_and_a_fifo_is_never_read(tmp_path):
+    import tracemalloc
+
+    import OpenEXR
+
+    channels = {f"beauty.C{i:03d}": np.zeros((256, 256), np.float32) for i in range(200)}
+    channels.update({f"beauty.{c}": np.full((256, 256), 0.5, np.float32) for c in "RGB"})
+    OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, channels).write(
+        str(tmp_path / "layers.exr"))
+    tracemalloc.start()
+    try:
+        assert media.read_image(tmp_path / "layers.exr").shape == (256, 256, 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * 256 * 256 * 3 * 4  # the picture's 3 channels (and a copy), not 203
+    os.mkfifo(tmp_path / "fifo.png")
+    with pytest.raises(EngineError, match="not a file"):
+        media.read_image(tmp_path / "fifo.png")
+
+
+def test_checkpoint_settings_are_range_checked_before_a_network_is_built(mask_model, quick_model, shot_b, faceset_b,
+                                                                         tmp_path, capsys):
+    from engine.model import checkpoint_paths as mask_checkpoints
+
+    faceset = copy(mask_model, tmp_path / "faceset")
+    path = mask_checkpoints(faceset / "mask_model")[0]
+    state = torch.load(path, weights_only=True)
+    state["settings"]["width"] = 512  # 2 GB of network, from a file of a few kilobytes
+    torch.save(state, path)
+    code, _, err = run(capsys, "mask", "apply", "--faceset", faceset, "--device", "cpu")
+    refused(code, err, "every mask checkpoint", "width 512")
+    model = copy(quick_model, tmp_path / "model")
+    poison_checkpoint(checkpoint_paths(model)[0], change=lambda s: s["config"].update(latent=10**6))
+    code, _, err = run(capsys, "convert", shot_b, "--alignments", faceset_b, "--model", model, "--output",
+                       tmp_path / "out", "--device", "cpu")
+    refused(code, err, "latent must be a whole number")
+
+
+def test_convert_takes_a_learned_mask_saved_in_colour(mask_model, shot_b, quick_model, tmp_path, capsys):
+    faceset = copy(mask_model, tmp_path / "faceset")
+    code, _, err = run(capsys, "mask", "apply", "--faceset", faceset, "--device", "cpu")
+    assert code == 0, err
+    learned = faceset / "masks" / "learned" / "000001_0.png"
+    grey = media.read_image(learned)
+    media.write_image(learned, np.dstack([grey] * 3))  # an artist's touch-up, saved as RGB
+    code, _, err = run(capsys, "convert", shot_b, "--alignments", faceset, "--model", quick_model, "--output",
+                       tmp_path / "out", "--mask", "learned", "--frames", "1-1", "--device", "cpu")
+    assert code == 0, err

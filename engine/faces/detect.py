@@ -123,20 +123,37 @@ def download(spec: WeightFile, path: Path, progress=None) -> None:
     log.info("downloading %s to %s", spec.url, path)
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(spec.url, timeout=60) as response, media.atomic_path(path) as tmp:
-            total = int(response.headers.get("Content-Length") or 0)
-            with open(tmp, "wb") as out:
-                while chunk := response.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    if out.tell() > MAX_WEIGHTS_BYTES:
-                        raise EngineError(f"the download of {spec.url} is larger than any weights file; nothing was kept")
-                    if progress is not None:
-                        progress(out.tell(), total)
-            if not digest.hexdigest().startswith(spec.sha256_prefix):
-                raise EngineError(f"the download of {spec.url} does not match its published SHA-256; nothing was kept")
-    except OSError as e:  # URLError is an OSError: no network, or a download that failed
-        raise EngineError(f"could not download {spec.url} ({getattr(e, 'reason', e)})") from None
+        response = urllib.request.urlopen(spec.url, timeout=60)
+    except OSError as e:  # URLError is an OSError: no network, or a server that refused
+        raise _download_failed(spec, e) from None
+    with response, media.atomic_path(path) as tmp:  # its failed writes (a full disk) say "cannot write"
+        total = int(response.headers.get("Content-Length") or 0)
+        with open(tmp, "wb") as out:
+            for chunk in _chunks(response, spec):
+                digest.update(chunk)
+                out.write(chunk)
+                if out.tell() > MAX_WEIGHTS_BYTES:
+                    raise EngineError(f"the download of {spec.url} is larger than any weights file; nothing was kept")
+                if progress is not None:
+                    progress(out.tell(), total)
+        if not digest.hexdigest().startswith(spec.sha256_prefix):
+            raise EngineError(f"the download of {spec.url} does not match its published SHA-256; nothing was kept")
+
+
+def _chunks(response, spec: WeightFile):
+    """The download's chunks; a read that fails (a dropped connection) is an EngineError naming the URL."""
+    while True:
+        try:
+            chunk = response.read(1 << 20)
+        except OSError as e:
+            raise _download_failed(spec, e) from None
+        if not chunk:
+            return
+        yield chunk
+
+
+def _download_failed(spec: WeightFile, error: OSError) -> EngineError:
+    return EngineError(f"could not download {spec.url} ({getattr(error, 'reason', error)})")
 
 
 def verified_bytes(spec: WeightFile, path: Path) -> bytes:
