@@ -235,12 +235,13 @@ def _colour(source, fmt: str, plate: str | None, output: str | None, config: str
     return colorspace.ShotColour(plate_space, colorspace.BUILTIN_LINEAR if exr else colorspace.MODEL)
 
 
-def _recorded_space(shot: Alignments, source, config: str | None, where: Path) -> str | None:
+def _recorded_space(shot: Alignments, config: str | None, where: Path) -> str | None:
     """The plate's colour space that extract was given (--colorspace), which convert then takes too; None
-    when extract took the files' default. It is named in the run's config: one recorded from another
-    config is refused (a path read from a file is not a config to load)."""
+    when extract took its files' default (either default: a linear EXR plate of a shot extracted from its
+    sRGB proxy is still linear). It is named in the run's config: one recorded from another config is
+    refused (a path read from a file is not a config to load)."""
     name, recorded_config = shot.settings.get("colorspace"), shot.settings.get("ocio_config")
-    if not isinstance(name, str) or not name or name == colorspace.plate_space(None, None, source.linear).name:
+    if not isinstance(name, str) or name in ("", colorspace.DISPLAY, colorspace.LINEAR):
         return None
     if isinstance(recorded_config, str) and recorded_config != colorspace.config_path(config):
         raise EngineError(f"extract recorded the plate's colour space as {name!r} in the OCIO config "
@@ -627,7 +628,7 @@ def convert(
     if alignments_path.is_dir():
         alignments_path = alignments_path / ALIGNMENTS_FILE
     shot = Alignments.load(alignments_path)
-    plate_colorspace = plate_colorspace or _recorded_space(shot, source, ocio_config, alignments_path)
+    plate_colorspace = plate_colorspace or _recorded_space(shot, ocio_config, alignments_path)
     colour = _colour(source, settings.format, plate_colorspace, output_colorspace, ocio_config)
     check_alignments(shot, source, alignments_path)
     check_same_shot(shot, source, alignments_path, force, events.warning)
