@@ -691,12 +691,14 @@ def test_a_changed_shot_is_stale_until_extracted_again(swapped, addon):
         print("\n--- panel: a stale shot ---\n" + dump(drawn))
         assert ("label", "B changed since extraction: Extract B") in drawn
         assert ("label", "B: faces in 14 of 14 frames") in drawn  # the faceset's own figures, flagged above
-        for operator in (bpy.ops.facereplace.train, bpy.ops.facereplace.convert):
-            with pytest.raises(RuntimeError, match="B changed since extraction: Extract B"):
-                operator()
+        with pytest.raises(RuntimeError, match="B changed since extraction: Extract B"):
+            bpy.ops.facereplace.convert()
         settings.b.strip = "Hopper"
         settings.b.use_custom_range, settings.b.frame_first, settings.b.frame_last = True, 12, 20
         assert addon.operators.stale_message(bpy.context.scene, "B") == "B changed since extraction: Extract B"
+        for operator in (bpy.ops.facereplace.train, bpy.ops.facereplace.convert):
+            with pytest.raises(RuntimeError, match="B changed since extraction: Extract B"):
+                operator()
     finally:
         settings.b.strip, settings.b.use_custom_range = "Hopper", False
     assert not any("changed since extraction" in d[1] for d in draw_panels(panels_only=True) if d[0] == "label")
