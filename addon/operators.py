@@ -21,7 +21,7 @@ from .engine_client import REQUIREMENTS_FILE, ClientError, engine_command, engin
 from .jobs import Step
 from .paths import blend_relative, not_reserved
 from .preferences import BACKENDS, engine_python, extension_user_folder, managed_venv, prefs
-from .strips import absolute, edited_scene
+from .strips import absolute, edited_scene, find_strip
 
 SIDES = [("A", "A", "A, the face to put in"), ("B", "B", "B, the shot's face: the one replaced")]
 TRAIN_STOP_GRACE_S = 60.0  # a stopped train finishes its iteration and saves; a big model on a CPU takes a while
@@ -138,11 +138,54 @@ def stale_message(scene, side: str) -> str:
         return ""
     try:
         _shot, args = shot_args(scene, side)
-    except ClientError as e:
-        return f"{side}: {e}"
+    except ClientError:
+        return ""  # a shot that cannot be read (a deleted strip) says so on its own: its faceset is as extracted
     if shot_settings.signature and shot_settings.signature != digest(args):
         return f"{side} changed since extraction: Extract {side}"
     return ""
+
+
+def shot_problem(scene, side: str) -> str:
+    """Why the shot `side` names cannot be read ("" when it can, or while none is picked): a deleted
+    strip, a missing file, a range outside the shot."""
+    shot_settings = getattr(scene.facereplace, side.lower())
+    if not (shot_settings.strip if shot_settings.source == "STRIP" else shot_settings.folder):
+        return ""
+    try:
+        shot_args(scene, side)
+    except ClientError as e:
+        return str(e)
+    return ""
+
+
+def results_out_of_step(scene) -> str:
+    """Why B's result strips no longer sit over B's frames ("" while they do, or while B cannot be read)."""
+    try:
+        return strips.layer_out_of_step(scene, strips.shot_of(scene, scene.facereplace.b, "B"))
+    except ClientError:
+        return ""
+
+
+def same_shot_message(scene) -> str:
+    """A refusal when A and B name the same strip or folder and do not pick a different person in it
+    (Pick Person): extract and train would then run on one person."""
+    settings = scene.facereplace
+    a, b = settings.a, settings.b
+    if a.source != b.source:
+        return ""
+    if a.source == "STRIP":
+        editor = scene.sequence_editor
+        strip = find_strip(editor, a.strip_id, a.strip)
+        if strip is None or strip != find_strip(editor, b.strip_id, b.strip):
+            return ""
+        name = strip.name
+    else:
+        if not a.folder or absolute(a.folder) != absolute(b.folder):
+            return ""
+        name = absolute(a.folder).name
+    if a.use_reference and b.use_reference and (a.reference_frame, a.reference_face) != (b.reference_frame, b.reference_face):
+        return ""  # two people of one shot
+    return f"A and B are both {name}: set A to a shot of the face to put in (or Pick Person in each)"
 
 
 def extract_step(scene, side: str) -> Step:
@@ -360,7 +403,19 @@ class EngineOperator:
         """Anything to do before the steps are built."""
 
 
-class FACEREPLACE_OT_extract(EngineOperator, bpy.types.Operator):
+class OnePersonRefused(EngineOperator):
+    """Extract and train: refused while A and B are one shot of one person (poll runs before every call,
+    from the panel or a script, and its message is the call's error)."""
+
+    @classmethod
+    def poll(cls, context):
+        if refusal := same_shot_message(edited_scene(context)):
+            cls.poll_message_set(refusal)
+            return False
+        return super().poll(context)
+
+
+class FACEREPLACE_OT_extract(OnePersonRefused, bpy.types.Operator):
     bl_idname = "facereplace.extract"
     bl_label = "Extract Faces"
     bl_description = "Detect, align and mask the faces of the shot, into a faceset for training"
@@ -373,7 +428,7 @@ class FACEREPLACE_OT_extract(EngineOperator, bpy.types.Operator):
         return [extract_step(scene, side) for side in (("A", "B") if self.side == "BOTH" else (self.side,))]
 
 
-class FACEREPLACE_OT_train(EngineOperator, bpy.types.Operator):
+class FACEREPLACE_OT_train(OnePersonRefused, bpy.types.Operator):
     bl_idname = "facereplace.train"
     bl_label = "Train"
     bl_description = "Train the model that draws A's face with the expression, pose and light of B's shot"

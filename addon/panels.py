@@ -7,7 +7,7 @@ import bpy
 from . import contract, jobs, previews
 from .engine_client import ClientError
 from .jobs import format_seconds
-from .operators import stale_message, work_folder
+from .operators import results_out_of_step, same_shot_message, shot_problem, stale_message, work_folder
 from .preferences import prefs
 from .strips import TAG, edited_scene, find_strip, fps_mismatch, strip_collection
 
@@ -60,9 +60,14 @@ class SEQUENCER_PT_facereplace(FaceReplacePanel, bpy.types.Panel):
             row.operator("facereplace.check_engine", text="Check", icon="CHECKMARK")
             row.operator("facereplace.setup_engine", icon="IMPORT")
         scene = edited_scene(context)
+        if refusal := same_shot_message(scene):
+            layout.label(text=refusal, icon="ERROR")
         for side in ("A", "B"):
             if stale := stale_message(scene, side):
                 layout.label(text=stale, icon="ERROR")
+        if drift := results_out_of_step(scene):
+            layout.label(text=drift, icon="ERROR")
+            layout.operator("facereplace.add_strips", text="Put Back in Step", icon="FILE_REFRESH")
         row = layout.row(align=True)
         try:
             row.operator("wm.path_open", text="Open Work Folder", icon="FILE_FOLDER").filepath = str(work_folder(scene))
@@ -97,6 +102,8 @@ class SEQUENCER_PT_facereplace_shots(FaceReplacePanel, bpy.types.Panel):
             strip = find_strip(editor, shot.strip_id, shot.strip) if shot.source == "STRIP" else None
             if strip is not None and (warning := fps_mismatch(strip, edited_scene(context))):
                 box.label(text=warning, icon="ERROR")
+            if problem := shot_problem(edited_scene(context), side):
+                box.label(text=problem, icon="ERROR")
             row = box.row(align=True)
             row.prop(shot, "use_custom_range")
             sub = row.row(align=True)

@@ -26,6 +26,20 @@ def blend_absolute(stored: str, blend_folder: str, paths=os.path) -> str:
     return paths.normpath(stored)
 
 
+def rebased(stored: str, old_folder: str, new_folder: str, paths=os.path) -> str:
+    """A path the .blend keeps, for the same file once the .blend is saved from `old_folder` into
+    `new_folder` (Save As): a "//" path is made relative to the new folder, as Blender remaps its own
+    paths, so the work beside the old .blend is still found. Absolute paths stay; a path on another
+    drive than the new .blend (Windows) becomes absolute."""
+    if not stored.startswith("//") or not old_folder:
+        return stored
+    target = blend_absolute(stored, old_folder, paths)
+    try:
+        return blend_relative(target, new_folder, paths)
+    except ValueError:  # ntpath: no relative path from one drive to another
+        return target
+
+
 def not_reserved(name: str) -> str:
     """`name` (already cleaned of the characters Windows forbids, as bpy.path.clean_name does) as a folder
     name Windows can make: one it reserves for a device (CON, AUX, COM1, ...) gets a trailing _."""

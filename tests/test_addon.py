@@ -400,6 +400,152 @@ def test_convert_output_can_be_set_before_the_first_convert(project):
     assert ("prop", "output") in draw_panels(panels_only=True)
 
 
+# ---------------------------------------------------------------- an artist's habits
+
+# A scene of its own (the shared one keeps its swap), with what extract, train and convert leave faked on
+# disk: the add-on's checks read only these files.
+HABITS_FRAMES = range(1, 17)  # B's frames: the whole mp4
+
+
+@pytest.fixture
+def habits(project, addon, shot_a, shot_b):
+    """The scene "Habits": B (the mp4) as "Plate" on channel 2 from frame 10, A (the image sequence)."""
+    scene = bpy.data.scenes.new("Habits")
+    strips = scene.sequence_editor_create().strips
+    strips.new_movie("Plate", str(shot_b), 2, 10)
+    files = sorted(p.name for p in shot_a.iterdir())
+    image = strips.new_image("Face", str(shot_a / files[0]), 1, 40)
+    for name in files[1:]:
+        image.elements.append(name)
+    scene.facereplace.a.strip, scene.facereplace.b.strip = "Face", "Plate"
+    try:
+        with bpy.context.temp_override(scene=scene):
+            yield scene
+    finally:
+        bpy.data.scenes.remove(scene)
+
+
+def _fake_work(addon, scene) -> Path:
+    """What extract A and B, train and convert leave in the scene's work folder, recorded in the scene as
+    they record it: facesets (alignments.json), a model (model.json), an output (manifest, face layers
+    and mattes of B's frames). Returns the work folder."""
+    operators = addon.operators
+    work = operators.work_folder(scene)
+    for side in ("A", "B"):
+        faceset = work / f"faceset_{side.lower()}-faked"
+        faceset.mkdir(parents=True, exist_ok=True)
+        (faceset / "alignments.json").write_text("{}")
+        shot = getattr(scene.facereplace, side.lower())
+        shot.faceset, shot.signature = operators.stored(faceset), operators.digest(operators.shot_args(scene, side)[1])
+    (work / "model").mkdir(exist_ok=True)
+    (work / "model" / "model.json").write_text("{}")
+    scene.facereplace.train.model = operators.stored(work / "model")
+    output = work / "output"
+    for kind in ("face", "matte"):
+        (output / kind).mkdir(parents=True, exist_ok=True)
+        for n in HABITS_FRAMES:
+            cv2.imwrite(str(output / kind / f"{kind}_{n:06d}.png"), np.full((240, 320, 4), n, np.uint8))
+    (output / "manifest.json").write_text(json.dumps(
+        {"alpha": "straight", "files": {"face": "face/face_%06d.png", "matte": "matte/matte_%06d.png"}}))
+    scene.facereplace.convert.output = operators.stored(output)
+    return work
+
+
+def _labels() -> list[str]:
+    return [d[1] for d in draw_panels(panels_only=True) if d[0] == "label"]
+
+
+def test_save_as_into_another_folder_keeps_finding_the_work(habits, addon, tmp_path):
+    """Save As into another folder: the new .blend finds the facesets, model and output beside the old
+    one (Convert's and Train's checks pass), as Blender re-points its own strips; Save Copy leaves the
+    open file's paths alone; saving back brings the "//" paths back as they were."""
+    work = _fake_work(addon, habits)
+    settings = habits.facereplace
+    original, kept = bpy.data.filepath, settings.b.faceset
+    assert kept == "//facereplace/Habits/faceset_b-faked"
+    try:
+        (tmp_path / "other folder").mkdir()
+        (tmp_path / "copy").mkdir()
+        bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "other folder" / "shot v2.blend"))
+        assert addon.operators._faceset(habits, "B") == work / "faceset_b-faked"
+        assert addon.operators.train_step(habits, resume=True).argv  # finds both facesets and the model
+        assert addon.operators.convert_step(habits, None).argv  # and the output
+        assert settings.b.faceset.startswith("//../") and "\\" not in settings.b.faceset  # relative, slashes
+        before = settings.b.faceset
+        bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "copy" / "shot copy.blend"), copy=True)
+        assert settings.b.faceset == before  # the open file stayed where it was
+    finally:
+        bpy.ops.wm.save_as_mainfile(filepath=original)
+    assert settings.b.faceset == kept and settings.train.model == "//facereplace/Habits/model"
+
+
+def test_a_moved_plate_says_its_results_are_out_of_step_and_puts_them_back(habits, addon):
+    """B slid 12 frames later after its result strips were added: the panel says the face is out of step
+    and offers the fix, which puts the face and matte back over B's frames; a trim is caught too."""
+    _fake_work(addon, habits)
+    assert bpy.ops.facereplace.add_strips() == {"FINISHED"}
+    plate = habits.sequence_editor.strips["Plate"]
+    assert not any("out of step" in label for label in _labels())
+    plate.frame_start += 12
+    drawn = draw_panels(panels_only=True)
+    assert ("label", "Plate face is out of step with Plate: the plate moved 12 frames later") in drawn
+    assert ("operator", "facereplace.add_strips", "Put Back in Step") in drawn
+    assert bpy.ops.facereplace.add_strips() == {"FINISHED"}
+    for kind in ("face", "matte"):
+        [layer] = _result_strips(habits, kind)
+        assert (layer.frame_final_start, layer.frame_final_end) == (22, 38) == (plate.frame_final_start,
+                                                                              plate.frame_final_end)
+    assert not any("out of step" in label for label in _labels())
+    plate.frame_offset_start = 3  # trimmed: the face would show frames the plate no longer does
+    assert "Plate face is out of step with Plate: the plate was slipped or trimmed" in _labels()
+    assert bpy.ops.facereplace.add_strips() == {"FINISHED"}
+    [face] = _result_strips(habits, "face")
+    assert face.frame_final_start == 25 and face.elements[0].filename == "face_000004.png"
+    assert not any("out of step" in label for label in _labels())
+
+
+def test_a_and_b_on_one_strip_are_refused(habits):
+    """A set to B's own strip: the panel says so, and Extract and Train refuse with that line, unless each
+    picks a different person of the shot."""
+    settings = habits.facereplace
+    settings.a.strip = "Plate"
+    refusal = "A and B are both Plate: set A to a shot of the face to put in (or Pick Person in each)"
+    assert refusal in _labels()
+    for operator in (bpy.ops.facereplace.extract, bpy.ops.facereplace.train):
+        assert not operator.poll()
+        with pytest.raises(RuntimeError, match=re.escape(refusal)):
+            operator()
+    settings.a.use_reference = settings.b.use_reference = True
+    settings.b.reference_face = 1  # the second person in the same frame
+    assert refusal not in _labels() and bpy.ops.facereplace.extract.poll()
+
+
+def test_a_deleted_b_leaves_train_and_says_what_is_missing(habits, addon, shot_b):
+    """B renamed, then deleted: its faceset is intact, so Train goes on; Convert refuses in one line that
+    names what is missing (never the strip's old name); B picked again, the results are added again in
+    place of those left over the deleted plate."""
+    _fake_work(addon, habits)
+    assert bpy.ops.facereplace.add_strips() == {"FINISHED"}
+    strips = habits.sequence_editor.strips
+    strips["Plate"].name = "Plate graded"
+    strips.remove(strips["Plate graded"])
+    missing = "shot B: its strip was deleted from the sequencer; pick B's shot again"
+    assert addon.operators.stale_message(habits, "B") == ""
+    assert addon.operators.train_step(habits, resume=True).argv  # both facesets and the model are there
+    assert bpy.ops.facereplace.train.poll()
+    labels = _labels()
+    assert missing in labels and not any("Plate" in label and "no strip" in label for label in labels)
+    for operator in (bpy.ops.facereplace.convert, bpy.ops.facereplace.add_strips):
+        with pytest.raises(RuntimeError, match=re.escape(missing)):
+            operator()
+    strips.new_movie("Plate again", str(shot_b), 2, 10)
+    habits.facereplace.b.strip = "Plate again"
+    assert addon.operators.stale_message(habits, "B") == ""  # the same frames of the same file
+    assert bpy.ops.facereplace.add_strips() == {"FINISHED"}
+    assert [s.name for s in _result_strips(habits, "face")] == ["Plate again face"]
+    assert len(_result_strips(habits, "matte")) == 1
+
+
 # ---------------------------------------------------------------- the swap
 
 
@@ -545,12 +691,14 @@ def test_a_changed_shot_is_stale_until_extracted_again(swapped, addon):
         print("\n--- panel: a stale shot ---\n" + dump(drawn))
         assert ("label", "B changed since extraction: Extract B") in drawn
         assert ("label", "B: faces in 14 of 14 frames") in drawn  # the faceset's own figures, flagged above
-        for operator in (bpy.ops.facereplace.train, bpy.ops.facereplace.convert):
-            with pytest.raises(RuntimeError, match="B changed since extraction: Extract B"):
-                operator()
+        with pytest.raises(RuntimeError, match="B changed since extraction: Extract B"):
+            bpy.ops.facereplace.convert()
         settings.b.strip = "Hopper"
         settings.b.use_custom_range, settings.b.frame_first, settings.b.frame_last = True, 12, 20
         assert addon.operators.stale_message(bpy.context.scene, "B") == "B changed since extraction: Extract B"
+        for operator in (bpy.ops.facereplace.train, bpy.ops.facereplace.convert):
+            with pytest.raises(RuntimeError, match="B changed since extraction: Extract B"):
+                operator()
     finally:
         settings.b.strip, settings.b.use_custom_range = "Hopper", False
     assert not any("changed since extraction" in d[1] for d in draw_panels(panels_only=True) if d[0] == "label")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from packaging.utils import canonicalize_name
 
-from addon.paths import blend_absolute, blend_relative, not_reserved
+from addon.paths import blend_absolute, blend_relative, not_reserved, rebased
 from engine import device
 from engine.events import EngineError
 from tests.conftest import ROOT
@@ -120,6 +120,20 @@ def test_paths_the_blend_keeps_resolve_on_the_other_os(made, opened):
 def test_backslashes_an_older_windows_blend_holds_resolve_on_posix():
     assert blend_absolute(r"//facereplace\Scene\model", "/mnt/spot", posixpath) == "/mnt/spot/facereplace/Scene/model"
     assert blend_absolute("/farm/share/model", "/mnt/spot", posixpath) == "/farm/share/model"  # absolute: kept
+
+
+@pytest.mark.parametrize("paths, old, new, stored, moved", [
+    (posixpath, "/mnt/spot", "/mnt/spot/v2", "//facereplace/Scene/model", "//../facereplace/Scene/model"),
+    (posixpath, "/mnt/spot", "/home/me/elsewhere", "//facereplace/Scene/model", "//../../../mnt/spot/facereplace/Scene/model"),
+    (ntpath, r"C:\Projects\spot", r"C:\Projects\spot v2", "//facereplace/Scene/model", "//../spot/facereplace/Scene/model"),
+    (ntpath, r"C:\Projects\spot", r"D:\Elsewhere", "//facereplace/Scene/model", r"C:\Projects\spot\facereplace\Scene\model"),
+    (posixpath, "/mnt/spot", "/mnt/other", "/farm/share/model", "/farm/share/model"),
+], ids=["into-a-subfolder", "elsewhere", "windows", "windows-other-drive", "absolute-kept"])
+def test_save_as_rebases_the_paths_beside_the_blend(paths, old, new, stored, moved):
+    """Save As from `old` into `new`: a "//" path points at the same file from the new .blend (forward
+    slashes, for every OS), or is absolute where no relative path leads there (another Windows drive)."""
+    assert rebased(stored, old, new, paths) == moved
+    assert blend_absolute(moved, new, paths) == blend_absolute(stored, old, paths)
 
 
 @pytest.mark.parametrize("scene, folder", [("CON", "CON_"), ("aux", "aux_"), ("COM1", "COM1_"), ("LPT9", "LPT9_"),
