@@ -20,7 +20,7 @@ from . import contract, jobs, strips
 from .engine_client import REQUIREMENTS_FILE, ClientError, engine_command, engine_root, venv_python
 from .jobs import Step
 from .paths import blend_relative, not_reserved
-from .preferences import BACKENDS, engine_python, extension_user_folder, managed_venv, prefs
+from .preferences import BACKENDS, SETUP_OFFLINE, engine_python, extension_user_folder, managed_venv, prefs
 from .strips import absolute, edited_scene
 
 SIDES = [("A", "A", "A, the face to put in"), ("B", "B", "B, the shot's face: the one replaced")]
@@ -291,7 +291,15 @@ def record_engine(_scene, summary: dict) -> str:
         contract.save(summary["schema"])
     preferences = prefs()
     preferences.engine_status = status
-    preferences.engine_ok = True
+    preferences.engine_ok, preferences.engine_error = True, ""
+    return status
+
+
+def record_set_up_engine(scene, summary: dict) -> str:
+    """The engine Set up Engine made works: record it, and make it the engine (an Engine Python chosen
+    before is cleared only now, so a failed download never leaves the add-on without its working engine)."""
+    status = record_engine(scene, summary)
+    prefs().engine_python = ""
     return status
 
 
@@ -320,7 +328,7 @@ def setup_steps(venv: Path, requirements: Path, backend: str = "CPU") -> list[St
                       log=log, expected_packages=8))
     steps.append(Step("Install packages", pip + ["-r", str(requirements)], log=log,
                       expected_packages=packages * 4))  # each requirement brings a few of its own
-    steps.append(Step("Check engine", [python, "-m", "engine", "info", "--events"], record_engine, log=log))
+    steps.append(Step("Check engine", [python, "-m", "engine", "info", "--events"], record_set_up_engine, log=log))
     return steps
 
 
@@ -351,6 +359,7 @@ class EngineOperator:
             scene = edited_scene(context)
             report = jobs.run(self.stage, scene, self.steps(scene), wait=bpy.app.background)
         except (ClientError, jobs.JobFailed) as e:
+            jobs.record_failure(self.stage, str(e))  # refused before it started, too: the panel says why
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         self.report({"INFO"}, report or f"FaceReplace: {self.stage} started")
@@ -420,9 +429,6 @@ class FACEREPLACE_OT_check_engine(EngineOperator, bpy.types.Operator):
     bl_options = {"REGISTER"}
     stage = "check"
 
-    def before(self, context):
-        prefs(context).engine_ok = False
-
     def steps(self, scene):
         return [Step("Check engine", engine_command(engine_python(), "info", []), record_engine, env=run_env())]
 
@@ -435,13 +441,12 @@ class FACEREPLACE_OT_setup_engine(EngineOperator, bpy.types.Operator):
     bl_options = {"REGISTER"}
     stage = "setup"
 
-    def before(self, context):
+    @classmethod
+    def poll(cls, context):
         if not bpy.app.online_access:
-            raise ClientError("Set up engine downloads the engine's packages: allow Online Access in "
-                              "Preferences > System > Network first")
-        preferences = prefs(context)
-        preferences.engine_ok = False
-        preferences.engine_python = ""  # the made venv is the engine once it exists
+            cls.poll_message_set(SETUP_OFFLINE)
+            return False
+        return super().poll(context)
 
     def steps(self, scene):
         return setup_steps(managed_venv(), engine_root() / REQUIREMENTS_FILE, prefs().backend)

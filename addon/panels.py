@@ -4,11 +4,11 @@ import os
 
 import bpy
 
-from . import contract, jobs, previews
+from . import contract, jobs, previews, text
 from .engine_client import ClientError
 from .jobs import format_seconds
 from .operators import stale_message, work_folder
-from .preferences import prefs
+from .preferences import SETUP_OFFLINE, prefs
 from .strips import TAG, edited_scene, find_strip, fps_mismatch, strip_collection
 
 # The columns of train's preview grid, as the panel labels them.
@@ -48,17 +48,17 @@ class SEQUENCER_PT_facereplace(FaceReplacePanel, bpy.types.Panel):
                 layout.label(text=warning, icon="ERROR")
         elif jobs.last_report is not None:
             level, message = jobs.last_report
-            box = layout.box().column(align=True)
-            for i, part in enumerate(message.split("; ")):
-                box.label(text=part, icon=("ERROR" if level == "ERROR" else "INFO") if i == 0 else "BLANK1")
+            text.draw_wrapped(layout.box(), message, context, icon="ERROR" if level == "ERROR" else "INFO")
         preferences = prefs(context)
         if not preferences.engine_ok and job is None:
-            failed = jobs.last_stage in {"check", "setup"} and jobs.last_report and jobs.last_report[0] == "ERROR"
+            failed = bool(preferences.engine_error)
             layout.label(text="The engine does not run: set it up" if failed else "Engine not checked yet",
                          icon="ERROR" if failed else "QUESTION")
             row = layout.row(align=True)
             row.operator("facereplace.check_engine", text="Check", icon="CHECKMARK")
             row.operator("facereplace.setup_engine", icon="IMPORT")
+            if not bpy.app.online_access:
+                text.draw_wrapped(layout, SETUP_OFFLINE, context, icon="INTERNET_OFFLINE")
         scene = edited_scene(context)
         for side in ("A", "B"):
             if stale := stale_message(scene, side):

@@ -223,21 +223,71 @@ def test_menus_offer_the_engines_choices_and_defaults(addon, prefs):
     assert menu(addon.properties.FaceReplaceTrain, "size") == (["PRESET", *map(str, answer["sizes"])], "PRESET")
 
 
-def test_a_failed_check_puts_set_up_engine_in_the_panel(project, prefs, addon):
-    prefs.engine_python = "/nonexistent/venv/bin/python"
+def _labels(drawn) -> str:
+    """What the labels of a drawing say, as one text (a wrapped message reads as it did before wrapping)."""
+    return " ".join(d[1] for d in drawn if d[0] == "label")
+
+
+def test_the_engine_is_ready_once_it_ran_and_a_failed_check_says_why(project, prefs, addon, tmp_path):
+    """One record of whether the engine works: a run that finishes proves it (no "not checked yet" after
+    it), a failed check's reason replaces an earlier one, a later successful check clears it."""
+    scene = bpy.context.scene
+    prefs.engine_ok, prefs.engine_status, prefs.engine_error = False, "", ""
+    assert ("label", "Engine not checked yet") in draw_panels(panels_only=True)
+    finished = _fake_engine(tmp_path, 'print(json.dumps({"event": "done", "frames": 1}), flush=True)\n')
+    addon.jobs.run("extract", scene, [addon.jobs.Step("Extract A", finished)], wait=True)
+    drawn = draw_panels()
+    assert ("label", "Engine not checked yet") not in drawn
+    assert ("operator", "facereplace.setup_engine", None) not in draw_panels(panels_only=True)
+    assert ("label", "The engine works: Check Engine shows its versions") in drawn  # the preferences
     try:
-        with pytest.raises(RuntimeError, match="engine Python not found"):
-            bpy.ops.facereplace.check_engine()
-        addon.jobs.last_stage = "check"  # the operator refused before a job started
-        addon.jobs.last_report = ("ERROR", "engine Python not found")
-        drawn = draw_panels(panels_only=True)
-        print("\n--- panel: the engine check failed ---\n" + dump(drawn))
-        assert ("label", "The engine does not run: set it up") in drawn
-        assert ("operator", "facereplace.setup_engine", None) in drawn
+        for missing, earlier in (("/nonexistent/one/python", None), ("/nonexistent/two/python", "/nonexistent/one/python")):
+            prefs.engine_python = missing
+            with pytest.raises(RuntimeError, match="engine Python not found"):
+                bpy.ops.facereplace.check_engine()
+            drawn = draw_panels()
+            print(f"\n--- the engine check failed ({missing}) ---\n" + dump(drawn))
+            assert ("label", "The engine does not run: set it up") in drawn
+            assert ("operator", "facereplace.setup_engine", None) in drawn
+            assert missing in _labels(drawn) and (earlier is None or earlier not in _labels(drawn))
     finally:
         prefs.engine_python = ""
     assert bpy.ops.facereplace.check_engine() == {"FINISHED"}
-    assert ("operator", "facereplace.setup_engine", None) not in draw_panels(panels_only=True)
+    drawn = draw_panels()
+    assert "/nonexistent" not in _labels(drawn) and "The engine does not run" not in _labels(drawn)
+    assert prefs.engine_ok and prefs.engine_status.startswith("Engine 0.1.0")
+
+
+def test_set_up_engine_is_off_offline_and_keeps_a_working_engine_until_its_own_works(project, prefs, addon,
+                                                                                     tmp_path, monkeypatch):
+    """Offline the button is disabled and the panel says why; online, a set-up that fails (here: before
+    its download) leaves the working Engine Python as it was; only the made engine's passed check
+    replaces it."""
+    system = bpy.context.preferences.system
+    prefs.engine_ok, prefs.engine_error = False, ""  # the panel then offers Set up Engine
+    assert not bpy.app.online_access and not bpy.ops.facereplace.setup_engine.poll()
+    drawn = draw_panels()
+    assert _labels(drawn).count(addon.preferences.SETUP_OFFLINE) == 2  # the panel and the preferences
+    prefs.engine_python = sys.executable  # a working engine
+    monkeypatch.setattr(addon.operators, "engine_root", lambda: tmp_path)  # no requirements: it fails at once
+    system.use_online_access = True
+    try:
+        assert bpy.ops.facereplace.setup_engine.poll()
+        assert addon.preferences.SETUP_OFFLINE not in _labels(draw_panels())
+        with pytest.raises(RuntimeError, match="engine-requirements.txt is missing"):
+            bpy.ops.facereplace.setup_engine()
+        assert prefs.engine_python == sys.executable
+        info = _fake_engine(tmp_path, 'print(json.dumps({"event": "done", "engine": "0.1.0"}), flush=True)\n')
+        requirements = tmp_path / "made" / "requirements.txt"
+        requirements.parent.mkdir()
+        requirements.write_text("torch==2.13.0\n")
+        check = addon.operators.setup_steps(tmp_path / "made" / "venv", requirements)[-1]
+        addon.jobs.run("setup", bpy.context.scene, [addon.jobs.Step(check.label, info, check.finish)], wait=True)
+        assert prefs.engine_python == "" and prefs.engine_ok and prefs.engine_status.startswith("Engine 0.1.0")
+    finally:
+        system.use_online_access = False
+        prefs.engine_python = ""
+    assert bpy.ops.facereplace.check_engine() == {"FINISHED"}
 
 
 def test_offline_blender_keeps_the_engine_off_the_network(project, prefs, addon, tmp_path):
@@ -338,7 +388,11 @@ def test_engine_error_becomes_the_operator_report(project, addon, tmp_path):
         _poll_until(addon, lambda: addon.jobs.active() is None)
         level, message = addon.jobs.last_report
         assert level == "ERROR" and re.match(reason, message)
-        assert ("label", message) in draw_panels()
+        # ... wrapped to the panel's width (60 characters headless), every word of it
+        lines = addon.text.wrap(message, addon.text.HEADLESS_CHARS)
+        assert len(lines) > 1 and " ".join(lines) == message and max(map(len, lines)) <= addon.text.HEADLESS_CHARS
+        drawn = draw_panels()
+        assert all(("label", line) in drawn for line in lines)
     finally:
         shot.source = "STRIP"
     with pytest.raises(RuntimeError, match="extract A first"):
@@ -855,8 +909,7 @@ def test_farm_train_task_resumes_its_model_folder(swapped, addon, tmp_path):
 def test_set_up_engine_makes_a_venv_and_names_what_it_lacks(addon, project, tmp_path):
     """Headless Blender is offline unless told otherwise, so the button refuses; the steps themselves,
     with nothing to install, make the venv, run pip, and the engine check names the missing packages."""
-    with pytest.raises(RuntimeError, match="allow Online Access"):
-        bpy.ops.facereplace.setup_engine()
+    assert not bpy.ops.facereplace.setup_engine.poll()
     requirements = tmp_path / "engine-requirements.txt"
     requirements.write_text("torch==2.13.0\n")
     venv = tmp_path / "engine-venv"
