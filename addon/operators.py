@@ -21,6 +21,7 @@ from .engine_client import REQUIREMENTS_FILE, ClientError, engine_command, engin
 from .jobs import Step
 from .paths import blend_relative, not_reserved
 from .preferences import BACKENDS, SETUP_OFFLINE, engine_python, extension_user_folder, managed_venv, prefs
+from .properties import RELATIVE
 from .strips import absolute, edited_scene
 
 SIDES = [("A", "A", "A, the face to put in"), ("B", "B", "B, the shot's face: the one replaced")]
@@ -481,7 +482,7 @@ class FACEREPLACE_OT_open_image(bpy.types.Operator):
     bl_description = "Show this image (the training preview, a contact sheet) full size in an Image Editor"
     bl_options = {"REGISTER"}
 
-    filepath: StringProperty(subtype="FILE_PATH", options={"SKIP_SAVE"})
+    filepath: StringProperty(subtype="FILE_PATH", options={"SKIP_SAVE", *RELATIVE})
 
     def execute(self, context):
         path = bpy.path.abspath(self.filepath)

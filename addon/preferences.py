@@ -86,6 +86,7 @@ class FaceReplacePreferences(bpy.types.AddonPreferences):
     engine_python: StringProperty(
         name="Engine Python",
         subtype="FILE_PATH",
+        options=RELATIVE,
         description="The python of a venv that has the engine's packages (torch, OpenCV, dlib). "
         "Empty: the venv that Set up engine made",
     )
@@ -109,6 +110,7 @@ class FaceReplacePreferences(bpy.types.AddonPreferences):
     engine_folder: StringProperty(
         name="Engine Folder",
         subtype="DIR_PATH",
+        options=RELATIVE,
         description="Where Set up Engine makes the engine's venv, shared by every Blender version (and usable "
         "by a farm: point FACEREPLACE_ENGINE_PYTHON at its python). Empty: the user data folder of this OS",
     )
@@ -121,6 +123,7 @@ class FaceReplacePreferences(bpy.types.AddonPreferences):
     fan_weights: StringProperty(
         name="Detector Weights Folder",
         subtype="DIR_PATH",
+        options=RELATIVE,
         description="A folder holding the FAN detector's weight files (the engine's --fan-weights), so FAN "
         "runs without the network. Empty: the extension's own cache, filled by Download Detector Weights",
     )

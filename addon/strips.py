@@ -104,6 +104,10 @@ class Shot:
             raise ClientError(f"frame {frame} is outside {self.name} (frames {self.start}-{self.end - 1})")
         return self.numbers[frame - self.start]
 
+    def frame_of(self, number: int) -> int | None:
+        """The timeline frame that shows the shot's frame `number`, or None if it shows none."""
+        return self.start + self.numbers.index(number) if number in self.numbers else None
+
     def within(self, first: int, last: int) -> "Shot":
         """The part of the shot on timeline frames first..last (inclusive)."""
         lo, hi = max(first, self.start), min(last, self.end - 1)

@@ -314,6 +314,37 @@ def test_offline_blender_keeps_the_engine_off_the_network(project, prefs, addon,
     assert "--offline" not in addon.operators.extract_step(scene, "A").argv  # dlib never downloads
 
 
+def test_the_masks_panel_lists_the_timeline_frames_the_artist_labelled(project, addon):
+    """B's strip shows its source frames 3..16 on timeline frames 12..25: labels of source frames 5 and 11
+    (made on timeline frames 14 and 20) are listed as 14 and 20; a frame the strip no longer shows by its
+    own number."""
+    made = []
+    for number in (5, 11, 40):
+        mask = bpy.data.masks.new(f"FaceReplace B {number:06d}")
+        mask[addon.masks.FRAME_KEY], mask[addon.masks.SIDE_KEY] = number, "B"
+        made.append(mask)
+    try:
+        drawn = Drawn()
+        addon.masks.SEQUENCER_PT_facereplace_masks.draw(type("Panel", (), {"layout": RecordingLayout(drawn)})(),
+                                                         bpy.context)
+        assert ("label", "Labeled: 3 frames (14, 20, shot frame 40)") in drawn
+    finally:
+        for mask in made:
+            bpy.data.masks.remove(mask)
+
+
+def test_every_path_the_add_on_keeps_takes_blend_relative_paths(addon):
+    """Blender 4.5+ warns when "//" goes into a path property that does not declare it takes one."""
+    groups = [addon.properties.FaceReplaceShot, addon.properties.FaceReplaceTrain, addon.properties.FaceReplaceConvert,
+              addon.masks.FaceReplaceMasks, addon.preferences.FaceReplacePreferences]
+    rnas = [g.bl_rna for g in groups] + [getattr(bpy.ops.facereplace, name).get_rna_type()
+                                         for name in dir(bpy.ops.facereplace)]
+    paths = [(rna.identifier, p.identifier, p.is_path_supports_blend_relative) for rna in rnas for p in rna.properties
+             if getattr(p, "subtype", "") in {"FILE_PATH", "DIR_PATH"}]
+    assert ("FaceReplaceMasks", "model", True) in paths and len(paths) >= 10
+    assert [path for path in paths if not path[2]] == []
+
+
 def test_strips_hand_their_colour_space_to_the_engine_and_results_carry_the_layers(project, addon, tmp_path):
     """Extract and convert get the strip's colour space and Blender's own OCIO config; the result strips
     are tagged with the space the manifest says the layers were written in, the matte as data."""
