@@ -149,8 +149,8 @@ def stale_message(scene, side: str) -> str:
 def extract_step(scene, side: str) -> Step:
     shot, args = shot_args(scene, side)
     signature = digest(args)
-    strip = strips.find_strip(scene.sequence_editor, shot.key, shot.strip) if shot.strip else None
-    fps_warning = strips.fps_mismatch(strip, scene) if strip is not None else ""
+    strip = strips.find_strip(scene.sequence_editor, shot.key, shot.strip) if shot.strip and side == "B" else None
+    fps_warning = strips.fps_mismatch(strip, scene) if strip is not None else ""  # A's rate does not matter
     work = work_folder(scene)
     folder = work / f"faceset_{side.lower()}-{digest(args + [prefs().detector])}"
     argv = engine_command(engine_python(), "extract", [*args, *detector_args(), "--output", folder], prefs().device)

@@ -94,7 +94,8 @@ class SEQUENCER_PT_facereplace_shots(FaceReplacePanel, bpy.types.Panel):
                 row.operator("facereplace.use_active_strip", text="", icon="EYEDROPPER").side = side
             else:
                 row.prop(shot, "folder", text="")
-            strip = find_strip(editor, shot.strip_id, shot.strip) if shot.source == "STRIP" else None
+            # Only B's frames must sit on the timeline's (A's are faces to learn from, at any rate).
+            strip = find_strip(editor, shot.strip_id, shot.strip) if shot.source == "STRIP" and side == "B" else None
             if strip is not None and (warning := fps_mismatch(strip, edited_scene(context))):
                 box.label(text=warning, icon="ERROR")
             row = box.row(align=True)

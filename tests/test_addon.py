@@ -333,6 +333,30 @@ def test_the_masks_panel_lists_the_timeline_frames_the_artist_labelled(project, 
             bpy.data.masks.remove(mask)
 
 
+def test_only_bs_frame_rate_is_flagged(project):
+    """A's frames are faces to learn from: its movie's rate does not matter; B's must match the scene."""
+    scene = bpy.context.scene
+    settings = scene.facereplace
+    scene.render.fps = 30
+    try:
+        assert "Hopper is 24 fps but the scene 30 fps" in _labels(draw_panels(panels_only=True))
+        settings.a.strip, settings.b.strip = "Hopper", "Astronaut"
+        assert "fps" not in _labels(draw_panels(panels_only=True))
+    finally:
+        scene.render.fps = 24
+        settings.a.strip, settings.b.strip = "Astronaut", "Hopper"
+
+
+def test_the_report_box_keeps_each_result_whole(project, addon, tmp_path):
+    """A job's results each start a line; a "; " inside one (a warning on its result) does not cut it."""
+    done = _fake_engine(tmp_path, 'print(json.dumps({"event": "done"}), flush=True)\n')
+    results = ["Extract A: faces in 16 of 16 frames; none missing", "Extract B: faces in 14 of 14 frames"]
+    steps = [addon.jobs.Step(f"Extract {side}", done, lambda _scene, _summary, r=r: r) for side, r in zip("AB", results, strict=True)]
+    addon.jobs.run("extract", bpy.context.scene, steps, wait=True)
+    drawn = draw_panels(panels_only=True)
+    assert ("label", results[0]) in drawn and ("label", results[1]) in drawn
+
+
 def test_every_path_the_add_on_keeps_takes_blend_relative_paths(addon):
     """Blender 4.5+ warns when "//" goes into a path property that does not declare it takes one."""
     groups = [addon.properties.FaceReplaceShot, addon.properties.FaceReplaceTrain, addon.properties.FaceReplaceConvert,
