@@ -221,12 +221,15 @@ def train_step(scene, resume: bool, into: str = "", iterations: int = 0) -> Step
 
     def finish(scene, summary: dict) -> str:
         result = scene.facereplace.train
+        another = result.model != stored(model)
         result.model = stored(model)
         result.iteration = summary.get("iterations", 0)
         result.loss_a = summary.get("loss_a") or 0.0
         result.loss_b = summary.get("loss_b") or 0.0
         if Path(str(summary.get("preview", ""))).is_file():
             result.preview = stored(Path(summary["preview"]))
+        elif another:  # a new model before its first preview: the old model's is not its
+            result.preview = ""
         reason = summary.get("stopped")
         why = f" ({STOP_REASONS.get(reason, reason)})" if reason else ""
         return f"Train: {result.iteration} iterations{why}, loss A {result.loss_a:.4f}, B {result.loss_b:.4f}"

@@ -9,7 +9,7 @@ from .engine_client import ClientError
 from .jobs import format_seconds
 from .operators import stale_message, work_folder
 from .preferences import SETUP_OFFLINE, prefs
-from .strips import TAG, edited_scene, find_strip, fps_mismatch, strip_collection
+from .strips import TAG, absolute, edited_scene, find_strip, fps_mismatch, strip_collection
 
 # The columns of train's preview grid, as the panel labels them.
 PREVIEW_COLUMNS = tuple(c.strip().replace("->", "→") for c in contract.folder("model")["preview_columns"].split(","))
@@ -182,18 +182,25 @@ class SEQUENCER_PT_facereplace_train(FaceReplacePanel, bpy.types.Panel):
             row.operator("facereplace.train", text="New Model", icon="FILE_NEW").resume = False
         else:
             row.operator("facereplace.train", text="Start Training", icon="PLAY").resume = False
-        layout.prop(train, "model")  # also where to pick a model trained elsewhere (a farm, torchrun)
         job = jobs.active()
         live = job.live if _busy("train") else {}
-        preview = live.get("preview") or train.preview
+        # A run into another folder (New Model, a farm task) is not the scene's model: none of its figures show.
+        into = job.step.stop_file.parent if _busy("train") else None
+        if into is not None and (not train.model or absolute(train.model) != into):
+            layout.label(text=f"New model: {into.name}", icon="FILE_NEW")
+            shown = {"iteration": 0, "loss_a": 0.0, "loss_b": 0.0, "preview": ""}
+        else:
+            layout.prop(train, "model")  # also where to pick a model trained elsewhere (a farm, torchrun)
+            shown = {"iteration": train.iteration, "loss_a": train.loss_a, "loss_b": train.loss_b, "preview": train.preview}
+        preview = live.get("preview") or shown["preview"]
         if preview:
             row = layout.row(align=True)
             for column in PREVIEW_COLUMNS:
                 row.label(text=column)
         _image(layout, preview, scale=12.0)
         col = layout.column(align=True)
-        col.label(text=f"Iterations: {live.get('iteration', train.iteration)}")
-        loss_a, loss_b = live.get("loss_a", train.loss_a), live.get("loss_b", train.loss_b)
+        col.label(text=f"Iterations: {live.get('iteration', shown['iteration'])}")
+        loss_a, loss_b = live.get("loss_a", shown["loss_a"]), live.get("loss_b", shown["loss_b"])
         col.label(text=f"Loss A {loss_a or 0:.4f}   B {loss_b or 0:.4f}")
         if live.get("val_loss_a") is not None:
             col.label(text=f"Validation A {live['val_loss_a']:.4f}   B {live.get('val_loss_b') or 0:.4f}")

@@ -357,6 +357,35 @@ def test_the_report_box_keeps_each_result_whole(project, addon, tmp_path):
     assert ("label", results[0]) in drawn and ("label", results[1]) in drawn
 
 
+def test_a_new_models_panel_shows_none_of_the_old_models_figures(project, addon, tmp_path):
+    """While New Model trains into its own folder, the Train panel shows that folder and its own figures
+    (none yet), not the scene's earlier model's path, iterations, losses and preview."""
+    scene = bpy.context.scene
+    train = scene.facereplace.train
+    preview = tmp_path / "preview.png"
+    cv2.imwrite(str(preview), np.zeros((8, 8, 3), np.uint8))
+    train.model, train.iteration, train.loss_a, train.preview = "//facereplace/model", 300, 0.25, str(preview)
+    into = tmp_path / "model_2"
+    waits = _fake_engine(tmp_path, f"""
+from pathlib import Path
+while not Path({str(into / "stop")!r}).exists():
+    time.sleep(0.05)
+""")
+    try:
+        addon.jobs.run("train", scene, [addon.jobs.Step("Train", waits, stop_file=into / "stop")], wait=False)
+        drawn = draw_panels(panels_only=True)
+        print("\n--- panel: a new model starts training ---\n" + dump(drawn))
+        assert ("label", "New model: model_2") in drawn and ("prop", "model") not in drawn
+        assert ("label", "Iterations: 0") in drawn and ("label", "Loss A 0.0000   B 0.0000") in drawn
+        assert not [d for d in drawn if d[0] == "icon"]  # no preview yet
+    finally:
+        addon.jobs.cancel()
+        _poll_until(addon, lambda: addon.jobs.active() is None)
+        train.model, train.iteration, train.loss_a, train.preview = "", 0, 0.0, ""
+    drawn = draw_panels(panels_only=True)
+    assert ("prop", "model") in drawn
+
+
 def test_every_path_the_add_on_keeps_takes_blend_relative_paths(addon):
     """Blender 4.5+ warns when "//" goes into a path property that does not declare it takes one."""
     groups = [addon.properties.FaceReplaceShot, addon.properties.FaceReplaceTrain, addon.properties.FaceReplaceConvert,
