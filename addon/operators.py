@@ -19,7 +19,7 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from . import contract, jobs, strips
 from .engine_client import REQUIREMENTS_FILE, ClientError, engine_command, engine_root, venv_python
 from .jobs import Step
-from .paths import blend_relative, not_reserved
+from .paths import blend_relative, folder_name, not_reserved
 from .preferences import BACKENDS, SETUP_OFFLINE, engine_python, extension_user_folder, managed_venv, prefs
 from .properties import RELATIVE
 from .strips import absolute, edited_scene
@@ -41,7 +41,15 @@ def work_folder(scene) -> Path:
     if folder.startswith("//") and not bpy.data.filepath:
         raise ClientError(f"save the .blend first: the work folder ({folder}) is beside it; "
                           f"or set an absolute work folder in Preferences > Add-ons > FaceReplace")
-    return absolute(folder) / not_reserved(bpy.path.clean_name(scene.name))
+    root = absolute(folder)
+    named = root / folder_name(scene.name)
+    # Before names were kept apart, a scene's folder was its name as bpy.path.clean_name wrote it: such a
+    # folder still serves its scene, while no other scene of the file would share it.
+    legacy = not_reserved(bpy.path.clean_name(scene.name))
+    sharing = [s for s in bpy.data.scenes if not_reserved(bpy.path.clean_name(s.name)) == legacy]
+    if not named.exists() and (root / legacy).is_dir() and len(sharing) == 1:
+        return root / legacy
+    return named
 
 
 def stored(path: Path) -> str:

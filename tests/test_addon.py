@@ -386,6 +386,24 @@ while not Path({str(into / "stop")!r}).exists():
     assert ("prop", "model") in drawn
 
 
+def test_scenes_whose_names_differ_only_in_umlauts_or_spaces_get_their_own_work_folders(project, addon):
+    """ "Szene ü" and "Szene ö" (once both "Szene__"), "Shot 1" and "Shot_1": a work folder each. A folder
+    made under the old naming still serves its scene while no other scene of the file shares that name."""
+    made = [bpy.data.scenes.new(name) for name in ("Szene ü", "Szene ö", "Shot 1", "Shot_1")]
+    try:
+        folders = [addon.operators.work_folder(scene) for scene in made]
+        assert len(set(folders)) == 4 and folders[0].name == "Szene ü"
+        legacy = addon.operators.work_folder(bpy.context.scene).parent / "Szene__"
+        legacy.mkdir(parents=True)
+        assert addon.operators.work_folder(made[0]) == folders[0]  # "Szene ö" would share it
+        bpy.data.scenes.remove(made.pop(1))
+        assert addon.operators.work_folder(made[0]) == legacy  # alone: its existing folder keeps working
+        legacy.rmdir()
+    finally:
+        for scene in made:
+            bpy.data.scenes.remove(scene)
+
+
 def test_every_path_the_add_on_keeps_takes_blend_relative_paths(addon):
     """Blender 4.5+ warns when "//" goes into a path property that does not declare it takes one."""
     groups = [addon.properties.FaceReplaceShot, addon.properties.FaceReplaceTrain, addon.properties.FaceReplaceConvert,
