@@ -19,8 +19,9 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from . import contract, jobs, strips
 from .engine_client import REQUIREMENTS_FILE, ClientError, engine_command, engine_root, venv_python
 from .jobs import Step
-from .paths import blend_relative, not_reserved
-from .preferences import BACKENDS, engine_python, extension_user_folder, managed_venv, prefs
+from .paths import blend_relative, folder_name, not_reserved
+from .preferences import BACKENDS, SETUP_OFFLINE, engine_python, extension_user_folder, managed_venv, prefs
+from .properties import RELATIVE
 from .strips import absolute, edited_scene, find_strip
 
 SIDES = [("A", "A", "A, the face to put in"), ("B", "B", "B, the shot's face: the one replaced")]
@@ -40,7 +41,15 @@ def work_folder(scene) -> Path:
     if folder.startswith("//") and not bpy.data.filepath:
         raise ClientError(f"save the .blend first: the work folder ({folder}) is beside it; "
                           f"or set an absolute work folder in Preferences > Add-ons > FaceReplace")
-    return absolute(folder) / not_reserved(bpy.path.clean_name(scene.name))
+    root = absolute(folder)
+    named = root / folder_name(scene.name)
+    # Before names were kept apart, a scene's folder was its name as bpy.path.clean_name wrote it: such a
+    # folder still serves its scene, while no other scene of the file would share it.
+    legacy = not_reserved(bpy.path.clean_name(scene.name))
+    sharing = [s for s in bpy.data.scenes if not_reserved(bpy.path.clean_name(s.name)) == legacy]
+    if not named.exists() and (root / legacy).is_dir() and len(sharing) == 1:
+        return root / legacy
+    return named
 
 
 def stored(path: Path) -> str:
@@ -191,8 +200,8 @@ def same_shot_message(scene) -> str:
 def extract_step(scene, side: str) -> Step:
     shot, args = shot_args(scene, side)
     signature = digest(args)
-    strip = strips.find_strip(scene.sequence_editor, shot.key, shot.strip) if shot.strip else None
-    fps_warning = strips.fps_mismatch(strip, scene) if strip is not None else ""
+    strip = strips.find_strip(scene.sequence_editor, shot.key, shot.strip) if shot.strip and side == "B" else None
+    fps_warning = strips.fps_mismatch(strip, scene) if strip is not None else ""  # A's rate does not matter
     work = work_folder(scene)
     folder = work / f"faceset_{side.lower()}-{digest(args + [prefs().detector])}"
     argv = engine_command(engine_python(), "extract", [*args, *detector_args(), "--output", folder], prefs().device)
@@ -263,12 +272,15 @@ def train_step(scene, resume: bool, into: str = "", iterations: int = 0) -> Step
 
     def finish(scene, summary: dict) -> str:
         result = scene.facereplace.train
+        another = result.model != stored(model)
         result.model = stored(model)
         result.iteration = summary.get("iterations", 0)
         result.loss_a = summary.get("loss_a") or 0.0
         result.loss_b = summary.get("loss_b") or 0.0
         if Path(str(summary.get("preview", ""))).is_file():
             result.preview = stored(Path(summary["preview"]))
+        elif another:  # a new model before its first preview: the old model's is not its
+            result.preview = ""
         reason = summary.get("stopped")
         why = f" ({STOP_REASONS.get(reason, reason)})" if reason else ""
         return f"Train: {result.iteration} iterations{why}, loss A {result.loss_a:.4f}, B {result.loss_b:.4f}"
@@ -334,7 +346,15 @@ def record_engine(_scene, summary: dict) -> str:
         contract.save(summary["schema"])
     preferences = prefs()
     preferences.engine_status = status
-    preferences.engine_ok = True
+    preferences.engine_ok, preferences.engine_error = True, ""
+    return status
+
+
+def record_set_up_engine(scene, summary: dict) -> str:
+    """The engine Set up Engine made works: record it, and make it the engine (an Engine Python chosen
+    before is cleared only now, so a failed download never leaves the add-on without its working engine)."""
+    status = record_engine(scene, summary)
+    prefs().engine_python = ""
     return status
 
 
@@ -363,7 +383,7 @@ def setup_steps(venv: Path, requirements: Path, backend: str = "CPU") -> list[St
                       log=log, expected_packages=8))
     steps.append(Step("Install packages", pip + ["-r", str(requirements)], log=log,
                       expected_packages=packages * 4))  # each requirement brings a few of its own
-    steps.append(Step("Check engine", [python, "-m", "engine", "info", "--events"], record_engine, log=log))
+    steps.append(Step("Check engine", [python, "-m", "engine", "info", "--events"], record_set_up_engine, log=log))
     return steps
 
 
@@ -394,6 +414,7 @@ class EngineOperator:
             scene = edited_scene(context)
             report = jobs.run(self.stage, scene, self.steps(scene), wait=bpy.app.background)
         except (ClientError, jobs.JobFailed) as e:
+            jobs.record_failure(self.stage, str(e))  # refused before it started, too: the panel says why
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         self.report({"INFO"}, report or f"FaceReplace: {self.stage} started")
@@ -475,9 +496,6 @@ class FACEREPLACE_OT_check_engine(EngineOperator, bpy.types.Operator):
     bl_options = {"REGISTER"}
     stage = "check"
 
-    def before(self, context):
-        prefs(context).engine_ok = False
-
     def steps(self, scene):
         return [Step("Check engine", engine_command(engine_python(), "info", []), record_engine, env=run_env())]
 
@@ -490,13 +508,12 @@ class FACEREPLACE_OT_setup_engine(EngineOperator, bpy.types.Operator):
     bl_options = {"REGISTER"}
     stage = "setup"
 
-    def before(self, context):
+    @classmethod
+    def poll(cls, context):
         if not bpy.app.online_access:
-            raise ClientError("Set up engine downloads the engine's packages: allow Online Access in "
-                              "Preferences > System > Network first")
-        preferences = prefs(context)
-        preferences.engine_ok = False
-        preferences.engine_python = ""  # the made venv is the engine once it exists
+            cls.poll_message_set(SETUP_OFFLINE)
+            return False
+        return super().poll(context)
 
     def steps(self, scene):
         return setup_steps(managed_venv(), engine_root() / REQUIREMENTS_FILE, prefs().backend)
@@ -531,7 +548,7 @@ class FACEREPLACE_OT_open_image(bpy.types.Operator):
     bl_description = "Show this image (the training preview, a contact sheet) full size in an Image Editor"
     bl_options = {"REGISTER"}
 
-    filepath: StringProperty(subtype="FILE_PATH", options={"SKIP_SAVE"})
+    filepath: StringProperty(subtype="FILE_PATH", options={"SKIP_SAVE", *RELATIVE})
 
     def execute(self, context):
         path = bpy.path.abspath(self.filepath)

@@ -104,6 +104,10 @@ class Shot:
             raise ClientError(f"frame {frame} is outside {self.name} (frames {self.start}-{self.end - 1})")
         return self.numbers[frame - self.start]
 
+    def frame_of(self, number: int) -> int | None:
+        """The timeline frame that shows the shot's frame `number`, or None if it shows none."""
+        return self.start + self.numbers.index(number) if number in self.numbers else None
+
     def within(self, first: int, last: int) -> "Shot":
         """The part of the shot on timeline frames first..last (inclusive)."""
         lo, hi = max(first, self.start), min(last, self.end - 1)
@@ -304,6 +308,14 @@ def read_manifest(output: Path) -> dict:
     return {"alpha": manifest["alpha"], "files": files, "settings": settings, "colorspace": colorspace}
 
 
+def converted_feather(manifest: dict) -> float:
+    """The width of the soft edge the layers were converted with (convert's feather, in pixels); 0 unknown."""
+    try:
+        return max(float(manifest["settings"].get("feather") or 0.0), 0.0)
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return 0.0
+
+
 def result_file(output: Path, manifest: dict, kind: str, number: int) -> Path | None:
     """Frame `number`'s face layer or matte as the manifest names it, if it is there (inside `output`)."""
     try:
@@ -349,7 +361,7 @@ def add_result_strips(scene, shot: Shot, output: Path, relative: bool = False) -
     face.alpha_mode = alpha_mode
     if colorspace:  # the space the engine wrote the layers in; a matte is data, never colour-converted
         face.colorspace_settings.name = colorspace
-    blend.add_blend_modifier(face, scene, tuned)
+    blend.add_blend_modifier(face, scene, tuned, converted_feather(manifest))
     matte = _image_strip(strips, f"{shot.name} matte", mattes[0].parent, [p.name for p in mattes],
                          channel + 1, shot.start, "matte", key, relative=relative)
     matte.mute = True

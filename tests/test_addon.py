@@ -223,21 +223,71 @@ def test_menus_offer_the_engines_choices_and_defaults(addon, prefs):
     assert menu(addon.properties.FaceReplaceTrain, "size") == (["PRESET", *map(str, answer["sizes"])], "PRESET")
 
 
-def test_a_failed_check_puts_set_up_engine_in_the_panel(project, prefs, addon):
-    prefs.engine_python = "/nonexistent/venv/bin/python"
+def _labels(drawn) -> str:
+    """What the labels of a drawing say, as one text (a wrapped message reads as it did before wrapping)."""
+    return " ".join(d[1] for d in drawn if d[0] == "label")
+
+
+def test_the_engine_is_ready_once_it_ran_and_a_failed_check_says_why(project, prefs, addon, tmp_path):
+    """One record of whether the engine works: a run that finishes proves it (no "not checked yet" after
+    it), a failed check's reason replaces an earlier one, a later successful check clears it."""
+    scene = bpy.context.scene
+    prefs.engine_ok, prefs.engine_status, prefs.engine_error = False, "", ""
+    assert ("label", "Engine not checked yet") in draw_panels(panels_only=True)
+    finished = _fake_engine(tmp_path, 'print(json.dumps({"event": "done", "frames": 1}), flush=True)\n')
+    addon.jobs.run("extract", scene, [addon.jobs.Step("Extract A", finished)], wait=True)
+    drawn = draw_panels()
+    assert ("label", "Engine not checked yet") not in drawn
+    assert ("operator", "facereplace.setup_engine", None) not in draw_panels(panels_only=True)
+    assert ("label", "The engine works: Check Engine shows its versions") in drawn  # the preferences
     try:
-        with pytest.raises(RuntimeError, match="engine Python not found"):
-            bpy.ops.facereplace.check_engine()
-        addon.jobs.last_stage = "check"  # the operator refused before a job started
-        addon.jobs.last_report = ("ERROR", "engine Python not found")
-        drawn = draw_panels(panels_only=True)
-        print("\n--- panel: the engine check failed ---\n" + dump(drawn))
-        assert ("label", "The engine does not run: set it up") in drawn
-        assert ("operator", "facereplace.setup_engine", None) in drawn
+        for missing, earlier in (("/nonexistent/one/python", None), ("/nonexistent/two/python", "/nonexistent/one/python")):
+            prefs.engine_python = missing
+            with pytest.raises(RuntimeError, match="engine Python not found"):
+                bpy.ops.facereplace.check_engine()
+            drawn = draw_panels()
+            print(f"\n--- the engine check failed ({missing}) ---\n" + dump(drawn))
+            assert ("label", "The engine does not run: set it up") in drawn
+            assert ("operator", "facereplace.setup_engine", None) in drawn
+            assert missing in _labels(drawn) and (earlier is None or earlier not in _labels(drawn))
     finally:
         prefs.engine_python = ""
     assert bpy.ops.facereplace.check_engine() == {"FINISHED"}
-    assert ("operator", "facereplace.setup_engine", None) not in draw_panels(panels_only=True)
+    drawn = draw_panels()
+    assert "/nonexistent" not in _labels(drawn) and "The engine does not run" not in _labels(drawn)
+    assert prefs.engine_ok and prefs.engine_status.startswith("Engine 0.1.0")
+
+
+def test_set_up_engine_is_off_offline_and_keeps_a_working_engine_until_its_own_works(project, prefs, addon,
+                                                                                     tmp_path, monkeypatch):
+    """Offline the button is disabled and the panel says why; online, a set-up that fails (here: before
+    its download) leaves the working Engine Python as it was; only the made engine's passed check
+    replaces it."""
+    system = bpy.context.preferences.system
+    prefs.engine_ok, prefs.engine_error = False, ""  # the panel then offers Set up Engine
+    assert not bpy.app.online_access and not bpy.ops.facereplace.setup_engine.poll()
+    drawn = draw_panels()
+    assert _labels(drawn).count(addon.preferences.SETUP_OFFLINE) == 2  # the panel and the preferences
+    prefs.engine_python = sys.executable  # a working engine
+    monkeypatch.setattr(addon.operators, "engine_root", lambda: tmp_path)  # no requirements: it fails at once
+    system.use_online_access = True
+    try:
+        assert bpy.ops.facereplace.setup_engine.poll()
+        assert addon.preferences.SETUP_OFFLINE not in _labels(draw_panels())
+        with pytest.raises(RuntimeError, match="engine-requirements.txt is missing"):
+            bpy.ops.facereplace.setup_engine()
+        assert prefs.engine_python == sys.executable
+        info = _fake_engine(tmp_path, 'print(json.dumps({"event": "done", "engine": "0.1.0"}), flush=True)\n')
+        requirements = tmp_path / "made" / "requirements.txt"
+        requirements.parent.mkdir()
+        requirements.write_text("torch==2.13.0\n")
+        check = addon.operators.setup_steps(tmp_path / "made" / "venv", requirements)[-1]
+        addon.jobs.run("setup", bpy.context.scene, [addon.jobs.Step(check.label, info, check.finish)], wait=True)
+        assert prefs.engine_python == "" and prefs.engine_ok and prefs.engine_status.startswith("Engine 0.1.0")
+    finally:
+        system.use_online_access = False
+        prefs.engine_python = ""
+    assert bpy.ops.facereplace.check_engine() == {"FINISHED"}
 
 
 def test_offline_blender_keeps_the_engine_off_the_network(project, prefs, addon, tmp_path):
@@ -262,6 +312,108 @@ def test_offline_blender_keeps_the_engine_off_the_network(project, prefs, addon,
     finally:
         prefs.detector, prefs.fan_weights = "dlib", ""
     assert "--offline" not in addon.operators.extract_step(scene, "A").argv  # dlib never downloads
+
+
+def test_the_masks_panel_lists_the_timeline_frames_the_artist_labelled(project, addon):
+    """B's strip shows its source frames 3..16 on timeline frames 12..25: labels of source frames 5 and 11
+    (made on timeline frames 14 and 20) are listed as 14 and 20; a frame the strip no longer shows by its
+    own number."""
+    made = []
+    for number in (5, 11, 40):
+        mask = bpy.data.masks.new(f"FaceReplace B {number:06d}")
+        mask[addon.masks.FRAME_KEY], mask[addon.masks.SIDE_KEY] = number, "B"
+        made.append(mask)
+    try:
+        drawn = Drawn()
+        addon.masks.SEQUENCER_PT_facereplace_masks.draw(type("Panel", (), {"layout": RecordingLayout(drawn)})(),
+                                                         bpy.context)
+        assert ("label", "Labeled: 3 frames (14, 20, shot frame 40)") in drawn
+    finally:
+        for mask in made:
+            bpy.data.masks.remove(mask)
+
+
+def test_only_bs_frame_rate_is_flagged(project):
+    """A's frames are faces to learn from: its movie's rate does not matter; B's must match the scene."""
+    scene = bpy.context.scene
+    settings = scene.facereplace
+    scene.render.fps = 30
+    try:
+        assert "Hopper is 24 fps but the scene 30 fps" in _labels(draw_panels(panels_only=True))
+        settings.a.strip, settings.b.strip = "Hopper", "Astronaut"
+        assert "fps" not in _labels(draw_panels(panels_only=True))
+    finally:
+        scene.render.fps = 24
+        settings.a.strip, settings.b.strip = "Astronaut", "Hopper"
+
+
+def test_the_report_box_keeps_each_result_whole(project, addon, tmp_path):
+    """A job's results each start a line; a "; " inside one (a warning on its result) does not cut it."""
+    done = _fake_engine(tmp_path, 'print(json.dumps({"event": "done"}), flush=True)\n')
+    results = ["Extract A: faces in 16 of 16 frames; none missing", "Extract B: faces in 14 of 14 frames"]
+    steps = [addon.jobs.Step(f"Extract {side}", done, lambda _scene, _summary, r=r: r) for side, r in zip("AB", results, strict=True)]
+    addon.jobs.run("extract", bpy.context.scene, steps, wait=True)
+    drawn = draw_panels(panels_only=True)
+    assert ("label", results[0]) in drawn and ("label", results[1]) in drawn
+
+
+def test_a_new_models_panel_shows_none_of_the_old_models_figures(project, addon, tmp_path):
+    """While New Model trains into its own folder, the Train panel shows that folder and its own figures
+    (none yet), not the scene's earlier model's path, iterations, losses and preview."""
+    scene = bpy.context.scene
+    train = scene.facereplace.train
+    preview = tmp_path / "preview.png"
+    cv2.imwrite(str(preview), np.zeros((8, 8, 3), np.uint8))
+    train.model, train.iteration, train.loss_a, train.preview = "//facereplace/model", 300, 0.25, str(preview)
+    into = tmp_path / "model_2"
+    waits = _fake_engine(tmp_path, f"""
+from pathlib import Path
+while not Path({str(into / "stop")!r}).exists():
+    time.sleep(0.05)
+""")
+    try:
+        addon.jobs.run("train", scene, [addon.jobs.Step("Train", waits, stop_file=into / "stop")], wait=False)
+        drawn = draw_panels(panels_only=True)
+        print("\n--- panel: a new model starts training ---\n" + dump(drawn))
+        assert ("label", "New model: model_2") in drawn and ("prop", "model") not in drawn
+        assert ("label", "Iterations: 0") in drawn and ("label", "Loss A 0.0000   B 0.0000") in drawn
+        assert not [d for d in drawn if d[0] == "icon"]  # no preview yet
+    finally:
+        addon.jobs.cancel()
+        _poll_until(addon, lambda: addon.jobs.active() is None)
+        train.model, train.iteration, train.loss_a, train.preview = "", 0, 0.0, ""
+    drawn = draw_panels(panels_only=True)
+    assert ("prop", "model") in drawn
+
+
+def test_scenes_whose_names_differ_only_in_umlauts_or_spaces_get_their_own_work_folders(project, addon):
+    """ "Szene ü" and "Szene ö" (once both "Szene__"), "Shot 1" and "Shot_1": a work folder each. A folder
+    made under the old naming still serves its scene while no other scene of the file shares that name."""
+    made = [bpy.data.scenes.new(name) for name in ("Szene ü", "Szene ö", "Shot 1", "Shot_1")]
+    try:
+        folders = [addon.operators.work_folder(scene) for scene in made]
+        assert len(set(folders)) == 4 and folders[0].name == "Szene ü"
+        legacy = addon.operators.work_folder(bpy.context.scene).parent / "Szene__"
+        legacy.mkdir(parents=True)
+        assert addon.operators.work_folder(made[0]) == folders[0]  # "Szene ö" would share it
+        bpy.data.scenes.remove(made.pop(1))
+        assert addon.operators.work_folder(made[0]) == legacy  # alone: its existing folder keeps working
+        legacy.rmdir()
+    finally:
+        for scene in made:
+            bpy.data.scenes.remove(scene)
+
+
+def test_every_path_the_add_on_keeps_takes_blend_relative_paths(addon):
+    """Blender 4.5+ warns when "//" goes into a path property that does not declare it takes one."""
+    groups = [addon.properties.FaceReplaceShot, addon.properties.FaceReplaceTrain, addon.properties.FaceReplaceConvert,
+              addon.masks.FaceReplaceMasks, addon.preferences.FaceReplacePreferences]
+    rnas = [g.bl_rna for g in groups] + [getattr(bpy.ops.facereplace, name).get_rna_type()
+                                         for name in dir(bpy.ops.facereplace)]
+    paths = [(rna.identifier, p.identifier, p.is_path_supports_blend_relative) for rna in rnas for p in rna.properties
+             if getattr(p, "subtype", "") in {"FILE_PATH", "DIR_PATH"}]
+    assert ("FaceReplaceMasks", "model", True) in paths and len(paths) >= 10
+    assert [path for path in paths if not path[2]] == []
 
 
 def test_strips_hand_their_colour_space_to_the_engine_and_results_carry_the_layers(project, addon, tmp_path):
@@ -338,7 +490,11 @@ def test_engine_error_becomes_the_operator_report(project, addon, tmp_path):
         _poll_until(addon, lambda: addon.jobs.active() is None)
         level, message = addon.jobs.last_report
         assert level == "ERROR" and re.match(reason, message)
-        assert ("label", message) in draw_panels()
+        # ... wrapped to the panel's width (60 characters headless), every word of it
+        lines = addon.text.wrap(message, addon.text.HEADLESS_CHARS)
+        assert len(lines) > 1 and " ".join(lines) == message and max(map(len, lines)) <= addon.text.HEADLESS_CHARS
+        drawn = draw_panels()
+        assert all(("label", line) in drawn for line in lines)
     finally:
         shot.source = "STRIP"
     with pytest.raises(RuntimeError, match="extract A first"):
@@ -1003,8 +1159,7 @@ def test_farm_train_task_resumes_its_model_folder(swapped, addon, tmp_path):
 def test_set_up_engine_makes_a_venv_and_names_what_it_lacks(addon, project, tmp_path):
     """Headless Blender is offline unless told otherwise, so the button refuses; the steps themselves,
     with nothing to install, make the venv, run pip, and the engine check names the missing packages."""
-    with pytest.raises(RuntimeError, match="allow Online Access"):
-        bpy.ops.facereplace.setup_engine()
+    assert not bpy.ops.facereplace.setup_engine.poll()
     requirements = tmp_path / "engine-requirements.txt"
     requirements.write_text("torch==2.13.0\n")
     venv = tmp_path / "engine-venv"

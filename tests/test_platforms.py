@@ -16,7 +16,7 @@ import pytest
 import torch
 from packaging.utils import canonicalize_name
 
-from addon.paths import blend_absolute, blend_relative, not_reserved, rebased
+from addon.paths import blend_absolute, blend_relative, folder_name, not_reserved, rebased
 from engine import device
 from engine.events import EngineError
 from tests.conftest import ROOT
@@ -140,6 +140,17 @@ def test_save_as_rebases_the_paths_beside_the_blend(paths, old, new, stored, mov
                                            ("CONSOLE", "CONSOLE"), ("Scene", "Scene")])
 def test_a_scene_named_as_a_windows_device_gets_a_folder_windows_can_make(scene, folder):
     assert not_reserved(scene) == folder
+
+
+def test_scene_names_that_differ_get_folders_that_differ_on_every_os():
+    """Names differing only in non-ASCII letters, space or underscore, or in a character Windows forbids,
+    get distinct folder names that every OS can make; a plain name is its own folder."""
+    names = ["Szene ü", "Szene ö", "Szene _", "Shot 1", "Shot_1", "a/b", "a_b", "a:b", "end.", "end_", "CON", "Scene"]
+    folders = [folder_name(n) for n in names]
+    assert len(set(folders)) == len(names)
+    for folder in folders:
+        assert not set(folder) & set('<>:"/\\|?*') and folder == folder.rstrip(" .") and not_reserved(folder) == folder
+    assert folder_name("Scene") == "Scene" and folder_name("Szene ü") == "Szene ü"
 
 
 # ---------------------------------------------------------------- devices
