@@ -5,9 +5,9 @@ in its own Python as a subprocess and is bundled inside the extension. Nothing h
 Installed as an extension it lives as bl_ext.<repo>.facereplace, so every import is relative.
 """
 
-from . import blend_panel, jobs, masks, operators, panels, preferences, previews, properties
+from . import blend_panel, jobs, masks, operators, panels, preferences, previews, properties, work_files
 
-MODULES = (preferences, properties, previews, operators, panels, masks, blend_panel, jobs)
+MODULES = (preferences, properties, previews, operators, panels, masks, blend_panel, jobs, work_files)
 
 
 def register() -> None:

@@ -20,8 +20,15 @@ WRAPPER = "FaceReplace Blend: {}"
 MODIFIER = "FaceReplace Blend"
 FALLBACK_MODIFIER = "Color Match"
 NODE = "Blend"  # the core group's node inside a wrapper
-VERSION = 1  # the core group's layout: a group of another version is rebuilt
+VERSION = 2  # the core group's layout: a group of another version is rebuilt
+# The soft edge's width the layer was converted with (convert's feather, in pixels): set from the manifest
+# when the strip is added, not a slider; Feather widens the edge from it.
+CONVERTED_EDGE = "Converted Edge"
 UNIFORM_STD = math.sqrt(12)  # a uniform 0..1 variable times this has a standard deviation of 1
+# Blender's Gaussian Blur of size s has a sigma of about s/3 (measured); convert's edge W pixels wide has a
+# sigma of W/4 (engine.convert.shape_mask): a blur this size per pixel of width matches it.
+FEATHER_BLUR_SIZE = 0.75
+EDGE_BLUR_SIZE = 1.5  # Edge Blur's blur per pixel: a sigma of half of it, visible from its first pixel
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,8 @@ class Input:
 
 INPUTS = (
     Input("Erode", "NodeSocketInt", 0, -64, 64, "Shrink the face's matte by this many pixels (negative grows it)"),
-    Input("Feather", "NodeSocketFloat", 0.0, 0.0, 200.0, "Widen the matte's soft edge by this many pixels"),
+    Input("Feather", "NodeSocketFloat", 0.0, 0.0, 200.0,
+          "Widen the face's soft edge by this many pixels (over the edge it was converted with)"),
     Input("Lift", "NodeSocketColor", (1.0, 1.0, 1.0, 1.0), 0.0, 2.0, "Lift (shadows) of the face's colour"),
     Input("Gamma", "NodeSocketColor", (1.0, 1.0, 1.0, 1.0), 0.0, 2.0, "Gamma (midtones) of the face's colour"),
     Input("Gain", "NodeSocketColor", (1.0, 1.0, 1.0, 1.0), 0.0, 2.0, "Gain (highlights) of the face's colour"),
@@ -44,7 +52,9 @@ INPUTS = (
     Input("Grain", "NodeSocketFloat", 0.0, 0.0, 1.0,
           "Standard deviation of added grain, in linear units, to match the plate's noise"),
     Input("Grain Size", "NodeSocketFloat", 1.0, 1.0, 16.0, "Size of a grain in pixels"),
-    Input("Edge Blur", "NodeSocketFloat", 0.0, 0.0, 64.0, "Blur the face's colour along its soft edge (pixels)"),
+    Input("Edge Blur", "NodeSocketFloat", 0.0, 0.0, 64.0,
+          "Blur the face's colour over this many pixels inside its edge, most at the edge, so its detail melts "
+          "into the plate"),
 )
 NEUTRAL = {i.name: i.default for i in INPUTS}
 
@@ -68,7 +78,7 @@ def _core_group():
     group.interface.clear()
     group["facereplace_version"] = VERSION
     group.interface.new_socket("Image", in_out="INPUT", socket_type="NodeSocketColor")
-    for item in INPUTS:
+    for item in (*INPUTS, Input(CONVERTED_EDGE, "NodeSocketFloat", 0.0, 0.0, 1000.0, "Convert's feather")):
         socket = group.interface.new_socket(item.name, in_out="INPUT", socket_type=item.socket)
         socket.default_value = item.default
         socket.description = item.description
@@ -80,9 +90,10 @@ def _core_group():
 
 
 def _build_core(group) -> None:
-    """Matte: erode/dilate, then a Gaussian feather. Colour: unpremultiplied, lift/gamma/gain, saturation,
-    premultiplied by the new matte. Then edge blur where the matte is soft, then grain scaled by the matte.
-    Every stage leaves the pixels as they are at its neutral value."""
+    """Matte: erode/dilate, then a Gaussian feather that makes the soft edge Feather pixels wider than the
+    converted one. Colour: unpremultiplied, lift/gamma/gain, saturation, edge blur inside the edge, then
+    premultiplied by the new matte; then grain scaled by the matte. Every stage leaves the pixels as they
+    are at its neutral value."""
     nodes, links = group.nodes, group.links
     inp, out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
 
@@ -113,10 +124,15 @@ def _build_core(group) -> None:
 
     image = inp.outputs["Image"]
     alpha = node("CompositorNodeSeparateColor", Image=image).outputs["Alpha"]
-    # the matte: positive Erode shrinks (a negative dilate size); Feather is the soft edge's full width
+    # the matte: positive Erode shrinks (a negative dilate size). Gaussian edges' widths add in quadrature,
+    # so an edge `converted` wide becomes converted + Feather wide under a blur sqrt(F (F + 2 converted))
+    # wide: each pixel of Feather is a pixel of edge, however soft the layer came
     shaped = node("CompositorNodeDilateErode", Mask=alpha, Size=math_node("MULTIPLY", inp.outputs["Erode"], -1.0),
                   Type="Distance").outputs["Mask"]
-    feathered = node("CompositorNodeBlur", Image=shaped, Size=pair(math_node("MULTIPLY", inp.outputs["Feather"], 0.5)),
+    feather = inp.outputs["Feather"]
+    widening = math_node("SQRT", math_node("MULTIPLY", feather, math_node(
+        "ADD", feather, math_node("MULTIPLY", inp.outputs[CONVERTED_EDGE], 2.0))))
+    feathered = node("CompositorNodeBlur", Image=shaped, Size=pair(math_node("MULTIPLY", widening, FEATHER_BLUR_SIZE)),
                      Type="Gaussian").outputs["Image"]
     matte = node("CompositorNodeSeparateColor", Image=feathered).outputs["Red"]
     # the colour, graded straight and premultiplied again by the new matte
@@ -128,17 +144,24 @@ def _build_core(group) -> None:
         colour = next(s for s in balance.inputs if s.name == name and s.type == "RGBA")
         links.new(inp.outputs[name], colour)
     graded = node("CompositorNodeHueSat", Image=balance.outputs["Image"], Saturation=inp.outputs["Saturation"])
-    with_matte = node("CompositorNodeSetAlpha", Image=graded.outputs["Image"], Alpha=matte, Type="Replace Alpha")
-    layer = node("CompositorNodePremulKey", Image=with_matte.outputs["Image"], Type="To Premultiplied").outputs["Image"]
-    # edge blur: only where the matte is soft (4a(1-a) peaks at half cover), only when asked for
-    blurred = node("CompositorNodeBlur", Image=layer, Size=pair(inp.outputs["Edge Blur"]), Type="Gaussian")
-    soft = math_node("MULTIPLY", math_node("MULTIPLY", matte, math_node("SUBTRACT", 1.0, matte)), 4.0)
-    edge = math_node("MULTIPLY", soft, math_node("GREATER_THAN", inp.outputs["Edge Blur"], 0.0))
+    # edge blur: the graded colour averaged over Edge Blur pixels, weighted by the layer's own cover (a blur
+    # of the premultiplied layer, unpremultiplied: no black from outside the face), in full at the edge and
+    # fading to none Edge Blur pixels inside it (where the blurred cover reaches 1)
+    covered = node("CompositorNodeSetAlpha", Image=graded.outputs["Image"], Alpha=alpha, Type="Replace Alpha")
+    premultiplied = node("CompositorNodePremulKey", Image=covered.outputs["Image"], Type="To Premultiplied")
+    blurred = node("CompositorNodeBlur", Image=premultiplied.outputs["Image"], Type="Gaussian",
+                   Size=pair(math_node("MULTIPLY", inp.outputs["Edge Blur"], EDGE_BLUR_SIZE))).outputs["Image"]
+    averaged = node("CompositorNodePremulKey", Image=blurred, Type="To Straight").outputs["Image"]
+    reach = node("CompositorNodeSeparateColor", Image=blurred).outputs["Alpha"]
+    inside = math_node("MULTIPLY", math_node("SUBTRACT", 1.0, reach), 2.0)
+    edge = math_node("MULTIPLY", math_node("MINIMUM", inside, 1.0), math_node("GREATER_THAN", inp.outputs["Edge Blur"], 0.0))
     mix = nodes.new("ShaderNodeMix")
     mix.data_type, mix.blend_type = "RGBA", "MIX"
     links.new(edge, mix.inputs[0])
-    links.new(layer, mix.inputs[6])
-    links.new(blurred.outputs["Image"], mix.inputs[7])
+    links.new(graded.outputs["Image"], mix.inputs[6])
+    links.new(averaged, mix.inputs[7])
+    with_matte = node("CompositorNodeSetAlpha", Image=mix.outputs[2], Alpha=matte, Type="Replace Alpha")
+    layer = node("CompositorNodePremulKey", Image=with_matte.outputs["Image"], Type="To Premultiplied").outputs["Image"]
     # grain: white noise per Grain Size block, new every frame, standard deviation Grain, scaled by the matte
     pixel = node("CompositorNodeImageCoordinates", Image=image).outputs["Pixel"]
     size = nodes.new("ShaderNodeCombineXYZ")
@@ -159,7 +182,7 @@ def _build_core(group) -> None:
     amount = math_node("MULTIPLY", inp.outputs["Grain"], UNIFORM_STD)
     grain = math_node("MULTIPLY", math_node("MULTIPLY", math_node("SUBTRACT", noise.outputs["Value"], 0.5), amount),
                       matte)
-    channels = node("CompositorNodeSeparateColor", Image=mix.outputs[2])
+    channels = node("CompositorNodeSeparateColor", Image=layer)
     combined = nodes.new("CompositorNodeCombineColor")
     for name in ("Red", "Green", "Blue"):
         links.new(math_node("ADD", channels.outputs[name], grain), combined.inputs[name])
@@ -202,15 +225,16 @@ def _with_sequencer_scene(scene, add):
             workspace.sequencer_scene = None
 
 
-def add_blend_modifier(strip, scene, values: dict | None = None):
+def add_blend_modifier(strip, scene, values: dict | None = None, converted_edge: float = 0.0):
     """Give the face strip its blend modifier: "FaceReplace Blend" (Compositor) with `values` (else
-    neutral), or, before Blender 5.0, a neutral Color Balance. Returns the modifier."""
+    neutral) over a layer converted with a soft edge `converted_edge` pixels wide, or, before Blender 5.0, a
+    neutral Color Balance. Returns the modifier."""
     if not has_compositor_modifier():
         return _with_sequencer_scene(scene, lambda: strip.modifiers.new(name=FALLBACK_MODIFIER, type="COLOR_BALANCE"))
     group = _wrapper(strip)
     modifier = _with_sequencer_scene(scene, lambda: strip.modifiers.new(name=MODIFIER, type="COMPOSITOR"))
     modifier.node_group = group
-    set_values(strip, {**NEUTRAL, **(values or {})})
+    set_values(strip, {**NEUTRAL, **(values or {}), CONVERTED_EDGE: float(converted_edge)})
     return modifier
 
 
@@ -239,12 +263,6 @@ def set_values(strip, new: dict) -> None:
 # ---------------------------------------------------------------- Bake
 
 
-def combined_feather(converted: float, live: float) -> float:
-    """A Gaussian feather of width `live` over a convert feather of width `converted`: widths of Gaussian
-    edges add as the root of their squares (variances add)."""
-    return math.hypot(converted, live)
-
-
 def bake(strip, convert_settings, converted_feather: float) -> list[str]:
     """Move the strip's erode and feather into the scene's convert settings (added to what the layer was
     converted with) and set them back to neutral on the strip, so the next convert does what the artist
@@ -256,7 +274,7 @@ def bake(strip, convert_settings, converted_feather: float) -> list[str]:
         moved.append(f"erode {convert_settings.erode}")
     if live["Feather"]:
         convert_settings.use_auto_feather = False
-        convert_settings.feather = round(combined_feather(converted_feather, live["Feather"]))
+        convert_settings.feather = round(converted_feather + live["Feather"])  # Feather widens the edge by its pixels
         moved.append(f"feather {convert_settings.feather}")
     set_values(strip, {"Erode": NEUTRAL["Erode"], "Feather": NEUTRAL["Feather"]})
     return moved

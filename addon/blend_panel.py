@@ -33,9 +33,9 @@ class FACEREPLACE_OT_bake_blend(bpy.types.Operator):
             return {"CANCELLED"}
         try:
             output = resolved(scene.facereplace.convert.output, "convert first: there are no results yet")
-            converted = float((strips.read_manifest(output).get("settings") or {}).get("feather", 0.0))
-        except (ClientError, TypeError, ValueError) as e:
-            self.report({"ERROR"}, str(e) if isinstance(e, ClientError) else "the convert manifest has no feather")
+            converted = strips.converted_feather(strips.read_manifest(output))
+        except ClientError as e:
+            self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         moved = blend.bake(face, scene.facereplace.convert, converted)
         self.report({"INFO"}, f"Convert settings now: {', '.join(moved)}; convert again to apply" if moved

@@ -21,6 +21,7 @@ from bpy.app.handlers import persistent
 
 from . import previews
 from .engine_client import ClientError, EngineProcess
+from .preferences import prefs
 
 POLL_S = 0.2
 PRINT_EVERY_S = 2.0  # how often headless runs print progress to the console
@@ -71,8 +72,8 @@ class Job:
 
 
 _active: Job | None = None
-# (level, message) of the last job that ended, shown in the panel until the next one starts; its stage,
-# and the log of its last step (Open Log).
+# (level, message) of the last job that ended, shown in the panel until the next one starts (a message of
+# several results has one a line); its stage, and the log of its last step (Open Log).
 last_report: tuple[str, str] | None = None
 last_stage: str = ""
 last_log: Path | None = None
@@ -80,6 +81,24 @@ last_log: Path | None = None
 
 def active() -> Job | None:
     return _active
+
+
+def record_failure(stage: str, message: str) -> None:
+    """A job of `stage` failed, or was refused before it started: the panel shows why. A failed Check
+    Engine (or a failed Set up Engine while no engine works) is what the preferences say of the engine
+    until the next run, replacing any earlier error."""
+    global last_report, last_stage
+    last_report, last_stage = ("ERROR", message), stage
+    preferences = prefs()
+    if stage == "check" or (stage == "setup" and not preferences.engine_ok):
+        preferences.engine_ok, preferences.engine_error = False, message
+
+
+def _engine_ran() -> None:
+    """An engine step finished and reported its results: the engine works, whatever an earlier check said."""
+    preferences = prefs()
+    if not preferences.engine_ok or preferences.engine_error:
+        preferences.engine_ok, preferences.engine_error = True, ""
 
 
 def run(stage: str, scene: bpy.types.Scene, steps: list[Step], wait: bool) -> str:
@@ -94,7 +113,7 @@ def run(stage: str, scene: bpy.types.Scene, steps: list[Step], wait: bool) -> st
         try:
             report = _run_blocking(job)
         except (JobFailed, ClientError) as e:
-            last_report = ("ERROR", str(e))
+            record_failure(stage, str(e))
             raise
         finally:
             last_stage, last_log = job.stage, job.step.log
@@ -145,7 +164,11 @@ def _end_step(job: Job) -> None:
     if code != 0 and not job.cancelled:
         raise JobFailed(f"{job.step.label} failed: {job.process.failure()}")
     # A stopped train still saved and reported where it got to: that is kept, like a finished one.
-    if job.summary is None or job.step.finish is None:
+    if job.summary is None:
+        return
+    if code == 0:
+        _engine_ran()
+    if job.step.finish is None:
         return
     scene = bpy.data.scenes.get(job.scene)
     if scene is None:
@@ -178,7 +201,7 @@ def _run_blocking(job: Job) -> str:
             raise
         _end_step(job)
         print(f"FaceReplace: {job.reports[-1] if job.reports else job.step.label + ' done'}", flush=True)
-    return "; ".join(job.reports)
+    return "\n".join(job.reports)
 
 
 def poll():
@@ -217,13 +240,13 @@ def _finish(job: Job, error: str | None) -> None:
     if job.process.returncode is None:  # it failed around a running engine: stop that too
         job.process.stop(job.step.grace_s)
     if error:
-        last_report = ("ERROR", error)
+        record_failure(job.stage, error)
         print(f"FaceReplace: {error}")
         _popup(error)
     else:
         lines = job.reports + job.warnings[-3:]
         stopped = "stopped" if job.cancelled else "finished"
-        last_report = ("INFO", "; ".join(lines) if lines else f"{job.stage.capitalize()} {stopped}")
+        last_report = ("INFO", "\n".join(lines) if lines else f"{job.stage.capitalize()} {stopped}")
         if job.reports:
             # Results came in from a timer, outside any operator: give them their own undo step.
             bpy.ops.ed.undo_push(message=f"FaceReplace: {job.stage} {stopped}")

@@ -31,6 +31,7 @@ from .operators import (
 )
 from .panels import FaceReplacePanel, _busy
 from .preferences import engine_python, prefs
+from .properties import RELATIVE
 from .strips import absolute, edited_scene, shot_of
 
 FRAME_KEY = "facereplace_label_frame"  # a label Mask's custom properties: the shot's frame number it labels,
@@ -47,7 +48,7 @@ class FaceReplaceMasks(bpy.types.PropertyGroup):
     side: EnumProperty(name="Shot", items=SIDES, default="B", description="The shot whose frames are labeled")
     iterations: IntProperty(name="Iterations", default=600, min=1, soft_max=5000,
                             description="Train the mask model up to this many iterations (counted over resumes)")
-    model: StringProperty(name="Mask Model", subtype="DIR_PATH", description="The mask model folder")
+    model: StringProperty(name="Mask Model", subtype="DIR_PATH", options=RELATIVE, description="The mask model folder")
     iteration: IntProperty(name="Iterations Done")
     labelled_iou: FloatProperty(name="IoU on the Labels", precision=3)
     applied: IntProperty(name="Faces Masked")
@@ -56,6 +57,18 @@ class FaceReplaceMasks(bpy.types.PropertyGroup):
 def label_masks(side: str) -> list:
     """The label Masks of shot `side`, in frame order."""
     return sorted((m for m in bpy.data.masks if m.get(SIDE_KEY) == side and FRAME_KEY in m), key=lambda m: m[FRAME_KEY])
+
+
+def labelled_frames(scene, side: str) -> list[str]:
+    """The labelled frames of shot `side` as the artist labelled them: timeline frames where the shot still
+    shows them, else ("shot frame 22") the shot's own number."""
+    try:
+        shot = shot_of(scene, getattr(scene.facereplace, side.lower()), side)
+    except ClientError:
+        shot = None
+    numbers = [m[FRAME_KEY] for m in label_masks(side)]
+    frames = [shot.frame_of(n) if shot is not None else None for n in numbers]
+    return [str(frame) if frame is not None else f"shot frame {n}" for n, frame in zip(numbers, frames, strict=True)]
 
 
 def _alignments(faceset: Path) -> dict:
@@ -259,9 +272,9 @@ class SEQUENCER_PT_facereplace_masks(FaceReplacePanel, bpy.types.Panel):
         layout = self.layout
         masks = edited_scene(context).facereplace_masks
         layout.row().prop(masks, "side", expand=True)
-        labelled = [m[FRAME_KEY] for m in label_masks(masks.side)]
+        labelled = labelled_frames(edited_scene(context), masks.side)
         layout.operator("facereplace.mask_label", icon="MOD_MASK")
-        layout.label(text=f"Labeled: {len(labelled)} frames" + (f" ({', '.join(map(str, labelled[:8]))}"
+        layout.label(text=f"Labeled: {len(labelled)} frames" + (f" ({', '.join(labelled[:8])}"
                                                                    f"{'...' if len(labelled) > 8 else ''})" if labelled else ""))
         layout.prop(masks, "iterations")
         row = layout.row(align=True)

@@ -19,9 +19,10 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from . import contract, jobs, strips
 from .engine_client import REQUIREMENTS_FILE, ClientError, engine_command, engine_root, venv_python
 from .jobs import Step
-from .paths import blend_relative, not_reserved
-from .preferences import BACKENDS, engine_python, extension_user_folder, managed_venv, prefs
-from .strips import absolute, edited_scene
+from .paths import blend_relative, folder_name, not_reserved
+from .preferences import BACKENDS, SETUP_OFFLINE, engine_python, extension_user_folder, managed_venv, prefs
+from .properties import RELATIVE
+from .strips import absolute, edited_scene, find_strip
 
 SIDES = [("A", "A", "A, the face to put in"), ("B", "B", "B, the shot's face: the one replaced")]
 TRAIN_STOP_GRACE_S = 60.0  # a stopped train finishes its iteration and saves; a big model on a CPU takes a while
@@ -40,7 +41,15 @@ def work_folder(scene) -> Path:
     if folder.startswith("//") and not bpy.data.filepath:
         raise ClientError(f"save the .blend first: the work folder ({folder}) is beside it; "
                           f"or set an absolute work folder in Preferences > Add-ons > FaceReplace")
-    return absolute(folder) / not_reserved(bpy.path.clean_name(scene.name))
+    root = absolute(folder)
+    named = root / folder_name(scene.name)
+    # Before names were kept apart, a scene's folder was its name as bpy.path.clean_name wrote it: such a
+    # folder still serves its scene, while no other scene of the file would share it.
+    legacy = not_reserved(bpy.path.clean_name(scene.name))
+    sharing = [s for s in bpy.data.scenes if not_reserved(bpy.path.clean_name(s.name)) == legacy]
+    if not named.exists() and (root / legacy).is_dir() and len(sharing) == 1:
+        return root / legacy
+    return named
 
 
 def stored(path: Path) -> str:
@@ -138,18 +147,61 @@ def stale_message(scene, side: str) -> str:
         return ""
     try:
         _shot, args = shot_args(scene, side)
-    except ClientError as e:
-        return f"{side}: {e}"
+    except ClientError:
+        return ""  # a shot that cannot be read (a deleted strip) says so on its own: its faceset is as extracted
     if shot_settings.signature and shot_settings.signature != digest(args):
         return f"{side} changed since extraction: Extract {side}"
     return ""
 
 
+def shot_problem(scene, side: str) -> str:
+    """Why the shot `side` names cannot be read ("" when it can, or while none is picked): a deleted
+    strip, a missing file, a range outside the shot."""
+    shot_settings = getattr(scene.facereplace, side.lower())
+    if not (shot_settings.strip if shot_settings.source == "STRIP" else shot_settings.folder):
+        return ""
+    try:
+        shot_args(scene, side)
+    except ClientError as e:
+        return str(e)
+    return ""
+
+
+def results_out_of_step(scene) -> str:
+    """Why B's result strips no longer sit over B's frames ("" while they do, or while B cannot be read)."""
+    try:
+        return strips.layer_out_of_step(scene, strips.shot_of(scene, scene.facereplace.b, "B"))
+    except ClientError:
+        return ""
+
+
+def same_shot_message(scene) -> str:
+    """A refusal when A and B name the same strip or folder and do not pick a different person in it
+    (Pick Person): extract and train would then run on one person."""
+    settings = scene.facereplace
+    a, b = settings.a, settings.b
+    if a.source != b.source:
+        return ""
+    if a.source == "STRIP":
+        editor = scene.sequence_editor
+        strip = find_strip(editor, a.strip_id, a.strip)
+        if strip is None or strip != find_strip(editor, b.strip_id, b.strip):
+            return ""
+        name = strip.name
+    else:
+        if not a.folder or absolute(a.folder) != absolute(b.folder):
+            return ""
+        name = absolute(a.folder).name
+    if a.use_reference and b.use_reference and (a.reference_frame, a.reference_face) != (b.reference_frame, b.reference_face):
+        return ""  # two people of one shot
+    return f"A and B are both {name}: set A to a shot of the face to put in (or Pick Person in each)"
+
+
 def extract_step(scene, side: str) -> Step:
     shot, args = shot_args(scene, side)
     signature = digest(args)
-    strip = strips.find_strip(scene.sequence_editor, shot.key, shot.strip) if shot.strip else None
-    fps_warning = strips.fps_mismatch(strip, scene) if strip is not None else ""
+    strip = strips.find_strip(scene.sequence_editor, shot.key, shot.strip) if shot.strip and side == "B" else None
+    fps_warning = strips.fps_mismatch(strip, scene) if strip is not None else ""  # A's rate does not matter
     work = work_folder(scene)
     folder = work / f"faceset_{side.lower()}-{digest(args + [prefs().detector])}"
     argv = engine_command(engine_python(), "extract", [*args, *detector_args(), "--output", folder], prefs().device)
@@ -220,12 +272,15 @@ def train_step(scene, resume: bool, into: str = "", iterations: int = 0) -> Step
 
     def finish(scene, summary: dict) -> str:
         result = scene.facereplace.train
+        another = result.model != stored(model)
         result.model = stored(model)
         result.iteration = summary.get("iterations", 0)
         result.loss_a = summary.get("loss_a") or 0.0
         result.loss_b = summary.get("loss_b") or 0.0
         if Path(str(summary.get("preview", ""))).is_file():
             result.preview = stored(Path(summary["preview"]))
+        elif another:  # a new model before its first preview: the old model's is not its
+            result.preview = ""
         reason = summary.get("stopped")
         why = f" ({STOP_REASONS.get(reason, reason)})" if reason else ""
         return f"Train: {result.iteration} iterations{why}, loss A {result.loss_a:.4f}, B {result.loss_b:.4f}"
@@ -291,7 +346,15 @@ def record_engine(_scene, summary: dict) -> str:
         contract.save(summary["schema"])
     preferences = prefs()
     preferences.engine_status = status
-    preferences.engine_ok = True
+    preferences.engine_ok, preferences.engine_error = True, ""
+    return status
+
+
+def record_set_up_engine(scene, summary: dict) -> str:
+    """The engine Set up Engine made works: record it, and make it the engine (an Engine Python chosen
+    before is cleared only now, so a failed download never leaves the add-on without its working engine)."""
+    status = record_engine(scene, summary)
+    prefs().engine_python = ""
     return status
 
 
@@ -320,7 +383,7 @@ def setup_steps(venv: Path, requirements: Path, backend: str = "CPU") -> list[St
                       log=log, expected_packages=8))
     steps.append(Step("Install packages", pip + ["-r", str(requirements)], log=log,
                       expected_packages=packages * 4))  # each requirement brings a few of its own
-    steps.append(Step("Check engine", [python, "-m", "engine", "info", "--events"], record_engine, log=log))
+    steps.append(Step("Check engine", [python, "-m", "engine", "info", "--events"], record_set_up_engine, log=log))
     return steps
 
 
@@ -351,6 +414,7 @@ class EngineOperator:
             scene = edited_scene(context)
             report = jobs.run(self.stage, scene, self.steps(scene), wait=bpy.app.background)
         except (ClientError, jobs.JobFailed) as e:
+            jobs.record_failure(self.stage, str(e))  # refused before it started, too: the panel says why
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         self.report({"INFO"}, report or f"FaceReplace: {self.stage} started")
@@ -360,7 +424,19 @@ class EngineOperator:
         """Anything to do before the steps are built."""
 
 
-class FACEREPLACE_OT_extract(EngineOperator, bpy.types.Operator):
+class OnePersonRefused(EngineOperator):
+    """Extract and train: refused while A and B are one shot of one person (poll runs before every call,
+    from the panel or a script, and its message is the call's error)."""
+
+    @classmethod
+    def poll(cls, context):
+        if refusal := same_shot_message(edited_scene(context)):
+            cls.poll_message_set(refusal)
+            return False
+        return super().poll(context)
+
+
+class FACEREPLACE_OT_extract(OnePersonRefused, bpy.types.Operator):
     bl_idname = "facereplace.extract"
     bl_label = "Extract Faces"
     bl_description = "Detect, align and mask the faces of the shot, into a faceset for training"
@@ -373,7 +449,7 @@ class FACEREPLACE_OT_extract(EngineOperator, bpy.types.Operator):
         return [extract_step(scene, side) for side in (("A", "B") if self.side == "BOTH" else (self.side,))]
 
 
-class FACEREPLACE_OT_train(EngineOperator, bpy.types.Operator):
+class FACEREPLACE_OT_train(OnePersonRefused, bpy.types.Operator):
     bl_idname = "facereplace.train"
     bl_label = "Train"
     bl_description = "Train the model that draws A's face with the expression, pose and light of B's shot"
@@ -420,9 +496,6 @@ class FACEREPLACE_OT_check_engine(EngineOperator, bpy.types.Operator):
     bl_options = {"REGISTER"}
     stage = "check"
 
-    def before(self, context):
-        prefs(context).engine_ok = False
-
     def steps(self, scene):
         return [Step("Check engine", engine_command(engine_python(), "info", []), record_engine, env=run_env())]
 
@@ -435,13 +508,12 @@ class FACEREPLACE_OT_setup_engine(EngineOperator, bpy.types.Operator):
     bl_options = {"REGISTER"}
     stage = "setup"
 
-    def before(self, context):
+    @classmethod
+    def poll(cls, context):
         if not bpy.app.online_access:
-            raise ClientError("Set up engine downloads the engine's packages: allow Online Access in "
-                              "Preferences > System > Network first")
-        preferences = prefs(context)
-        preferences.engine_ok = False
-        preferences.engine_python = ""  # the made venv is the engine once it exists
+            cls.poll_message_set(SETUP_OFFLINE)
+            return False
+        return super().poll(context)
 
     def steps(self, scene):
         return setup_steps(managed_venv(), engine_root() / REQUIREMENTS_FILE, prefs().backend)
@@ -476,7 +548,7 @@ class FACEREPLACE_OT_open_image(bpy.types.Operator):
     bl_description = "Show this image (the training preview, a contact sheet) full size in an Image Editor"
     bl_options = {"REGISTER"}
 
-    filepath: StringProperty(subtype="FILE_PATH", options={"SKIP_SAVE"})
+    filepath: StringProperty(subtype="FILE_PATH", options={"SKIP_SAVE", *RELATIVE})
 
     def execute(self, context):
         path = bpy.path.abspath(self.filepath)

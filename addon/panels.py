@@ -4,12 +4,12 @@ import os
 
 import bpy
 
-from . import contract, jobs, previews
+from . import contract, jobs, previews, text
 from .engine_client import ClientError
 from .jobs import format_seconds
-from .operators import stale_message, work_folder
-from .preferences import prefs
-from .strips import TAG, edited_scene, find_strip, fps_mismatch, strip_collection
+from .operators import results_out_of_step, same_shot_message, shot_problem, stale_message, work_folder
+from .preferences import SETUP_OFFLINE, prefs
+from .strips import TAG, absolute, edited_scene, find_strip, fps_mismatch, strip_collection
 
 # The columns of train's preview grid, as the panel labels them.
 PREVIEW_COLUMNS = tuple(c.strip().replace("->", "→") for c in contract.folder("model")["preview_columns"].split(","))
@@ -48,21 +48,26 @@ class SEQUENCER_PT_facereplace(FaceReplacePanel, bpy.types.Panel):
                 layout.label(text=warning, icon="ERROR")
         elif jobs.last_report is not None:
             level, message = jobs.last_report
-            box = layout.box().column(align=True)
-            for i, part in enumerate(message.split("; ")):
-                box.label(text=part, icon=("ERROR" if level == "ERROR" else "INFO") if i == 0 else "BLANK1")
+            text.draw_wrapped(layout.box(), message, context, icon="ERROR" if level == "ERROR" else "INFO")
         preferences = prefs(context)
         if not preferences.engine_ok and job is None:
-            failed = jobs.last_stage in {"check", "setup"} and jobs.last_report and jobs.last_report[0] == "ERROR"
+            failed = bool(preferences.engine_error)
             layout.label(text="The engine does not run: set it up" if failed else "Engine not checked yet",
                          icon="ERROR" if failed else "QUESTION")
             row = layout.row(align=True)
             row.operator("facereplace.check_engine", text="Check", icon="CHECKMARK")
             row.operator("facereplace.setup_engine", icon="IMPORT")
+            if not bpy.app.online_access:
+                text.draw_wrapped(layout, SETUP_OFFLINE, context, icon="INTERNET_OFFLINE")
         scene = edited_scene(context)
+        if refusal := same_shot_message(scene):
+            layout.label(text=refusal, icon="ERROR")
         for side in ("A", "B"):
             if stale := stale_message(scene, side):
                 layout.label(text=stale, icon="ERROR")
+        if drift := results_out_of_step(scene):
+            layout.label(text=drift, icon="ERROR")
+            layout.operator("facereplace.add_strips", text="Put Back in Step", icon="FILE_REFRESH")
         row = layout.row(align=True)
         try:
             row.operator("wm.path_open", text="Open Work Folder", icon="FILE_FOLDER").filepath = str(work_folder(scene))
@@ -94,9 +99,12 @@ class SEQUENCER_PT_facereplace_shots(FaceReplacePanel, bpy.types.Panel):
                 row.operator("facereplace.use_active_strip", text="", icon="EYEDROPPER").side = side
             else:
                 row.prop(shot, "folder", text="")
-            strip = find_strip(editor, shot.strip_id, shot.strip) if shot.source == "STRIP" else None
+            # Only B's frames must sit on the timeline's (A's are faces to learn from, at any rate).
+            strip = find_strip(editor, shot.strip_id, shot.strip) if shot.source == "STRIP" and side == "B" else None
             if strip is not None and (warning := fps_mismatch(strip, edited_scene(context))):
                 box.label(text=warning, icon="ERROR")
+            if problem := shot_problem(edited_scene(context), side):
+                box.label(text=problem, icon="ERROR")
             row = box.row(align=True)
             row.prop(shot, "use_custom_range")
             sub = row.row(align=True)
@@ -181,18 +189,25 @@ class SEQUENCER_PT_facereplace_train(FaceReplacePanel, bpy.types.Panel):
             row.operator("facereplace.train", text="New Model", icon="FILE_NEW").resume = False
         else:
             row.operator("facereplace.train", text="Start Training", icon="PLAY").resume = False
-        layout.prop(train, "model")  # also where to pick a model trained elsewhere (a farm, torchrun)
         job = jobs.active()
         live = job.live if _busy("train") else {}
-        preview = live.get("preview") or train.preview
+        # A run into another folder (New Model, a farm task) is not the scene's model: none of its figures show.
+        into = job.step.stop_file.parent if _busy("train") else None
+        if into is not None and (not train.model or absolute(train.model) != into):
+            layout.label(text=f"New model: {into.name}", icon="FILE_NEW")
+            shown = {"iteration": 0, "loss_a": 0.0, "loss_b": 0.0, "preview": ""}
+        else:
+            layout.prop(train, "model")  # also where to pick a model trained elsewhere (a farm, torchrun)
+            shown = {"iteration": train.iteration, "loss_a": train.loss_a, "loss_b": train.loss_b, "preview": train.preview}
+        preview = live.get("preview") or shown["preview"]
         if preview:
             row = layout.row(align=True)
             for column in PREVIEW_COLUMNS:
                 row.label(text=column)
         _image(layout, preview, scale=12.0)
         col = layout.column(align=True)
-        col.label(text=f"Iterations: {live.get('iteration', train.iteration)}")
-        loss_a, loss_b = live.get("loss_a", train.loss_a), live.get("loss_b", train.loss_b)
+        col.label(text=f"Iterations: {live.get('iteration', shown['iteration'])}")
+        loss_a, loss_b = live.get("loss_a", shown["loss_a"]), live.get("loss_b", shown["loss_b"])
         col.label(text=f"Loss A {loss_a or 0:.4f}   B {loss_b or 0:.4f}")
         if live.get("val_loss_a") is not None:
             col.label(text=f"Validation A {live['val_loss_a']:.4f}   B {live.get('val_loss_b') or 0:.4f}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from . import contract
+from . import contract, text
 from .engine_client import ENGINE_PYTHON_ENV, venv_python
 from .properties import RELATIVE
 
@@ -23,6 +23,8 @@ BACKENDS = {
     "CPU": ("CPU", "No GPU: the CPU-only build of torch, the smallest download",
             "https://download.pytorch.org/whl/cpu"),
 }
+# Why Set up Engine is off while Blender may not use the network.
+SETUP_OFFLINE = "Set up Engine downloads a few GB: allow Online Access in Preferences > System > Network"
 
 
 def detect_backend() -> str:
@@ -84,6 +86,7 @@ class FaceReplacePreferences(bpy.types.AddonPreferences):
     engine_python: StringProperty(
         name="Engine Python",
         subtype="FILE_PATH",
+        options=RELATIVE,
         description="The python of a venv that has the engine's packages (torch, OpenCV, dlib). "
         "Empty: the venv that Set up engine made",
     )
@@ -107,6 +110,7 @@ class FaceReplacePreferences(bpy.types.AddonPreferences):
     engine_folder: StringProperty(
         name="Engine Folder",
         subtype="DIR_PATH",
+        options=RELATIVE,
         description="Where Set up Engine makes the engine's venv, shared by every Blender version (and usable "
         "by a farm: point FACEREPLACE_ENGINE_PYTHON at its python). Empty: the user data folder of this OS",
     )
@@ -119,6 +123,7 @@ class FaceReplacePreferences(bpy.types.AddonPreferences):
     fan_weights: StringProperty(
         name="Detector Weights Folder",
         subtype="DIR_PATH",
+        options=RELATIVE,
         description="A folder holding the FAN detector's weight files (the engine's --fan-weights), so FAN "
         "runs without the network. Empty: the extension's own cache, filled by Download Detector Weights",
     )
@@ -134,8 +139,10 @@ class FaceReplacePreferences(bpy.types.AddonPreferences):
         description="Engine threads sleep rather than spin while they wait (OMP_WAIT_POLICY=PASSIVE), so "
         "playback and renders stay smooth while an engine runs from Blender's window",
     )
+    # Whether the engine is ready, and what is known of it: the only record of it the panels read.
     engine_status: StringProperty(name="Engine", description="What Check engine found")
-    engine_ok: BoolProperty(name="Engine Works", description="Check engine found a working engine")
+    engine_ok: BoolProperty(name="Engine Works", description="Check engine or a finished run found a working engine")
+    engine_error: StringProperty(name="Engine Error", description="Why the last Check engine failed")
 
     def draw(self, context):
         from . import jobs
@@ -157,11 +164,13 @@ class FaceReplacePreferences(bpy.types.AddonPreferences):
             row.progress(factor=job.progress, type="BAR", text=job.text[:100])
             row.operator("facereplace.cancel", text="", icon="CANCEL")
         elif self.engine_ok:
-            col.label(text=self.engine_status, icon="CHECKMARK")
-        elif jobs.last_report is not None and jobs.last_report[0] == "ERROR":
-            col.label(text=jobs.last_report[1], icon="ERROR")
+            col.label(text=self.engine_status or "The engine works: Check Engine shows its versions", icon="CHECKMARK")
+        elif self.engine_error:
+            text.draw_wrapped(col, self.engine_error, context, icon="ERROR")
         else:
             col.label(text="Not checked yet: click Check Engine", icon="QUESTION")
+        if not bpy.app.online_access:
+            col.label(text=SETUP_OFFLINE, icon="INTERNET_OFFLINE")
         layout.separator()
         col = layout.column()
         col.prop(self, "device")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import bpy
 
-from . import blend, contract
+from . import blend, contract, placement
 from .engine_client import ClientError, shared_module
 from .paths import blend_absolute, blend_relative
 
@@ -103,6 +103,10 @@ class Shot:
         if not self.start <= frame < self.end:
             raise ClientError(f"frame {frame} is outside {self.name} (frames {self.start}-{self.end - 1})")
         return self.numbers[frame - self.start]
+
+    def frame_of(self, number: int) -> int | None:
+        """The timeline frame that shows the shot's frame `number`, or None if it shows none."""
+        return self.start + self.numbers.index(number) if number in self.numbers else None
 
     def within(self, first: int, last: int) -> "Shot":
         """The part of the shot on timeline frames first..last (inclusive)."""
@@ -194,6 +198,8 @@ def shot_of(scene, shot_settings, side: str) -> Shot:
     """The shot a side of the panel names (strip or folder), cut to its custom range if one is set."""
     if shot_settings.source == "STRIP":
         strip = find_strip(scene.sequence_editor, shot_settings.strip_id, shot_settings.strip)
+        if strip is None and shot_settings.strip_id:  # it was picked, so it was deleted (its name may be an old one)
+            raise ClientError(f"shot {side}: its strip was deleted from the sequencer; pick {side}'s shot again")
         if strip is None:
             raise ClientError(f"shot {side}: no strip named {shot_settings.strip!r} in the sequencer; pick one")
         shot = shot_from_strip(strip)
@@ -217,10 +223,38 @@ def result_strips(scene, shot_key: str) -> dict[str, object]:
     return {s[TAG]: s for s in strip_collection(editor) if s.get(TAG) and s.get(TAG_SHOT) == shot_key}
 
 
+def orphan_keys(scene) -> set[str]:
+    """The shot keys of result strips whose plate is gone from the sequencer (a deleted B): a later Add
+    Result Strips over the plate picked again replaces them."""
+    editor = scene.sequence_editor
+    if editor is None:
+        return set()
+    strips = list(strip_collection(editor))
+    living = {s.get(STRIP_ID) for s in strips} | {s.get(TAG_SHOT) for s in strips if s.get(TAG) == "plate"}
+    return {s.get(TAG_SHOT) for s in strips if s.get(TAG) in {"face", "matte"}} - living
+
+
 def remove_result_strips(scene, shot_key: str) -> None:
     strips = strip_collection(scene.sequence_editor) if scene.sequence_editor else None
     for strip in result_strips(scene, shot_key).values():
         strips.remove(strip)
+
+
+def layer_out_of_step(scene, shot: Shot) -> str:
+    """Why the face layer or matte added over a strip shot no longer sits over its frames ("" while they
+    do, or while there are none): its plate was moved, slipped or trimmed after they were added."""
+    if shot.strip is None:
+        return ""  # a folder's plate is one of the result strips: they move together
+    plate = placement.shown(shot.start, shot.numbers, shot.start, shot.end)
+    layers = result_strips(scene, shot.key or shot.name)
+    for kind in ("face", "matte"):
+        if (layer := layers.get(kind)) is None:
+            continue
+        numbers = frame_rules.sequence_numbers([e.filename for e in layer.elements])
+        shown = placement.shown(int(layer.frame_start), numbers, layer.frame_final_start, layer.frame_final_end)
+        if reason := placement.out_of_step(plate, shown):
+            return f"{layer.name} is out of step with {shot.name}: {reason}"
+    return ""
 
 
 def _free_channel(strips, lowest: int, count: int, start: int, end: int) -> int:
@@ -274,6 +308,14 @@ def read_manifest(output: Path) -> dict:
     return {"alpha": manifest["alpha"], "files": files, "settings": settings, "colorspace": colorspace}
 
 
+def converted_feather(manifest: dict) -> float:
+    """The width of the soft edge the layers were converted with (convert's feather, in pixels); 0 unknown."""
+    try:
+        return max(float(manifest["settings"].get("feather") or 0.0), 0.0)
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return 0.0
+
+
 def result_file(output: Path, manifest: dict, kind: str, number: int) -> Path | None:
     """Frame `number`'s face layer or matte as the manifest names it, if it is there (inside `output`)."""
     try:
@@ -285,8 +327,8 @@ def result_file(output: Path, manifest: dict, kind: str, number: int) -> Path | 
 
 def add_result_strips(scene, shot: Shot, output: Path, relative: bool = False) -> dict[str, object]:
     """Add the face layer (Alpha Over, with the FaceReplace Blend modifier) and the muted matte on the
-    channels above B's shot `shot`, frame-aligned with it, replacing the ones an earlier run added (the blend
-    values tuned on the earlier face layer carry over). A folder shot gets its plate added below them.
+    channels above B's shot `shot`, frame-aligned with it, replacing the ones an earlier run added, and any
+    left over a deleted plate (the blend values tuned on the earlier face layer carry over). A folder shot gets its plate added below them.
     `relative` stores their folders "//"-relative to the .blend."""
     manifest = read_manifest(output)
     layers = {kind: {n: result_file(output, manifest, kind, n) for n in shot.numbers} for kind in ("face", "matte")}
@@ -296,9 +338,11 @@ def add_result_strips(scene, shot: Shot, output: Path, relative: bool = False) -
         raise ClientError(f"{output} lacks {len(missing)} of the shot's frames ({shown}): convert them first")
     alpha_mode, colorspace = ALPHA_MODES[manifest["alpha"]], manifest["colorspace"]
     key = shot.key or shot.name
-    earlier = result_strips(scene, key).get("face")
+    replaced = [key, *sorted(orphan_keys(scene) - {key})]  # also those left over a deleted plate
+    earlier = next((face for k in replaced if (face := result_strips(scene, k).get("face")) is not None), None)
     tuned = blend.values(earlier) if earlier is not None else None
-    remove_result_strips(scene, key)
+    for k in replaced:
+        remove_result_strips(scene, k)
     strips = strip_collection(scene.sequence_editor_create())
     added = {}
     if shot.strip is None:
@@ -317,7 +361,7 @@ def add_result_strips(scene, shot: Shot, output: Path, relative: bool = False) -
     face.alpha_mode = alpha_mode
     if colorspace:  # the space the engine wrote the layers in; a matte is data, never colour-converted
         face.colorspace_settings.name = colorspace
-    blend.add_blend_modifier(face, scene, tuned)
+    blend.add_blend_modifier(face, scene, tuned, converted_feather(manifest))
     matte = _image_strip(strips, f"{shot.name} matte", mattes[0].parent, [p.name for p in mattes],
                          channel + 1, shot.start, "matte", key, relative=relative)
     matte.mute = True

@@ -1,12 +1,17 @@
-"""Training beside other work on the same CPU: iterations done in a fixed time by a train run alone, beside
-a busy process, with a passive OpenMP wait, and two train runs at once (each taking every core, as before
-the engine shared them, against the engine's share from its runs' lock files).
+"""Training beside other work on the same CPU: how much of the CPU a train gets, and how much training it
+makes of it, alone, beside one and two busy programs in another session, and two trains at once; with
+the thread count fixed at every core (as before) and re-picked while it runs (engine.device.ThreadAdapter,
+what the add-on's runs do).
 
     .venv/bin/python bench/cpu_share.py                  # fast preset, 64 px, 30 s per run
-    .venv/bin/python bench/cpu_share.py --seconds 10 --preset tiny
+    .venv/bin/python bench/cpu_share.py --seconds 20 --preset tiny
 
-Each run is `python -m engine train --time-budget S --events`; the figure is the iteration its "done"
-event reports. The machine's other load changes every figure: run it on an otherwise idle machine.
+Each run is `python -m engine train --time-budget S --events`. Per run it prints the iterations its
+"done" event reports, the cores' worth of CPU time it got (its CPU seconds over its wall seconds), and
+its efficiency: iterations per CPU second against a 1-thread run alone, the most a CPU second gives.
+"Of its share" is that efficiency: 100% means every CPU second it got trained as well as it can. The busy
+programs start in their own session, so Linux's autogroup (on, as on a desktop) gives them their own
+share, as it gives Blender or a render started from another terminal.
 """
 
 import argparse
@@ -15,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +50,12 @@ def train(a: Path, b: Path, model: Path, seconds: float, preset: str, env: dict)
                             env={**os.environ, **env})
 
 
-def iterations(process: subprocess.Popen) -> int:
+def finished(process: subprocess.Popen, started: float) -> tuple[int, float]:
+    """(iterations the run did, cores' worth of CPU time it got)."""
     done = [json.loads(line) for line in process.stdout if line.startswith('{"event": "done"')]
-    process.wait()
-    return done[-1]["iterations"]
+    _, _, usage = os.wait4(process.pid, 0)
+    process.returncode = 0
+    return done[-1]["iterations"], (usage.ru_utime + usage.ru_stime) / (time.monotonic() - started)
 
 
 def main() -> int:
@@ -59,30 +67,39 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         a, b = facesets(tmp)
-        runtime = {"FACEREPLACE_RUNTIME_DIR": str(tmp / "runs")}
         models = iter(tmp / f"model_{i}" for i in range(100))
+        fixed = {"FACEREPLACE_THREADS": str(cores)}
+        adaptive = {"FACEREPLACE_RUNTIME_DIR": str(tmp / "runs")}
 
-        def alone(env: dict, busy: bool = False) -> int:
-            spinner = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
+        def runs(env: dict, trains: int = 1, busy: int = 0) -> list[tuple[int, float]]:
+            spinners = [subprocess.Popen([sys.executable, "-c", BUSY], start_new_session=True) for _ in range(busy)]
             try:
-                return iterations(train(a, b, next(models), args.seconds, args.preset, {**runtime, **env}))
+                started = time.monotonic()
+                processes = [train(a, b, next(models), args.seconds, args.preset, env) for _ in range(trains)]
+                return [finished(p, started) for p in processes]
             finally:
-                if spinner:
+                for spinner in spinners:
                     spinner.kill()
                     spinner.wait()
 
-        def pair(env: dict) -> list[int]:
-            runs = [train(a, b, next(models), args.seconds, args.preset, {**runtime, **env}) for _ in range(2)]
-            return [iterations(r) for r in runs]
+        [(reference_iterations, reference_cores)] = runs({"FACEREPLACE_THREADS": "1"})
+        best = reference_iterations / reference_cores  # iterations per core-second of wall time
 
-        print(f"{cores} cores, {args.preset} preset, 64 px, {args.seconds:g} s per run: iterations done")
-        print(f"alone:                                  {alone({})}")
-        print(f"beside a busy process:                  {alone({}, busy=True)}")
-        print(f"beside a busy process, passive wait:    {alone({'OMP_WAIT_POLICY': 'PASSIVE'}, busy=True)}")
-        print(f"beside a busy process, 1 thread:        {alone({'FACEREPLACE_THREADS': '1'}, busy=True)}")
-        print(f"two at once, every core each:           {pair({'FACEREPLACE_THREADS': str(cores)})}")
-        print(f"two at once, shared (lock files):       {pair({})}")
-        print(f"two at once, shared, passive wait:      {pair({'OMP_WAIT_POLICY': 'PASSIVE'})}")
+        def row(name: str, results: list[tuple[int, float]]) -> None:
+            cells = [f"{it} it, {got:.2f} cores, {it / got / best:.0%}" for it, got in results]
+            print(f"| {name} | {' / '.join(cells)} |", flush=True)
+
+        print(f"{cores} cores, autogroup {Path('/proc/sys/kernel/sched_autogroup_enabled').read_text().strip()}, "
+              f"{args.preset} preset, 64 px, {args.seconds:g} s per run")
+        print("| run | iterations, CPU it got, of its share |\n| --- | --- |")
+        row("alone, 1 thread (the reference)", [(reference_iterations, reference_cores)])
+        row("alone, every core", runs(fixed))
+        row("alone, adaptive", runs(adaptive))
+        for busy in (1, 2):
+            row(f"beside {busy} busy program(s), every core", runs(fixed, busy=busy))
+            row(f"beside {busy} busy program(s), adaptive", runs(adaptive, busy=busy))
+        row("two trains at once, every core each", runs(fixed, trains=2))
+        row("two trains at once, adaptive", runs(adaptive, trains=2))
     return 0
 
 

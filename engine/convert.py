@@ -62,7 +62,7 @@ MASK_MODES = {
     "predicted": Choice("Predicted", "The mask the model draws"),
     "hull": Choice("Landmark Hull", "The hull of the face's landmarks"),
     "extended": Choice("Extended", "The hull reaching up to the forehead"),
-    "intersection": Choice("Intersection", "Where the predicted and the hull mask agree"),
+    "intersection": Choice("Intersection", "Where the predicted and the extended mask agree"),
     "learned": Choice("Learned", "The occlusion matte trained in Masks: occluders keep the plate"),
     "predicted+extended+learned": Choice("Intersection + Learned", "The intersection, less the occluders"),
 }
@@ -679,7 +679,7 @@ def convert(
     layers = None if settings.format != MULTILAYER else [
         name for name in exr_layers.LAYERS if name != "occlusion" or uses_learned]
     write_manifest(folder, common, files, source, alignments_path, model_dir, size,
-                   [n for n, faces in jobs.items() if faces], events.warning, colour, layers)
+                   [n for n, faces in jobs.items() if faces], events.warning, colour, layers, numbers)
     if settings.write_patches:
         media.write_json(folder / files["matrices"], matrices(jobs, size, files, source.size))
 

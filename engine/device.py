@@ -3,9 +3,10 @@ takes when other engine runs share the machine."""
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
-from .events import EngineError
+from .events import EngineError, log
 from .options import Choice
 
 DEVICES = {
@@ -91,11 +92,78 @@ def cpu_threads(cores: int | None = None) -> int | None:
         return int(chosen)
     if runs_folder() is None:
         return None
-    if cores is None:
-        cores = available_cores()
+    return max(1, usable_cores(cores) // (1 + _join_runs()))
+
+
+def usable_cores(cores: int | None = None) -> int:
+    """The cores (`cores`, else available_cores()) less the $FACEREPLACE_RESERVE_CORES left to others."""
     reserve = os.environ.get(RESERVE_ENV, "").strip()
-    cores -= int(reserve) if reserve.isdigit() else 0
-    return max(1, cores // (1 + _join_runs()))
+    return max(1, (cores or available_cores()) - (int(reserve) if reserve.isdigit() else 0))
+
+
+ADAPT_WINDOW_S = 2.0  # how long each look at the cores a run actually gets lasts
+PROBE_EVERY_S = 30.0  # how often a run that gets every core it has threads for tries one thread more
+PROBE_GAIN = 1.1  # the speed-up one more thread must bring to be kept
+
+
+class ThreadAdapter:
+    """Re-picks torch's CPU thread count while a run trains, from the cores the run actually gets. Beside
+    other busy programs (Blender rendering, another engine, anything; and under Linux's autogroup, where a
+    desktop session gets its share whatever its thread count) threads beyond that share wait on each other
+    at every barrier, and a train falls to a tenth of what its share allows. Each ADAPT_WINDOW_S it compares
+    the process's CPU time with the wall time: getting clearly fewer cores than it has threads, it drops
+    to the cores it gets; getting all of them, every PROBE_EVERY_S it tries one thread more and keeps it
+    only if the iterations per second rise by PROBE_GAIN. Call `step()` once per iteration. The clocks and
+    the setter are parameters so tests can drive it."""
+
+    def __init__(self, cores: int, threads: int, set_threads, clock=time.monotonic, cpu_clock=time.process_time):
+        self.cores, self.threads = cores, min(threads, cores)
+        self._set_threads, self._clock, self._cpu_clock = set_threads, clock, cpu_clock
+        self._probe: tuple[int, float] | None = None  # while one more thread is tried: (threads before, their speed)
+        self._last_probe = clock()
+        self._begin_window()
+
+    def _begin_window(self) -> None:
+        self._wall_start, self._cpu_start, self._iterations = self._clock(), self._cpu_clock(), 0
+
+    def step(self) -> None:
+        self._iterations += 1
+        now = self._clock()
+        wall = now - self._wall_start
+        if wall < ADAPT_WINDOW_S:
+            return
+        self._decide(got=(self._cpu_clock() - self._cpu_start) / wall, speed=self._iterations / wall, now=now)
+        self._begin_window()  # after the change: a window measures one thread count
+
+    def _decide(self, got: float, speed: float, now: float) -> None:
+        if self._probe is not None:
+            before, before_speed = self._probe
+            self._probe, self._last_probe = None, now
+            if speed < before_speed * PROBE_GAIN:
+                self._change(before, f"one more thread did not pay ({speed:.2f} it/s against {before_speed:.2f})")
+        elif got < self.threads - 0.5:
+            self._change(max(1, round(got)), f"this run gets {got:.1f} of its {self.threads} threads' cores")
+            self._last_probe = now
+        elif self.threads < self.cores and now - self._last_probe >= PROBE_EVERY_S:
+            self._probe = (self.threads, speed)
+            self._change(self.threads + 1, "trying one more")
+
+    def _change(self, threads: int, why: str) -> None:
+        log.info("CPU threads %d -> %d: %s", self.threads, threads, why)
+        self.threads = threads
+        self._set_threads(threads)
+
+
+def thread_adapter(device, world: int) -> ThreadAdapter | None:
+    """A ThreadAdapter for a training run on the CPU that shares the machine (runs_folder() set: the
+    add-on's runs), unless FACEREPLACE_THREADS fixes the count or the run is one of several processes.
+    Elsewhere the count stays fixed, so a command-line run repeats bit for bit (torch's sums depend on
+    how many threads split them)."""
+    if device.type != "cpu" or world > 1 or runs_folder() is None or os.environ.get(THREADS_ENV, "").strip():
+        return None
+    import torch
+
+    return ThreadAdapter(usable_cores(), torch.get_num_threads(), torch.set_num_threads)
 
 
 def device_type(name: str, cuda: bool, mps: bool) -> str:

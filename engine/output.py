@@ -138,8 +138,9 @@ def is_complete(outputs: Outputs, common: dict) -> bool:
 
 def write_manifest(folder: Path, common: dict, files: dict[str, str], source, alignments_path: Path,
                    model_dir: Path, model_size: int, frames_with_faces: list[int], warn,
-                   colour: colorspace.ShotColour, layers: list[str] | None = None) -> None:
-    """manifest.json: the same bytes from every chunk of one job, so parallel chunks can all write it."""
+                   colour: colorspace.ShotColour, layers: list[str] | None = None, selection=None) -> None:
+    """manifest.json: the same bytes from every chunk of one job, so parallel chunks can all write it.
+    `selection`: the frame numbers this run converts (None: all of them)."""
     path = folder / MANIFEST_FILE
     manifest = {
         "format": "facereplace.convert",
@@ -170,7 +171,11 @@ def write_manifest(folder: Path, common: dict, files: dict[str, str], source, al
         except (ValueError, RecursionError):
             old = {}
         old = old if isinstance(old, dict) else {}
-        if old.get("settings") != manifest["settings"] or old.get("model_hash") != manifest["model_hash"]:
+        changed = old.get("settings") != manifest["settings"] or old.get("model_hash") != manifest["model_hash"]
+        # Only a frame converted before and outside this run keeps an old result: a rerun of the whole shot
+        # with new settings replaces them all, and needs no warning.
+        outside = set(source.numbers) - set(source.numbers if selection is None else selection)
+        if changed and any((folder / frame_file(files["face"], n)).is_file() for n in outside):
             warn(f"{folder} held a conversion with other settings or another model; frames outside "
                  f"this run's selection keep the old result")
     media.write_json(path, manifest)

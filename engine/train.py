@@ -29,7 +29,7 @@ from torch import distributed as dist
 from . import media
 from .adversarial import Adversary, make_adversary
 from .augment import CHANNELS, Augmentation, FaceBatches, augment, worker_init
-from .device import pick_device
+from .device import pick_device, thread_adapter
 from .events import EngineError, Events, log
 from .faces.expression import compare_expression_coverage, expression_balance_weights
 from .faceset import Faceset
@@ -288,6 +288,7 @@ def train(
         window_start, window_iterations = time.monotonic(), 0
         losses = {"loss_a": None, "loss_b": None, "val_loss_a": None, "val_loss_b": None}
         iteration, checkpoint, stop_reason = progress.iteration, None, None
+        threads = thread_adapter(device, world)
         requests.training = True
         with _out_of_memory_hint(config):
             for iteration, batch in zip(itertools.count(progress.iteration + 1), loader, strict=False):
@@ -307,6 +308,8 @@ def train(
                                      update=_update(optimizer, train_settings, late, iteration, device),
                                      adversary=adversary)
                 window_iterations += 1
+                if threads:
+                    threads.step()
 
                 # why stop now, if at all (every process must agree, or DDP would hang)
                 stop_reason = _stop_reason(iteration, iterations, time.monotonic() - run_started, time_budget,

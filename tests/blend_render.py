@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import bpy
+import cv2
 import numpy as np
 import OpenEXR
 
@@ -50,7 +51,7 @@ def render(name: str, depth: str = "32") -> np.ndarray:
     bpy.ops.render.render(write_still=True)
     if depth == "8":
         image = bpy.data.images.load(scene.render.filepath)
-        pixels = np.array(image.pixels[:], np.float32).reshape(H, W, 4)
+        pixels = np.array(image.pixels[:], np.float32).reshape(scene.render.resolution_y, scene.render.resolution_x, 4)
         bpy.data.images.remove(image)
         return np.round(pixels * 255)
     with OpenEXR.File(scene.render.filepath) as f:
@@ -121,6 +122,29 @@ convert = SimpleNamespace(erode=1, use_auto_feather=True, feather=0)
 out["baked"] = {"moved": blend.bake(face, convert, 6.0), "erode": convert.erode, "feather": convert.feather,
                 "auto": convert.use_auto_feather, "left": {k: v for k, v in blend.values(face).items()
                                                             if k in ("Erode", "Feather", "Gain")}}
+
+# Feather and Edge Blur, one pixel a step, on a layer as convert writes one: a soft edge EDGE pixels wide
+# (a Gaussian of sigma EDGE/4, as engine.convert.shape_mask draws it) and detail (stripes 4 pixels apart)
+# up to it, in a wider frame so the widest edge stays inside
+EDGE, SOFT_W, SOFT_H = 12.0, 192, 96
+scene.render.resolution_x, scene.render.resolution_y = SOFT_W, SOFT_H
+cover = np.zeros((SOFT_H, SOFT_W), np.float32)
+cover[16:80, 48:144] = 1.0
+cover = cv2.GaussianBlur(cover, (13, 13), EDGE / 4)
+stripes = np.where(np.arange(SOFT_W) % 4 < 2, 0.6, 0.2).astype(np.float32)[None, :].repeat(SOFT_H, 0)
+soft = np.dstack([stripes * cover, stripes * cover, stripes * cover, cover])  # premultiplied
+with OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, {"RGBA": soft}) as f:
+    f.write(str(folder / "soft.exr"))
+face.elements[0].filename = "soft.exr"
+blend.set_values(face, {**blend.NEUTRAL, blend.CONVERTED_EDGE: EDGE})  # as add_result_strips sets it
+out["soft"] = {"feather_rows": [], "edge_blur_rows": []}
+for step in range(13):
+    blend.set_values(face, {"Feather": float(step), "Edge Blur": 0.0})
+    out["soft"]["feather_rows"].append(render(f"feather_{step}")[48, :96].tolist())  # across the left edge
+for step in range(9):
+    blend.set_values(face, {"Feather": 0.0, "Edge Blur": float(step)})
+    out["soft"]["edge_blur_rows"].append(render(f"edge_blur_{step}")[48, :120].tolist())
+scene.render.resolution_x, scene.render.resolution_y = W, H
 
 # Before Blender 5.0: the Color Balance modifier instead
 blend.has_compositor_modifier = lambda: False

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,12 +44,60 @@ def test_erode_shrinks_and_dilate_grows_the_alpha_by_whole_pixels(rendered):
     assert rendered["alpha_box"]["-2"] == [top - 2, bottom + 2, left - 2, right + 2]
 
 
+def rise(row: list, low: float, high: float) -> float:
+    """Pixels between where a rising alpha crosses `low` and where it crosses `high` (interpolated)."""
+    alpha = np.array(row)[:, 3] if np.ndim(row) == 2 else np.array(row)
+
+    def crossing(level):
+        i = int(np.argmax(alpha >= level))
+        return i - 1 + (level - alpha[i - 1]) / (alpha[i] - alpha[i - 1])
+
+    return crossing(high) - crossing(low)
+
+
+# A Gaussian edge W pixels wide (convert's: sigma W/4) rises from 10% to 90% over this share of W.
+RISE_10_90 = 2 * 1.2816 / 4
+
+
 def test_feather_is_a_soft_edge_of_that_width(rendered):
-    row = rendered["feather_row"]  # columns 16-33 across the left edge at column 24, Feather 8
+    row = rendered["feather_row"]  # columns 16-33 across the hard left edge at column 24, Feather 8
     assert all(a <= b for a, b in zip(row, row[1:], strict=False))
-    soft = [v for v in row if 0.001 < v < 0.999]
-    assert 6 <= len(soft) <= 9
+    assert rise(row, 0.1, 0.9) == pytest.approx(8 * RISE_10_90, rel=0.1)  # as convert's --feather 8
     assert row[0] == 0.0 and row[-1] > 0.9999
+
+
+def test_each_pixel_of_feather_widens_a_converted_edge_by_a_pixel(rendered):
+    """Over a layer converted with a 12 px edge, Feather 1, 2, ... 12 make it 13, 14, ... 24 px wide: each
+    step visibly (several 8-bit levels of the matte), where Gaussian widths adding in quadrature once
+    made 12 px of Feather change it by 2-3 levels in all."""
+    rows = rendered["soft"]["feather_rows"]
+    widths = [rise(row, 0.1, 0.9) for row in rows]
+    assert widths[0] == pytest.approx(12 * RISE_10_90, rel=0.1)
+    steps = np.diff(widths)
+    assert steps.min() > 0.5 * RISE_10_90 and steps.max() < 1.5 * RISE_10_90
+    assert widths[12] == pytest.approx(24 * RISE_10_90, rel=0.1)
+    levels = [255 * np.abs(np.array(b)[:, 3] - np.array(a)[:, 3]).max() for a, b in zip(rows, rows[1:], strict=False)]
+    assert min(levels) >= 2.0, levels
+
+
+def test_each_pixel_of_edge_blur_softens_the_faces_detail_at_its_edge(rendered):
+    """Stripes up to the soft edge: each step of Edge Blur smooths them more at the edge (their high-pass
+    energy in the 10 px inside the half-cover line falls by 5% or more, the pixels move by 2 levels or
+    more), the matte stays, and the face's middle is untouched."""
+    rows = [np.array(row) for row in rendered["soft"]["edge_blur_rows"]]
+    half = int(np.argmax(rows[0][:, 3] >= 0.5))
+
+    def energy(row):
+        band = (row[:, 0] / np.maximum(row[:, 3], 1e-6))[half:half + 10]
+        return float(np.mean((band[1:-1] - (band[:-2] + band[1:-1] + band[2:]) / 3) ** 2))
+
+    energies = [energy(row) for row in rows]
+    assert all(b < 0.95 * a for a, b in zip(energies, energies[1:], strict=False)), energies
+    assert energies[6] < 0.7 * energies[0]  # Edge Blur 6 is plain to see
+    for a, b in zip(rows, rows[1:], strict=False):
+        assert 255 * np.abs(b[:, :3] - a[:, :3]).max() >= 1.5
+        assert np.abs(b[:, 3] - rows[0][:, 3]).max() < 1e-4
+    assert np.abs(rows[-1][100:] - rows[0][100:]).max() == 0.0
 
 
 def test_gain_and_saturation_grade_the_face(rendered):
@@ -72,11 +121,11 @@ def test_grain_adds_the_high_pass_energy_of_its_spread(rendered):
 
 
 def test_bake_moves_erode_and_feather_into_the_convert_settings(rendered):
-    """Erode adds to what convert used (1 + 3); a feather of 8 over a converted 6 is one of 10 (Gaussian
-    widths add in quadrature); they go back to neutral on the strip, the colour stays."""
+    """Erode adds to what convert used (1 + 3); Feather 8 over a converted 6 is an edge of 14, as the
+    artist saw it; they go back to neutral on the strip, the colour stays."""
     baked = rendered["baked"]
-    assert baked["moved"] == ["erode 4", "feather 10"]
-    assert (baked["erode"], baked["feather"], baked["auto"]) == (4, 10, False)
+    assert baked["moved"] == ["erode 4", "feather 14"]
+    assert (baked["erode"], baked["feather"], baked["auto"]) == (4, 14, False)
     assert baked["left"] == {"Erode": 0, "Feather": 0.0, "Gain": [1.5, 1.5, 1.5, 1.0]}
 
 

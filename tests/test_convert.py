@@ -1,6 +1,7 @@
 """Convert on real faces: reconstruction inside the mask, untouched pixels outside, layers and mattes,
 blank frames, numbering, colour matching, farm chunks, resume, markings, linear EXR, and the errors."""
 
+import io
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from engine import colorspace, media
 from engine import model as model_module
 from engine.color import COLOR_MODES
 from engine.convert import Converter, ConvertSettings, FaceJob, convert, shape_mask
+from engine.events import Events
 from engine.extract import extract
 from engine.faces import align
 from engine.faceset import Alignments
@@ -235,6 +237,33 @@ def test_two_chunks_equal_one_full_run_byte_for_byte(converted_b, tiny_model, fa
     # Other settings redo the frames instead of mixing two looks in one sequence.
     again = convert(shot_b, faceset_b, tiny_model, chunked, direction="b2a", color="avg", frames="3-4", device="cpu")
     assert again["converted"] == 2 and read_marking(chunked / "face/face_000003.png")["settings"]["color"] == "avg"
+
+
+class Warnings(Events):
+    """Convert's events, keeping the warnings' messages."""
+
+    def __init__(self):
+        super().__init__("convert", stdout=io.StringIO(), stderr=io.StringIO())
+        self.messages: list[str] = []
+
+    def warning(self, message: str, **fields) -> None:
+        self.messages.append(message)
+
+
+def test_other_settings_warn_only_where_old_frames_stay(passthrough_model, faceset_b, shot_b, tmp_path):
+    """Converting the same frames again with other settings replaces every one: no warning (the add-on's
+    whole-shot convert); a run over part of them warns that the rest keep the old result."""
+    out = tmp_path / "out"
+
+    def held(frames: str, erode: int) -> bool:
+        events = Warnings()
+        convert(shot_b, faceset_b, passthrough_model, out, erode=erode, color="none", frames=frames, events=events,
+                device="cpu")
+        return any("held a conversion with other settings" in m for m in events.messages)
+
+    assert not held("3-6", 0)
+    assert not held("3-6", 2)  # the whole shot again, eroded
+    assert held("4-5", 4)  # frames 3 and 6 keep erode 2
 
 
 # ---------------------------------------------------------------- geometry and colour spaces

@@ -16,7 +16,7 @@ import pytest
 import torch
 from packaging.utils import canonicalize_name
 
-from addon.paths import blend_absolute, blend_relative, not_reserved
+from addon.paths import blend_absolute, blend_relative, folder_name, not_reserved, rebased
 from engine import device
 from engine.events import EngineError
 from tests.conftest import ROOT
@@ -122,10 +122,35 @@ def test_backslashes_an_older_windows_blend_holds_resolve_on_posix():
     assert blend_absolute("/farm/share/model", "/mnt/spot", posixpath) == "/farm/share/model"  # absolute: kept
 
 
+@pytest.mark.parametrize("paths, old, new, stored, moved", [
+    (posixpath, "/mnt/spot", "/mnt/spot/v2", "//facereplace/Scene/model", "//../facereplace/Scene/model"),
+    (posixpath, "/mnt/spot", "/home/me/elsewhere", "//facereplace/Scene/model", "//../../../mnt/spot/facereplace/Scene/model"),
+    (ntpath, r"C:\Projects\spot", r"C:\Projects\spot v2", "//facereplace/Scene/model", "//../spot/facereplace/Scene/model"),
+    (ntpath, r"C:\Projects\spot", r"D:\Elsewhere", "//facereplace/Scene/model", r"C:\Projects\spot\facereplace\Scene\model"),
+    (posixpath, "/mnt/spot", "/mnt/other", "/farm/share/model", "/farm/share/model"),
+], ids=["into-a-subfolder", "elsewhere", "windows", "windows-other-drive", "absolute-kept"])
+def test_save_as_rebases_the_paths_beside_the_blend(paths, old, new, stored, moved):
+    """Save As from `old` into `new`: a "//" path points at the same file from the new .blend (forward
+    slashes, for every OS), or is absolute where no relative path leads there (another Windows drive)."""
+    assert rebased(stored, old, new, paths) == moved
+    assert blend_absolute(moved, new, paths) == blend_absolute(stored, old, paths)
+
+
 @pytest.mark.parametrize("scene, folder", [("CON", "CON_"), ("aux", "aux_"), ("COM1", "COM1_"), ("LPT9", "LPT9_"),
                                            ("CONSOLE", "CONSOLE"), ("Scene", "Scene")])
 def test_a_scene_named_as_a_windows_device_gets_a_folder_windows_can_make(scene, folder):
     assert not_reserved(scene) == folder
+
+
+def test_scene_names_that_differ_get_folders_that_differ_on_every_os():
+    """Names differing only in non-ASCII letters, space or underscore, or in a character Windows forbids,
+    get distinct folder names that every OS can make; a plain name is its own folder."""
+    names = ["Szene ü", "Szene ö", "Szene _", "Shot 1", "Shot_1", "a/b", "a_b", "a:b", "end.", "end_", "CON", "Scene"]
+    folders = [folder_name(n) for n in names]
+    assert len(set(folders)) == len(names)
+    for folder in folders:
+        assert not set(folder) & set('<>:"/\\|?*') and folder == folder.rstrip(" .") and not_reserved(folder) == folder
+    assert folder_name("Scene") == "Scene" and folder_name("Szene ü") == "Szene ü"
 
 
 # ---------------------------------------------------------------- devices

@@ -33,6 +33,16 @@ def test_the_schema_verb_prints_the_contract():
     assert answer["folders"]["output"]["files"]["exr"]["face"] == "face/face_%06d.exr"
 
 
+def test_each_combined_mask_says_the_masks_it_combines():
+    """A mask mode's tooltip names, by their own labels, the masks the engine combines for it."""
+    from engine.convert import mask_sources
+
+    modes = schema()["verbs"]["convert"]["mask"]["choices"]
+    said = modes["intersection"]["description"].lower()
+    assert [source for source in mask_sources("intersection") if modes[source]["label"].lower() not in said] == []
+    assert "hull" not in said
+
+
 def test_every_published_choice_has_what_runs_it():
     answer = schema()["verbs"]
     assert set(answer["convert"]["color"]["choices"]) == set(color.MATCHERS)
