@@ -7,7 +7,6 @@ same faces at its size from A's faceset, so it learns the softness it has to und
 but A's features. It starts as a bicubic upscale (its last layer starts at zero) and learns what to add.
 """
 
-import io
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,6 +22,7 @@ from .model import (
     checkpoint_paths,
     enhancer_dir,
     he_conv,
+    load_state,
     newest_loadable,
     upscale_block,
 )
@@ -106,11 +106,7 @@ def config_from_state(state: dict) -> EnhancerConfig:
 
 def parse_checkpoint(data: bytes, device="cpu") -> dict:
     """The state in an enhancer checkpoint file's bytes `data`; any damage raises."""
-    state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError("not a FaceReplace enhancer checkpoint")
-    if state.get("version") != VERSION:
-        raise ValueError(f"enhancer checkpoint version {state.get('version')}; this engine reads {VERSION}")
+    state = load_state(data, device, FORMAT, VERSION, "enhancer")
     with torch.device("meta"):
         expected = Enhancer(config_from_state(state))
     check_weights(expected, state.get("model"))

@@ -342,12 +342,19 @@ def read_checkpoint(path: Path, device="cpu") -> dict:
 
 def parse_checkpoint(data: bytes, device="cpu") -> dict:
     """The state in a checkpoint file's bytes `data`; any damage raises."""
-    state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError("not a FaceReplace model checkpoint")
-    if state.get("version") != VERSION:
-        raise ValueError(f"checkpoint version {state.get('version')}; this engine reads {VERSION}")
+    state = load_state(data, device, FORMAT, VERSION, "model")
     _check_weights(state)
+    return state
+
+
+def load_state(data: bytes, device, format: str, version: int, kind: str) -> dict:
+    """The dict in a checkpoint file's bytes `data` (no pickle), which must be of `format` and `version`
+    (a `kind` checkpoint: model, enhancer); else raises."""
+    state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != format:
+        raise ValueError(f"not a FaceReplace {kind} checkpoint")
+    if state.get("version") != version:
+        raise ValueError(f"{kind} checkpoint version {state.get('version')}; this engine reads {version}")
     return state
 
 
