@@ -125,6 +125,7 @@ def test_cli_reports_as_train_does(model_copy, faceset_a):
     ("resume nothing", "nothing to resume"),
     ("wrong size", "2 or 4 times the model's 64 px"),
     ("other coverage", "coverage"),
+    ("in use", "is in use by another run"),
 ])
 def test_bad_inputs_give_one_line_errors(case, words, model_copy, faceset_a, tmp_path):
     model, faceset = model_copy, faceset_a
@@ -143,8 +144,14 @@ def test_bad_inputs_give_one_line_errors(case, words, model_copy, faceset_a, tmp
         alignments = Alignments.load(faceset)
         alignments.coverage = 0.5
         alignments.save(faceset / ALIGNMENTS_FILE)
-    result = run_engine("enhance", "--model", model, "--faceset-a", faceset, "--iterations", 1, "--device", "cpu",
-                        *extra)
+    @media.holds_folder_locks
+    def run(hold: bool):
+        if hold:  # another enhance of the same model, as far as the folder's lock tells
+            media.lock_folder(media.check_writable(enhancer_dir(model)))
+        return run_engine("enhance", "--model", model, "--faceset-a", faceset, "--iterations", 1, "--device", "cpu",
+                          *extra)
+
+    result = run(case == "in use")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and words in lines[-1], result.stderr
