@@ -139,7 +139,7 @@ def test_bad_inputs_give_one_line_errors(case, words, model_copy, faceset_a, tmp
         extra = ["--resume"]
     elif case == "wrong size":
         extra = ["--size", "96"]
-    else:
+    elif case == "other coverage":
         faceset = shutil.copytree(faceset_a, tmp_path / "other")
         alignments = Alignments.load(faceset)
         alignments.coverage = 0.5
