@@ -289,6 +289,34 @@ def train_step(scene, resume: bool, into: str = "", iterations: int = 0) -> Step
                 grace_s=TRAIN_STOP_GRACE_S, env=run_env())
 
 
+def train_steps(scene, resume: bool, into: str = "", iterations: int = 0) -> list[Step]:
+    """train_step and then, with the Train panel's Enhancer Iterations, enhance_step in the model folder it
+    trains (the folder of its stop file)."""
+    train = train_step(scene, resume, into, iterations)
+    if not scene.facereplace.train.enhancer_iterations:
+        return [train]
+    return [train, enhance_step(scene, train.stop_file.parent)]
+
+
+def enhance_step(scene, model: Path) -> Step:
+    """Train the enhancer of the model in `model` on faceset A, resuming the one it holds, up to the Train
+    panel's Enhancer Iterations."""
+    folder = model / contract.folder("model")["enhancer"]
+    args = ["--model", model, "--faceset-a", _faceset(scene, "A"),
+            "--iterations", scene.facereplace.train.enhancer_iterations]
+    if has_model(folder):
+        args.append("--resume")
+    argv = engine_command(engine_python(), "enhance", args, prefs().device)
+
+    def finish(scene, summary: dict) -> str:
+        reason = summary.get("stopped")
+        why = f" ({STOP_REASONS.get(reason, reason)})" if reason else ""
+        return f"Enhance: {summary.get('iterations', 0)} iterations{why}, loss {summary.get('loss') or 0.0:.4f}"
+
+    return Step("Enhance", argv, finish, stop_file=folder / contract.folder("model")["stop"],
+                log=work_folder(scene) / "logs" / "enhance.log", grace_s=TRAIN_STOP_GRACE_S, env=run_env())
+
+
 def convert_step(scene, frames: tuple[int, int] | None) -> Step:
     """Convert B's shot, or only its timeline frames first..last (a farm chunk, which leaves the strips)."""
     settings = scene.facereplace
@@ -467,7 +495,7 @@ class FACEREPLACE_OT_train(OnePersonRefused, bpy.types.Operator):
                             description="Stop at this iteration (0: the Train panel's Iterations)")
 
     def steps(self, scene):
-        return [train_step(scene, self.resume, self.model, self.iterations)]
+        return train_steps(scene, self.resume, self.model, self.iterations)
 
 
 class FACEREPLACE_OT_convert(EngineOperator, bpy.types.Operator):

@@ -175,6 +175,7 @@ class SEQUENCER_PT_facereplace_train(FaceReplacePanel, bpy.types.Panel):
         col.prop(train, "iterations")
         col.prop(train, "time_budget")
         col.prop(train, "balance_expressions")
+        col.prop(train, "enhancer_iterations")
         col = layout.column()
         col.prop(train, "late_phase")
         late = col.column()

@@ -104,6 +104,10 @@ class FaceReplaceTrain(bpy.types.PropertyGroup):
                                                   "--balance-expressions)")
     time_budget: FloatProperty(name="Time Budget", default=0.0, min=0.0, subtype="TIME_ABSOLUTE", unit="TIME_ABSOLUTE",
                                description="Stop after this long (0: no limit); the model is saved first")
+    enhancer_iterations: IntProperty(name="Enhancer Iterations", default=0, min=0,
+                                     description="After the face model, train its enhancer (A's face at 2-4 times the "
+                                                 "model's size, learnt from A's faces; convert then uses it) to this "
+                                                 "many iterations (engine enhance); 0: none")
     # The model and how far it got.
     model: StringProperty(name="Model", subtype="DIR_PATH", options=RELATIVE, description="The model folder")
     iteration: IntProperty(name="Iterations Done")

@@ -32,6 +32,7 @@ class Parser(argparse.ArgumentParser):
 VERBS = {
     "extract": ("engine.extract", "frames -> faceset: detect, align, mask and embed faces"),
     "train": ("engine.train", "two facesets -> model: the shared-encoder, two-decoder autoencoder"),
+    "enhance": ("engine.enhance", "trained model + A's faceset -> its enhancer: A's face at 2-4x the model's size"),
     "mask": ("engine.occlusion", "labelled frames -> occlusion mattes: mask train, then mask apply"),
     "convert": ("engine.convert", "shot + alignments + model -> face layers, mattes, frames, patches"),
     "curate": ("engine.curate", "score a faceset, flag bad faces and move them aside"),

@@ -14,6 +14,7 @@ Batch i's faces and random numbers come from a generator seeded by (seed, i, ran
 same batches however many workers load them and however often it stops and resumes.
 """
 
+import itertools
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from .color import lab_to_rgb, rgb_to_lab
+from .events import EngineError
 from .faces import masks
 from .faceset import FaceSample, read_face_image
 
@@ -32,6 +34,7 @@ from .faceset import FaceSample, read_face_image
 WARP_GRID = 5
 # Channels of a loaded face: RGB, the face mask, the eye region, the mouth region.
 CHANNELS = 6
+LOADER_PREFETCH = 4  # batches each loader process makes ahead
 
 
 @dataclass
@@ -133,6 +136,40 @@ class FaceBatches(torch.utils.data.Dataset):
 
 def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+def memory_budget() -> int:
+    """Bytes the faces may take in memory: a quarter of the machine's RAM (2 GiB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (AttributeError, ValueError, OSError):
+        return 2 << 30
+
+
+def batch_loader(batches: FaceBatches, start: int, iterations: int | None, workers: int | None, device,
+                 world: int = 1) -> torch.utils.data.DataLoader:
+    """The batches of the iterations after `start` (up to `iterations`), made by `workers` processes
+    (default: none on the CPU, up to 8 on CUDA)."""
+    if workers is None:
+        workers = min(8, (os.cpu_count() or 2) // max(world, 1) - 1) if device.type == "cuda" else 0
+    workers = max(workers, 0)
+    _check_batch_memory(batches, workers * LOADER_PREFETCH + 1)
+    return torch.utils.data.DataLoader(
+        batches, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+        sampler=range(start + 1, iterations + 1) if iterations is not None else itertools.count(start + 1),
+        worker_init_fn=worker_init, prefetch_factor=LOADER_PREFETCH if workers > 0 else None,
+    )
+
+
+def _check_batch_memory(batches: FaceBatches, in_flight: int) -> None:
+    """Refuse a batch whose loaded faces, times the batches the loader keeps in flight, would not fit in half
+    the machine's memory: the loader's processes would be killed for it (on a GPU with room to spare, host
+    memory runs out first) rather than say anything."""
+    item = len(batches.samples) * batches.batch * batches.size * batches.size * CHANNELS
+    if item * in_flight > 2 * memory_budget():
+        raise EngineError(f"a batch of {batches.batch} faces at {batches.size} px takes {item / 2**30:.1f} GiB of "
+                          f"memory, {in_flight} of them in flight: more than half this machine's memory; "
+                          "lower --batch or --size")
 
 
 def worker_init(_worker_id: int) -> None:

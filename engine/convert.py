@@ -4,10 +4,11 @@ The output folder's layout, file patterns, markings and encodings are engine.out
 frames whose files are already there with the same marking (every file is written atomically), so
 farm chunks (--frames FIRST-LAST) write disjoint files that together are byte-identical to one full run.
 
-Per face: crop the frame with the stored matrix scaled to the model's size, run the decoder, match the
-colour to the original face inside the mask (in aligned space), and warp face and mask back by the
-exact inverse matrix (torch grid_sample, on the GPU when there is one); the mask is then eroded or
-dilated and feathered in frame pixels. The layer goes over the plate in linear light, as compositing
+Per face: crop the frame with the stored matrix scaled to the model's size (or, when the model folder
+holds an enhancer, to its size: the crop is shrunk to the model's, and the decoder's face enhanced back
+to it, engine.enhancer), run the decoder, match the colour to the original face inside the mask (in
+aligned space), and warp face and mask back by the exact inverse matrix (torch grid_sample, on the GPU
+when there is one); the mask is then eroded or dilated and feathered in frame pixels. The layer goes over the plate in linear light, as compositing
 applications do, so finished frames equal what they make of the layer. A reader thread decodes, the
 model runs in batches, and a pool of writer threads encodes, so the device does not wait on PNG/EXR
 encoding.
@@ -58,6 +59,10 @@ from .output import (
 )
 
 DIRECTIONS = {"a2b": "a", "b2a": "b"}  # a2b: the shot's faces drawn by A's decoder
+ENHANCER_MODES = {
+    "auto": Choice("Auto", "The model folder's enhancer when it has one (engine enhance), with a2b"),
+    "off": Choice("Off", "The face model's output at its own size"),
+}
 MASK_MODES = {
     "predicted": Choice("Predicted", "The mask the model draws"),
     "hull": Choice("Landmark Hull", "The hull of the face's landmarks"),
@@ -87,6 +92,10 @@ class ConvertSettings:
 
     direction: str = field(default="a2b", metadata={
         "choices": DIRECTIONS, "help": "a2b: draw the shot's faces as A (A's decoder); b2a: as B"})
+    enhancer: str = field(default="auto", metadata={
+        "choices": ENHANCER_MODES,
+        "help": "auto: with a2b, run the model folder's enhancer (MODEL/enhancer, trained by `engine enhance`) "
+                "after the face model, when it holds one; off: never"})
     mask: str = field(default="predicted", metadata={
         "choices": MASK_MODES,
         "help": "the model's mask (predicted), the landmark hull, the hull with forehead (extended), the occlusion "
@@ -122,8 +131,8 @@ class ConvertSettings:
 
     def check(self) -> None:
         """Refuse values no run can use (the command line's parser already has)."""
-        for name, allowed in (("direction", DIRECTIONS), ("mask", MASK_MODES), ("color", COLOR_MODES),
-                              ("format", FORMATS)):
+        for name, allowed in (("direction", DIRECTIONS), ("enhancer", ENHANCER_MODES), ("mask", MASK_MODES),
+                              ("color", COLOR_MODES), ("format", FORMATS)):
             if getattr(self, name) not in allowed:
                 raise EngineError(f"--{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
         if self.alpha is not None and self.alpha not in ALPHA_MODES:
@@ -151,7 +160,7 @@ class ConvertSettings:
     def marked(self) -> dict:
         """The settings a file's marking records (the feather resolved): a file converted with others is
         converted again. Detail, sharpen and edge match only when used, so files from before they existed
-        still count."""
+        still count; the enhancer, by its checkpoint's hash, only when one is used (convert adds it)."""
         return {"direction": self.direction, "mask": self.mask, "erode": self.erode, "feather": self.feather,
                 "color": self.color, "format": self.format,
                 **({"detail": self.detail, "sharpen": self.sharpen} if self.detail or self.sharpen else {}),
@@ -188,6 +197,25 @@ class FaceJob:
     landmarks: np.ndarray  # 68x2, aligned pixels at the model's size
     learned: Path | None = None  # its learned occlusion matte (faceset masks/learned/), aligned at the faceset's size
     occlusion: np.ndarray | None = None  # a learned mask (1 = face) at the model's size, for exr-multilayer's occlusion layer
+
+
+def _enhancer(model_dir: Path, model, settings: ConvertSettings, device, events: Events):
+    """The model folder's enhancer that --enhancer auto uses (it draws A, so a2b only), or None."""
+    from .enhancer import load_enhancer
+
+    if settings.enhancer == "off" or settings.direction != "a2b":
+        return None
+    enhancer = load_enhancer(model_dir, device, events.warning)
+    if enhancer is None:
+        return None
+    if enhancer.config.input_size != model.config.size:
+        raise EngineError(f"the enhancer in {enhancer.checkpoint.parent.parent} takes {enhancer.config.input_size} px "
+                          f"faces but the model draws {model.config.size} px: train it again (engine enhance), or "
+                          f"convert with --enhancer off")
+    if enhancer.face_model_hash != model.hash:
+        events.warning(f"the enhancer learnt from another checkpoint of the face model than the one converting "
+                       f"(iteration {model.iteration}): `engine enhance --resume` brings it up to date")
+    return enhancer
 
 
 def _check_model(config, alignments: Alignments, model_dir: Path) -> None:
@@ -353,10 +381,12 @@ class FaceResult:
 class Converter:
     """The per-face and per-frame pixel work, on one torch device."""
 
-    def __init__(self, model, size: int, device, settings: ConvertSettings, colour: colorspace.ShotColour):
-        """`settings` with its feather resolved; `colour`: the model works in display sRGB, the plate and
-        faces in the plate's space."""
+    def __init__(self, model, size: int, device, settings: ConvertSettings, colour: colorspace.ShotColour,
+                 enhancer=None):
+        """`size`: the faces', the model's or, with an `enhancer` (engine.enhancer), its own; `settings` with
+        its feather resolved; `colour`: the model works in display sRGB, the plate and faces in the plate's space."""
         self.model, self.size, self.device, self.settings, self.colour = model, size, device, settings, colour
+        self.enhancer = enhancer
         self.decoder = DIRECTIONS[settings.direction]
         self.margin = 2 + max(-settings.erode, 0) + feather_radius(settings.feather)
         self.mask_sources = mask_sources(settings.mask)
@@ -412,6 +442,21 @@ class Converter:
             face = F.avg_pool2d(face, k)
         face = colorspace.convert_tensor(face, self.colour.plate, colorspace.MODEL)
         return face[0].clamp(0.0, 1.0)
+
+    # -- per batch: the model
+
+    def draw(self, faces):
+        """The model's (rgb, mask) for a batch of crops at `size`. With the enhancer, the crops are shrunk to
+        the model's size, and its faces enhanced and its mask enlarged back to `size`."""
+        if self.enhancer is None:
+            return self.model.swap(faces, self.decoder)
+        from torch.nn import functional as F
+
+        from .enhancer import model_input
+
+        rgb, mask = self.model.swap(model_input(faces, self.model.config.size), self.decoder)
+        return self.enhancer.enhance(rgb), F.interpolate(mask, size=(self.size, self.size), mode="bilinear",
+                                                         align_corners=False)
 
     # -- per face: mask, colour, warp back
 
@@ -650,14 +695,15 @@ def convert(
         torch.backends.cudnn.deterministic = True
     model, config = load_model(model_dir, torch_device, warn=events.warning)
     _check_model(config, shot, model_dir)
+    enhancer = _enhancer(model_dir, model, settings, torch_device, events)
+    size = enhancer.config.size if enhancer else config.size  # of the faces: cropped, drawn and warped back
     uses_learned = "learned" in mask_sources(settings.mask)
-    jobs = _face_jobs(shot, config.size, alignments_path.parent if uses_learned else None)
+    jobs = _face_jobs(shot, size, alignments_path.parent if uses_learned else None)
     unlearned = [n for n in numbers for job in jobs.get(n, []) if not job.learned.is_file()] if uses_learned else []
     if unlearned:
         raise EngineError(f"--mask {settings.mask}: {len(unlearned)} faces (frames {unlearned[0]}...) have no learned mask in "
                           f"{alignments_path.parent / LEARNED_MASKS}: run python -m engine mask apply --faceset "
                           f"{alignments_path.parent} first")
-    size = config.size
     ext = FORMATS[settings.format].extension
     files = file_patterns(ext, settings.write_frames, settings.write_patches, mattes=settings.format != MULTILAYER)
     # last: a refused input leaves no folder behind
@@ -667,7 +713,8 @@ def convert(
         media.sweep_temp_files(folder)
     settings = replace(settings, feather=_auto_feather(shot) if settings.feather is None else float(settings.feather))
     common = {"tool": "FaceReplace", "engine": __version__, "synthetic": True, "alpha": settings.layer_alpha,
-              "model_hash": model.hash, "settings": {**settings.marked(), "colour": colour.record()}}
+              "model_hash": model.hash, "settings": {**settings.marked(), "colour": colour.record(),
+                                                     **({"enhancer": enhancer.hash} if enhancer else {})}}
 
     missing = [n for n in numbers if n not in jobs]
     if missing:
@@ -684,11 +731,12 @@ def convert(
         media.write_json(folder / files["matrices"], matrices(jobs, size, files, source.size))
 
     events.start(input=str(source.path), frames=len(numbers), todo=len(todo), output=str(folder),
-                 device=str(torch_device), model_size=size)
+                 device=str(torch_device), model_size=config.size,
+                 **({"enhancer": str(enhancer.checkpoint), "enhancer_size": size} if enhancer else {}))
     if len(todo) < len(numbers):
         events.resume(len(numbers) - len(todo))
     batch = settings.batch or (32 if torch_device.type == "cuda" else 8)
-    converter = Converter(model, size, torch_device, settings, colour)
+    converter = Converter(model, size, torch_device, settings, colour, enhancer)
     # On the CPU the cores are shared: half for torch, the rest for the reader and the writers, which
     # would otherwise preempt torch's worker threads mid-operation and stall every small warp.
     cores = available_cores()
@@ -790,7 +838,7 @@ class Pipeline:
             faces = torch.zeros(self.batch, 3, conv.size, conv.size, device=conv.device)
             for slot, (work, job) in self.slots.items():
                 faces[slot] = work.crops[job.index]
-            rgb, predicted = conv.model.swap(faces, conv.decoder)
+            rgb, predicted = conv.draw(faces)
             if conv.device.type == "cuda":  # the time is the model's, not the first warp's that waits on it
                 torch.cuda.synchronize(conv.device)
         with torch.inference_mode(), self.clock("warp_blend"):

@@ -60,15 +60,20 @@ def pixel_weights(mask, eyes, mouth, weights: LossWeights) -> torch.Tensor:
     return weights.background + (priority - weights.background) * mask
 
 
-def face_loss(rgb, mask_logits, target, mask, eyes, mouth, weights: LossWeights):
-    """The weighted loss of one person's batch, a scalar."""
-    rgb, mask_logits = rgb.float(), mask_logits.float()
+def image_loss(rgb, target, mask, eyes, mouth, weights: LossWeights):
+    """The weighted SSIM and L1 of a batch of drawn faces against their targets, a scalar (the enhancer's loss)."""
+    rgb = rgb.float()
     w = pixel_weights(mask, eyes, mouth, weights)
     total_weight = w.sum().clamp_min(1e-6)
     dssim = (w * (1 - ssim_map(rgb, target)) / 2).sum() / total_weight
     l1 = (w * (rgb - target).abs().mean(1, keepdim=True)).sum() / total_weight
-    mask_bce = F.binary_cross_entropy_with_logits(mask_logits, mask)
-    return weights.ssim * dssim + weights.l1 * l1 + weights.mask * mask_bce
+    return weights.ssim * dssim + weights.l1 * l1
+
+
+def face_loss(rgb, mask_logits, target, mask, eyes, mouth, weights: LossWeights):
+    """The weighted loss of one person's batch, a scalar: image_loss and the predicted mask's."""
+    mask_bce = F.binary_cross_entropy_with_logits(mask_logits.float(), mask)
+    return image_loss(rgb, target, mask, eyes, mouth, weights) + weights.mask * mask_bce
 
 
 def patch_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,9 @@ lays out.
       history.csv                 losses over time
       preview.png, previews/      the latest preview grid, and one per preview interval (a timelapse)
       stop                        create this file to make a running train save and stop
+      enhancer/                   the optional enhancer (engine.enhancer, `engine enhance`), laid out as
+                                  this folder is: model.json, checkpoints/, history.csv, preview.png,
+                                  previews/ and stop, of its own
 
 Both people's faces go through the same encoder, so it learns a description of a face (pose, expression,
 light) that either decoder can draw; decoding B's faces with A's decoder is the swap. Each decoder draws
@@ -55,6 +58,7 @@ PREVIEW_FILE = "preview.png"
 PREVIEWS = "previews"
 MODEL_FOLDERS = (CHECKPOINTS, PREVIEWS)  # what train writes into
 PREVIEW_COLUMNS = "A, A->A, A->B, B, B->B, B->A"
+ENHANCER = "enhancer"  # the model folder's subfolder for its enhancer
 SIZES = (64, 128, 192, 256, 320, 384, 448, 512)
 ARCHITECTURES = {
     "df": Choice("DF", "One decoder per person: keeps A's likeness crisp"),
@@ -144,7 +148,7 @@ def check_config(config: ModelConfig) -> ModelConfig:
 # ---------------------------------------------------------------- layers
 
 
-def _conv(channels_in: int, channels_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+def he_conv(channels_in: int, channels_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
     """A convolution with He initialisation for the leaky ReLU that follows it, as Keras-era face models
     used: torch's default starts each layer with a third of the variance, and a deep hourglass then
     spends its first thousand iterations drawing a blur."""
@@ -155,11 +159,11 @@ def _conv(channels_in: int, channels_out: int, kernel: int, stride: int = 1) -> 
 
 
 def _downscale(channels_in: int, channels_out: int) -> nn.Sequential:
-    return nn.Sequential(_conv(channels_in, channels_out, 5, stride=2), nn.LeakyReLU(0.1))
+    return nn.Sequential(he_conv(channels_in, channels_out, 5, stride=2), nn.LeakyReLU(0.1))
 
 
-def _upscale(channels_in: int, channels_out: int) -> nn.Sequential:
-    conv = _conv(channels_in, channels_out * 4, 3)
+def upscale_block(channels_in: int, channels_out: int) -> nn.Sequential:
+    conv = he_conv(channels_in, channels_out * 4, 3)
     # ICNR (Aitken et al. 2017): the four sub-pixel kernels of each output channel start equal.
     with torch.no_grad():
         conv.weight.copy_(conv.weight[:channels_out].repeat_interleave(4, dim=0))
@@ -169,8 +173,8 @@ def _upscale(channels_in: int, channels_out: int) -> nn.Sequential:
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv1 = _conv(channels, channels, 3)
-        self.conv2 = _conv(channels, channels, 3)
+        self.conv1 = he_conv(channels, channels, 3)
+        self.conv2 = he_conv(channels, channels, 3)
 
     def forward(self, x):
         return F.leaky_relu(x + self.conv2(F.leaky_relu(self.conv1(x), 0.2)), 0.2)
@@ -188,7 +192,7 @@ def _bottleneck(config: ModelConfig) -> tuple[nn.Sequential, nn.Sequential]:
     for layer in dense:
         nn.init.xavier_uniform_(layer.weight)  # Keras's default for dense layers, for the same reason
         nn.init.zeros_(layer.bias)
-    return dense, _upscale(width, config.decoder_width)
+    return dense, upscale_block(width, config.decoder_width)
 
 
 class Encoder(nn.Module):
@@ -227,7 +231,7 @@ class Decoder(nn.Module):
         widths = [channels_in or config.decoder_width] + [config.decoder_width // 2**i for i in range(1, 4)]
         stages = []
         for a, b in zip(widths, widths[1:], strict=False):
-            stages += [_upscale(a, b)] + [ResidualBlock(b) for _ in range(config.residual_blocks)]
+            stages += [upscale_block(a, b)] + [ResidualBlock(b) for _ in range(config.residual_blocks)]
         self.stages = nn.Sequential(*stages)
         self.head = nn.Conv2d(widths[-1], 4, 5, padding=2)
 
@@ -338,12 +342,19 @@ def read_checkpoint(path: Path, device="cpu") -> dict:
 
 def parse_checkpoint(data: bytes, device="cpu") -> dict:
     """The state in a checkpoint file's bytes `data`; any damage raises."""
-    state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError("not a FaceReplace model checkpoint")
-    if state.get("version") != VERSION:
-        raise ValueError(f"checkpoint version {state.get('version')}; this engine reads {VERSION}")
+    state = load_state(data, device, FORMAT, VERSION, "model")
     _check_weights(state)
+    return state
+
+
+def load_state(data: bytes, device, format: str, version: int, kind: str) -> dict:
+    """The dict in a checkpoint file's bytes `data` (no pickle), which must be of `format` and `version`
+    (a `kind` checkpoint: model, enhancer); else raises."""
+    state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != format:
+        raise ValueError(f"not a FaceReplace {kind} checkpoint")
+    if state.get("version") != version:
+        raise ValueError(f"{kind} checkpoint version {state.get('version')}; this engine reads {version}")
     return state
 
 
@@ -352,17 +363,22 @@ def _check_weights(state: dict) -> None:
     against a model on the meta device, which allocates nothing, and be finite numbers."""
     with torch.device("meta"):
         expected = FaceModel(config_from_state(state))
-    weights = state.get("model")
-    shapes = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
-    if not isinstance(weights, dict) or {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()} != shapes:
-        raise ValueError("its weights do not fit the model its config describes")
-    if not all(torch.is_tensor(v) and v.is_floating_point() and torch.isfinite(v).all() for v in weights.values()):
-        raise ValueError("its weights are not all finite numbers")
+    check_weights(expected, state.get("model"))
     parameters = [tuple(p.shape) for p in expected.parameters()]
     for index, moments in state.get("optimizer", {}).get("state", {}).items():
         if not (isinstance(index, int) and 0 <= index < len(parameters) and isinstance(moments, dict)
                 and all(tuple(moments[k].shape) == parameters[index] for k in ("exp_avg", "exp_avg_sq"))):
             raise ValueError("its optimiser state does not fit the model")
+
+
+def check_weights(expected: nn.Module, weights) -> None:
+    """Raise unless `weights` (a checkpoint's state dict) has the shapes of `expected`'s (a module on the
+    meta device, which allocates nothing) and holds finite numbers only."""
+    shapes = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
+    if not isinstance(weights, dict) or {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()} != shapes:
+        raise ValueError("its weights do not fit the network its config describes")
+    if not all(torch.is_tensor(v) and v.is_floating_point() and torch.isfinite(v).all() for v in weights.values()):
+        raise ValueError("its weights are not all finite numbers")
 
 
 def config_from_state(state: dict) -> ModelConfig:
@@ -427,10 +443,15 @@ def checkpoint_digest(data: bytes) -> str:
 # ---------------------------------------------------------------- the rest of the model folder
 
 
-def write_preview(model_dir: Path, grid: np.ndarray, iteration: int) -> Path:
+def enhancer_dir(model_dir: str | Path) -> Path:
+    """Where the model folder's enhancer lives: its checkpoints, history, previews and stop file."""
+    return Path(model_dir) / ENHANCER
+
+
+def write_preview(model_dir: Path, grid: np.ndarray, iteration: int, columns: str = PREVIEW_COLUMNS) -> Path:
     """previews/preview_%08d.png (the timelapse) and preview.png (the latest), from the uint8 RGB `grid`
-    whose columns are PREVIEW_COLUMNS."""
-    png = media.encode_png(grid, {"Columns": PREVIEW_COLUMNS, "Iteration": str(iteration), "Software": "FaceReplace"})
+    whose columns are `columns`."""
+    png = media.encode_png(grid, {"Columns": columns, "Iteration": str(iteration), "Software": "FaceReplace"})
     media.write_bytes(model_dir / PREVIEWS / f"preview_{iteration:08d}.png", png)
     media.write_bytes(model_dir / PREVIEW_FILE, png)
     return model_dir / PREVIEW_FILE
@@ -513,42 +534,45 @@ def stop_requests(model_dir: Path | None):
                 clear_stop(model_dir)
 
 
-def append_history(model_dir: Path, iteration: int, elapsed: float, losses: dict) -> None:
-    """One history.csv row. Appended, not rewritten: a row cut short by a kill is dropped by the next resume."""
+def append_history(model_dir: Path, iteration: int, elapsed: float, losses: dict,
+                   columns: list[str] = HISTORY_COLUMNS) -> None:
+    """One history.csv row of `columns` (the enhancer has its own). Appended, not rewritten: a row cut
+    short by a kill is dropped by the next resume."""
     path = model_dir / HISTORY_FILE
     new = not path.exists()
     with media.write_errors(path), media.open_appending(path) as f:
         writer = csv.writer(f)
         if new:
-            writer.writerow(HISTORY_COLUMNS)
-        values = [losses[c] for c in HISTORY_COLUMNS[2:]]
+            writer.writerow(columns)
+        values = [losses[c] for c in columns[2:]]
         writer.writerow([iteration, f"{elapsed:.2f}"] + ["" if v is None else f"{v:.6f}" for v in values])
 
 
-def read_history(path: str | Path) -> list[dict]:
+def read_history(path: str | Path, columns: list[str] = HISTORY_COLUMNS) -> list[dict]:
     """history.csv as dicts of numbers (None where a value is blank); a torn last row is skipped."""
     rows = []
     with contextlib.suppress(FileNotFoundError), open(path, newline="") as f:
         for row in csv.DictReader(f):
             try:
-                rows.append({k: (float(v) if v else None) for k, v in row.items() if k in HISTORY_COLUMNS}
+                rows.append({k: (float(v) if v else None) for k, v in row.items() if k in columns}
                             | {"iteration": int(row["iteration"])})
             except (TypeError, ValueError):
                 continue
     return rows
 
 
-def trim_history(model_dir: Path, iteration: int) -> None:
+def trim_history(model_dir: Path, iteration: int, columns: list[str] = HISTORY_COLUMNS) -> None:
     """Drop rows past the checkpoint being resumed (written after its save by a run that was then killed),
     and any row a kill cut short."""
     path = model_dir / HISTORY_FILE
     if not path.exists():
         return
     lines = path.read_text().splitlines()
-    kept = [line for line in lines[1:] if _row_iteration(line) is not None and _row_iteration(line) <= iteration]
-    media.write_bytes(path, "\n".join([",".join(HISTORY_COLUMNS)] + kept + [""]).encode())
+    kept = [line for line in lines[1:]
+            if _row_iteration(line, columns) is not None and _row_iteration(line, columns) <= iteration]
+    media.write_bytes(path, "\n".join([",".join(columns)] + kept + [""]).encode())
 
 
-def _row_iteration(line: str) -> int | None:
+def _row_iteration(line: str, columns: list[str]) -> int | None:
     cells = line.split(",")
-    return int(cells[0]) if len(cells) == len(HISTORY_COLUMNS) and cells[0].isdigit() else None
+    return int(cells[0]) if len(cells) == len(columns) and cells[0].isdigit() else None

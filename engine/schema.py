@@ -37,10 +37,12 @@ def _options(parser: argparse.ArgumentParser) -> dict:
 def schema() -> dict:
     from . import __version__, output
     from .__main__ import VERBS, Parser, add_verb_arguments
+    from .enhancer import PREVIEW_COLUMNS as ENHANCER_PREVIEW_COLUMNS
     from .faceset import ALIGNMENTS_FILE, ASIDE_DIR, DETECTIONS_FILE, EXTRACT_FILE
     from .model import (
         CHECKPOINTS,
         DEFAULT_PRESETS,
+        ENHANCER,
         HISTORY_FILE,
         PRESET_CHOICES,
         PRESETS,
@@ -68,7 +70,8 @@ def schema() -> dict:
                         "aside": ASIDE_DIR},
             "model": {"summary": SUMMARY_FILE, "checkpoints": f"{CHECKPOINTS}/model_%08d.pt",
                       "history": HISTORY_FILE, "stop": STOP_FILE, "preview": PREVIEW_FILE,
-                      "preview_columns": PREVIEW_COLUMNS},
+                      "preview_columns": PREVIEW_COLUMNS, "enhancer": ENHANCER,
+                      "enhancer_preview_columns": ENHANCER_PREVIEW_COLUMNS},
             "output": {"manifest": output.MANIFEST_FILE,
                        "files": {fmt: output.file_patterns(spec.extension, True, True)
                                  for fmt, spec in output.FORMATS.items()},

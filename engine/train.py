@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
-from . import media
+from . import loop, media
 from .adversarial import Adversary, make_adversary
-from .augment import CHANNELS, Augmentation, FaceBatches, augment, worker_init
+from .augment import Augmentation, FaceBatches, augment, batch_loader, memory_budget
 from .device import pick_device, thread_adapter
 from .events import EngineError, Events, log
 from .faces.expression import compare_expression_coverage, expression_balance_weights
@@ -75,7 +75,6 @@ DIVERGENCE_WINDOW = 50
 AUGMENTATION_LIMITS = {"rotation": 180}
 # Model fields that a resume may change; any other would not fit the checkpoint.
 RESUMABLE_CHANGES = {"batch", "learning_rate"}
-LOADER_PREFETCH = 4  # batches each loader process makes ahead
 
 
 @dataclass
@@ -271,7 +270,7 @@ def train(
                                            adversarial)
         _check_settings(train_settings, iterations, time_budget, target_loss)
         data = _data(facesets, pretrain, config, train_settings, rank, world)
-        loader = _loader(data.batches, progress.iteration, iterations, workers, device, world)
+        loader = batch_loader(data.batches, progress.iteration, iterations, workers, device, world)
         model, optimizer = _model_and_optimizer(config, train_settings.seed, device, start.state,
                                                 start.checkpoint if resume else None)
         adversary = _resumed_adversary(train_settings, config, device, world, progress, start.state, start.checkpoint)
@@ -312,7 +311,7 @@ def train(
                     threads.step()
 
                 # why stop now, if at all (every process must agree, or DDP would hang)
-                stop_reason = _stop_reason(iteration, iterations, time.monotonic() - run_started, time_budget,
+                stop_reason = loop.stop_reason(iteration, iterations, time.monotonic() - run_started, time_budget,
                                            requests.reason)
                 feedback = iteration % train_settings.preview_every == 0
                 row = iteration % train_settings.log_every == 0 or feedback
@@ -328,7 +327,7 @@ def train(
                                      (window / window_iterations).tolist(), validate=feedback or stopping)
                     append_history(model_dir, iteration, progress.elapsed + time.monotonic() - run_started, losses)
                     events.progress(iteration, iterations, iteration=iteration, **losses, it_per_s=round(it_per_s, 3),
-                                    eta_s=_eta(iteration, iterations, it_per_s, time_budget,
+                                    eta_s=loop.eta(iteration, iterations, it_per_s, time_budget,
                                                time.monotonic() - run_started))
                 if row or stopping:
                     window.zero_()
@@ -469,37 +468,12 @@ def _data(facesets: dict, pretrain: bool, config: ModelConfig, settings: TrainSe
                if settings.balance_expressions else None)
     batches = FaceBatches(train_samples, face_size, config.size, config.batch, settings.augmentation, settings.mask,
                           settings.seed, rank, weights)
-    cached = batches.preload(_memory_budget() // world)
-    validation = {k: batches.fixed(_spread(s[len(s) - held_out[k]:], VALIDATION_FACES))
+    cached = batches.preload(memory_budget() // world)
+    validation = {k: batches.fixed(loop.spread(s[len(s) - held_out[k]:], VALIDATION_FACES))
                   for k, s in samples.items() if held_out[k]}
     preview_rows = min(settings.preview_rows, *map(len, samples.values()))
-    preview_faces = {k: batches.fixed(_spread(s, preview_rows)) for k, s in samples.items()}
+    preview_faces = {k: batches.fixed(loop.spread(s, preview_rows)) for k, s in samples.items()}
     return Data(samples, train_samples, batches, cached, validation, preview_faces)
-
-
-def _loader(batches: FaceBatches, start: int, iterations: int | None, workers: int | None, device,
-            world: int) -> torch.utils.data.DataLoader:
-    """The batches of the iterations after `start` (up to `iterations`), made by `workers` processes."""
-    if workers is None:
-        workers = min(8, (os.cpu_count() or 2) // max(world, 1) - 1) if device.type == "cuda" else 0
-    workers = max(workers, 0)
-    _check_batch_memory(batches, workers * LOADER_PREFETCH + 1)
-    return torch.utils.data.DataLoader(
-        batches, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
-        sampler=range(start + 1, iterations + 1) if iterations is not None else itertools.count(start + 1),
-        worker_init_fn=worker_init, prefetch_factor=LOADER_PREFETCH if workers > 0 else None,
-    )
-
-
-def _check_batch_memory(batches: FaceBatches, in_flight: int) -> None:
-    """Refuse a batch whose loaded faces, times the batches the loader keeps in flight, would not fit in half
-    the machine's memory: the loader's processes would be killed for it (on a GPU with room to spare, host
-    memory runs out first) rather than say anything."""
-    item = len(batches.samples) * batches.batch * batches.size * batches.size * CHANNELS
-    if item * in_flight > 2 * _memory_budget():
-        raise EngineError(f"a batch of {batches.batch} faces at {batches.size} px takes {item / 2**30:.1f} GiB of "
-                          f"memory, {in_flight} of them in flight: more than half this machine's memory; "
-                          "lower --batch or --size")
 
 
 def _model_and_optimizer(config: ModelConfig, seed: int, device, state: dict | None, resumed: Path | None):
@@ -587,17 +561,6 @@ def pair_loss(output, target, weights: LossWeights) -> torch.Tensor:
     return face_loss(*output, *target, weights)
 
 
-def _stop_reason(iteration: int, iterations: int | None, seconds: float, time_budget: float | None,
-                 requested: str | None) -> str | None:
-    """Why the run stops after `iteration` (`seconds` into it), if it does: the iterations or time budget
-    are reached, or a stop was `requested` (a signal, the stop file)."""
-    if iterations is not None and iteration >= iterations:
-        return "iterations"
-    if time_budget is not None and seconds >= time_budget:
-        return "time budget"
-    return requested
-
-
 def _report(model_dir: Path, model: FaceModel, data: Data, device, settings: TrainSettings, events: Events,
             progress: Progress, iteration: int, mean: list[float], validate: bool) -> dict:
     """The losses of a history row: the `mean` training losses since the last row and, when `validate`, the
@@ -622,16 +585,6 @@ def _report(model_dir: Path, model: FaceModel, data: Data, device, settings: Tra
     preview = write_preview(model_dir, preview_grid(model, data.preview_faces, device), iteration)
     events.preview(path=str(preview), iteration=iteration)
     return losses
-
-
-def _eta(iteration: int, iterations: int | None, it_per_s: float, time_budget: float | None,
-         seconds: float) -> float | None:
-    """Seconds until --iterations or --time-budget stops the run, whichever comes first (None: neither)."""
-    eta = (iterations - iteration) / it_per_s if iterations is not None else None
-    if time_budget is not None:
-        left = time_budget - seconds
-        eta = min(eta, left) if eta is not None else left
-    return None if eta is None else round(max(eta, 0.0), 1)
 
 
 # ---------------------------------------------------------------- one step, one save
@@ -838,13 +791,6 @@ def masked_step(optimizer: torch.optim.Optimizer, keep: float, generator: torch.
         p.copy_(torch.where(drawn < keep, p, old))
 
 
-def _spread(items: list, count: int) -> list:
-    """`count` items evenly spread over `items` (all of them when there are fewer)."""
-    if len(items) <= count:
-        return list(items)
-    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
-
-
 # ---------------------------------------------------------------- processes, signals, memory
 
 
@@ -861,14 +807,6 @@ def _start_processes(device_name: str):
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     return dist.get_rank(), dist.get_world_size(), device
-
-
-def _memory_budget() -> int:
-    """Bytes the faces may take in memory: a quarter of the machine's RAM (2 GiB where it cannot be read)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (AttributeError, ValueError, OSError):
-        return 2 << 30
 
 
 def _agree(stop_reason: str | None, device) -> str | None:

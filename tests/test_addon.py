@@ -753,6 +753,29 @@ def test_train_panel_passes_architecture_balance_and_the_late_phases(swapped, ad
     assert (given.schedule_no_warp_after, given.schedule_lr_dropout, given.gan_weight) == (0.8, 0.3, 0.1)
 
 
+def test_train_panel_runs_the_enhancer_after_the_model_when_asked(swapped, addon):
+    """Enhancer Iterations adds `engine enhance` on faceset A into the model folder train writes, its options
+    parsed by the engine's parser; at 0, the default, train runs alone (and so does the farm's train task,
+    which runs the same operator)."""
+    from engine.__main__ import build_parser
+
+    scene = bpy.context.scene
+    train = scene.facereplace.train
+    assert [step.label for step in addon.operators.train_steps(scene, resume=True)] == ["Train"]
+    train.enhancer_iterations = 300
+    try:
+        steps = addon.operators.train_steps(scene, resume=True)
+    finally:
+        train.enhancer_iterations = 0
+    assert [step.label for step in steps] == ["Train", "Enhance"]
+    argv = steps[1].argv
+    given = build_parser("enhance").parse_args(argv[argv.index("enhance"):])
+    model = Path(bpy.path.abspath(train.model)).resolve()
+    assert Path(given.model).resolve() == model and given.iterations == 300 and given.resume is False
+    assert Path(given.faceset_a).resolve() == Path(bpy.path.abspath(scene.facereplace.a.faceset)).resolve()
+    assert steps[1].stop_file.resolve() == model / "enhancer" / "stop"
+
+
 def test_result_strips_sit_above_the_target_frame_aligned(swapped):
     scene = bpy.context.scene
     target = scene.sequence_editor.strips["Hopper"]

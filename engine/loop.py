@@ -1,0 +1,31 @@
+"""What every training loop shares (train's face model, enhance's enhancer): when to stop, how long is
+left, which faces a preview shows."""
+
+import numpy as np
+
+
+def stop_reason(iteration: int, iterations: int | None, seconds: float, time_budget: float | None,
+                requested: str | None) -> str | None:
+    """Why the run stops after `iteration` (`seconds` into it), if it does: the iterations or time budget
+    are reached, or a stop was `requested` (a signal, the stop file)."""
+    if iterations is not None and iteration >= iterations:
+        return "iterations"
+    if time_budget is not None and seconds >= time_budget:
+        return "time budget"
+    return requested
+
+
+def eta(iteration: int, iterations: int | None, it_per_s: float, time_budget: float | None,
+        seconds: float) -> float | None:
+    """Seconds until --iterations or --time-budget stops the run, whichever comes first (None: neither)."""
+    left = (iterations - iteration) / it_per_s if iterations is not None else None
+    if time_budget is not None:
+        left = time_budget - seconds if left is None else min(left, time_budget - seconds)
+    return None if left is None else round(max(left, 0.0), 1)
+
+
+def spread(items: list, count: int) -> list:
+    """`count` items evenly spread over `items` (all of them when there are fewer)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
