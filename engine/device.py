@@ -101,7 +101,7 @@ def usable_cores(cores: int | None = None) -> int:
     return max(1, (cores or available_cores()) - (int(reserve) if reserve.isdigit() else 0))
 
 
-ADAPT_WINDOW_S = 2.0  # how long each look at the cores a run actually gets lasts
+ADAPT_WINDOW_S = 1.0  # how long each look at the cores a run actually gets lasts (a window at too many threads is lost)
 PROBE_EVERY_S = 30.0  # how often a run that gets every core it has threads for tries one thread more
 PROBE_GAIN = 1.1  # the speed-up one more thread must bring to be kept
 
