@@ -425,8 +425,8 @@ class Converter:
         from .detail import extend_colour
 
         mask = snap_levels(self.choose_mask(job, predicted), MASK_SNAP)
-        rgb = extend_colour(rgb[None], mask[None], self.size * FILL_SIGMA)[0]
         face = match_color(self.settings.color, rgb[None], crop[None], mask[None])[0]
+        face = extend_colour(face[None], mask[None], self.size * FILL_SIGMA)[0]
         box = self.face_box(job)
         clipped = self.clip(box, frame_size)
         shot_face = colorspace.convert_tensor(face, colorspace.MODEL, self.colour.plate)

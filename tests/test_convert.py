@@ -61,14 +61,16 @@ class SoftMaskModel(PassThroughModel):
         return faces.clone(), mask.expand(len(faces), 1, size, size).clone()
 
 
-class StrayColourModel(SoftMaskModel):
-    """The soft-masked face, painted pure green wherever its mask is not solid: what a model draws beyond
-    the face it was taught (hair, background) in the colour that shows most."""
+class StrayColourModel(PassThroughModel):
+    """The face under a soft mask smaller than the face, painted pure green beyond it (mask below 0.5): what
+    a model draws where it drew no face (hair over the forehead, background), in the colour that shows most."""
 
     def swap(self, faces, person):
-        rgb, mask = super().swap(faces, person)
+        size = faces.shape[-1]
+        y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        mask = torch.sigmoid(0.5 * (0.2 * size - ((x - size / 2) ** 2 + (y - size / 2) ** 2).sqrt()))
         green = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
-        return torch.where(mask < 0.98, green, rgb), mask
+        return torch.where(mask < 0.5, green, faces), mask.expand(len(faces), 1, size, size).clone()
 
 
 @pytest.fixture
@@ -400,8 +402,8 @@ def test_nothing_of_the_crop_box_reaches_beyond_the_face(mode, passthrough_model
 
 @pytest.mark.parametrize("passthrough_model", [StrayColourModel], indirect=True)
 def test_the_soft_edge_shows_the_face_not_what_the_model_drew_beyond_it(passthrough_model, faceset_b, shot_b, tmp_path):
-    """The model paints pure green wherever its mask is not solid: under the matte's soft edge the layer
-    still holds the face's own colours (here the plate's), no band of a hue that neither has."""
+    """The model paints pure green beyond the face: under the matte's soft edge the layer still holds the
+    face's own colours (here the plate's), no band of a hue that neither has."""
     convert(shot_b, faceset_b, passthrough_model, tmp_path, feather=10, color="none", frames="5", device="cpu")
     layer = media.read_image(tmp_path / "face" / "face_000005.png").astype(np.float64) / 65535
     plate = source_frames(shot_b)[5] / 255.0
