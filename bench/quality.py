@@ -8,11 +8,16 @@ shot, evaluate it, and print one table (also written as JSON).
     .venv/bin/python bench/quality.py --config base="--preset fast" \\
         --config late="--preset fast --no-warp-after 0.8" --config detail="--preset fast | --detail 0.5"
 
+    .venv/bin/python bench/quality.py --iterations 600 --config plain="--preset fast --size 64" \\
+        --config enhanced="--preset fast --size 64 | | --size 128 --iterations 300"
+
     .venv/bin/python bench/quality.py --iterations 300 600 --base "--preset fast --size 64" \\
         --config scratch="--preset fast --size 64" --config init="--preset fast --size 64 --init-from BASE"
 
-A configuration is NAME="TRAIN ARGS | CONVERT ARGS": engine train's options, and after a `|` engine
-convert's, exactly as on the command line. `BASE` in them is the base model that `--base` trains
+A configuration is NAME="TRAIN ARGS | CONVERT ARGS | ENHANCE ARGS": engine train's options, after a `|`
+engine convert's and after a second `|` engine enhance's, exactly as on the command line. With the third
+part the model's enhancer is trained (after the face model, on A's faceset) and convert uses it; without
+it convert runs with `--enhancer off`; "train min" then counts both. `BASE` in them is the base model that `--base` trains
 (`engine train --pretrain`, for `--base-iterations`) on the clips' people other than A and B. Configurations with the same train options share their
 models, so a convert option is measured on the same weights. Each budget trains its own model from
 scratch (a schedule that depends on the budget stays honest), with `--time-budget` in seconds, or with
@@ -147,12 +152,34 @@ def pretrain(data: dict, work: Path, clips: Path, pair: tuple[str, str], base_ar
     return folder
 
 
-def parse_config(text: str) -> tuple[str, list[str], list[str]]:
+def parse_config(text: str) -> tuple[str, list[str], list[str], list[str] | None]:
+    """(name, train args, convert args, enhance args or None: no enhancer)."""
     name, sep, options = text.partition("=")
     if not sep or not name.isidentifier():
-        sys.exit(f'error: --config {text!r}: expected NAME="TRAIN ARGS | CONVERT ARGS"')
-    train_args, _, convert_args = options.partition("|")
-    return name, shlex.split(train_args), shlex.split(convert_args)
+        sys.exit(f'error: --config {text!r}: expected NAME="TRAIN ARGS | CONVERT ARGS | ENHANCE ARGS"')
+    train_args, _, rest = options.partition("|")
+    convert_args, enhancing, enhance_args = rest.partition("|")
+    return name, shlex.split(train_args), shlex.split(convert_args), shlex.split(enhance_args) if enhancing else None
+
+
+def enhance(data: dict, model: dict, enhance_args: list[str]) -> dict:
+    """The model's enhancer for these options, trained now on A's faceset (or as an earlier run left it);
+    returns the model's record with the enhancer's iterations and seconds added."""
+    folder = Path(model["model"])
+    record = folder / "bench_enhance.json"
+    if record.is_file() and media.read_json(record)["args"] == enhance_args:
+        done = media.read_json(record)
+    else:
+        print(f"training the enhancer {' '.join(enhance_args)} -> {folder / 'enhancer'}", flush=True)
+        if (folder / "enhancer").exists():  # another configuration's, or interrupted: start it again
+            import shutil
+
+            shutil.rmtree(folder / "enhancer")
+        started = time.monotonic()
+        result = engine("enhance", "--model", str(folder), "--faceset-a", str(data["a"]), *enhance_args)
+        done = {"iterations": result["iterations"], "seconds": time.monotonic() - started, "args": enhance_args}
+        media.write_json(record, done)
+    return {**model, "enhancer_iterations": done["iterations"], "seconds": model["seconds"] + done["seconds"]}
 
 
 def _slug(args: list[str]) -> str:
@@ -288,20 +315,26 @@ def main() -> None:
     work = args.work.resolve()
     data = prepare_data(work, args.clips, tuple(args.pair))
     configs = [parse_config(c) for c in (args.config or DEFAULT_CONFIGS)]
-    if any(BASE in train_args for _, train_args, _ in configs):
+    if any(BASE in train_args for _, train_args, _, _ in configs):
         if args.base is None:
             sys.exit(f"error: a configuration names {BASE}; give --base \"TRAIN ARGS\" to train it")
         base = str(pretrain(data, work, args.clips, tuple(args.pair), shlex.split(args.base), args.base_iterations))
-        configs = [(name, [base if a == BASE else a for a in train_args], convert_args)
-                   for name, train_args, convert_args in configs]
+        configs = [(name, [base if a == BASE else a for a in train_args], convert_args, enhance_args)
+                   for name, train_args, convert_args, enhance_args in configs]
+    if args.cumulative and any(e is not None for *_, e in configs):
+        sys.exit("error: --cumulative resumes each model, which would leave its enhancer behind: measure an "
+                 "enhancer with separate budgets")
     print(f"data: {data['source']}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     budgets = [("iterations", n) for n in args.iterations] if args.iterations else [("minutes", m) for m in args.budgets]
     rows = []
-    for name, train_args, convert_args in configs:
+    for name, train_args, convert_args, enhance_args in configs:
         for index, budget in enumerate(budgets):
             previous = (budgets[index - 1][1] if index else 0) if args.cumulative else None
             model = train(data, work, train_args, budget, previous)
-            layers = convert(data, work, name, model, convert_args, budget)
+            if enhance_args is not None:
+                model = enhance(data, model, enhance_args)
+            layers = convert(data, work, name, model,
+                             convert_args if enhance_args is not None else [*convert_args, "--enhancer", "off"], budget)
             started = time.monotonic()
             report = evaluate(data["shot"], data["b"], layers, data["a"], frames=args.frames, gallery=data["gallery"])
             picture = still(data, layers, report, work / "stills" / f"{data['pair']}_{name}_{budget_name(budget)}.png")
@@ -309,6 +342,7 @@ def main() -> None:
             if grid.is_file():  # the training's face grid at this budget, beside the still
                 media.write_bytes(picture.with_name(f"{picture.stem}_grid.png"), grid.read_bytes())
             rows.append({"config": name, "train_args": train_args, "convert_args": convert_args,
+                         "enhance_args": enhance_args, "enhancer_iterations": model.get("enhancer_iterations"),
                          "budget": budget_name(budget),
                          "iterations": model["iterations"], "train_seconds": model["seconds"], "load": model["load"],
                          "evaluate_seconds": round(time.monotonic() - started, 1), "summary": report["summary"],

@@ -71,11 +71,14 @@ MASK_MODES = {
     "learned": Choice("Learned", "The occlusion matte trained in Masks: occluders keep the plate"),
     "predicted+extended+learned": Choice("Intersection + Learned", "The intersection, less the occluders"),
 }
+NETWORK_MASKS = {"predicted", "learned"}  # drawn by a network, not from the landmarks
 # --feather's default: this share of the shot's median face width (the landmark box), in frame pixels.
 AUTO_FEATHER = 0.06
 # --edge-match reaches this share of the face's (landmark) width in from the matte's edge (2 sigma of its blur):
 # far enough to take the seam's colour step, short of the eyes and mouth, which stay the model's.
 EDGE_MATCH_REACH = 0.18
+# Beyond the solid face, its colour is carried out by a blur this share of the model's size wide (sigma).
+FILL_SIGMA = 1 / 16
 MAX_SUPERSAMPLE = 4  # a crop that shrinks the face is averaged over up to 4x4 samples per pixel
 # A mask level within 2% of 0 or 1 counts as fully outside or inside: a model's sigmoid mask never reaches
 # either, which would let the plate show through the whole face and leave a faint haze around it.
@@ -462,10 +465,14 @@ class Converter:
 
     def finish_face(self, job: FaceJob, crop, rgb, predicted, frame_size, region=None, origin=(0, 0)) -> FaceResult:
         """Mask, colour-match and warp one swapped face back into frame pixels."""
+        import torch
+
         from .color import match_color
+        from .detail import extend_colour
 
         mask = snap_levels(self.choose_mask(job, predicted), MASK_SNAP)
         face = match_color(self.settings.color, rgb[None], crop[None], mask[None])[0]
+        face = extend_colour(face[None], mask[None], self.size * FILL_SIGMA)[0]
         box = self.face_box(job)
         clipped = self.clip(box, frame_size)
         shot_face = colorspace.convert_tensor(face, colorspace.MODEL, self.colour.plate)
@@ -477,6 +484,10 @@ class Converter:
         if not self.colour.plate.scene_linear:  # a display-referred or log plate holds 0-1
             color = color.clamp(max=1.0)
         alpha = _sample(mask[None], frame_to_aligned, w, h, "bilinear", "zeros")
+        # The same bound again at the frame's resolution: a model's pixel is several frame pixels wide, and
+        # its soft edge, enlarged, would reach that far past the face.
+        frame_landmarks = align.transform_points(job.landmarks, align.invert_matrix(job.matrix)) - box[:2]
+        alpha = torch.minimum(alpha, torch.from_numpy(self.face_region(frame_landmarks, (h, w))).to(alpha))
         alpha = shape_mask(alpha, self.settings.erode, self.settings.feather)[0]
         if self.settings.edge_match:
             from .detail import match_edges
@@ -511,7 +522,9 @@ class Converter:
         return color
 
     def choose_mask(self, job: FaceJob, predicted):
-        """The intersection of the --mask sources, 1 x size x size in [0, 1]."""
+        """The intersection of the --mask sources, 1 x size x size in [0, 1]. A network's mask (predicted,
+        learned) is kept within the face's reach: what it draws beyond, its border and corners included
+        (convolutions see the crop's edge there), is no face, and would show the crop's box in the matte."""
         import torch
 
         chosen = None
@@ -528,7 +541,14 @@ class Converter:
             else:
                 mask = torch.from_numpy(masks.MASKS[source](job.landmarks, self.size)).to(predicted)[None]
             chosen = mask if chosen is None else torch.minimum(chosen, mask)
+        if set(self.mask_sources) & NETWORK_MASKS:
+            chosen = torch.minimum(chosen, torch.from_numpy(self.face_region(job.landmarks, self.size)).to(predicted))
         return chosen
+
+    def face_region(self, landmarks, size):
+        """Where this run's mask may be above 0, drawn from `landmarks` in their own pixels (`size` square or
+        (height, width)): the hull for --mask hull, the face's reach (the extended mask's outer hull) else."""
+        return (masks.hull_mask if self.mask_sources == ("hull",) else masks.face_reach)(landmarks, size)[None]
 
     # -- per frame: composite
 

@@ -25,6 +25,11 @@ DETAIL_SIGMA = 1.5
 # being an edge: on talking-head plates skin texture's median is about 0.003 and its 90th percentile 0.015;
 # a frame of glasses or a nose's outline reach 0.05 and more. Detail fades as exp(-(amplitude / this)^2).
 DETAIL_EDGE = 0.03
+# extend_colour: below this much blurred solid face, a pixel takes the face's mean colour instead.
+FILL_FALLBACK = 1e-3
+# extend_colour keeps the model's own colour as the mask to this power: all of it where the mask is 1, so no
+# step where the solid face ends, a sixteenth where it is 0.5, and the fill beyond.
+EDGE_KEEP_POWER = 4
 
 
 def gaussian_blur(image: torch.Tensor, sigma: float, padding: str = "reflect", radius: int | None = None) -> torch.Tensor:
@@ -63,6 +68,20 @@ def restore_detail(face: torch.Tensor, plate: torch.Tensor, weight: torch.Tensor
 def sharpen(face: torch.Tensor, amount: float, sigma: float) -> torch.Tensor:
     """Unsharp mask: `face` plus `amount` times its own detail finer than `sigma` pixels."""
     return face + amount * high_pass(face, sigma)
+
+
+def extend_colour(face: torch.Tensor, mask: torch.Tensor, sigma: float) -> torch.Tensor:
+    """`face` (N x 3 x H x W) where `mask` (N x 1 x H x W) is 1; wherever it is less, the colour of the solid
+    face nearby (its blur over the pixels where the mask is 1; the face's mean colour far from any), as
+    compositors extend a layer's edge. What a model draws where its mask fades (hair above the forehead,
+    background it was taught little or nothing of) then never shows through the matte's soft edge, in
+    hues (after the face's colour match) of neither face nor plate."""
+    solid = (mask >= 1).to(face)
+    mean = (face * solid).sum((2, 3), keepdim=True) / solid.sum((2, 3), keepdim=True).clamp(min=1)
+    fill = (gaussian_blur(face * solid, sigma, "zeros") + FILL_FALLBACK * mean) / (
+        gaussian_blur(solid, sigma, "zeros") + FILL_FALLBACK)
+    keep = mask ** EDGE_KEEP_POWER
+    return face * keep + fill * (1 - keep)
 
 
 def match_edges(face: torch.Tensor, plate: torch.Tensor, alpha: torch.Tensor, amount: float, sigma: float) -> torch.Tensor:

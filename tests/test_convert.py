@@ -3,6 +3,8 @@ blank frames, numbering, colour matching, farm chunks, resume, markings, linear 
 
 import io
 import json
+import math
+import shutil
 from pathlib import Path
 
 import cv2
@@ -15,11 +17,11 @@ from demo import samples
 from engine import colorspace, media
 from engine import model as model_module
 from engine.color import COLOR_MODES
-from engine.convert import Converter, ConvertSettings, FaceJob, convert, shape_mask
+from engine.convert import MASK_MODES, Converter, ConvertSettings, FaceJob, convert, shape_mask
 from engine.events import Events
 from engine.extract import extract
-from engine.faces import align
-from engine.faceset import Alignments
+from engine.faces import align, masks
+from engine.faceset import Alignments, learned_mask
 from engine.model import ModelConfig, model_hash
 from engine.output import read_marking
 from tests.conftest import run_engine
@@ -59,6 +61,18 @@ class SoftMaskModel(PassThroughModel):
         distance = ((x - size / 2) ** 2 + (y - size / 2) ** 2).sqrt()
         mask = 0.0005 + 0.999 * torch.sigmoid(2 * (0.35 * size - distance))
         return faces.clone(), mask.expand(len(faces), 1, size, size).clone()
+
+
+class StrayColourModel(PassThroughModel):
+    """The face under a soft mask smaller than the face, painted pure green beyond it (mask below 0.5): what
+    a model draws where it drew no face (hair over the forehead, background), in the colour that shows most."""
+
+    def swap(self, faces, person):
+        size = faces.shape[-1]
+        y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        mask = torch.sigmoid(0.5 * (0.2 * size - ((x - size / 2) ** 2 + (y - size / 2) ** 2).sqrt()))
+        green = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
+        return torch.where(mask < 0.5, green, faces), mask.expand(len(faces), 1, size, size).clone()
 
 
 @pytest.fixture
@@ -372,6 +386,61 @@ def test_matte_is_exactly_one_inside_and_zero_beyond_the_feather(passthrough_mod
             patch_mask = media.read_image(out / "patch" / f"patch_mask_{number:06d}{ext}")
             assert patch_mask.min() == 0 and patch_mask.max() == full
             assert ((patch_mask > 0) & (patch_mask < full)).mean() < 0.05  # only the sigmoid's edge
+
+
+def landmark_region(mode: str, landmarks, size, grow: float = 0.0) -> np.ndarray:
+    """Where a --mask `mode` may reach, from the face's `landmarks` (in pixels of a `size` square): the hull
+    for hull, the extended mask's outer hull else; grown by `grow` pixels."""
+    region = (masks.hull_mask if mode == "hull" else masks.face_reach)(landmarks, size) > 0
+    radius = math.ceil(grow)
+    return region if not radius else cv2.dilate(region.astype(np.uint8), disk(radius)) > 0
+
+
+@pytest.fixture(scope="module")
+def learned_everywhere(faceset_b, tmp_path_factory) -> Path:
+    """A copy of faceset_b whose learned masks are white over the whole crop: a segmenter that saw no background."""
+    faceset = tmp_path_factory.mktemp("learned") / "faceset"
+    shutil.copytree(faceset_b, faceset)
+    for _, face in Alignments.load(faceset).faces():
+        media.write_image(learned_mask(faceset, face), np.full((128, 128), 255, np.uint8))
+    return faceset
+
+
+@pytest.mark.parametrize("mode", list(MASK_MODES))
+def test_nothing_of_the_crop_box_reaches_beyond_the_face(mode, passthrough_model, learned_everywhere, shot_b, tmp_path):
+    """A network mask over the whole crop (the pass-through model's, a learned matte of all face), as a
+    poorly trained model's border and corners are: the matte, the layer's alpha and the patch mask stay 0
+    beyond the face (grown by the feather), and the finished frame is the plate there, in every mode."""
+    feather = 8
+    convert(shot_b, learned_everywhere, passthrough_model, tmp_path, mask=mode, feather=feather, color="none",
+            write_frames=True, write_patches=True, frames="3-4", device="cpu")
+    plates = source_frames(shot_b)
+    shot = Alignments.load(learned_everywhere)
+    for number in (3, 4):
+        face = shot.frame(number).faces[0]
+        outside = ~landmark_region(mode, np.asarray(face.landmarks), 320, grow=feather)[:240]
+        matte = media.read_image(tmp_path / "matte" / f"matte_{number:06d}.png")
+        layer = media.read_image(tmp_path / "face" / f"face_{number:06d}.png")
+        finished = media.read_image(tmp_path / "frames" / f"frame_{number:06d}.png")
+        assert matte.max() == 65535 and not matte[outside].any() and not layer[outside].any()
+        assert np.array_equal(finished[outside], plates[number][outside].astype(np.uint16) * 257)
+        patch_mask = media.read_image(tmp_path / "patch" / f"patch_mask_{number:06d}.png")
+        aligned = align.transform_points(np.asarray(face.landmarks), align.scale_matrix(face.matrix, 128, 256))
+        assert not patch_mask[~landmark_region(mode, aligned, 256)].any()
+
+
+@pytest.mark.parametrize("passthrough_model", [StrayColourModel], indirect=True)
+def test_the_soft_edge_shows_the_face_not_what_the_model_drew_beyond_it(passthrough_model, faceset_b, shot_b, tmp_path):
+    """The model paints pure green beyond the face: under the matte's soft edge the layer still holds the
+    face's own colours (here the plate's), no band of a hue that neither has."""
+    convert(shot_b, faceset_b, passthrough_model, tmp_path, feather=10, color="none", frames="5", device="cpu")
+    layer = media.read_image(tmp_path / "face" / "face_000005.png").astype(np.float64) / 65535
+    plate = source_frames(shot_b)[5] / 255.0
+    edge = (layer[..., 3] > 0) & (layer[..., 3] < 1)
+    assert edge.sum() > 200
+    greenness = lambda rgb: rgb[..., 1] - np.maximum(rgb[..., 0], rgb[..., 2])  # noqa: E731
+    assert greenness(plate).max() < 0.1  # the sample holds no green
+    assert greenness(layer[..., :3][edge]).max() < 0.1
 
 
 def test_mask_modes(tiny_model, faceset_b, shot_b, tmp_path):

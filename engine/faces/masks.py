@@ -19,29 +19,38 @@ EYE_REACH = 1.8
 MOUTH_REACH = 1.2
 
 
-def _fill_hull(points: np.ndarray, size: int) -> np.ndarray:
-    mask = np.zeros((size, size), np.uint8)
+def _fill_hull(points: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """The hull of `points`, `size` x `size` or `size` = (height, width)."""
+    mask = np.zeros(size if isinstance(size, tuple) else (size, size), np.uint8)
     hull = cv2.convexHull(np.round(points * 16).astype(np.int32))  # 4 fractional bits: sub-pixel edges
     cv2.fillConvexPoly(mask, hull, 255, lineType=cv2.LINE_AA, shift=4)
     return mask.astype(np.float32) / 255.0
 
 
-def hull_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
-    """The convex hull of the 68 points, float32 in [0, 1], size x size."""
+def hull_mask(landmarks: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """The convex hull of the 68 points, float32 in [0, 1], size x size (or size = (height, width))."""
     return _fill_hull(np.asarray(landmarks, np.float64), size)
+
+
+def _raised_hull(points: np.ndarray, share: float, size: int | tuple[int, int]) -> np.ndarray:
+    """The hull with the brows raised by `share` of the chin-to-brows height."""
+    raised = points.copy()
+    raised[17:27] = points[17:27] + share * (points[17:27].mean(0) - points[8])
+    return _fill_hull(raised, size)
 
 
 def extended_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
     """The hull with the brows raised to take in the forehead, its top fading softly, float32 in [0, 1]."""
     points = np.asarray(landmarks, np.float64)
-    up = points[17:27].mean(0) - points[8]  # chin to brows
-    raised = points.copy()
     steps = np.linspace(FOREHEAD * (1 - FOREHEAD_FADE), FOREHEAD, FOREHEAD_STEPS)
-    total = np.zeros((size, size), np.float32)
-    for step in steps:
-        raised[17:27] = points[17:27] + step * up
-        total += _fill_hull(raised, size)
-    return total / len(steps)
+    return sum(_raised_hull(points, step, size) for step in steps) / len(steps)
+
+
+def face_reach(landmarks: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Where a face can be: the extended mask's outermost hull, hard-edged (anti-aliased), `size` square
+    or (height, width). Every mask a model learns lies within it, so what a network's mask shows beyond
+    it is the network's error."""
+    return _raised_hull(np.asarray(landmarks, np.float64), FOREHEAD, size)
 
 
 def region_mask(points: np.ndarray, reach: float, size: int) -> np.ndarray:
