@@ -689,12 +689,14 @@ def convert(
     settings.check()
 
     source = media.FrameSource(input)
+    # the names given are checked before any other file is read
+    colour = _colour(source, settings.format, plate_colorspace, output_colorspace, ocio_config)
     alignments_path = Path(alignments)
     if alignments_path.is_dir():
         alignments_path = alignments_path / ALIGNMENTS_FILE
     shot = Alignments.load(alignments_path)
-    plate_colorspace = plate_colorspace or _recorded_space(shot, ocio_config, alignments_path)
-    colour = _colour(source, settings.format, plate_colorspace, output_colorspace, ocio_config)
+    if plate_colorspace is None and (recorded := _recorded_space(shot, ocio_config, alignments_path)):
+        colour = _colour(source, settings.format, recorded, output_colorspace, ocio_config)
     check_alignments(shot, source, alignments_path)
     check_same_shot(shot, source, alignments_path, force, events.warning)
     if Path(shot.source) != source.path.resolve():  # a regraded or re-exported plate is fine, a wrong one is not
