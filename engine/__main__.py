@@ -98,9 +98,9 @@ def _stdout_for_events():
             yield events_out
     finally:
         if descriptor is not None:
-            events_out.flush()
             os.dup2(events_out.fileno(), descriptor)
-            events_out.close()
+            with contextlib.suppress(OSError):  # a pipe whose reader went away (Events.reader_gone)
+                events_out.close()  # flushes first
 
 
 def _fail(events: Events | None, message: str, code: int = 2) -> int:

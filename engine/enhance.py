@@ -192,7 +192,7 @@ def enhance(model_dir: str | Path, faceset_a: str | Path, settings: EnhanceSetti
             run.window += enhance_step(enhancer, face_model, optimizer, batch["a"], torch_device, run.weights)
             run.window_iterations += 1
             stopped = loop.stop_reason(iteration, settings.iterations, time.monotonic() - run_started,
-                                       settings.time_budget, requests.reason)
+                                       settings.time_budget, requests.reason or events.stop_reason())
             run.after(iteration, stopped)
             if stopped:
                 break

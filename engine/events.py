@@ -7,10 +7,12 @@ warning, done, error; and train's late_phase and adversarial_phase, once each wh
 import json
 import logging
 import math
+import os
 import sys
 import time
 
 log = logging.getLogger("engine")
+STOP_READER_GONE = "events reader gone"  # the reason a training run stops when its events have no reader
 
 
 def one_line(text: str) -> str:
@@ -46,13 +48,25 @@ class Events:
         self.stderr = stderr or sys.stderr
         self._bar = None
         self._started = time.monotonic()
+        # Set once the reader of the events has gone (Blender closed or crashed, a killed farm worker): a
+        # training loop then saves and stops (STOP_READER_GONE) rather than dying on its next event unsaved.
+        self.reader_gone = False
 
     def emit(self, event: str, **fields) -> None:
-        if not self.json_lines:
+        if not self.json_lines or self.reader_gone:
             return
         record = {"event": event, "stage": self.stage, **_plain(fields)}
-        self.stdout.write(json.dumps(record) + "\n")
-        self.stdout.flush()
+        try:
+            self.stdout.write(json.dumps(record) + "\n")
+            self.stdout.flush()
+        except OSError:  # BrokenPipeError; on Windows a pipe whose reader closed raises EINVAL
+            self.reader_gone = True
+            if self.stdout is sys.stdout:  # nor may Python's own flush at exit fail on it
+                sys.stdout = open(os.devnull, "w")
+
+    def stop_reason(self) -> str | None:
+        """STOP_READER_GONE once nobody reads the events any more, else None."""
+        return STOP_READER_GONE if self.reader_gone else None
 
     def start(self, **fields) -> None:
         log.info("%s: start %s", self.stage, " ".join(f"{k}={v}" for k, v in fields.items()))

@@ -319,8 +319,8 @@ def _train_segmenter(faceset, labels, model_dir: Path, iterations: int, resume: 
         if not math.isfinite(loss_sum):
             raise EngineError(f"the mask loss stopped being a number at iteration {iteration}; "
                               f"a lower --learning-rate helps (nothing of this run was saved after the last checkpoint)")
-        if requests.reason:
-            stopped = requests.reason
+        if reason := requests.reason or events.stop_reason():
+            stopped = reason
         if iteration % settings.log_every == 0 or iteration == iterations or stopped != "iterations":
             it_per_s = window / max(time.monotonic() - window_start, 1e-9)
             events.progress(iteration, iterations, iteration=iteration, loss=loss_sum / window,

@@ -30,7 +30,7 @@ from . import loop, media
 from .adversarial import Adversary, make_adversary
 from .augment import Augmentation, FaceBatches, augment, batch_loader, memory_budget
 from .device import pick_device, thread_adapter
-from .events import EngineError, Events, log
+from .events import STOP_READER_GONE, EngineError, Events, log
 from .faces.expression import compare_expression_coverage, expression_balance_weights
 from .faceset import Faceset
 from .losses import LossWeights, face_loss
@@ -312,7 +312,7 @@ def train(
 
                 # why stop now, if at all (every process must agree, or DDP would hang)
                 stop_reason = loop.stop_reason(iteration, iterations, time.monotonic() - run_started, time_budget,
-                                           requests.reason)
+                                           requests.reason or events.stop_reason())
                 feedback = iteration % train_settings.preview_every == 0
                 row = iteration % train_settings.log_every == 0 or feedback
                 if row and target_loss is not None and window.sum().item() / (2 * window_iterations) <= target_loss:
@@ -811,7 +811,8 @@ def _start_processes(device_name: str):
 
 def _agree(stop_reason: str | None, device) -> str | None:
     """Every process stops if any wants to: the reason is shared as an index into a fixed list."""
-    reasons = [None, "iterations", "time budget", "target loss", "stop file", "SIGINT", "SIGTERM", "SIGBREAK"]
+    reasons = [None, "iterations", "time budget", "target loss", "stop file", "SIGINT", "SIGTERM", "SIGBREAK",
+               STOP_READER_GONE]
     flag = torch.tensor([reasons.index(stop_reason)], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return reasons[int(flag.item())]

@@ -178,6 +178,24 @@ def test_stop_file_saves_and_stops(faceset_a, faceset_b, tmp_path):
     assert state["iteration"] == summary["iterations"] >= 5
 
 
+def test_a_train_whose_events_reader_goes_away_saves_and_stops(faceset_a, faceset_b, tmp_path):
+    """Blender closed or crashed mid-training: the engine's events pipe has no reader any more. The run
+    saves what it trained and ends, rather than dying unsaved on its next event (or training on, orphaned)."""
+    model = tmp_path / "m"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine", "train", "--a", faceset_a, "--b", faceset_b, "--model", model,
+         "--preset", "tiny", "--log-every", "2", "--save-every", "100000", "--events"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    for line in process.stdout:
+        if json.loads(line)["event"] == "progress":
+            break
+    process.stdout.close()  # the reader goes: the engine's next event meets a broken pipe
+    assert process.wait(timeout=120) == 0
+    [checkpoint] = checkpoint_paths(model)
+    assert read_checkpoint(checkpoint)["iteration"] == read_history(model / "history.csv")[-1]["iteration"] >= 4
+
+
 def test_sigint_saves_then_exits_cleanly(faceset_a, faceset_b, tmp_path):
     model = tmp_path / "m"
     process = subprocess.Popen(
