@@ -262,7 +262,10 @@ def lock_folder(folder: str | os.PathLike, shared: bool = False) -> None:
             return  # a filesystem without locks (some network mounts): run, as before locks
         raise EngineError(f"cannot lock {folder}: {getattr(cause, 'strerror', None) or e}") from None
     if not shared:  # the holder's pid, for the message another run gets; blanked on a clean exit
-        _write_at_start(lock, str(os.getpid()))
+        try:
+            _write_at_start(lock, str(os.getpid()))
+        except OSError as e:  # a full disk: the first byte a run writes is often this record's
+            raise write_failed(folder / LOCK_FILE, _why(e)) from None
         stack.callback(_write_at_start, lock, "")
 
 

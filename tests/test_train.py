@@ -349,12 +349,17 @@ def test_out_of_gpu_memory_names_the_fix(faceset_a, faceset_b, tmp_path, capsys)
     assert code == 2 and "out of GPU memory" in err and "lower --batch or --size" in err
 
 
-def test_a_batch_too_big_for_the_machine_is_refused_before_it_is_built(faceset_a, faceset_b, tmp_path, capsys):
+def test_a_batch_too_big_for_the_machine_is_refused_before_it_is_built(faceset_a, faceset_b, tmp_path, capsys,
+                                                                      monkeypatch):
+    """On a machine of 4 GiB (the faces may take a quarter), the largest batch at 256 px would not fit."""
+    import engine.augment
+
+    monkeypatch.setattr(engine.augment, "memory_budget", lambda: 1 << 30)
     code, _, err = cli(capsys, "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "m", "--preset", "tiny",
-                       "--size", 256, "--batch", 100000, "--iterations", 1, "--device", "cpu")
+                       "--size", 256, "--batch", 4096, "--iterations", 1, "--device", "cpu")
     last = err.strip().splitlines()[-1]
     assert code == 2 and "Traceback" not in err
-    assert last.startswith("error: a batch of 100000 faces at 256 px") and last.endswith("lower --batch or --size")
+    assert last.startswith("error: a batch of 4096 faces at 256 px") and last.endswith("lower --batch or --size")
 
 
 # ---------------------------------------------------------------- pieces
