@@ -103,6 +103,7 @@ def usable_cores(cores: int | None = None) -> int:
 
 ADAPT_WINDOW_S = 1.0  # how long each look at the cores a run actually gets lasts (a window at too many threads is lost)
 PROBE_EVERY_S = 30.0  # how often a run that gets every core it has threads for tries one thread more
+PROBE_BACKOFF = 8  # each probe that did not pay doubles the wait before the next, up to this many times PROBE_EVERY_S
 PROBE_GAIN = 1.1  # the speed-up one more thread must bring to be kept
 
 
@@ -113,14 +114,15 @@ class ThreadAdapter:
     at every barrier, and a train falls to a tenth of what its share allows. Each ADAPT_WINDOW_S it compares
     the process's CPU time with the wall time: getting clearly fewer cores than it has threads, it drops
     to the cores it gets; getting all of them, every PROBE_EVERY_S it tries one thread more and keeps it
-    only if the iterations per second rise by PROBE_GAIN. Call `step()` once per iteration. The clocks and
+    only if the iterations per second rise by PROBE_GAIN. A probe beside a busy program costs an iteration
+    at a crawl, so each one that fails doubles the wait for the next (up to PROBE_BACKOFF times). Call `step()` once per iteration. The clocks and
     the setter are parameters so tests can drive it."""
 
     def __init__(self, cores: int, threads: int, set_threads, clock=time.monotonic, cpu_clock=time.process_time):
         self.cores, self.threads = cores, min(threads, cores)
         self._set_threads, self._clock, self._cpu_clock = set_threads, clock, cpu_clock
         self._probe: tuple[int, float] | None = None  # while one more thread is tried: (threads before, their speed)
-        self._last_probe = clock()
+        self._last_probe, self._probe_wait = clock(), PROBE_EVERY_S
         self._begin_window()
 
     def _begin_window(self) -> None:
@@ -141,10 +143,13 @@ class ThreadAdapter:
             self._probe, self._last_probe = None, now
             if speed < before_speed * PROBE_GAIN:
                 self._change(before, f"one more thread did not pay ({speed:.2f} it/s against {before_speed:.2f})")
+                self._probe_wait = min(2 * self._probe_wait, PROBE_BACKOFF * PROBE_EVERY_S)
+            else:
+                self._probe_wait = PROBE_EVERY_S
         elif got < self.threads - 0.5:
             self._change(max(1, round(got)), f"this run gets {got:.1f} of its {self.threads} threads' cores")
             self._last_probe = now
-        elif self.threads < self.cores and now - self._last_probe >= PROBE_EVERY_S:
+        elif self.threads < self.cores and now - self._last_probe >= self._probe_wait:
             self._probe = (self.threads, speed)
             self._change(self.threads + 1, "trying one more")
 

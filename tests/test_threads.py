@@ -6,7 +6,7 @@ of wall time, and how fast it iterates with each thread count) instead of loadin
 import torch
 
 from engine import device
-from engine.device import ADAPT_WINDOW_S, PROBE_EVERY_S, ThreadAdapter
+from engine.device import ADAPT_WINDOW_S, PROBE_BACKOFF, PROBE_EVERY_S, ThreadAdapter
 
 
 class Machine:
@@ -15,9 +15,13 @@ class Machine:
 
     def __init__(self, share: float, speed: dict[int, float], cores: int, threads: int):
         self.share, self.speed, self.wall, self.cpu = share, speed, 0.0, 0.0
-        self.counts = []
-        self.adapter = ThreadAdapter(cores, threads, self.counts.append, clock=lambda: self.wall,
+        self.counts, self.times = [], []  # each thread count the adapter set, and when
+        self.adapter = ThreadAdapter(cores, threads, self.set_threads, clock=lambda: self.wall,
                                      cpu_clock=lambda: self.cpu)
+
+    def set_threads(self, threads: int) -> None:
+        self.counts.append(threads)
+        self.times.append(self.wall)
 
     def run(self, seconds: float) -> None:
         end = self.wall + seconds
@@ -42,6 +46,15 @@ def test_one_more_thread_is_tried_now_and_then_and_dropped_when_it_does_not_pay(
     machine.run(PROBE_EVERY_S + 3 * ADAPT_WINDOW_S)
     assert machine.counts[:2] == [2, 1]  # tried, and back
     assert machine.adapter.threads == 1
+
+
+def test_each_probe_that_does_not_pay_waits_twice_as_long_for_the_next():
+    machine = Machine(share=1.0, speed={1: 8.0, 2: 0.8}, cores=2, threads=1)
+    machine.run(PROBE_EVERY_S * (1 + 2 + 4 + PROBE_BACKOFF + PROBE_BACKOFF) + 10 * ADAPT_WINDOW_S)
+    probes = [when for when, threads in zip(machine.times, machine.counts, strict=True) if threads == 2]
+    gaps = [later - earlier for earlier, later in zip(probes, probes[1:], strict=False)]
+    waits = [PROBE_EVERY_S * factor for factor in (2, 4, PROBE_BACKOFF, PROBE_BACKOFF)]
+    assert len(gaps) == len(waits) and all(wait <= gap < wait + 3 * ADAPT_WINDOW_S for gap, wait in zip(gaps, waits, strict=True))
 
 
 def test_freed_cores_are_taken_back():
