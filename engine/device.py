@@ -101,7 +101,7 @@ def usable_cores(cores: int | None = None) -> int:
     return max(1, (cores or available_cores()) - (int(reserve) if reserve.isdigit() else 0))
 
 
-ADAPT_WINDOW_S = 1.0  # how long each look at the cores a run actually gets lasts (a window at too many threads is lost)
+ADAPT_WINDOW_S = 1.0  # each look at the cores a run gets lasts this long (a window at too many threads is lost)
 PROBE_EVERY_S = 30.0  # how often a run that gets every core it has threads for tries one thread more
 PROBE_BACKOFF = 8  # each probe that did not pay doubles the wait before the next, up to this many times PROBE_EVERY_S
 PROBE_GAIN = 1.1  # the speed-up one more thread must bring to be kept
@@ -115,8 +115,8 @@ class ThreadAdapter:
     the process's CPU time with the wall time: getting clearly fewer cores than it has threads, it drops
     to the cores it gets; getting all of them, every PROBE_EVERY_S it tries one thread more and keeps it
     only if the iterations per second rise by PROBE_GAIN. A probe beside a busy program costs an iteration
-    at a crawl, so each one that fails doubles the wait for the next (up to PROBE_BACKOFF times). Call `step()` once per iteration. The clocks and
-    the setter are parameters so tests can drive it."""
+    at a crawl, so each one that fails doubles the wait for the next (up to PROBE_BACKOFF times). Call
+    `step()` once per iteration. The clocks and the setter are parameters so tests can drive it."""
 
     def __init__(self, cores: int, threads: int, set_threads, clock=time.monotonic, cpu_clock=time.process_time):
         self.cores, self.threads = cores, min(threads, cores)
