@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from . import loop, media
 from .augment import Augmentation, FaceBatches, augment, batch_loader, memory_budget
-from .device import pick_device
+from .device import pick_device, thread_adapter
 from .enhancer import (
     FACTORS,
     FORMAT,
@@ -187,10 +187,13 @@ def enhance(model_dir: str | Path, faceset_a: str | Path, settings: EnhanceSetti
         run = Run(folder, enhancer, face_model, optimizer, start, faceset, parameters, settings, preview_faces,
                   torch_device, events, run_started)
         iteration, stopped = start.iteration, None
+        threads = thread_adapter(torch_device, 1)  # beside Blender and other runs, as train does
         requests.training = True
         for iteration, batch in zip(itertools.count(start.iteration + 1), loader, strict=False):
             run.window += enhance_step(enhancer, face_model, optimizer, batch["a"], torch_device, run.weights)
             run.window_iterations += 1
+            if threads:
+                threads.step()
             stopped = loop.stop_reason(iteration, settings.iterations, time.monotonic() - run_started,
                                        settings.time_budget, requests.reason or events.stop_reason())
             run.after(iteration, stopped)
