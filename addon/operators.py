@@ -18,7 +18,16 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from . import contract, jobs, strips
 from .core import engine_args
-from .core.done import ConvertDone, EnhanceDone, ExtractDone, TrainDone, read, stop_words
+from .core.done import (
+    ConvertDone,
+    EnhanceDone,
+    ExtractDone,
+    InfoDone,
+    TrainDone,
+    WeightsDone,
+    read,
+    stop_words,
+)
 from .core.engine_args import ConvertPanel, TrainPanel, has_model, plain
 from .engine_client import REQUIREMENTS_FILE, ClientError, engine_command, engine_root, venv_python
 from .jobs import Step
@@ -299,24 +308,12 @@ def convert_step(scene, frames: tuple[int, int] | None) -> Step:
     return Step("Convert", argv, finish, log=log, env=run_env())
 
 
-def describe_engine(summary: dict) -> str:
-    """Check engine's findings in one line: versions, and the GPUs torch sees (or that it sees none)."""
-    gpus = ", ".join(str(g) for g in summary.get("gpus") or [])
-    if summary.get("cuda"):
-        kind = f"ROCm {summary['hip_version']}" if summary.get("hip_version") else f"CUDA {summary.get('cuda_version')}"
-        gpu = f"{kind}: {gpus}"
-    elif summary.get("mps"):
-        gpu = "Apple MPS GPU"
-    else:
-        gpu = "no GPU: CPU only"
-    return f"Engine {summary.get('engine')}, Python {summary.get('python')}, torch {summary.get('torch')}, {gpu}"
-
-
 def record_engine(_scene, summary: dict) -> str:
     """Check engine's result, into the preferences."""
-    status = describe_engine(summary)
-    if isinstance(summary.get("schema"), dict):
-        contract.save(summary["schema"])
+    done = read(InfoDone, summary)
+    status = done.describe()
+    if done.schema:
+        contract.save(done.schema)
     preferences = prefs()
     preferences.engine_status = status
     preferences.engine_ok, preferences.engine_error = True, ""
@@ -512,7 +509,8 @@ class FACEREPLACE_OT_download_weights(EngineOperator, bpy.types.Operator):
             preferences.fan_weights = str(extension_user_folder("fan-weights"))
         folder = bpy.path.abspath(preferences.fan_weights)
         return [Step("Download detector weights", engine_command(engine_python(), "weights", ["--folder", folder]),
-                     lambda _scene, summary: f"Detector weights in {summary.get('folder')}", env=run_env())]
+                     lambda _scene, summary: f"Detector weights in {read(WeightsDone, summary).folder}",
+                     env=run_env())]
 
 
 class FACEREPLACE_OT_open_image(bpy.types.Operator):

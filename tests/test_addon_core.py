@@ -193,3 +193,20 @@ def test_the_panels_show_the_running_train_and_the_labels():
     labelled = [str(n) for n in range(10)]
     assert panel_state.labelled_line(labelled) == "Labeled: 10 frames (0, 1, 2, 3, 4, 5, 6, 7...)"
     assert panel_state.labelled_line([]) == "Labeled: 0 frames"
+
+
+def test_a_done_event_of_the_wrong_shape_is_refused_by_name():
+    """A stranger's engine: a field of another type fails the step with its name, never lands in the scene."""
+    with pytest.raises(TypeError, match="frames is 'many', not int"):
+        done.read(done.ConvertDone, {"frames": "many"})
+    with pytest.raises(TypeError, match="frames is True"):
+        done.read(done.ConvertDone, {"frames": True})
+    assert done.read(done.EnhanceDone, {"loss": 1}).loss == 1.0  # JSON's 1 for 1.0
+
+
+def test_check_engine_says_what_the_engine_found():
+    info = {"engine": "0.1.0", "python": "3.11.7", "torch": "2.5.1", "cuda": True, "cuda_version": None,
+            "hip_version": "6.2", "mps": False, "gpus": ["MI300X", "MI300X"], "cpu_threads": 8}
+    assert done.read(done.InfoDone, info).describe() == "Engine 0.1.0, Python 3.11.7, torch 2.5.1, ROCm 6.2: MI300X, MI300X"
+    cpu = done.read(done.InfoDone, {**info, "cuda": False, "gpus": []})
+    assert cpu.describe().endswith("torch 2.5.1, no GPU: CPU only") and cpu.schema == {}
