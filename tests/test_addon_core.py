@@ -12,7 +12,7 @@ import pytest
 
 from addon.core import done, engine_args, panel_state, results
 from addon.core.engine_args import ConvertPanel, TrainPanel
-from addon.engine_client import ClientError
+from addon.engine_client import ClientError, engine_command, parse_line
 from engine import colorspace, loop, output
 from engine.__main__ import Parser, _parse, add_verb_arguments
 from engine.events import EngineError
@@ -210,3 +210,32 @@ def test_check_engine_says_what_the_engine_found():
     assert done.read(done.InfoDone, info).describe() == "Engine 0.1.0, Python 3.11.7, torch 2.5.1, ROCm 6.2: MI300X, MI300X"
     cpu = done.read(done.InfoDone, {**info, "cuda": False, "gpus": []})
     assert cpu.describe().endswith("torch 2.5.1, no GPU: CPU only") and cpu.schema == {}
+
+
+def _run(verb: str, args: list) -> dict:
+    """The engine run the add-on starts (engine_client's command from the core's arguments), to its end:
+    its `done` event, as the add-on parses it."""
+    argv = engine_command(sys.executable, verb, args, "cpu")
+    ran = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    return next(e for e in map(parse_line, ran.stdout.splitlines()) if e["event"] == "done")
+
+
+def test_the_engine_runs_the_cores_arguments_and_ends_in_what_the_core_reads(faceset_a, faceset_b, shot_b, tmp_path):
+    """Train and convert as the add-on starts them: their done events read into the typed records, and
+    the output folder convert wrote plans the result strips."""
+    model = engine_args.new_model_folder(tmp_path)
+    panel = TrainPanel(iterations=2, preset="tiny", size="PRESET", architecture="PRESET", late_phase=0.0,
+                       lr_dropout=0.3, gan_weight=0.0, balance_expressions=False, time_budget=0.0)
+    trained = done.read(done.TrainDone, _run("train", engine_args.train_args(faceset_a, faceset_b, model, panel, False)))
+    assert (trained.iterations, trained.stopped, Path(trained.preview).parent) == (2, "iterations", model)
+    assert done.stop_words(trained.stopped) == " (reached its iterations)" and engine_args.has_model(model)
+    settings = ConvertPanel(mask="extended", erode=0, color="rct", format="png16", detail=0.0, edge_match=0.0,
+                            use_auto_feather=True, feather=8)
+    output_folder = tmp_path / "output"
+    converted = done.read(done.ConvertDone, _run("convert", engine_args.convert_args(
+        shot_b, "1-2", [], faceset_b, model, output_folder, settings)))
+    assert converted.frames == 2 and converted.frames_with_faces == 2
+    plan = results.plan_results(output_folder, (1, 2), "")
+    assert [p.name for p in plan.mattes] == ["matte_000001.png", "matte_000002.png"] and plan.alpha_mode == "STRAIGHT"
+    assert all(p.is_file() for p in plan.faces)
