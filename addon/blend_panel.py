@@ -3,6 +3,7 @@
 import bpy
 
 from . import blend, strips
+from .core.results import converted_feather
 from .engine_client import ClientError
 from .operators import resolved
 from .panels import FaceReplacePanel
@@ -33,7 +34,7 @@ class FACEREPLACE_OT_bake_blend(bpy.types.Operator):
             return {"CANCELLED"}
         try:
             output = resolved(scene.facereplace.convert.output, "convert first: there are no results yet")
-            converted = strips.converted_feather(strips.read_manifest(output))
+            converted = converted_feather(strips.read_manifest(output))
         except ClientError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}

@@ -8,6 +8,7 @@ add-on registers, so a changed answer shows from Blender's next start.
 """
 
 import json
+import sys
 from pathlib import Path
 
 BUNDLED = Path(__file__).with_name("engine_schema.json")
@@ -15,9 +16,11 @@ ANSWER_FILE = "engine_schema.json"  # the last engine's answer, in the extension
 
 
 def _answer_path() -> Path | None:
-    """Where the engine's last answer is kept; None where the add-on runs outside an extension."""
-    import bpy
-
+    """Where the engine's last answer is kept; None where the add-on runs outside an extension, or outside
+    Blender (plain tests of the bpy-free core, which must not pull bpy in)."""
+    bpy = sys.modules.get("bpy")
+    if bpy is None:
+        return None
     try:
         return Path(bpy.utils.extension_path_user(__package__, path="", create=True)) / ANSWER_FILE
     except (ValueError, OSError):

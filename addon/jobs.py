@@ -20,6 +20,7 @@ import bpy
 from bpy.app.handlers import persistent
 
 from . import previews
+from .core.panel_state import format_seconds
 from .engine_client import ClientError, EngineProcess
 from .preferences import prefs
 
@@ -318,15 +319,6 @@ def describe_progress(event: dict) -> str:
     if event.get("eta_s") is not None:
         parts.append(f"ETA {format_seconds(event['eta_s'])}")
     return ", ".join(parts)
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 # ---------------------------------------------------------------- the UI around jobs

@@ -16,9 +16,11 @@ from pathlib import Path
 import bpy
 from bpy.props import EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from . import jobs
+from . import contract, jobs
+from .core import engine_args, panel_state
+from .core.done import MaskApplyDone, MaskTrainDone, read
 from .engine_client import ClientError, engine_command
-from .jobs import Step, format_seconds
+from .jobs import Step
 from .operators import (
     SIDES,
     TRAIN_STOP_GRACE_S,
@@ -73,7 +75,7 @@ def labelled_frames(scene, side: str) -> list[str]:
 
 def _alignments(faceset: Path) -> dict:
     try:
-        return json.loads((faceset / "alignments.json").read_text())
+        return json.loads((faceset / contract.folder("faceset")["alignments"]).read_text())
     except (OSError, ValueError) as e:
         raise ClientError(f"cannot read the faceset's alignments ({faceset}): {e}") from None
 
@@ -184,20 +186,18 @@ def mask_train_step(scene) -> Step:
     labels = work / f"mask_labels_{side.lower()}"
     count = export_labels(scene, side, labels)
     model = _model_folder(scene, side)
-    args = ["train", "--faceset", faceset, "--labels", labels, "--model", model, "--iterations", masks.iterations]
-    if (model / "checkpoints").is_dir() and any((model / "checkpoints").iterdir()):
-        args.append("--resume")  # more labels or iterations refine the model already there
+    args = engine_args.mask_train_args(faceset, labels, model, masks.iterations)
     argv = engine_command(engine_python(), "mask", args, prefs().device)
 
     def finish(scene, summary: dict) -> str:
+        done = read(MaskTrainDone, summary)
         result = scene.facereplace_masks
         result.model = stored(model)
-        result.iteration = summary.get("iterations", 0)
-        result.labelled_iou = summary.get("labelled_iou") or 0.0
+        result.iteration, result.labelled_iou = done.iterations, done.labelled_iou
         return (f"Train Masks: {count} labeled frames, {result.iteration} iterations, "
                 f"IoU on the labels {result.labelled_iou:.3f}")
 
-    return Step("Train Masks", argv, finish, stop_file=model / "stop", log=work / "logs" / "mask_train.log",
+    return Step("Train Masks", argv, finish, stop_file=engine_args.stop_file(model), log=work / "logs" / "mask_train.log",
                 grace_s=TRAIN_STOP_GRACE_S, env=run_env())
 
 
@@ -206,12 +206,13 @@ def mask_apply_step(scene) -> Step:
     side = masks.side
     faceset = _faceset(scene, side)
     model = resolved(masks.model, "train the masks first")
-    argv = engine_command(engine_python(), "mask", ["apply", "--faceset", faceset, "--model", model], prefs().device)
+    argv = engine_command(engine_python(), "mask", engine_args.mask_apply_args(faceset, model), prefs().device)
 
     def finish(scene, summary: dict) -> str:
-        scene.facereplace_masks.applied = summary.get("faces", 0)
-        return (f"Apply Masks: {summary.get('faces', 0)} faces of {side} masked ({summary.get('written', 0)} "
-                f"written); Convert's Mask Learned uses them")
+        done = read(MaskApplyDone, summary)
+        scene.facereplace_masks.applied = done.faces
+        return (f"Apply Masks: {done.faces} faces of {side} masked ({done.written} written); "
+                f"Convert's Mask Learned uses them")
 
     return Step("Apply Masks", argv, finish, log=work_folder(scene) / "logs" / "mask_apply.log", env=run_env())
 
@@ -274,8 +275,7 @@ class SEQUENCER_PT_facereplace_masks(FaceReplacePanel, bpy.types.Panel):
         layout.row().prop(masks, "side", expand=True)
         labelled = labelled_frames(edited_scene(context), masks.side)
         layout.operator("facereplace.mask_label", icon="MOD_MASK")
-        layout.label(text=f"Labeled: {len(labelled)} frames" + (f" ({', '.join(labelled[:8])}"
-                                                                   f"{'...' if len(labelled) > 8 else ''})" if labelled else ""))
+        layout.label(text=panel_state.labelled_line(labelled))
         layout.prop(masks, "iterations")
         row = layout.row(align=True)
         if _busy("mask_train"):
@@ -287,15 +287,8 @@ class SEQUENCER_PT_facereplace_masks(FaceReplacePanel, bpy.types.Panel):
         job = jobs.active()
         live = job.live if _busy("mask_train") or _busy("mask_apply") else {}
         col = layout.column(align=True)
-        col.label(text=f"Iterations: {live.get('iteration', masks.iteration)}")
-        if isinstance(live.get("loss"), float):
-            col.label(text=f"Loss {live['loss']:.4f}")
-        elif masks.iteration:
-            col.label(text=f"IoU on the labels {masks.labelled_iou:.3f}")
-        if live:
-            col.label(text=f"{live.get('done', 0)}/{live.get('total', '?')}, ETA {format_seconds(live.get('eta_s') or 0)}")
-        if masks.applied:
-            col.label(text=f"Learned masks: {masks.applied} faces")
+        for line in panel_state.mask_figures(live, masks.iteration, masks.labelled_iou, masks.applied):
+            col.label(text=line)
 
 
 CLASSES = (FaceReplaceMasks, FACEREPLACE_OT_mask_label, FACEREPLACE_OT_mask_train, FACEREPLACE_OT_mask_apply,

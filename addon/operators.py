@@ -17,6 +17,18 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from . import contract, jobs, strips
+from .core import engine_args
+from .core.done import (
+    ConvertDone,
+    EnhanceDone,
+    ExtractDone,
+    InfoDone,
+    TrainDone,
+    WeightsDone,
+    read,
+    stop_words,
+)
+from .core.engine_args import ConvertPanel, TrainPanel, has_model, plain
 from .engine_client import REQUIREMENTS_FILE, ClientError, engine_command, engine_root, venv_python
 from .jobs import Step
 from .paths import blend_relative, folder_name, not_reserved
@@ -26,10 +38,6 @@ from .strips import absolute, edited_scene, find_strip
 
 SIDES = [("A", "A", "A, the face to put in"), ("B", "B", "B, the shot's face: the one replaced")]
 TRAIN_STOP_GRACE_S = 60.0  # a stopped train finishes its iteration and saves; a big model on a CPU takes a while
-# Why a train ended, as the engine's "done" event says it ("stopped"), in the words of the report.
-STOP_REASONS = {"iterations": "reached its iterations", "time budget": "used its time budget",
-                "target loss": "reached its target loss", "stop file": "stopped", "SIGTERM": "stopped",
-                "SIGINT": "stopped"}
 
 
 # ---------------------------------------------------------------- paths
@@ -83,21 +91,10 @@ def run_env(interactive: bool | None = None) -> dict[str, str]:
 
 
 def detector_args() -> list[str]:
-    """--detector, and what keeps it off the network when Blender's Online Access is off: --offline (the
-    engine then uses only what it has: the weights folder, else the packaged dlib detector)."""
+    """The preferences' detector, kept off the network while Blender's Online Access is off."""
     preferences = prefs()
-    args = ["--detector", preferences.detector]
-    if preferences.detector == "dlib":
-        return args  # nothing to download
-    weights = bpy.path.abspath(preferences.fan_weights) if preferences.fan_weights else None
-    if weights:
-        args += ["--fan-weights", weights]
-    if not bpy.app.online_access:
-        if preferences.detector == "fan" and not weights:
-            raise ClientError("the FAN detector downloads its weights, and Online Access is off: set Detector "
-                              "Weights Folder in Preferences > Add-ons > FaceReplace, or pick the dlib detector")
-        args.append("--offline")
-    return args
+    weights = bpy.path.abspath(preferences.fan_weights) if preferences.fan_weights else ""
+    return engine_args.detector_args(preferences.detector, weights, bpy.app.online_access)
 
 
 def resolved(path: str, missing: str) -> Path:
@@ -113,17 +110,6 @@ def digest(args: list) -> str:
     return hashlib.sha256(json.dumps([str(a) for a in args]).encode()).hexdigest()[:8]
 
 
-def compact(numbers: list[int]) -> str:
-    """[3, 7, 8, 9] -> "3, 7-9"."""
-    runs: list[list[int]] = []
-    for n in sorted(numbers):
-        if runs and n == runs[-1][-1] + 1:
-            runs[-1].append(n)
-        else:
-            runs.append([n])
-    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
-
-
 # ---------------------------------------------------------------- the stages
 
 
@@ -133,10 +119,9 @@ def shot_args(scene, side: str) -> tuple[strips.Shot, list]:
     settings = scene.facereplace
     shot_settings = getattr(settings, side.lower())
     shot = strips.shot_of(scene, shot_settings, side)
-    args = [shot.input, "--frames", shot.frames, "--size", settings.face_size, *strips.colour_args(shot)]
-    if shot_settings.use_reference:
-        args += ["--reference-face", f"{shot.number_at(shot_settings.reference_frame)}:{shot_settings.reference_face}"]
-    return shot, args
+    reference = (shot.number_at(shot_settings.reference_frame), shot_settings.reference_face) \
+        if shot_settings.use_reference else None
+    return shot, engine_args.shot_args(shot.input, shot.frames, settings.face_size, strips.colour_args(shot), reference)
 
 
 def stale_message(scene, side: str) -> str:
@@ -207,14 +192,14 @@ def extract_step(scene, side: str) -> Step:
     argv = engine_command(engine_python(), "extract", [*args, *detector_args(), "--output", folder], prefs().device)
 
     def finish(scene, summary: dict) -> str:
+        done = read(ExtractDone, summary)
         result = getattr(scene.facereplace, side.lower())
         result.faceset = stored(folder)
         result.signature = signature
-        result.frames = summary["frames"]
-        result.frames_with_faces = summary["frames_with_faces"]
-        missing = [shot.start + shot.numbers.index(n) for n in summary.get("frames_without_faces", [])]
-        result.frames_without_faces = compact(missing)
-        return (f"Extract {side}: faces in {summary['frames_with_faces']} of {summary['frames']} frames"
+        result.frames, result.frames_with_faces = done.frames, done.frames_with_faces
+        missing = [shot.start + shot.numbers.index(n) for n in done.frames_without_faces]
+        result.frames_without_faces = strips.frame_rules.format_ranges(missing)
+        return (f"Extract {side}: faces in {done.frames_with_faces} of {done.frames} frames"
                 + (f", none in {result.frames_without_faces}" if missing else "") + (f"; {fps_warning}" if fps_warning else ""))
 
     return Step(f"Extract {side}", argv, finish, log=work / "logs" / f"extract_{side.lower()}.log", env=run_env())
@@ -228,10 +213,6 @@ def _faceset(scene, side: str) -> Path:
     if stale := stale_message(scene, side):
         raise ClientError(stale)
     return folder
-
-
-def has_model(folder: Path) -> bool:
-    return (folder / contract.folder("model")["summary"]).is_file()
 
 
 def train_step(scene, resume: bool, into: str = "", iterations: int = 0) -> Step:
@@ -250,42 +231,24 @@ def train_step(scene, resume: bool, into: str = "", iterations: int = 0) -> Step
         if not has_model(model):
             raise ClientError(f"there is no model in {model} to resume")
     else:
-        # A new model never overwrites an earlier one: it gets the next free folder.
-        model = next(work / name for i in range(1, 1000)
-                     if not (work / (name := "model" if i == 1 else f"model_{i}")).exists())
-    args = ["--a", faceset_a, "--b", faceset_b, "--model", model, "--iterations", iterations or train.iterations]
-    if resume:  # a model keeps the preset and resolution it was made with
-        args.append("--resume")
-    else:
-        args += (["--preset", train.preset] if train.preset != "AUTO" else []) + (
-            ["--size", train.size] if train.size != "PRESET" else []) + (
-            ["--architecture", train.architecture] if train.architecture != "PRESET" else [])
-    if train.late_phase > 0:
-        args += ["--no-warp-after", round(train.late_phase, 3), "--lr-dropout", round(train.lr_dropout, 3)]
-        if train.gan_weight > 0:
-            args += ["--gan-weight", round(train.gan_weight, 3)]
-    if train.balance_expressions:
-        args.append("--balance-expressions")
-    if train.time_budget > 0:
-        args += ["--time-budget", round(train.time_budget, 1)]
+        model = engine_args.new_model_folder(work)
+    args = engine_args.train_args(faceset_a, faceset_b, model, plain(TrainPanel, train), resume, iterations)
     argv = engine_command(engine_python(), "train", args, prefs().device, processes=prefs().train_processes)
 
     def finish(scene, summary: dict) -> str:
+        done = read(TrainDone, summary)
         result = scene.facereplace.train
         another = result.model != stored(model)
         result.model = stored(model)
-        result.iteration = summary.get("iterations", 0)
-        result.loss_a = summary.get("loss_a") or 0.0
-        result.loss_b = summary.get("loss_b") or 0.0
-        if Path(str(summary.get("preview", ""))).is_file():
-            result.preview = stored(Path(summary["preview"]))
+        result.iteration, result.loss_a, result.loss_b = done.iterations, done.loss_a, done.loss_b
+        if done.preview and Path(done.preview).is_file():
+            result.preview = stored(Path(done.preview))
         elif another:  # a new model before its first preview: the old model's is not its
             result.preview = ""
-        reason = summary.get("stopped")
-        why = f" ({STOP_REASONS.get(reason, reason)})" if reason else ""
-        return f"Train: {result.iteration} iterations{why}, loss A {result.loss_a:.4f}, B {result.loss_b:.4f}"
+        return (f"Train: {result.iteration} iterations{stop_words(done.stopped)}, loss A {result.loss_a:.4f}, "
+                f"B {result.loss_b:.4f}")
 
-    return Step("Train", argv, finish, stop_file=model / contract.folder("model")["stop"], log=work / "logs" / "train.log",
+    return Step("Train", argv, finish, stop_file=engine_args.stop_file(model), log=work / "logs" / "train.log",
                 grace_s=TRAIN_STOP_GRACE_S, env=run_env())
 
 
@@ -301,19 +264,14 @@ def train_steps(scene, resume: bool, into: str = "", iterations: int = 0) -> lis
 def enhance_step(scene, model: Path) -> Step:
     """Train the enhancer of the model in `model` on faceset A, resuming the one it holds, up to the Train
     panel's Enhancer Iterations."""
-    folder = model / contract.folder("model")["enhancer"]
-    args = ["--model", model, "--faceset-a", _faceset(scene, "A"),
-            "--iterations", scene.facereplace.train.enhancer_iterations]
-    if has_model(folder):
-        args.append("--resume")
+    args = engine_args.enhance_args(model, _faceset(scene, "A"), scene.facereplace.train.enhancer_iterations)
     argv = engine_command(engine_python(), "enhance", args, prefs().device)
 
     def finish(scene, summary: dict) -> str:
-        reason = summary.get("stopped")
-        why = f" ({STOP_REASONS.get(reason, reason)})" if reason else ""
-        return f"Enhance: {summary.get('iterations', 0)} iterations{why}, loss {summary.get('loss') or 0.0:.4f}"
+        done = read(EnhanceDone, summary)
+        return f"Enhance: {done.iterations} iterations{stop_words(done.stopped)}, loss {done.loss:.4f}"
 
-    return Step("Enhance", argv, finish, stop_file=folder / contract.folder("model")["stop"],
+    return Step("Enhance", argv, finish, stop_file=engine_args.stop_file(engine_args.enhancer_folder(model)),
                 log=work_folder(scene) / "logs" / "enhance.log", grace_s=TRAIN_STOP_GRACE_S, env=run_env())
 
 
@@ -329,20 +287,16 @@ def convert_step(scene, frames: tuple[int, int] | None) -> Step:
     convert = settings.convert
     # A farm worker writes where the artist's earlier runs did, whatever its own work folder preference.
     output = absolute(convert.output) if convert.output else work_folder(scene) / "output"
-    args = [chunk.input, "--alignments", faceset_b / contract.folder("faceset")["alignments"], "--model", model, "--output", output,
-            "--mask", convert.mask, "--erode", convert.erode, "--color", convert.color, "--format", convert.format,
-            "--detail", convert.detail, "--edge-match", convert.edge_match, "--frames", chunk.frames,
-            *strips.colour_args(chunk)]
-    if not convert.use_auto_feather:
-        args += ["--feather", convert.feather]
+    args = engine_args.convert_args(chunk.input, chunk.frames, strips.colour_args(chunk), faceset_b, model, output,
+                                    plain(ConvertPanel, convert))
     argv = engine_command(engine_python(), "convert", args, prefs().device)
 
     def finish(scene, summary: dict) -> str:
         result = scene.facereplace.convert
         if not result.output:  # a folder the user chose stays as they wrote it
             result.output = stored(output)
-        result.frames = summary.get("frames", 0)
-        result.frames_with_faces = summary.get("frames_with_faces", 0)
+        done = read(ConvertDone, summary)
+        result.frames, result.frames_with_faces = done.frames, done.frames_with_faces
         line = f"Convert: {result.frames} frames, faces in {result.frames_with_faces}"
         if frames:  # a farm chunk: other chunks write the rest, the strips come once they are all there
             return line
@@ -354,24 +308,12 @@ def convert_step(scene, frames: tuple[int, int] | None) -> Step:
     return Step("Convert", argv, finish, log=log, env=run_env())
 
 
-def describe_engine(summary: dict) -> str:
-    """Check engine's findings in one line: versions, and the GPUs torch sees (or that it sees none)."""
-    gpus = ", ".join(str(g) for g in summary.get("gpus") or [])
-    if summary.get("cuda"):
-        kind = f"ROCm {summary['hip_version']}" if summary.get("hip_version") else f"CUDA {summary.get('cuda_version')}"
-        gpu = f"{kind}: {gpus}"
-    elif summary.get("mps"):
-        gpu = "Apple MPS GPU"
-    else:
-        gpu = "no GPU: CPU only"
-    return f"Engine {summary.get('engine')}, Python {summary.get('python')}, torch {summary.get('torch')}, {gpu}"
-
-
 def record_engine(_scene, summary: dict) -> str:
     """Check engine's result, into the preferences."""
-    status = describe_engine(summary)
-    if isinstance(summary.get("schema"), dict):
-        contract.save(summary["schema"])
+    done = read(InfoDone, summary)
+    status = done.describe()
+    if done.schema:
+        contract.save(done.schema)
     preferences = prefs()
     preferences.engine_status = status
     preferences.engine_ok, preferences.engine_error = True, ""
@@ -567,7 +509,8 @@ class FACEREPLACE_OT_download_weights(EngineOperator, bpy.types.Operator):
             preferences.fan_weights = str(extension_user_folder("fan-weights"))
         folder = bpy.path.abspath(preferences.fan_weights)
         return [Step("Download detector weights", engine_command(engine_python(), "weights", ["--folder", folder]),
-                     lambda _scene, summary: f"Detector weights in {summary.get('folder')}", env=run_env())]
+                     lambda _scene, summary: f"Detector weights in {read(WeightsDone, summary).folder}",
+                     env=run_env())]
 
 
 class FACEREPLACE_OT_open_image(bpy.types.Operator):

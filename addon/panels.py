@@ -5,8 +5,8 @@ import os
 import bpy
 
 from . import contract, jobs, previews, text
+from .core import panel_state
 from .engine_client import ClientError
-from .jobs import format_seconds
 from .operators import results_out_of_step, same_shot_message, shot_problem, stale_message, work_folder
 from .preferences import SETUP_OFFLINE, prefs
 from .strips import TAG, absolute, edited_scene, find_strip, fps_mismatch, strip_collection
@@ -130,8 +130,7 @@ class SEQUENCER_PT_facereplace_extract(FaceReplacePanel, bpy.types.Panel):
             shot = getattr(settings, side.lower())
             box = layout.box()
             header = box.row()
-            header.label(text=f"{side}: " + (f"faces in {shot.frames_with_faces} of {shot.frames} frames"
-                                              if shot.faceset else "not extracted"))
+            header.label(text=panel_state.extract_header(side, bool(shot.faceset), shot.frames_with_faces, shot.frames))
             if stale := stale_message(scene, side):
                 box.label(text=stale, icon="ERROR")
             if shot.frames_without_faces:
@@ -193,9 +192,10 @@ class SEQUENCER_PT_facereplace_train(FaceReplacePanel, bpy.types.Panel):
         job = jobs.active()
         live = job.live if _busy("train") else {}
         # A run into another folder (New Model, a farm task) is not the scene's model: none of its figures show.
-        into = job.step.stop_file.parent if _busy("train") else None
-        if into is not None and (not train.model or absolute(train.model) != into):
-            layout.label(text=f"New model: {into.name}", icon="FILE_NEW")
+        into = panel_state.training_into(job.step.stop_file.parent if _busy("train") else None,
+                                         absolute(train.model) if train.model else None)
+        if into:
+            layout.label(text=f"New model: {into}", icon="FILE_NEW")
             shown = {"iteration": 0, "loss_a": 0.0, "loss_b": 0.0, "preview": ""}
         else:
             layout.prop(train, "model")  # also where to pick a model trained elsewhere (a farm, torchrun)
@@ -207,13 +207,8 @@ class SEQUENCER_PT_facereplace_train(FaceReplacePanel, bpy.types.Panel):
                 row.label(text=column)
         _image(layout, preview, scale=12.0)
         col = layout.column(align=True)
-        col.label(text=f"Iterations: {live.get('iteration', shown['iteration'])}")
-        loss_a, loss_b = live.get("loss_a", shown["loss_a"]), live.get("loss_b", shown["loss_b"])
-        col.label(text=f"Loss A {loss_a or 0:.4f}   B {loss_b or 0:.4f}")
-        if live.get("val_loss_a") is not None:
-            col.label(text=f"Validation A {live['val_loss_a']:.4f}   B {live.get('val_loss_b') or 0:.4f}")
-        if live:
-            col.label(text=f"{live.get('it_per_s') or 0:.2f} it/s, ETA {format_seconds(live.get('eta_s') or 0)}")
+        for line in panel_state.train_figures(live, shown):
+            col.label(text=line)
 
 
 class SEQUENCER_PT_facereplace_convert(FaceReplacePanel, bpy.types.Panel):

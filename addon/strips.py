@@ -6,7 +6,6 @@ name; a strip shows them from its frame_start, minus whatever its handles trim. 
 user types (frame ranges, the reference frame) is a timeline frame; the engine only ever sees its own.
 """
 
-import json
 import os
 import uuid
 from dataclasses import dataclass, replace
@@ -14,17 +13,15 @@ from pathlib import Path
 
 import bpy
 
-from . import blend, contract, placement
-from .engine_client import ClientError, shared_module
+from . import blend, placement
+from .core import results
+from .core.results import frame_rules
+from .engine_client import ClientError
 from .paths import blend_absolute, blend_relative
 
-frame_rules = shared_module("frames")  # the engine's frame-numbering and frame-range rules
 TAG = "facereplace"  # custom property on the strips the add-on adds: "plate", "face" or "matte"
 TAG_SHOT = "facereplace_target"  # ... and the key of the shot they belong to (Shot.key; saved in .blend files)
 STRIP_ID = "facereplace_id"  # custom property: a strip's id, which a rename keeps
-MAX_CHANNEL = 128
-# The face layer's alpha as convert's manifest names it -> Blender's strip alpha mode.
-ALPHA_MODES = {"straight": "STRAIGHT", "premultiplied": "PREMUL"}
 FPS_TOLERANCE = 0.01
 
 
@@ -258,12 +255,7 @@ def layer_out_of_step(scene, shot: Shot) -> str:
 
 
 def _free_channel(strips, lowest: int, count: int, start: int, end: int) -> int:
-    """The lowest channel >= `lowest` with `count` channels free from other strips over start..end."""
-    for channel in range(lowest, MAX_CHANNEL - count + 2):
-        if not any(channel <= s.channel < channel + count and s.frame_final_start < end and s.frame_final_end > start
-                   for s in strips):
-            return channel
-    raise ClientError(f"no {count} free channels above channel {lowest} for frames {start}-{end - 1}")
+    return results.free_channel([(s.channel, s.frame_final_start, s.frame_final_end) for s in strips], lowest, count, start, end)
 
 
 def _image_strip(strips, name, folder: Path, files: list[str], channel, start, tag, shot_key, fit="ORIGINAL",
@@ -289,40 +281,8 @@ def _match_placement(strip, plate) -> None:
 
 
 def read_manifest(output: Path) -> dict:
-    """convert's manifest.json in `output`: its face layers' alpha and its file patterns."""
-    path = output / contract.folder("output")["manifest"]
-    try:
-        manifest = json.loads(path.read_text())
-        settings = manifest.get("settings") or {}
-        if manifest.get("layers"):  # exr-multilayer: each file holds only the face's box, and its mattes
-            raise ClientError(f"{output} holds multilayer EXRs, for compositing applications: Blender reads only "
-                              f"their face's box, unplaced; convert with Format PNG 16-bit or OpenEXR for strips")
-        files = {kind: manifest["files"][kind] for kind in ("face", "matte")}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        raise ClientError(f"cannot read {path}: convert the shot again") from None
-    if manifest.get("alpha") not in ALPHA_MODES:
-        raise ClientError(f"{path} names no known alpha ({manifest.get('alpha')!r}): convert the shot again")
-    # The colour space convert wrote the layers in, when it is a name in the config Blender runs with
-    # ("" for layers converted without one: Blender's defaults for PNG and EXR then hold).
-    colorspace = manifest.get("colorspace", "") if manifest.get("ocio_config") == ocio_config() else ""
-    return {"alpha": manifest["alpha"], "files": files, "settings": settings, "colorspace": colorspace}
-
-
-def converted_feather(manifest: dict) -> float:
-    """The width of the soft edge the layers were converted with (convert's feather, in pixels); 0 unknown."""
-    try:
-        return max(float(manifest["settings"].get("feather") or 0.0), 0.0)
-    except (TypeError, ValueError, AttributeError, KeyError):
-        return 0.0
-
-
-def result_file(output: Path, manifest: dict, kind: str, number: int) -> Path | None:
-    """Frame `number`'s face layer or matte as the manifest names it, if it is there (inside `output`)."""
-    try:
-        path = output / frame_rules.frame_file(manifest["files"][kind], number)
-    except ValueError as e:
-        raise ClientError(f"{output}: the {kind} {e}: convert the shot again") from None
-    return path if path.resolve().is_relative_to(output.resolve()) and path.is_file() else None
+    """convert's manifest in `output`, its colour space named in the OCIO config Blender runs with."""
+    return results.read_manifest(output, ocio_config())
 
 
 def add_result_strips(scene, shot: Shot, output: Path, relative: bool = False) -> dict[str, object]:
@@ -330,13 +290,7 @@ def add_result_strips(scene, shot: Shot, output: Path, relative: bool = False) -
     channels above B's shot `shot`, frame-aligned with it, replacing the ones an earlier run added, and any
     left over a deleted plate (the blend values tuned on the earlier face layer carry over). A folder shot gets its plate added below them.
     `relative` stores their folders "//"-relative to the .blend."""
-    manifest = read_manifest(output)
-    layers = {kind: {n: result_file(output, manifest, kind, n) for n in shot.numbers} for kind in ("face", "matte")}
-    missing = [n for n in shot.numbers if layers["face"][n] is None or layers["matte"][n] is None]
-    if missing:
-        shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
-        raise ClientError(f"{output} lacks {len(missing)} of the shot's frames ({shown}): convert them first")
-    alpha_mode, colorspace = ALPHA_MODES[manifest["alpha"]], manifest["colorspace"]
+    plan = results.plan_results(output, shot.numbers, ocio_config())
     key = shot.key or shot.name
     replaced = [key, *sorted(orphan_keys(scene) - {key})]  # also those left over a deleted plate
     earlier = next((face for k in replaced if (face := result_strips(scene, k).get("face")) is not None), None)
@@ -354,18 +308,17 @@ def add_result_strips(scene, shot: Shot, output: Path, relative: bool = False) -
     else:
         plate = find_strip(scene.sequence_editor, shot.key, shot.strip)
     channel = _free_channel(strips, plate.channel + 1, 2, shot.start, shot.end)
-    faces, mattes = ([layers[kind][n] for n in shot.numbers] for kind in ("face", "matte"))
-    face = _image_strip(strips, f"{shot.name} face", faces[0].parent, [p.name for p in faces],
+    face = _image_strip(strips, f"{shot.name} face", plan.faces[0].parent, [p.name for p in plan.faces],
                         channel, shot.start, "face", key, relative=relative)
     face.blend_type = "ALPHA_OVER"
-    face.alpha_mode = alpha_mode
-    if colorspace:  # the space the engine wrote the layers in; a matte is data, never colour-converted
-        face.colorspace_settings.name = colorspace
-    blend.add_blend_modifier(face, scene, tuned, converted_feather(manifest))
-    matte = _image_strip(strips, f"{shot.name} matte", mattes[0].parent, [p.name for p in mattes],
+    face.alpha_mode = plan.alpha_mode
+    if plan.colorspace:  # the space the engine wrote the layers in; a matte is data, never colour-converted
+        face.colorspace_settings.name = plan.colorspace
+    blend.add_blend_modifier(face, scene, tuned, plan.feather)
+    matte = _image_strip(strips, f"{shot.name} matte", plan.mattes[0].parent, [p.name for p in plan.mattes],
                          channel + 1, shot.start, "matte", key, relative=relative)
     matte.mute = True
-    if colorspace:
+    if plan.colorspace:
         matte.colorspace_settings.name = "Non-Color"
     for layer in (face, matte):
         _match_placement(layer, plate)

@@ -1,4 +1,5 @@
-"""Frame numbers and frame ranges: the rules the engine and the Blender add-on both follow.
+"""Frame numbers, frame ranges and convert's manifest of each frame's files: the rules the engine and the
+Blender add-on both follow.
 
 Standard library only, and no import of the rest of the engine: the add-on (which has no numpy) loads
 this very file from the bundled engine, so the two sides cannot drift apart. Errors are ValueError with
@@ -12,6 +13,7 @@ from pathlib import Path
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".dpx", ".bmp"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 _RANGE = re.compile(r"\s*(-?\d+)\s*(?:(?:-|\.\.)\s*(-?\d+)\s*)?")
+MANIFEST_FILE = "manifest.json"  # convert's record of an output folder (engine/output.py writes it)
 _FILE_PATTERN = re.compile(r"[^%]*%0?\d{0,2}d[^%]*")  # a file name with one printf frame-number field
 
 
@@ -77,3 +79,23 @@ def frame_file(pattern: str, number: int) -> str:
     if not isinstance(pattern, str) or not _FILE_PATTERN.fullmatch(pattern):
         raise ValueError(f"pattern {pattern!r} is not a file name with one %d for the frame")
     return pattern % number
+
+
+def check_manifest(manifest, path) -> dict:
+    """Convert's manifest (its parsed JSON, read from `path`), checked as far as its readers (evaluate,
+    the add-on's result strips) rely on it: a face layer pattern with one frame number, the source's size,
+    frame numbers and path."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "face" not in manifest["files"]:
+        raise ValueError(f"{path} is not a FaceReplace convert manifest (no face layer pattern)")
+    try:
+        frame_file(manifest["files"]["face"], 0)
+    except ValueError as e:
+        raise ValueError(f"{path}: the face layer {e}") from None
+    size, numbers, source = manifest.get("source_size"), manifest.get("frame_numbers"), manifest.get("source", "")
+    if not (size is None or (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size))):
+        raise ValueError(f"{path}: source_size {size!r} is not a width and height")
+    if not (numbers is None or (isinstance(numbers, list) and numbers and all(type(v) is int for v in numbers))):
+        raise ValueError(f"{path}: frame_numbers is not a list of frame numbers")
+    if not isinstance(source, str):
+        raise ValueError(f"{path}: source {source!r} is not a path")
+    return manifest

@@ -3,6 +3,14 @@ left, which faces a preview shows."""
 
 import numpy as np
 
+from .events import STOP_READER_GONE
+
+# Why a training run stops, as its "done" event's "stopped" says it, and in the add-on's words; in the
+# order train's processes agree on one (the later wins).
+STOP_REASONS = {"iterations": "reached its iterations", "time budget": "used its time budget",
+                "target loss": "reached its target loss", "stop file": "stopped", "SIGINT": "stopped",
+                "SIGTERM": "stopped", "SIGBREAK": "stopped", STOP_READER_GONE: "stopped: nobody read its events"}
+
 
 def stop_reason(iteration: int, iterations: int | None, seconds: float, time_budget: float | None,
                 requested: str | None) -> str | None:

@@ -28,7 +28,7 @@ import numpy as np
 from . import __version__, colorspace, media
 from .events import EngineError
 from .faces import align
-from .frames import frame_file
+from .frames import MANIFEST_FILE, check_manifest, frame_file
 
 
 class OutputFormat(NamedTuple):
@@ -50,7 +50,6 @@ MULTILAYER = "exr-multilayer"  # its face file holds the matte too: no matte fil
 # EXR's convention (and what every reader assumes) is premultiplied colour; PNG's specification says straight.
 ALPHA_MODES = ("premultiplied", "straight")
 DEFAULT_ALPHA = {"png16": "straight", "exr": "premultiplied", MULTILAYER: "premultiplied"}
-MANIFEST_FILE = "manifest.json"
 MATRICES_FILE = "matrices.json"
 # Each kind of file, relative to the output folder, before its extension; %06d is the frame number.
 PATTERNS = {"face": "face/face_%06d", "matte": "matte/matte_%06d", "frames": "frames/frame_%06d",
@@ -182,28 +181,17 @@ def write_manifest(folder: Path, common: dict, files: dict[str, str], source, al
 
 
 def read_manifest(folder: Path) -> dict:
-    """An output folder's manifest, checked as far as its readers rely on it: a face layer pattern with
-    one frame number, the source's size, frame numbers and path."""
+    """An output folder's manifest, checked as far as its readers rely on it (frames.check_manifest, which
+    the add-on's result strips read it with too)."""
     path = folder / MANIFEST_FILE
     if not folder.is_dir():
         raise EngineError(f"layers folder not found: {folder}")
     if not path.is_file():
         raise EngineError(f"{folder} is not a convert output folder (it has no {MANIFEST_FILE})")
-    manifest = media.read_json(path)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "face" not in manifest["files"]:
-        raise EngineError(f"{path} is not a FaceReplace convert manifest (no face layer pattern)")
     try:
-        frame_file(manifest["files"]["face"], 0)
+        return check_manifest(media.read_json(path), path)
     except ValueError as e:
-        raise EngineError(f"{path}: the face layer {e}") from None
-    size, numbers, source = manifest.get("source_size"), manifest.get("frame_numbers"), manifest.get("source", "")
-    if not (size is None or (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size))):
-        raise EngineError(f"{path}: source_size {size!r} is not a width and height")
-    if not (numbers is None or (isinstance(numbers, list) and numbers and all(type(v) is int for v in numbers))):
-        raise EngineError(f"{path}: frame_numbers is not a list of frame numbers")
-    if not isinstance(source, str):
-        raise EngineError(f"{path}: source {source!r} is not a path")
-    return manifest
+        raise EngineError(str(e)) from None
 
 
 def layer_path(folder: Path, manifest: dict, number: int, kind: str = "face") -> Path:

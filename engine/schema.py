@@ -35,7 +35,7 @@ def _options(parser: argparse.ArgumentParser) -> dict:
 
 
 def schema() -> dict:
-    from . import __version__, output
+    from . import __version__, loop, output
     from .__main__ import VERBS, Parser, add_verb_arguments
     from .enhancer import PREVIEW_COLUMNS as ENHANCER_PREVIEW_COLUMNS
     from .faceset import ALIGNMENTS_FILE, ASIDE_DIR, DETECTIONS_FILE, EXTRACT_FILE
@@ -65,6 +65,7 @@ def schema() -> dict:
                     for name, choice in PRESET_CHOICES.items()},
         "default_presets": DEFAULT_PRESETS,
         "sizes": list(SIZES),
+        "stop_reasons": loop.STOP_REASONS,
         "folders": {
             "faceset": {"alignments": ALIGNMENTS_FILE, "extract": EXTRACT_FILE, "detections": DETECTIONS_FILE,
                         "aside": ASIDE_DIR},

@@ -30,7 +30,7 @@ from . import loop, media
 from .adversarial import Adversary, make_adversary
 from .augment import Augmentation, FaceBatches, augment, batch_loader, memory_budget
 from .device import pick_device, thread_adapter
-from .events import STOP_READER_GONE, EngineError, Events, log
+from .events import EngineError, Events, log
 from .faces.expression import compare_expression_coverage, expression_balance_weights
 from .faceset import Faceset
 from .losses import LossWeights, face_loss
@@ -811,8 +811,7 @@ def _start_processes(device_name: str):
 
 def _agree(stop_reason: str | None, device) -> str | None:
     """Every process stops if any wants to: the reason is shared as an index into a fixed list."""
-    reasons = [None, "iterations", "time budget", "target loss", "stop file", "SIGINT", "SIGTERM", "SIGBREAK",
-               STOP_READER_GONE]
+    reasons = [None, *loop.STOP_REASONS]
     flag = torch.tensor([reasons.index(stop_reason)], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return reasons[int(flag.item())]

@@ -1,6 +1,6 @@
 """Build the installable Blender extension: dist/<id>-<version>.zip.
 
-The zip holds blender_manifest.toml and the add-on (with engine_schema.json) at its root, the engine
+The zip holds blender_manifest.toml and the add-on (with engine_schema.json and its core/) at its root, the engine
 package in engine/ (the add-on puts that folder on the engine subprocess's PYTHONPATH and loads its
 standard-library-only engine/frames.py itself) and engine-requirements.txt, which
 "Set up engine" pip-installs into the engine's venv: the engine's dependencies (pyproject.toml) at the
@@ -41,7 +41,7 @@ def build(root: Path = ROOT, dist: Path | None = None) -> Path:
     if manifest["version"] != engine_version:
         raise SystemExit(f"blender_manifest.toml has version {manifest['version']} but the engine {engine_version}")
     files = {"blender_manifest.toml": root / "blender_manifest.toml"}
-    files.update({p.name: p for p in sorted((root / "addon").glob("*.py"))})
+    files.update({p.relative_to(root / "addon").as_posix(): p for p in sorted((root / "addon").rglob("*.py"))})
     files.update({p.name: p for p in sorted((root / "addon").glob("*.json"))})  # engine_schema.json
     files.update({p.relative_to(root).as_posix(): p for p in sorted((root / "engine").rglob("*.py"))})
     dist = dist or root / "dist"
