@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import media
+from engine import colorspace, media
 from engine.__main__ import main
 from engine.convert import convert
 from engine.evaluate import evaluate
@@ -64,7 +64,7 @@ def write_layers(folder: Path, shot: Path, shot_faceset: Path, donor: Path, nois
                 soft = cv2.GaussianBlur(layer[..., :3], (0, 0), soft_features)
                 layer[..., :3] = layer[..., :3] * (1 - features) + soft * features
         if exr:
-            layer[..., :3] = media.srgb_to_linear(layer[..., :3])
+            layer[..., :3] = colorspace.srgb_to_linear(layer[..., :3])
         else:
             layer = np.round(layer * 65535).astype(np.uint16)
         media.write_image(folder / "face" / f"face_{number:06d}{ext}", layer)

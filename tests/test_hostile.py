@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import media, occlusion
+from engine import colorspace, media, occlusion
 from engine.__main__ import main
 from engine.checkpoints import checkpoint_paths
 from engine.convert import convert
@@ -609,7 +609,7 @@ def test_a_nan_or_infinite_sample_under_a_face_is_replaced_not_spread(shot_a, fa
     for folder in (clean, poisoned):
         folder.mkdir()
     for path in sorted(shot_a.iterdir()):
-        linear = media.srgb_to_linear(media.read_image(path).astype(np.float32) / 255)
+        linear = colorspace.srgb_to_linear(media.read_image(path).astype(np.float32) / 255)
         media.write_image(clean / f"{path.stem}.exr", linear)
         x, y = np.round(first_face(json.loads((faceset_a / "alignments.json").read_text()))["landmarks"][30]).astype(int)
         linear[y, x, 1], linear[y + 1, x, 0] = np.nan, np.inf
