@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo import samples  # noqa: E402
-from engine import media  # noqa: E402
+from engine import colorspace, media  # noqa: E402
 from engine import model as model_module  # noqa: E402
 from engine.convert import StageClock, convert  # noqa: E402
 from engine.faces import align  # noqa: E402
@@ -126,7 +126,7 @@ def io_speeds(resolutions: list[str], repeats: int = 5) -> list[dict]:
             clip, _ = samples.make_clip("grace_hopper", 1, (width, height), scale=height / 360 * 0.6)
             rgba = np.dstack([clip[0], np.full((height, width), 255, np.uint8)])
             for fmt, image in (("png16", rgba.astype(np.uint16) * 257),
-                               ("exr", media.srgb_to_linear(rgba / 255.0))):
+                               ("exr", colorspace.srgb_to_linear(rgba / 255.0))):
                 path = Path(tmp) / f"layer{'.png' if fmt == 'png16' else '.exr'}"
                 times = {}
                 for label, write, read in (("old", old_write, old_read),

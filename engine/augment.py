@@ -12,6 +12,9 @@ resampling and colour work on the whole batch at once:
 
 Batch i's faces and random numbers come from a generator seeded by (seed, i, rank), so a run gives the
 same batches however many workers load them and however often it stops and resumes.
+
+Owned by no stage: train and enhance take their face batches from here, and mask train (engine.occlusion)
+the augmentation alone (Augmentation, sample_params, shift_lab) for its faces and label mattes.
 """
 
 import itertools

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import torch
 
+from .colorspace import linear_to_srgb, srgb_to_linear
 from .options import Choice
 
 # sRGB primaries to CIE XYZ, D65 white (IEC 61966-2-1), and the D65 white point.
@@ -21,17 +22,6 @@ _DELTA = 6.0 / 29.0
 _STD_RATIO = (1 / 3, 3.0)
 _QUANTILES = 256  # points of the histogram-matching curve
 _MIN_WEIGHT = 16.0  # pixels' worth of mask needed before a face's statistics mean anything
-
-
-def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
-    """The sRGB decoding curve (the torch twin of media.srgb_to_linear, for tensors on the GPU)."""
-    return torch.where(x <= 0.04045, x / 12.92, ((x.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
-    """The sRGB encoding curve; negative values clip to 0 as in media.linear_to_srgb."""
-    x = x.clamp(min=0.0)
-    return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)
 
 
 def _matrix(rows, like: torch.Tensor) -> torch.Tensor:

@@ -10,13 +10,15 @@ built in. Without `--colorspace` a plate keeps the meaning it always had: 8/16-b
 files (EXR) linear Rec.709. DISPLAY and LINEAR are names of the built-in config, and conversions to and
 from another config's spaces go through the configs' ACES interchange role.
 
-Conversions between DISPLAY and LINEAR use the sRGB curves of media and color (numpy and torch, so a
-GPU run keeps its pixels on the device); every other pair runs OpenColorIO's CPU processor, lossless.
+Conversions between DISPLAY and LINEAR use the sRGB curves below, one definition for numpy arrays and
+torch tensors (so a GPU run keeps its pixels on the device); every other pair runs OpenColorIO's CPU
+processor, lossless.
 A conversion of a space to itself returns the pixels untouched: never a round trip.
 """
 
 import functools
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,9 +113,42 @@ class ShotColour:
         return {"plate": self.plate.name, "output": self.output.name, "config": self.output.config}
 
 
+# The sRGB transfer curves (IEC 61966-2-1): encoded values up to DECODE_KNEE (linear ones up to
+# ENCODE_KNEE) lie on a straight segment of slope SLOPE, the rest on the power curve.
+DECODE_KNEE = 0.04045
+ENCODE_KNEE = 0.0031308
+SLOPE = 12.92
+OFFSET = 0.055
+SCALE = 1.055  # 1 + OFFSET
+GAMMA = 2.4
+
+
+def _in_library(x):
+    """`x` as the curves take it, with its library's `where`: a torch tensor as it is, on its own device;
+    anything else as a float32 numpy array."""
+    torch = sys.modules.get("torch")  # a tensor's library is loaded; numpy callers never load torch
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x, torch.where
+    return np.asarray(x, np.float32), np.where
+
+
+def srgb_to_linear(x):
+    """The sRGB decoding curve, of a numpy array (float32 back) or a torch tensor."""
+    x, where = _in_library(x)
+    # The power's base is clipped to its own segment: the other's would be NaN (and so would its gradient).
+    return where(x <= DECODE_KNEE, x / SLOPE, ((x.clip(DECODE_KNEE) + OFFSET) / SCALE) ** GAMMA)
+
+
+def linear_to_srgb(x):
+    """The sRGB encoding curve, of a numpy array (float32 back) or a torch tensor; below 0 clips to 0."""
+    x, where = _in_library(x)
+    x = x.clip(0.0)
+    return where(x <= ENCODE_KNEE, x * SLOPE, SCALE * x.clip(ENCODE_KNEE) ** (1 / GAMMA) - OFFSET)
+
+
 MODEL = Space(DISPLAY)
 BUILTIN_LINEAR = Space(LINEAR)
-_CURVES = {(MODEL, BUILTIN_LINEAR): "decode", (BUILTIN_LINEAR, MODEL): "encode"}
+_CURVES = {(MODEL, BUILTIN_LINEAR): srgb_to_linear, (BUILTIN_LINEAR, MODEL): linear_to_srgb}
 
 
 def working(plate: Space) -> Space:
@@ -141,12 +176,10 @@ def convert(pixels: np.ndarray, source: Space, target: Space) -> np.ndarray:
     The same space returns the very array, so untouched pixels never pass through a conversion."""
     if source == target:
         return pixels
-    from . import media
-
     pixels = np.asarray(pixels, np.float32)
     curve = _CURVES.get((source, target))
     if curve:
-        rgb = media.srgb_to_linear(pixels[..., :3]) if curve == "decode" else media.linear_to_srgb(pixels[..., :3])
+        rgb = curve(pixels[..., :3])
     else:
         rgb = np.ascontiguousarray(pixels[..., :3], dtype=np.float32).copy()
         _processor(source, target).applyRGB(rgb.reshape(-1, 3))
@@ -158,11 +191,9 @@ def convert_tensor(t, source: Space, target: Space):
     the sRGB curves do it, through OpenColorIO on the CPU otherwise."""
     if source == target:
         return t
-    from . import color
-
     curve = _CURVES.get((source, target))
     if curve:
-        return color.srgb_to_linear(t) if curve == "decode" else color.linear_to_srgb(t)
+        return curve(t)
     import torch
 
     moved = t.movedim(-3, -1).float().cpu().numpy()

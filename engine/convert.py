@@ -29,6 +29,7 @@ import numpy as np
 
 from . import __version__, colorspace, exr_layers, media
 from .color import COLOR_MODES
+from .composite import over, straight
 from .events import EngineError, Events
 from .faces import align, masks
 from .faceset import (
@@ -553,8 +554,8 @@ class Converter:
     # -- per frame: composite
 
     def composite(self, region, origin, results: list[FaceResult]) -> "Composite":
-        """Alpha-over of the frame's faces over the uploaded region, in linear light (an sRGB shot is
-        decoded first), as compositing applications do it."""
+        """The frame's faces over the uploaded region, in linear light (an sRGB shot is decoded first), as
+        compositing applications do it (engine.composite, which evaluate scores with)."""
         import torch
 
         def linear(t):
@@ -566,9 +567,9 @@ class Converter:
         for r in results:
             x0, y0, x1, y1 = r.box
             window = (slice(None), slice(y0 - origin[1], y1 - origin[1]), slice(x0 - origin[0], x1 - origin[0]))
-            premultiplied[window] = premultiplied[window] * (1 - r.alpha) + linear(r.color) * r.alpha
-            alpha[window] = alpha[window] * (1 - r.alpha) + r.alpha
-        finished = linear(region[0]) * (1 - alpha) + premultiplied
+            premultiplied[window] = over(premultiplied[window], linear(r.color) * r.alpha, r.alpha)
+            alpha[window] = over(alpha[window], r.alpha, r.alpha)
+        finished = over(linear(region[0]), premultiplied, alpha)
 
         def to_numpy(t):
             return t.permute(1, 2, 0).float().cpu().numpy()
@@ -586,8 +587,7 @@ class Composite:
 
     def straight(self) -> np.ndarray:
         """The layer's colour un-premultiplied (zero where alpha is)."""
-        alpha = self.alpha[..., None]
-        return np.where(alpha > 0, self.premultiplied / np.maximum(alpha, 1e-12), 0.0).astype(np.float32)
+        return straight(self.premultiplied, self.alpha[..., None])
 
 
 # ---------------------------------------------------------------- files

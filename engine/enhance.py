@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from . import loop, media
 from .augment import Augmentation, FaceBatches, augment, batch_loader, memory_budget
+from .checkpoints import CHECKPOINTS, checkpoint_paths, clear_stop, stop_requests, write_checkpoint
 from .device import pick_device, thread_adapter
 from .enhancer import (
     FACTORS,
@@ -44,18 +45,13 @@ from .events import EngineError, Events, log
 from .faceset import Faceset
 from .losses import LossWeights, image_loss
 from .model import (
-    CHECKPOINTS,
     MODEL_FOLDERS,
     PREVIEW_FILE,
     SUMMARY_FILE,
     append_history,
-    checkpoint_paths,
-    clear_stop,
     enhancer_dir,
     load_model,
-    stop_requests,
     trim_history,
-    write_checkpoint,
     write_preview,
 )
 from .options import add_fields, from_args, number_in

@@ -15,15 +15,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .checkpoints import check_weights, checkpoint_paths, load_state, newest_loadable
 from .events import EngineError
 from .model import (
     ResidualBlock,
-    check_weights,
-    checkpoint_paths,
     enhancer_dir,
     he_conv,
-    load_state,
-    newest_loadable,
     upscale_block,
 )
 

@@ -1,7 +1,8 @@
 """Evaluate: measure a converted shot, frame by frame and in summary, the way face-swap papers do.
 
 Each frame's face layer (LAYERS/face/face_%06d.png|exr, with the alpha its manifest names) is composited
-over the shot's frame in the shot's own space, as a compositor would, and the result is compared with the original:
+over the shot's frame as convert composites its finished frames (engine.composite: premultiplied, in linear
+light), so what is scored is what convert writes, and the result is compared with the original:
 
 - identity: cosine similarity of the swapped face's 128-D embedding (dlib, at its re-detected
   landmarks) to A's (the medoid of A's embeddings) and to the original face's; ID retrieval is the share of frames
@@ -43,6 +44,7 @@ import cv2
 import numpy as np
 
 from . import colorspace, media
+from .composite import layer_over_plate, straight
 from .events import EngineError, Events
 from .faces import align, identity, masks
 from .faces.detect import DETECTORS, make_detector, on_torch
@@ -164,14 +166,13 @@ def layer_space(manifest: dict) -> colorspace.Space | None:
 
 def composite(frame: np.ndarray, layer: np.ndarray, plate: colorspace.Space,
               layer_space: colorspace.Space | None) -> tuple[np.ndarray, np.ndarray]:
-    """(composite as sRGB uint8, alpha float32): straight-alpha over, in the shot's own space, shown in sRGB."""
+    """(composite as sRGB uint8, alpha float32): the straight-alpha `layer` (in `layer_space`) over
+    `frame` (in `plate`) as convert makes its finished frames (engine.composite), shown in sRGB."""
     if layer_space is None:
         layer_space = colorspace.BUILTIN_LINEAR if layer.dtype.kind == "f" else colorspace.MODEL
-    alpha = np.clip(colorspace.as_float(layer[..., 3]), 0.0, 1.0)
-    color = colorspace.convert(colorspace.as_float(layer[..., :3]), layer_space, plate)
-    base = colorspace.as_float(frame)
-    mixed = color * alpha[..., None] + base * (1.0 - alpha[..., None])
-    display = colorspace.convert(mixed, plate, colorspace.MODEL)
+    colour = colorspace.ShotColour(plate, layer_space)
+    mixed, alpha = layer_over_plate(frame, layer, colour)
+    display = colorspace.convert(mixed, colour.working, colorspace.MODEL)
     return np.round(np.clip(display, 0.0, 1.0) * 255.0).astype(np.uint8), alpha
 
 
@@ -581,8 +582,7 @@ def evaluate(
             raise EngineError(f"layer {layer_path(layers, manifest, number)} is not an RGBA image the size of "
                               f"the shot's frames ({frame_source.size[0]}x{frame_source.size[1]})")
         if manifest.get("alpha") == "premultiplied":  # convert's EXR layers: colour times alpha
-            alpha = layer[..., 3:]
-            layer = np.dstack([np.where(alpha > 0, layer[..., :3] / np.maximum(alpha, 1e-12), 0), alpha])
+            layer = np.dstack([straight(layer[..., :3], layer[..., 3:]), layer[..., 3:]])
         adjacent = last is not None and position[number] - position[last] <= step
         record = measures.measure(number, image, layer, adjacent)
         records.append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()})

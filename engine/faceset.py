@@ -7,6 +7,8 @@ extract writes and every later stage reads.
       masks/hull/000012_0.png  landmark-hull mask, 8-bit, aligned space
       masks/extended/...       hull reaching up to the forehead, 8-bit, aligned space
       masks/learned/...        the occlusion matte `mask apply` draws (engine.occlusion), when there is one
+      mask_model/              the occlusion mask model `mask train` trains, unless told another folder
+                               (a training folder as engine.checkpoints keeps it)
       extract.json             the settings of the extract that wrote it
       detections.jsonl         extract's first pass, every frame's detected faces (resumable)
       aside/                   faces curate moved aside, and moved.json, their record
@@ -31,6 +33,7 @@ FORMAT = "facereplace.alignments"
 VERSION = 1
 ALIGNMENTS_FILE = "alignments.json"
 LEARNED_MASKS = "masks/learned"  # named as the faces: faces/000012_0.png -> masks/learned/000012_0.png
+MASK_MODEL = "mask_model"  # the occlusion mask model (engine.occlusion) when `mask train` is given no --model
 FACESET_FOLDERS = ("faces", "masks/hull", "masks/extended")  # what extract writes into
 EXTRACT_FILE = "extract.json"  # the settings of the extract that writes the faceset: a rerun must match them
 DETECTIONS_FILE = "detections.jsonl"  # extract's first pass: every frame's detected faces, one frame a line

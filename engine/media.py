@@ -356,21 +356,11 @@ def non_finite_warning(counts: dict[int, int], where: str) -> str:
 # ---------------------------------------------------------------- colour
 
 
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    x = np.clip(np.asarray(x, np.float32), 0.0, None)
-    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1 / 2.4) - 0.055).astype(np.float32)
-
-
 def to_float(image: np.ndarray) -> np.ndarray:
     """Display-referred float in [0, 1] (sRGB), whatever the source's storage; EXR is taken as linear."""
     if image.dtype in (np.uint8, np.uint16):
         return colorspace.as_float(image)
-    return np.clip(linear_to_srgb(image), 0.0, 1.0)
+    return np.clip(colorspace.linear_to_srgb(image), 0.0, 1.0)
 
 
 def to_srgb8(image: np.ndarray) -> np.ndarray:

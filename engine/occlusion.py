@@ -25,16 +25,25 @@ import numpy as np
 
 from . import media
 from .augment import Augmentation, sample_params, shift_lab
+from .checkpoints import (
+    CHECKPOINTS,
+    StopRequests,
+    check_weights,
+    checkpoint_paths,
+    clear_stop,
+    load_state,
+    newest_loadable,
+    stop_requests,
+    write_checkpoint,
+)
 from .device import DEVICES
 from .events import EngineError, Events
-from .faceset import LEARNED_MASKS, Faceset, read_face_image
+from .faceset import LEARNED_MASKS, MASK_MODEL, Faceset, read_face_image
 from .frames import IMAGE_EXTENSIONS, frame_number
-from .model import StopRequests, clear_stop, stop_requests
 from .options import number_in
 
 FORMAT = "facereplace.occlusion"
 VERSION = 1
-DEFAULT_MODEL = "mask_model"  # inside the faceset, when --model is not given
 MODEL_MARK = "mask_model"  # the PNG text key naming the checkpoint that drew a learned mask
 # Stronger than the face model's: a segmenter taught by eight frames must see the occluder everywhere.
 # Apply's matte is the network's probability with its contrast raised about 0.5 by this factor: below
@@ -99,7 +108,7 @@ def add_arguments(parser) -> None:
     common.add_argument("--device", choices=DEVICES, default=argparse.SUPPRESS, help="where torch runs")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     common.add_argument("--faceset", required=True, metavar="DIR", help="the faceset whose faces the mattes are for")
-    common.add_argument("--model", metavar="DIR", help=f"the mask model folder (default FACESET/{DEFAULT_MODEL})")
+    common.add_argument("--model", metavar="DIR", help=f"the mask model folder (default FACESET/{MASK_MODEL})")
     train_parser = actions.add_parser("train", parents=[common], help="train the segmenter on labelled frames",
                                       description="train the segmenter on labelled frames")
     train_parser.add_argument("--labels", required=True, metavar="DIR",
@@ -118,7 +127,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args, events: Events) -> None:
-    model = args.model or Path(args.faceset) / DEFAULT_MODEL
+    model = args.model or Path(args.faceset) / MASK_MODEL
     if args.action == "train":
         train(args.faceset, args.labels, model, iterations=args.iterations, resume=args.resume, device=args.device,
               events=events, size=args.size, batch=args.batch, learning_rate=args.learning_rate, seed=args.seed)
@@ -251,7 +260,7 @@ def train(faceset: str | Path, labels: str | Path, model_dir: str | Path, iterat
           device: str = "auto", events: Events | None = None, **changes) -> dict:
     """Train (or continue) the segmenter in `model_dir` on the faces of `faceset` labelled in `labels`.
     `changes` set MaskSettings fields (None values are ignored). Returns the "done" summary. Stop asked
-    for during start-up ends the run at once; in the loop it saves first (model.StopRequests)."""
+    for during start-up ends the run at once; in the loop it saves first (checkpoints.StopRequests)."""
     with stop_requests(Path(model_dir)) as requests:
         return _train_segmenter(faceset, labels, Path(model_dir), iterations, resume, device,
                                 events or Events("mask"), requests, changes)
@@ -262,7 +271,6 @@ def _train_segmenter(faceset, labels, model_dir: Path, iterations: int, resume: 
     import torch
 
     from .device import pick_device
-    from .model import CHECKPOINTS, checkpoint_paths, write_checkpoint
 
     fs = Faceset(faceset)
     torch_device = pick_device(device)
@@ -349,25 +357,15 @@ def _iou(predicted, truth) -> float:
 def _latest(model_dir: Path, device, warn) -> tuple[dict, Path, str]:
     """The newest mask checkpoint that loads, skipping damaged ones with a warning: its state, path and
     the digest of the very bytes the state was read from."""
-    import io
-
     import torch
 
-    from .model import checkpoint_paths, newest_loadable
-
     def parse(data: bytes) -> dict:
-        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != VERSION:
-            raise ValueError("not a FaceReplace mask model checkpoint of this version")
+        state = load_state(data, device, FORMAT, VERSION, "mask model")
         if not (type(state.get("iteration")) is int and state["iteration"] >= 0):
             raise ValueError(f"its iteration {state.get('iteration')!r} is not a whole number")
         with torch.device("meta"):  # the shapes the settings build, allocating nothing
-            expected = {k: tuple(v.shape) for k, v in _segmenter(MaskSettings.from_dict(state["settings"])).state_dict().items()}
-        weights = state.get("model")
-        if not isinstance(weights, dict) or {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()} != expected:
-            raise ValueError("its weights do not fit the network its settings describe")
-        if not all(torch.is_tensor(v) and v.is_floating_point() and torch.isfinite(v).all() for v in weights.values()):
-            raise ValueError("its weights are not all finite numbers")
+            expected = _segmenter(MaskSettings.from_dict(state["settings"]))
+        check_weights(expected, state.get("model"))
         return state
 
     if not model_dir.is_dir() or not checkpoint_paths(model_dir):

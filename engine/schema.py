@@ -37,10 +37,10 @@ def _options(parser: argparse.ArgumentParser) -> dict:
 def schema() -> dict:
     from . import __version__, loop, output
     from .__main__ import VERBS, Parser, add_verb_arguments
+    from .checkpoints import CHECKPOINTS, STOP_FILE
     from .enhancer import PREVIEW_COLUMNS as ENHANCER_PREVIEW_COLUMNS
-    from .faceset import ALIGNMENTS_FILE, ASIDE_DIR, DETECTIONS_FILE, EXTRACT_FILE
+    from .faceset import ALIGNMENTS_FILE, ASIDE_DIR, DETECTIONS_FILE, EXTRACT_FILE, MASK_MODEL
     from .model import (
-        CHECKPOINTS,
         DEFAULT_PRESETS,
         ENHANCER,
         HISTORY_FILE,
@@ -49,7 +49,6 @@ def schema() -> dict:
         PREVIEW_COLUMNS,
         PREVIEW_FILE,
         SIZES,
-        STOP_FILE,
         SUMMARY_FILE,
     )
 
@@ -68,7 +67,7 @@ def schema() -> dict:
         "stop_reasons": loop.STOP_REASONS,
         "folders": {
             "faceset": {"alignments": ALIGNMENTS_FILE, "extract": EXTRACT_FILE, "detections": DETECTIONS_FILE,
-                        "aside": ASIDE_DIR},
+                        "aside": ASIDE_DIR, "mask_model": MASK_MODEL},
             "model": {"summary": SUMMARY_FILE, "checkpoints": f"{CHECKPOINTS}/model_%08d.pt",
                       "history": HISTORY_FILE, "stop": STOP_FILE, "preview": PREVIEW_FILE,
                       "preview_columns": PREVIEW_COLUMNS, "enhancer": ENHANCER,

@@ -29,6 +29,7 @@ from torch import distributed as dist
 from . import loop, media
 from .adversarial import Adversary, make_adversary
 from .augment import Augmentation, FaceBatches, augment, batch_loader, memory_budget
+from .checkpoints import CHECKPOINTS, checkpoint_paths, clear_stop, stop_requests, write_checkpoint
 from .device import pick_device, thread_adapter
 from .events import EngineError, Events, log
 from .faces.expression import compare_expression_coverage, expression_balance_weights
@@ -36,7 +37,6 @@ from .faceset import Faceset
 from .losses import LossWeights, face_loss
 from .model import (
     ARCHITECTURES,
-    CHECKPOINTS,
     DEFAULT_PRESETS,
     FORMAT,
     MODEL_FOLDERS,
@@ -49,15 +49,11 @@ from .model import (
     ModelConfig,
     append_history,
     best_checkpoint,
-    checkpoint_paths,
-    clear_stop,
     config_from_state,
     default_preset,
     latest_checkpoint,
     make_config,
-    stop_requests,
     trim_history,
-    write_checkpoint,
     write_preview,
 )
 from .options import number_in
@@ -252,7 +248,7 @@ def train(
     model_dir = Path(model_dir)
     rank, world, device = _start_processes(device)
     main_process = rank == 0
-    # Stop asked for during start-up ends the run at once; in the loop it saves first (model.StopRequests)
+    # Stop asked for during start-up ends the run at once; in the loop it saves first (checkpoints.StopRequests)
     with stop_requests(model_dir if main_process else None) as requests:
         if not main_process:
             events = Events("train", stderr=io.StringIO())  # only the first process reports: never a bar (no tty)

@@ -172,3 +172,23 @@ def test_exr_parts_tiles_and_data_windows_read_as_the_frame(tmp_path):
     frame[7:17, 30:50] = 0
     assert not frame.any()
     assert media.image_size(path) == (64, 48)
+
+
+def test_the_srgb_curves_are_one_for_numpy_and_torch_and_are_the_configs(shot_b):
+    """A real frame's 8-bit values decoded to linear light and back: the numpy path (media, evaluate, the
+    CPU) and the torch path (convert on a GPU, colour matching) are one definition, so they agree to a
+    float's last bits, and they are what the OCIO config itself does for sRGB <-> linear Rec.709."""
+    import torch
+
+    _, frame = next(iter(media.FrameSource(shot_b).frames()))
+    encoded = frame[..., :3] / 255.0
+    linear = colorspace.srgb_to_linear(encoded)
+    as_tensor = colorspace.srgb_to_linear(torch.from_numpy(encoded.astype(np.float32)))
+    assert linear.dtype == np.float32 and torch.is_tensor(as_tensor)
+    np.testing.assert_allclose(as_tensor.numpy(), linear, rtol=1e-6, atol=1e-7)
+    by_ocio = np.ascontiguousarray(encoded, np.float32).copy()
+    colorspace._processor(colorspace.MODEL, colorspace.BUILTIN_LINEAR).applyRGB(by_ocio.reshape(-1, 3))
+    np.testing.assert_allclose(linear, by_ocio, atol=2e-6)
+    back = colorspace.linear_to_srgb(linear)
+    np.testing.assert_allclose(colorspace.linear_to_srgb(torch.from_numpy(linear)).numpy(), back, rtol=1e-6, atol=1e-7)
+    assert np.array_equal(np.round(back * 255), frame[..., :3])  # every 8-bit level comes back to itself

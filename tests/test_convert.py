@@ -306,7 +306,7 @@ def test_linear_exr_shot_round_trips_without_a_shift(passthrough_model, faceset_
     plate.mkdir()
     originals = {}
     for number, frame in source_frames(shot_b).items():
-        linear = media.srgb_to_linear(frame / 255.0)
+        linear = colorspace.srgb_to_linear(frame / 255.0)
         linear[:30, :60] = 4.0  # a highlight no display-referred format could hold
         originals[number] = linear
         media.write_image(plate / f"plate_{number:04d}.exr", linear)

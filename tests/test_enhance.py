@@ -10,11 +10,12 @@ import torch
 from engine import enhance as enhance_module
 from engine import media
 from engine.augment import load_face
+from engine.checkpoints import checkpoint_paths
 from engine.convert import convert
 from engine.enhance import enhance
 from engine.enhancer import load_enhancer, parse_checkpoint
 from engine.faceset import ALIGNMENTS_FILE, Alignments, Faceset
-from engine.model import checkpoint_paths, enhancer_dir, read_history
+from engine.model import enhancer_dir, read_history
 from engine.output import read_marking
 from engine.train import train
 from tests.conftest import run_engine

@@ -12,13 +12,14 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import media
+from engine import colorspace, media
 from engine.__main__ import main
 from engine.convert import convert
-from engine.evaluate import evaluate
+from engine.evaluate import composite, evaluate, layer_space
 from engine.faces import align, masks
 from engine.faceset import Alignments
 from engine.frames import format_ranges, parse_ranges
+from engine.output import layer_path, read_manifest
 from tests.conftest import empty_copy
 
 
@@ -64,7 +65,7 @@ def write_layers(folder: Path, shot: Path, shot_faceset: Path, donor: Path, nois
                 soft = cv2.GaussianBlur(layer[..., :3], (0, 0), soft_features)
                 layer[..., :3] = layer[..., :3] * (1 - features) + soft * features
         if exr:
-            layer[..., :3] = media.srgb_to_linear(layer[..., :3])
+            layer[..., :3] = colorspace.srgb_to_linear(layer[..., :3])
         else:
             layer = np.round(layer * 65535).astype(np.uint16)
         media.write_image(folder / "face" / f"face_{number:06d}{ext}", layer)
@@ -288,3 +289,23 @@ def test_bad_input_gets_one_clear_line(shot_a, shot_b, faceset_a, faceset_b, lay
     assert "holds no face layers" in _error(args(layers=bare), capsys)
 
     assert not (tmp_path / "out").exists()  # no error left anything behind
+
+
+def test_evaluate_composites_the_frames_convert_writes(shot_b, faceset_b, tiny_model, tmp_path):
+    """Evaluate's composite of convert's face layer over the plate is convert's own finished frame
+    (--write-frames) to the 8-bit level: both put the layer over in linear light, premultiplied, through
+    engine.composite, so what evaluate scores is what convert writes. (A straight mix in the plate's sRGB
+    is many levels off wherever the matte is soft.)"""
+    source = media.FrameSource(shot_b)
+    numbers = source.numbers[:3]
+    out = tmp_path / "out"
+    convert(shot_b, faceset_b, tiny_model, out, write_frames=True, frames=format_ranges(numbers), device="cpu")
+    manifest, plate = read_manifest(out), colorspace.plate_space(None, None, source.linear)
+    soft = 0
+    for number, frame in source.frames(numbers):
+        swapped, alpha = composite(frame, media.read_image(layer_path(out, manifest, number)), plate,
+                                   layer_space(manifest))
+        written = colorspace.display8(media.read_image(out / "frames" / f"frame_{number:06d}.png"), plate)
+        assert np.abs(swapped.astype(int) - written).max() <= 1
+        soft += int(((alpha > 0.05) & (alpha < 0.95)).sum())
+    assert soft > 300  # the matte's feathered edge, where the two ways of compositing differ, was compared

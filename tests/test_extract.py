@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from demo import samples
-from engine import media
+from engine import colorspace, media
 from engine.extract import extract
 from engine.faces import align
 from engine.faces.detect import make_detector
@@ -190,7 +190,7 @@ def test_linear_exr_sequence_extracts_like_its_png(tmp_path):
     """A scene-linear EXR plate is detected in sRGB, so it finds the same face as the same frames in PNG."""
     frames, _ = samples.make_clip("astronaut", 3, (320, 240))
     for i, frame in enumerate(frames, 1):
-        media.write_image(tmp_path / "exr" / f"plate.{i:04d}.exr", media.srgb_to_linear(frame / 255.0))
+        media.write_image(tmp_path / "exr" / f"plate.{i:04d}.exr", colorspace.srgb_to_linear(frame / 255.0))
     png = extract(samples.write_sequence(tmp_path / "png", frames), tmp_path / "fs_png", detector="dlib", size=64)
     exr = extract(tmp_path / "exr", tmp_path / "fs_exr", detector="dlib", size=64)
     assert png["faces"] == exr["faces"] == 3

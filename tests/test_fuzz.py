@@ -203,7 +203,7 @@ def odd_image(path: Path, rng: random.Random) -> str:
 def test_mask_verbs_take_or_refuse_odd_checkpoints_faces_and_labels(mask_model, tmp_path, capsys):
     import torch
 
-    from engine.model import checkpoint_paths
+    from engine.checkpoints import checkpoint_paths
 
     mutator, rng = Mutator(2000), random.Random(2000)
     for case in range(CASES):

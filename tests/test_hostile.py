@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine import media, occlusion
+from engine import colorspace, media, occlusion
 from engine.__main__ import main
+from engine.checkpoints import checkpoint_paths
 from engine.convert import convert
 from engine.events import EngineError, Events
 from engine.extract import extract
 from engine.faceset import Alignments
-from engine.model import checkpoint_paths, load_model
+from engine.model import load_model
 from engine.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -608,7 +609,7 @@ def test_a_nan_or_infinite_sample_under_a_face_is_replaced_not_spread(shot_a, fa
     for folder in (clean, poisoned):
         folder.mkdir()
     for path in sorted(shot_a.iterdir()):
-        linear = media.srgb_to_linear(media.read_image(path).astype(np.float32) / 255)
+        linear = colorspace.srgb_to_linear(media.read_image(path).astype(np.float32) / 255)
         media.write_image(clean / f"{path.stem}.exr", linear)
         x, y = np.round(first_face(json.loads((faceset_a / "alignments.json").read_text()))["landmarks"][30]).astype(int)
         linear[y, x, 1], linear[y + 1, x, 0] = np.nan, np.inf
@@ -746,10 +747,9 @@ def test_an_exr_of_many_channels_takes_the_memory_of_its_picture_and_a_fifo_is_n
 
 def test_checkpoint_settings_are_range_checked_before_a_network_is_built(mask_model, quick_model, shot_b, faceset_b,
                                                                          tmp_path, capsys):
-    from engine.model import checkpoint_paths as mask_checkpoints
 
     faceset = copy(mask_model, tmp_path / "faceset")
-    path = mask_checkpoints(faceset / "mask_model")[0]
+    path = checkpoint_paths(faceset / "mask_model")[0]
     state = torch.load(path, weights_only=True)
     state["settings"]["width"] = 512  # 2 GB of network, from a file of a few kilobytes
     torch.save(state, path)

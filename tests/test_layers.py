@@ -2,7 +2,7 @@
 compositor and Pillow put the layer over the plate, and the result must be convert's own finished frame.
 
 Everything is compared in linear light, in float. The plate is the 8-bit sRGB shot as convert decodes it,
-linearised with the sRGB curve (IEC 61966-2-1, media.srgb_to_linear) and handed to each reader as a float
+linearised with the sRGB curve (IEC 61966-2-1, colorspace.srgb_to_linear) and handed to each reader as a float
 EXR, so only the layer's reading is under test; convert composites in linear light too.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import media
+from engine import colorspace, media
 from engine.convert import convert
 from engine.output import read_marking
 
@@ -35,7 +35,7 @@ def shot(shot_b, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("plates")
     plates = {}
     for number, frame in media.FrameSource(shot_b).frames(list(FRAMES)):
-        linear = media.srgb_to_linear(frame / 255.0)
+        linear = colorspace.srgb_to_linear(frame / 255.0)
         path = folder / f"plate_{number:06d}.exr"
         media.write_image(path, np.dstack([linear, np.ones(linear.shape[:2], np.float32)]))
         plates[number] = (linear, path)
@@ -75,7 +75,7 @@ def finished_linear(out: Path, number: int) -> np.ndarray:
     exr = out / "frames" / f"frame_{number:06d}.exr"
     if exr.is_file():
         return media.read_image(exr)
-    return media.srgb_to_linear(media.read_image(out / "frames" / f"frame_{number:06d}.png") / 65535.0)
+    return colorspace.srgb_to_linear(media.read_image(out / "frames" / f"frame_{number:06d}.png") / 65535.0)
 
 
 def errors(result: np.ndarray, expected: np.ndarray) -> dict:
@@ -198,7 +198,7 @@ def test_blender_compositor_alpha_over_equals_the_finished_frames(bpy, exr_layer
 def over_straight_srgb(layer: np.ndarray, plate_linear: np.ndarray) -> np.ndarray:
     """A straight sRGB layer (0-1 floats) over a linear plate, in linear light."""
     alpha = layer[..., 3:]
-    return media.srgb_to_linear(layer[..., :3]) * alpha + plate_linear * (1 - alpha)
+    return colorspace.srgb_to_linear(layer[..., :3]) * alpha + plate_linear * (1 - alpha)
 
 
 def test_png_layer_read_as_straight_equals_the_finished_frames(png_layers, shot):

@@ -23,9 +23,10 @@ import torch
 from engine import media
 from engine.__main__ import main
 from engine.augment import Augmentation, FaceBatches, load_face, unaugmented_params
+from engine.checkpoints import checkpoint_paths
 from engine.color import lab_to_rgb, rgb_to_lab
 from engine.faceset import Faceset
-from engine.model import checkpoint_paths, load_model, model_hash, read_checkpoint, read_history
+from engine.model import load_model, model_hash, read_checkpoint, read_history
 from engine.train import overtraining, train
 from tests.conftest import assert_same_run
 
