@@ -8,7 +8,7 @@ meant to keep behaviour (a refactor) keeps it bit for bit: run it before and aft
 It extracts the packaged sample shots, trains a tiny model with options of every group (model, loss,
 augmentation, late phase, adversarial phase, feedback), trains its enhancer, masks and converts, each as
 `python -m engine VERB` on one CPU thread, and prints the SHA-256 of the history's losses, of every
-tensor of every checkpoint and of every output file.
+tensor of every checkpoint and of every output image's pixels and metadata.
 """
 
 import argparse
@@ -68,6 +68,26 @@ def history_digest(path: Path) -> str:
     return hashlib.sha256("\n".join(",".join(row.split(",")[i] for i in keep) for row in lines).encode()).hexdigest()
 
 
+def image_digest(path: Path) -> str:
+    """SHA-256 of an image's pixels and metadata, less the model's and enhancer's hashes: those hash the
+    checkpoint files, whose bytes carry the time of their save."""
+    import OpenImageIO as oiio
+
+    image = oiio.ImageBuf(str(path))
+    digest = hashlib.sha256(image.get_pixels(oiio.FLOAT).tobytes())
+    for attribute in sorted(image.spec().extra_attribs, key=lambda a: a.name):
+        value = attribute.value
+        if attribute.name == "facereplace_model_hash":
+            continue
+        if attribute.name == "facereplace":
+            record = json.loads(value)
+            record.pop("model_hash", None)
+            record.get("settings", {}).pop("enhancer", None)
+            value = json.dumps(record, sort_keys=True)
+        digest.update(f"{attribute.name}={value}".encode())
+    return digest.hexdigest()
+
+
 def fingerprints(work: Path) -> dict:
     shots = {}
     for name, clip, scale in (("a", "astronaut", 1.0), ("b", "grace_hopper", 0.6)):
@@ -86,7 +106,7 @@ def fingerprints(work: Path) -> dict:
         result[str(checkpoint.relative_to(work))] = tensors_digest(checkpoint)
     for file in sorted((work / "out").rglob("*")):
         if file.is_file() and file.suffix in (".exr", ".png"):
-            result[str(file.relative_to(work))] = hashlib.sha256(file.read_bytes()).hexdigest()
+            result[str(file.relative_to(work))] = image_digest(file)
     return result
 
 

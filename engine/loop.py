@@ -3,15 +3,23 @@ left, which faces a preview shows."""
 
 import numpy as np
 
+from .events import STOP_READER_GONE
+
+# Why a run stopped (its "done" event's "stopped"): the iterations or the time budget reached, train's target
+# loss, the model folder's stop file, a signal (engine.model.STOP_SIGNALS), or no reader of the events.
+STOP_ITERATIONS, STOP_TIME_BUDGET, STOP_TARGET_LOSS, STOP_BY_FILE = "iterations", "time budget", "target loss", "stop file"
+STOP_REASONS = (STOP_ITERATIONS, STOP_TIME_BUDGET, STOP_TARGET_LOSS, STOP_BY_FILE, "SIGINT", "SIGTERM", "SIGBREAK",
+                STOP_READER_GONE)
+
 
 def stop_reason(iteration: int, iterations: int | None, seconds: float, time_budget: float | None,
                 requested: str | None) -> str | None:
     """Why the run stops after `iteration` (`seconds` into it), if it does: the iterations or time budget
     are reached, or a stop was `requested` (a signal, the stop file)."""
     if iterations is not None and iteration >= iterations:
-        return "iterations"
+        return STOP_ITERATIONS
     if time_budget is not None and seconds >= time_budget:
-        return "time budget"
+        return STOP_TIME_BUDGET
     return requested
 
 

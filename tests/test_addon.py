@@ -730,7 +730,7 @@ def test_train_records_the_model(swapped):
 def test_train_panel_passes_architecture_balance_and_the_late_phases(swapped, addon):
     """The Train panel's architecture, late phase, learning-rate dropout and adversarial weight reach the
     engine as its own options, parsed by the engine's parser; left at their defaults, none is passed."""
-    from engine.__main__ import build_parser
+    from engine.verbs import build_parser
 
     scene = bpy.context.scene
     train = scene.facereplace.train
@@ -757,7 +757,7 @@ def test_train_panel_runs_the_enhancer_after_the_model_when_asked(swapped, addon
     """Enhancer Iterations adds `engine enhance` on faceset A into the model folder train writes, its options
     parsed by the engine's parser; at 0, the default, train runs alone (and so does the farm's train task,
     which runs the same operator)."""
-    from engine.__main__ import build_parser
+    from engine.verbs import build_parser
 
     scene = bpy.context.scene
     train = scene.facereplace.train
