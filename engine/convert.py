@@ -104,14 +104,14 @@ class ConvertSettings:
         "help": "the model's mask (predicted), the landmark hull, the hull with forehead (extended), the occlusion "
                 "matte of `mask apply` (learned), predicted ∩ extended (intersection), or their intersection with learned"})
     erode: int = field(default=0, metadata={
-        "low": -MAX_ERODE, "high": MAX_ERODE, "kind": int, "metavar": "PX",
+        "low": -MAX_ERODE, "high": MAX_ERODE, "kind": int, "metavar": "PX", "unit": "px",
         "help": "shrink the mask by PX frame pixels (negative grows it)"})
     feather: float | None = field(default=None, metadata={
-        "low": 0, "high": MAX_FEATHER, "metavar": "PX",
+        "low": 0, "high": MAX_FEATHER, "metavar": "PX", "unit": "px",
         "help": f"width of the mask's soft edge in frame pixels (default {AUTO_FEATHER * 100:g}%% of the face width)"})
     color: str = field(default="rct", metadata={"choices": COLOR_MODES, "help": "colour matching to the original face"})
     detail: float = field(default=0.0, metadata={
-        "low": 0, "high": 4, "metavar": "AMOUNT",
+        "low": 0, "high": 4, "metavar": "AMOUNT", "label": "Plate Detail",
         "help": "add this much of the plate's own fine detail (skin, grain) onto the face, not on its eyes and "
                 "mouth (0-4; 0: off; 2 suits a 64 px model)"})
     sharpen: float = field(default=0.0, metadata={
