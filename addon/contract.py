@@ -15,8 +15,12 @@ ANSWER_FILE = "engine_schema.json"  # the last engine's answer, in the extension
 
 
 def _answer_path() -> Path | None:
-    """Where the engine's last answer is kept; None where the add-on runs outside an extension."""
-    import bpy
+    """Where the engine's last answer is kept; None where the add-on runs outside an extension, or outside
+    Blender (scripts/build_extension.py builds the farm's job settings from the bundled copy)."""
+    try:
+        import bpy
+    except ImportError:
+        return None
 
     try:
         return Path(bpy.utils.extension_path_user(__package__, path="", create=True)) / ANSWER_FILE
@@ -101,6 +105,20 @@ def panel_options(verb: str, schema: dict | None = None) -> dict[str, str]:
     field with panel=True): each becomes a property of its own, sent as it is (panel_args)."""
     return {name.replace("-", "_"): name for name, published in (schema or SCHEMA)["verbs"][verb].items()
             if published.get("panel")}
+
+
+FARM_TYPES = {"INT": "int32", "FLOAT": "float", "BOOL": "bool"}  # Flamenco's setting types
+
+
+def farm_settings(verb: str, schema: dict | None = None) -> list[dict]:
+    """The Flamenco job settings of `verb`'s panel options (panel_options): one per property, with its type,
+    label and description; the job type (farm/*.js) reads each from the .blend and sets it in the task."""
+    settings = []
+    for prop, name in panel_options(verb, schema).items():
+        kind, spec = property_spec(verb, name, schema)
+        settings.append({"key": prop, "type": FARM_TYPES[kind], "label": spec["name"],
+                         "description": spec["description"]})
+    return settings
 
 
 def panel_args(verb: str, values, schema: dict | None = None) -> list:
