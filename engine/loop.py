@@ -7,7 +7,8 @@ from .events import STOP_READER_GONE
 
 # Why a run stopped (its "done" event's "stopped"): the iterations or the time budget reached, train's target
 # loss, the model folder's stop file, a signal (engine.model.STOP_SIGNALS), or no reader of the events.
-STOP_ITERATIONS, STOP_TIME_BUDGET, STOP_TARGET_LOSS, STOP_BY_FILE = "iterations", "time budget", "target loss", "stop file"
+STOP_ITERATIONS, STOP_TIME_BUDGET = "iterations", "time budget"
+STOP_TARGET_LOSS, STOP_BY_FILE = "target loss", "stop file"
 STOP_REASONS = (STOP_ITERATIONS, STOP_TIME_BUDGET, STOP_TARGET_LOSS, STOP_BY_FILE, "SIGINT", "SIGTERM", "SIGBREAK",
                 STOP_READER_GONE)
 
