@@ -71,3 +71,63 @@ def default(verb: str, name: str) -> str:
 def folder(kind: str) -> dict:
     """The file names of a faceset, model or output folder."""
     return SCHEMA["folders"][kind]
+
+
+# ---------------------------------------------------------------- properties from the engine's options
+
+PROPERTY_TYPES = {"int": "INT", "float": "FLOAT", "bool": "BOOL"}
+INT_LIMIT = 2**31 - 1  # a Blender IntProperty's bound: wider engine ranges (a seed's) are left unbounded
+
+
+def property_spec(verb: str, option_name: str, schema: dict | None = None, **overrides) -> tuple[str, dict]:
+    """("INT", "FLOAT" or "BOOL", the keywords of that Blender property) for the engine option
+    `--option_name` of `verb`: its label, help, default and range as the schema publishes them, then `overrides` (where
+    the add-on means something else by the value, as 0 for no time budget). No bpy: plain tests build it."""
+    published = (schema or SCHEMA)["verbs"][verb][option_name]
+    kind = overrides.pop("kind", None) or PROPERTY_TYPES[published["type"]]
+    spec = {"name": published["label"], "description": _sentence(published["help"])}
+    if published["default"] is not None:
+        spec["default"] = published["default"]
+    for bound, keyword in (("low", "min"), ("high", "max")):
+        if bound in published and abs(published[bound]) <= INT_LIMIT:
+            spec[keyword] = published[bound]
+    spec.update(overrides)
+    return kind, spec
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def panel_options(verb: str, schema: dict | None = None) -> dict[str, str]:
+    """{property name: option name} of the options the engine marks for the add-on's panel (a settings
+    field with panel=True): each becomes a property of its own, sent as it is (panel_args)."""
+    return {name.replace("-", "_"): name for name, published in (schema or SCHEMA)["verbs"][verb].items()
+            if published.get("panel")}
+
+
+FARM_TYPES = {"INT": "int32", "FLOAT": "float", "BOOL": "bool"}  # Flamenco's setting types
+
+
+def farm_settings(verb: str, schema: dict | None = None) -> list[dict]:
+    """The Flamenco job settings of `verb`'s panel options (panel_options): one per property, with its type,
+    label and description; the job type (farm/*.js) reads each from the .blend and sets it in the task."""
+    settings = []
+    for prop, name in panel_options(verb, schema).items():
+        kind, spec = property_spec(verb, name, schema)
+        settings.append({"key": prop, "type": FARM_TYPES[kind], "label": spec["name"],
+                         "description": spec["description"]})
+    return settings
+
+
+def panel_args(verb: str, values, schema: dict | None = None) -> list:
+    """The command-line options that the panel properties of `values` (a property group, or any object
+    with those attributes) set: a switch when on, a number when it is not the engine's default."""
+    args = []
+    for prop, name in panel_options(verb, schema).items():
+        value, published = getattr(values, prop), (schema or SCHEMA)["verbs"][verb][name]
+        if published["type"] == "bool":
+            args += [f"--{name}"] if value else []
+        elif value != published["default"]:
+            args += [f"--{name}", value]
+    return args

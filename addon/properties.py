@@ -33,6 +33,16 @@ def _set_strip(shot, name: str) -> None:
     shot.strip_id = strip_id(strip) if strip is not None else ""
 
 
+PROPERTIES = {"INT": IntProperty, "FLOAT": FloatProperty, "BOOL": BoolProperty}
+
+
+def _property(verb: str, option_name: str, **overrides):
+    """The Blender property of engine option `--option_name` of `verb`, as the engine's schema describes
+    it (contract.property_spec), with the add-on's `overrides`."""
+    kind, spec = contract.property_spec(verb, option_name, **overrides)
+    return PROPERTIES[kind](**spec)
+
+
 class FaceReplaceShot(bpy.types.PropertyGroup):
     source: EnumProperty(
         name="From", description="Where the shot is",
@@ -85,29 +95,21 @@ class FaceReplaceTrain(bpy.types.PropertyGroup):
         default="PRESET",
         description="How the model draws the faces: a new model only (a resumed one keeps its own)",
     )
-    iterations: IntProperty(name="Iterations", default=20000, min=1,
-                            description="Stop after this many iterations in all (a resumed run counts on)")
+    iterations: _property("train", "iterations", default=20000,
+                          description="Stop after this many iterations in all (a resumed run counts on)")
     # The late phase and the adversarial phase (engine train's --no-warp-after, --lr-dropout, --gan-weight).
-    late_phase: FloatProperty(name="Late Phase", default=0.0, min=0.0, max=0.99, subtype="FACTOR",
-                              description="From this share of the iterations, train without the random warp and with "
-                                          "learning-rate dropout, which sharpens a converged model (0: off; 0.8 is "
-                                          "the measured best on a CPU)")
-    lr_dropout: FloatProperty(name="LR Dropout", default=1.0, min=0.01, max=1.0, subtype="FACTOR",
-                              description="In the late phase, the share of the weights each update reaches (1: off; 0.3 "
-                                          "is DeepFaceLab's)")
-    gan_weight: FloatProperty(name="Adversarial", default=0.0, min=0.0, soft_max=1.0,
-                              description="In the late phase, a patch discriminator's loss at this weight sharpens "
-                                          "detail (0: off; about 0.1)")
-    balance_expressions: BoolProperty(name="Balance Expressions", default=False,
-                                      description="Show the mouth openings the facesets have few faces of more often, "
-                                                  "so the swap's mouth opens as far as the shot's (engine train's "
-                                                  "--balance-expressions)")
-    time_budget: FloatProperty(name="Time Budget", default=0.0, min=0.0, subtype="TIME_ABSOLUTE", unit="TIME_ABSOLUTE",
-                               description="Stop after this long (0: no limit); the model is saved first")
-    enhancer_iterations: IntProperty(name="Enhancer Iterations", default=0, min=0,
-                                     description="After the face model, train its enhancer (A's face at 2-4 times the "
-                                                 "model's size, learnt from A's faces; convert then uses it) to this "
-                                                 "many iterations (engine enhance); 0: none")
+    late_phase: _property("train", "no-warp-after", max=0.99, subtype="FACTOR",
+                          description="From this share of the iterations, train without the random warp and with "
+                                      "learning-rate dropout, which sharpens a converged model (0: off; 0.8 is the "
+                                      "measured best on a CPU)")
+    lr_dropout: _property("train", "lr-dropout", min=0.01, subtype="FACTOR")  # Blender has no open bound
+    gan_weight: _property("train", "gan-weight", soft_max=1.0)
+    time_budget: _property("train", "time-budget", default=0.0, subtype="TIME_ABSOLUTE", unit="TIME_ABSOLUTE",
+                           description="Stop after this long (0: no limit); the model is saved first")
+    enhancer_iterations: _property("enhance", "iterations", name="Enhancer Iterations", default=0, min=0,
+                                   description="After the face model, train its enhancer (A's face at 2-4 times the "
+                                               "model's size, learnt from A's faces; convert then uses it) to this "
+                                               "many iterations (engine enhance); 0: none")
     # The model and how far it got.
     model: StringProperty(name="Model", subtype="DIR_PATH", options=RELATIVE, description="The model folder")
     iteration: IntProperty(name="Iterations Done")
@@ -116,20 +118,21 @@ class FaceReplaceTrain(bpy.types.PropertyGroup):
     preview: StringProperty(name="Preview", subtype="FILE_PATH", options=RELATIVE, description="The latest preview grid")
 
 
+# The options the engine marks for the panel (balance_expressions, ...): one property each, named as the option.
+FaceReplaceTrain.__annotations__.update(
+    {prop: _property("train", name) for prop, name in contract.panel_options("train").items()})
+
+
 class FaceReplaceConvert(bpy.types.PropertyGroup):
     mask: EnumProperty(name="Mask", items=contract.items("convert", "mask"), default=contract.default("convert", "mask"))
-    erode: IntProperty(name="Erode", default=0, soft_min=-32, soft_max=32, subtype="PIXEL",
-                       description="Shrink the mask by this many pixels (negative grows it)")
+    erode: _property("convert", "erode", soft_min=-32, soft_max=32, subtype="PIXEL")
     use_auto_feather: BoolProperty(name="Auto Feather", default=True,
                                    description="A soft edge of 6% of the face's width")
-    feather: IntProperty(name="Feather", default=8, min=0, soft_max=64, subtype="PIXEL",
-                         description="Width of the mask's soft edge in pixels")
-    detail: FloatProperty(name="Plate Detail", default=0.0, min=0.0, max=4.0, soft_max=2.0,
-                          description="Add the plate's own fine detail (skin, grain) onto the face, not on its "
-                                      "eyes and mouth (1: all of it)")
-    edge_match: FloatProperty(name="Edge Match", default=0.0, min=0.0, max=1.0,
-                              description="Near the matte's edge, give the face the plate's own color and shading, "
-                                          "so it meets its surround as the original face did (1: in full)")
+    # whole pixels in the panel, as .blend files store it; the engine's default is Auto Feather's
+    feather: _property("convert", "feather", kind="INT", default=8, soft_max=64, subtype="PIXEL",
+                       description="Width of the mask's soft edge in pixels")
+    detail: _property("convert", "detail", soft_max=2.0)
+    edge_match: _property("convert", "edge-match")
     color: EnumProperty(name="Color Match", items=contract.items("convert", "color"),
                         default=contract.default("convert", "color"))
     format: EnumProperty(name="Format", items=contract.items("convert", "format"),

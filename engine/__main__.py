@@ -1,4 +1,4 @@
-"""The engine's command line: one verb per stage, each a thin wrapper over its module's `run`.
+"""`python -m engine VERB`: runs one verb of engine.verbs and turns what goes wrong into one line.
 
 Each stage module defines `add_arguments(parser)` and `run(args, events)`. Errors the user can fix are
 EngineError: one line on stderr (and an "error" event), exit status 2. So are a command line the parser
@@ -15,52 +15,8 @@ import os
 import sys
 import traceback
 
-from . import __version__
-from .device import DEVICES
 from .events import EngineError, Events, one_line
-
-
-class _ParserError(Exception):
-    """argparse's complaint about the command line, raised instead of printed so it becomes an error event."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _ParserError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
-VERBS = {
-    "extract": ("engine.extract", "frames -> faceset: detect, align, mask and embed faces"),
-    "train": ("engine.train", "two facesets -> model: the shared-encoder, two-decoder autoencoder"),
-    "enhance": ("engine.enhance", "trained model + A's faceset -> its enhancer: A's face at 2-4x the model's size"),
-    "mask": ("engine.occlusion", "labelled frames -> occlusion mattes: mask train, then mask apply"),
-    "convert": ("engine.convert", "shot + alignments + model -> face layers, mattes, frames, patches"),
-    "curate": ("engine.curate", "score a faceset, flag bad faces and move them aside"),
-    "evaluate": ("engine.evaluate", "measure identity, expression, stability and seams of a converted shot"),
-    "weights": ("engine.weights", "fetch the FAN detector's weights into a folder, hash-checked, for offline extract"),
-    "info": ("engine.info", "engine version, torch, CUDA and GPU, as the add-on's Check engine shows"),
-    "schema": ("engine.schema", "every verb's choices, defaults and folder layouts, as JSON: the add-on's menus"),
-}
-
-
-def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only `verb`'s module is imported, so `extract` never pays for importing torch."""
-    parser = Parser(prog="python -m engine", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"facereplace-engine {__version__}")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for name, (_, help_text) in VERBS.items():
-        add_verb_arguments(verbs.add_parser(name, help=help_text, description=help_text), name, verb == name)
-    return parser
-
-
-def add_verb_arguments(parser: argparse.ArgumentParser, verb: str, with_own: bool = True) -> None:
-    """The options every verb takes, and with `with_own` the verb's own (which imports its module)."""
-    parser.add_argument("--events", action="store_true", help="JSON lines on stdout, for the add-on")
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="where torch runs")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
-    parser.set_defaults(module=VERBS[verb][0])
-    if with_own:
-        importlib.import_module(VERBS[verb][0]).add_arguments(parser)
+from .verbs import VERBS, ParserError, build_parser
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -68,9 +24,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args = build_parser(verb).parse_args(argv)
     for name, value in vars(args).items():  # float("nan") and float("inf") parse; no option means them
         if isinstance(value, float) and not math.isfinite(value):
-            raise _ParserError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+            raise ParserError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
         if isinstance(value, str) and not value.strip():  # not the default: --frames "" is not every frame
-            raise _ParserError(f"{'--' if name in _option_names(argv) else ''}{name.replace('_', '-')} is empty: "
+            raise ParserError(f"{'--' if name in _option_names(argv) else ''}{name.replace('_', '-')} is empty: "
                                f"give a value, or leave the option out for its default")
     return args
 
@@ -115,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = _parse(argv)
-    except _ParserError as e:
+    except ParserError as e:
         verb = next((a for a in argv if a in VERBS), "engine")
         return _fail(Events(verb, json_lines="--events" in argv), str(e))
     logging.basicConfig(

@@ -21,7 +21,7 @@ import itertools
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -32,6 +32,7 @@ from .color import lab_to_rgb, rgb_to_lab
 from .events import EngineError
 from .faces import masks
 from .faceset import FaceSample, read_face_image
+from .options import setting
 
 # The random warp's control points: a 5 x 5 grid, as faceswap uses, smoothly interpolated to every pixel.
 WARP_GRID = 5
@@ -42,16 +43,17 @@ LOADER_PREFETCH = 4  # batches each loader process makes ahead
 
 @dataclass
 class Augmentation:
-    rotation: float = field(default=10.0, metadata={"help": "random rotation, degrees either way"})
-    zoom: float = field(default=0.05, metadata={"help": "random zoom, a share of the size either way"})
-    shift: float = field(default=0.05, metadata={"help": "random shift, a share of the size either way"})
-    flip: float = field(default=0.5, metadata={"help": "chance of a mirror image"})
-    warp: float = field(default=0.02, metadata={
-        "help": "random warp of the input: displacement (standard deviation) of a 5x5 grid, a share of the size"})
-    lightness: float = field(default=0.3, metadata={
-        "help": "Lab colour augmentation: L moves up to this share of the way to white or black"})
-    color_ab: float = field(default=0.08, metadata={
-        "help": "Lab colour augmentation: a and b move up to this share of the way to their extremes"})
+    rotation: float = setting(10.0, "random rotation, degrees either way", low=0, high=180, unit="degrees",
+                              metavar="X")
+    zoom: float = setting(0.05, "random zoom, a share of the size either way", low=0, high=1, metavar="X")
+    shift: float = setting(0.05, "random shift, a share of the size either way", low=0, high=1, metavar="X")
+    flip: float = setting(0.5, "chance of a mirror image", low=0, high=1, metavar="X")
+    warp: float = setting(0.02, "random warp of the input: displacement (standard deviation) of a 5x5 grid, a "
+                                "share of the size", low=0, high=1, metavar="X")
+    lightness: float = setting(0.3, "Lab colour augmentation: L moves up to this share of the way to white or "
+                                    "black", low=0, high=1, metavar="X")
+    color_ab: float = setting(0.08, "Lab colour augmentation: a and b move up to this share of the way to their "
+                                    "extremes", low=0, high=1, metavar="X")
 
 
 # ---------------------------------------------------------------- on the CPU

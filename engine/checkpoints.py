@@ -25,6 +25,7 @@ from torch import nn
 
 from . import media
 from .events import EngineError
+from .loop import STOP_BY_FILE
 
 log = logging.getLogger("engine")
 
@@ -139,14 +140,14 @@ class StopRequests:
             raise KeyboardInterrupt("stopped while starting, before any training: nothing to save")
         if self.reason:
             log.warning("saving before stopping; please wait")
-        self.reason = self.reason or ("stop file" if self.file_seen else signal_name)
+        self.reason = self.reason or (STOP_BY_FILE if self.file_seen else signal_name)
 
     def _watch(self, on_main_thread: bool) -> None:
         while not self._done.wait(STOP_POLL_S):
             if stop_requested(self.model_dir):
                 self.file_seen = True
                 if self.training or not on_main_thread:
-                    self.reason = self.reason or "stop file"
+                    self.reason = self.reason or STOP_BY_FILE
                 else:  # runs SIGINT's handler, `ask`, in the main thread: start-up ends there
                     _thread.interrupt_main(signal.SIGINT)
                 return

@@ -41,7 +41,7 @@ from .faceset import (
     learned_mask,
     read_face_image,
 )
-from .options import Choice, add_fields, from_args, number_in
+from .options import Choice, add_fields, check, from_args
 from .output import (
     ALPHA_MODES,
     DEFAULT_ALPHA,
@@ -105,20 +105,20 @@ class ConvertSettings:
         "help": "the model's mask (predicted), the landmark hull, the hull with forehead (extended), the occlusion "
                 "matte of `mask apply` (learned), predicted ∩ extended (intersection), or their intersection with learned"})
     erode: int = field(default=0, metadata={
-        "type": number_in(-MAX_ERODE, MAX_ERODE, kind=int), "metavar": "PX",
+        "low": -MAX_ERODE, "high": MAX_ERODE, "kind": int, "metavar": "PX", "unit": "px",
         "help": "shrink the mask by PX frame pixels (negative grows it)"})
     feather: float | None = field(default=None, metadata={
-        "type": number_in(0, MAX_FEATHER), "metavar": "PX",
+        "low": 0, "high": MAX_FEATHER, "metavar": "PX", "unit": "px",
         "help": f"width of the mask's soft edge in frame pixels (default {AUTO_FEATHER * 100:g}%% of the face width)"})
     color: str = field(default="rct", metadata={"choices": COLOR_MODES, "help": "colour matching to the original face"})
     detail: float = field(default=0.0, metadata={
-        "type": number_in(0, 4), "metavar": "AMOUNT",
+        "low": 0, "high": 4, "metavar": "AMOUNT", "label": "Plate Detail",
         "help": "add this much of the plate's own fine detail (skin, grain) onto the face, not on its eyes and "
                 "mouth (0-4; 0: off; 2 suits a 64 px model)"})
     sharpen: float = field(default=0.0, metadata={
-        "type": number_in(0, 4), "metavar": "AMOUNT", "help": "unsharp-mask the face by this amount (0: off)"})
+        "low": 0, "high": 4, "metavar": "AMOUNT", "help": "unsharp-mask the face by this amount (0: off)"})
     edge_match: float = field(default=0.0, metadata={
-        "type": number_in(0, 1), "metavar": "AMOUNT",
+        "low": 0, "high": 1, "metavar": "AMOUNT",
         "help": "near the matte's edge, give the face this much of the plate's own colour and shading, fading "
                 "out a fifth of the face width inside (0-1; 0: off; 1 halves the seam on the benchmark)"})
     format: str = field(default="png16", metadata={
@@ -131,30 +131,15 @@ class ConvertSettings:
     write_frames: bool = field(default=False, metadata={"help": "also write finished frames to frames/"})
     write_patches: bool = field(default=False, metadata={"help": "also write aligned patches to patch/"})
     batch: int | None = field(default=None, metadata={
-        "type": int, "metavar": "N", "help": "faces per model call (default 8 CPU, 32 CUDA)"})
+        "kind": int, "low": 1, "metavar": "N", "help": "faces per model call (default 8 CPU, 32 CUDA)"})
 
     def check(self) -> None:
-        """Refuse values no run can use (the command line's parser already has)."""
-        for name, allowed in (("direction", DIRECTIONS), ("enhancer", ENHANCER_MODES), ("mask", MASK_MODES),
-                              ("color", COLOR_MODES), ("format", FORMATS)):
-            if getattr(self, name) not in allowed:
-                raise EngineError(f"--{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        if self.alpha is not None and self.alpha not in ALPHA_MODES:
-            raise EngineError(f"--alpha {self.alpha!r} is not one of {', '.join(ALPHA_MODES)}")
+        """Refuse values no run can use (the command line's parser already has): out of their fields' kinds,
+        ranges and choices, or an alpha the format cannot hold."""
+        check(self)
         if self.format == "png16" and self.layer_alpha != "straight":
             raise EngineError("--alpha premultiplied needs --format exr: PNG holds straight alpha only, by its "
                               "specification, and every reader takes it so")
-        if self.feather is not None and not 0 <= self.feather <= MAX_FEATHER:
-            raise EngineError(f"--feather must be 0 to {MAX_FEATHER}, got {self.feather}")
-        if not -MAX_ERODE <= self.erode <= MAX_ERODE:
-            raise EngineError(f"--erode must be {-MAX_ERODE} to {MAX_ERODE}, got {self.erode}")
-        for name in ("detail", "sharpen"):
-            if not 0 <= getattr(self, name) <= 4:
-                raise EngineError(f"--{name} must be between 0 and 4, got {getattr(self, name)}")
-        if not 0 <= self.edge_match <= 1:
-            raise EngineError(f"--edge-match must be between 0 and 1, got {self.edge_match}")
-        if self.batch is not None and self.batch < 1:
-            raise EngineError(f"--batch must be 1 or more, got {self.batch}")
 
     @property
     def layer_alpha(self) -> str:

@@ -54,7 +54,7 @@ from .model import (
     trim_history,
     write_preview,
 )
-from .options import add_fields, from_args, number_in
+from .options import add_fields, check, from_args
 
 DEFAULTS = EnhancerConfig(input_size=0, size=0)  # the shape a new enhancer gets where no option is given
 # Fields of EnhanceSettings that shape the enhancer (its EnhancerConfig) and those a resume may change.
@@ -68,51 +68,56 @@ class EnhanceSettings:
     default to None take, on a new enhancer, the default they name and, on --resume, the enhancer's own."""
 
     size: int | None = field(default=None, metadata={
-        "type": number_in(32, 4096, kind=int), "metavar": "PX",
+        "low": 32, "high": 4096, "kind": int, "metavar": "PX",
         "help": "the enhanced face's size, 2 or 4 times the model's (default: the larger of the two that A's "
                 "faceset holds without enlarging its faces, else twice the model's)"})
     iterations: int | None = field(default=None, metadata={
-        "type": number_in(1, kind=int), "metavar": "N", "help": "stop at this iteration (counted over resumes)"})
+        "low": 1, "kind": int, "metavar": "N", "help": "stop at this iteration (counted over resumes)"})
     time_budget: float | None = field(default=None, metadata={
-        "type": number_in(0, above=True), "metavar": "SECONDS", "help": "stop after this long"})
+        "low": 0, "above": True, "metavar": "SECONDS", "help": "stop after this long"})
     resume: bool = field(default=False, metadata={
         "help": "continue the model folder's enhancer exactly where it stopped"})
     width: int | None = field(default=None, metadata={
-        "type": number_in(8, 1024, kind=int), "metavar": "N",
+        "low": 8, "high": 1024, "kind": int, "metavar": "N",
         "help": f"channels at the model's size; each doubling of the size halves them ({DEFAULTS.width})"})
     blocks: int | None = field(default=None, metadata={
-        "type": number_in(0, 64, kind=int), "metavar": "N",
+        "low": 0, "high": 64, "kind": int, "metavar": "N",
         "help": f"residual blocks at the model's size ({DEFAULTS.blocks})"})
     batch: int | None = field(default=None, metadata={
-        "type": number_in(1, 4096, kind=int), "metavar": "N", "help": f"faces per iteration ({DEFAULTS.batch})"})
+        "low": 1, "high": 4096, "kind": int, "metavar": "N", "help": f"faces per iteration ({DEFAULTS.batch})"})
     learning_rate: float | None = field(default=None, metadata={
-        "type": number_in(0, 1, above=True), "metavar": "X", "help": f"Adam learning rate ({DEFAULTS.learning_rate:g})"})
+        "low": 0, "high": 1, "above": True, "metavar": "X", "help": f"Adam learning rate ({DEFAULTS.learning_rate:g})"})
     seed: int | None = field(default=None, metadata={
-        "type": number_in(0, 2**32 - 1, kind=int), "metavar": "N", "help": "random seed (0)"})
+        "low": 0, "high": 2**32 - 1, "kind": int, "metavar": "N", "help": "random seed (0)"})
     workers: int | None = field(default=None, metadata={
-        "type": number_in(0, 64, kind=int), "metavar": "N",
+        "low": 0, "high": 64, "kind": int, "metavar": "N",
         "help": "data loader processes (default: 0 on the CPU, up to 8 on CUDA)"})
     log_every: int = field(default=10, metadata={
-        "type": number_in(1, kind=int), "metavar": "N", "help": "iterations per history row and progress event (10)"})
+        "low": 1, "kind": int, "metavar": "N", "help": "iterations per history row and progress event (10)"})
     preview_every: int = field(default=100, metadata={
-        "type": number_in(1, kind=int), "metavar": "N", "help": "iterations per preview (100)"})
+        "low": 1, "kind": int, "metavar": "N", "help": "iterations per preview (100)"})
     save_every: int = field(default=500, metadata={
-        "type": number_in(1, kind=int), "metavar": "N", "help": "iterations per checkpoint (and always on stop) (500)"})
+        "low": 1, "kind": int, "metavar": "N", "help": "iterations per checkpoint (and always on stop) (500)"})
     keep: int = field(default=3, metadata={
-        "type": number_in(1, kind=int), "metavar": "N", "help": "checkpoints kept (3)"})
+        "low": 1, "kind": int, "metavar": "N", "help": "checkpoints kept (3)"})
     preview_rows: int = field(default=4, metadata={
-        "type": number_in(1, 64, kind=int), "metavar": "N", "help": "faces in the preview (4)"})
+        "low": 1, "high": 64, "kind": int, "metavar": "N", "help": "faces in the preview (4)"})
 
     def check(self) -> None:
         """Refuse values no run can use (the command line's parser already has)."""
-        for name in ("log_every", "preview_every", "save_every", "keep", "preview_rows"):
-            if getattr(self, name) < 1:
-                raise EngineError(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(self, name)}")
-        for name in ("iterations", "time_budget"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise EngineError(f"--{name.replace('_', '-')} must be above 0, got {getattr(self, name)}")
-        if self.workers is not None and self.workers < 0:
-            raise EngineError(f"--workers must be 0 or more, got {self.workers}")
+        check(self)
+
+
+class Done(NamedTuple):
+    """The "done" event of a run, and what enhance() returns (as a dict)."""
+
+    iterations: int
+    loss: float | None
+    stopped: str  # one of loop.STOP_REASONS
+    checkpoint: str
+    enhancer: str
+    size: int
+    preview: str
 
 
 def add_arguments(parser) -> None:
@@ -197,9 +202,9 @@ def enhance(model_dir: str | Path, faceset_a: str | Path, settings: EnhanceSetti
                 break
     clear_stop(folder)
     if stopped is None:  # the loader ran dry: --iterations was already reached before this run
-        stopped, run.checkpoint = "iterations", checkpoint_paths(folder)[0]
-    summary = {"iterations": iteration, "loss": run.loss, "stopped": stopped, "checkpoint": str(run.checkpoint),
-               "enhancer": str(folder), "size": config.size, "preview": str(folder / PREVIEW_FILE)}
+        stopped, run.checkpoint = loop.STOP_ITERATIONS, checkpoint_paths(folder)[0]
+    summary = Done(iteration, run.loss, stopped, str(run.checkpoint), str(folder), config.size,
+                   str(folder / PREVIEW_FILE))._asdict()
     events.done(**summary)
     return summary
 

@@ -5,10 +5,13 @@ import numpy as np
 
 from .events import STOP_READER_GONE
 
-# Why a training run stops, as its "done" event's "stopped" says it, and in the add-on's words; in the
-# order train's processes agree on one (the later wins).
-STOP_REASONS = {"iterations": "reached its iterations", "time budget": "used its time budget",
-                "target loss": "reached its target loss", "stop file": "stopped", "SIGINT": "stopped",
+# Why a run stopped (its "done" event's "stopped"): the iterations or the time budget reached, train's target
+# loss, the model folder's stop file, a signal (engine.checkpoints.STOP_SIGNALS), or no reader of the events; each
+# in the add-on's words, in the order train's processes agree on one (the later wins).
+STOP_ITERATIONS, STOP_TIME_BUDGET = "iterations", "time budget"
+STOP_TARGET_LOSS, STOP_BY_FILE = "target loss", "stop file"
+STOP_REASONS = {STOP_ITERATIONS: "reached its iterations", STOP_TIME_BUDGET: "used its time budget",
+                STOP_TARGET_LOSS: "reached its target loss", STOP_BY_FILE: "stopped", "SIGINT": "stopped",
                 "SIGTERM": "stopped", "SIGBREAK": "stopped", STOP_READER_GONE: "stopped: nobody read its events"}
 
 
@@ -17,9 +20,9 @@ def stop_reason(iteration: int, iterations: int | None, seconds: float, time_bud
     """Why the run stops after `iteration` (`seconds` into it), if it does: the iterations or time budget
     are reached, or a stop was `requested` (a signal, the stop file)."""
     if iterations is not None and iteration >= iterations:
-        return "iterations"
+        return STOP_ITERATIONS
     if time_budget is not None and seconds >= time_budget:
-        return "time budget"
+        return STOP_TIME_BUDGET
     return requested
 
 

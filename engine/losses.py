@@ -5,10 +5,12 @@ and the adversarial phase's least-squares GAN losses, per patch inside the face 
 Everything is computed in float32 whatever precision the model ran in.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
+
+from .options import setting
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -18,14 +20,14 @@ SSIM_C2 = 0.03**2
 
 @dataclass
 class LossWeights:
-    ssim: float = field(default=1.0, metadata={"help": "structural dissimilarity, (1 - SSIM) / 2, in the mask"})
-    l1: float = field(default=1.0, metadata={"help": "mean absolute error, in the mask"})
-    mask: float = field(default=0.5, metadata={
-        "help": "binary cross-entropy of the predicted mask against the faceset's mask"})
-    eyes: float = field(default=3.0, metadata={"help": "an eye pixel counts this many times a plain face pixel"})
-    mouth: float = field(default=2.0, metadata={"help": "a mouth pixel counts this many times a plain face pixel"})
-    background: float = field(default=0.1, metadata={
-        "help": "how much a pixel outside the face mask counts (0: not at all)"})
+    ssim: float = setting(1.0, "structural dissimilarity, (1 - SSIM) / 2, in the mask", low=0, metavar="W")
+    l1: float = setting(1.0, "mean absolute error, in the mask", low=0, metavar="W")
+    mask: float = setting(0.5, "binary cross-entropy of the predicted mask against the faceset's mask", low=0,
+                          metavar="W")
+    eyes: float = setting(3.0, "an eye pixel counts this many times a plain face pixel", low=0, metavar="W")
+    mouth: float = setting(2.0, "a mouth pixel counts this many times a plain face pixel", low=0, metavar="W")
+    background: float = setting(0.1, "how much a pixel outside the face mask counts (0: not at all)", low=0,
+                                metavar="W")
 
 
 def _gaussian_window(channels: int, device) -> torch.Tensor:

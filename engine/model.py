@@ -28,7 +28,7 @@ initialised with ICNR so it starts as nearest-neighbour upsampling rather than a
 import contextlib
 import csv
 import logging
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ from .checkpoints import (
     newest_loadable,
 )
 from .events import EngineError
-from .options import Choice
+from .options import Choice, check, setting
 
 log = logging.getLogger("engine")
 
@@ -70,20 +70,27 @@ ARCHITECTURES = {
 @dataclass
 class ModelConfig:
     """Every setting that shapes the model, and the training defaults it is tuned for. A preset is one of
-    these; a checkpoint stores one, so a model always rebuilds as it was trained."""
+    these; a checkpoint stores one, so a model always rebuilds as it was trained. Its fields with help are
+    train's options that override the preset (engine.options); the ranges hold far beyond any preset,
+    short of a model no machine holds, and check_config holds a checkpoint's config to them too."""
 
     preset: str = "tiny"
-    architecture: str = "df"  # see ARCHITECTURES; checkpoints from before it existed are "df"
-    size: int = 64  # model input and output, pixels square; a multiple of 16
-    encoder_width: int = 16  # channels of the first downscale; each of the 4 doubles it
-    latent: int = 128  # the dense bottleneck's width
-    decoder_width: int = 64  # channels at size/8, where the decoders start; each upscale halves it
-    residual_blocks: int = 0  # residual blocks after each decoder upscale
-    batch: int = 8  # faces per person (A, B) per iteration
-    learning_rate: float = 1e-3
+    # see ARCHITECTURES; checkpoints from before it existed are "df"
+    architecture: str = setting("df", "df: one decoder per person; liae: shared and B-only intermediates, one "
+                                      "decoder (df)", choices=ARCHITECTURES)
+    size: int = setting(64, f"model resolution: {', '.join(map(str, SIZES))} (default: the preset's)", choices=SIZES, metavar="N",
+                        label="Resolution", unit="px")
+    encoder_width: int = setting(16, "channels of the first of the encoder's 4 downscales (each next one doubles "
+                                     "them)", low=1, high=1024, metavar="N")
+    latent: int = setting(128, "width of the dense bottleneck", low=1, high=16384, metavar="N")
+    decoder_width: int = setting(64, "channels where the decoders start, at size/8 (halves 3 times)", low=8,
+                                 high=8192, metavar="N")
+    residual_blocks: int = setting(0, "residual blocks after each decoder upscale", low=0, high=64, metavar="N")
+    batch: int = setting(8, "faces per person per iteration (per GPU)", low=1, high=4096, metavar="N")
+    learning_rate: float = setting(1e-3, "Adam learning rate", low=0, high=1, above=True, metavar="X")
     # The facesets the model was trained on: convert checks a shot's alignments against these.
-    face_size: int = 0
-    coverage: float = 0.0
+    face_size: int = field(default=0, metadata={"low": 0, "high": 4096})
+    coverage: float = field(default=0.0, metadata={"low": 0, "high": 1})
 
 
 PRESETS = {
@@ -120,28 +127,12 @@ def make_config(preset: str, size: int | None = None, **overrides) -> ModelConfi
     return check_config(replace(PRESETS[preset], **{k: v for k, v in dict(size=size, **overrides).items() if v is not None}))
 
 
-# What a ModelConfig's numbers may be: far beyond any preset, short of a model no machine holds.
-CONFIG_RANGES = {"encoder_width": (1, 1024), "latent": (1, 16384), "decoder_width": (8, 8192),
-                 "residual_blocks": (0, 64), "batch": (1, 4096), "face_size": (0, 4096)}
-
-
 def check_config(config: ModelConfig) -> ModelConfig:
     """Refuse a config no model can be built from (the command line's, or a checkpoint's, whoever wrote it),
     before any tensor is."""
-    if config.size not in SIZES:
-        raise EngineError(f"model size {config.size!r} is not supported; choose one of {', '.join(map(str, SIZES))}")
-    if not isinstance(config.architecture, str) or config.architecture not in ARCHITECTURES:
-        raise EngineError(f"unknown architecture {config.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-    for name, (low, high) in CONFIG_RANGES.items():
-        value = getattr(config, name)
-        if type(value) is not int or not low <= value <= high:
-            raise EngineError(f"{name.replace('_', '-')} must be a whole number from {low} to {high}, got {value!r}")
+    check(config, prefix="")
     if config.decoder_width % 8:
         raise EngineError(f"decoder width must be a multiple of 8 (it halves three times), got {config.decoder_width}")
-    for name, high in (("learning_rate", 1), ("coverage", 1)):
-        value = getattr(config, name)
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= high):
-            raise EngineError(f"{name.replace('_', ' ')} {value!r} is not a number from 0 to {high}")
     return config
 
 

@@ -40,7 +40,7 @@ from .device import DEVICES
 from .events import EngineError, Events
 from .faceset import LEARNED_MASKS, MASK_MODEL, Faceset, read_face_image
 from .frames import IMAGE_EXTENSIONS, frame_number
-from .options import number_in
+from .options import add_fields, changes_from_args, check, number_in, setting
 
 FORMAT = "facereplace.occlusion"
 VERSION = 1
@@ -56,16 +56,20 @@ STRONG = Augmentation(rotation=20.0, zoom=0.15, shift=0.1, flip=0.5, warp=0.03, 
 
 @dataclass
 class MaskSettings:
-    """How the segmenter is shaped and trained; stored in every checkpoint, so --resume and apply need no options."""
+    """How the segmenter is shaped and trained; stored in every checkpoint, so --resume and apply need no
+    options. Its ranges hold a checkpoint too (a stranger's file): a width of 512 would take gigabytes
+    before a weight is compared, a string size or NaN rate would crash. Fields with help are `mask train`'s
+    options."""
 
-    size: int = 64  # the network's input, pixels; its matte is resized to the faceset's faces
-    width: int = 8  # channels of the first level; each of the 3 levels below doubles them
-    batch: int = 8
-    learning_rate: float = 2e-3
-    seed: int = 0
-    log_every: int = 10  # iterations per progress event
-    save_every: int = 200  # iterations per checkpoint (and always on stop)
-    keep: int = 2  # checkpoints kept
+    size: int = setting(64, "network resolution, a multiple of 16 (its matte is resized to the faceset's faces)",
+                        low=32, high=512, metavar="PX", unit="px")
+    width: int = field(default=8, metadata={"low": 4, "high": 64})  # channels of the first of 3 levels, each doubling
+    batch: int = setting(8, "faces per iteration", low=1, high=1024, metavar="N")
+    learning_rate: float = setting(2e-3, "Adam learning rate", low=0, high=1, above=True, metavar="X")
+    seed: int = setting(0, "random seed", low=0, high=2**32 - 1, metavar="N")
+    log_every: int = field(default=10, metadata={"low": 1, "high": 10**7})  # iterations per progress event
+    save_every: int = field(default=200, metadata={"low": 1, "high": 10**7})  # per checkpoint (and always on stop)
+    keep: int = field(default=2, metadata={"low": 1, "high": 1000})  # checkpoints kept
     augmentation: Augmentation = field(default_factory=lambda: STRONG)
 
     @classmethod
@@ -74,30 +78,12 @@ class MaskSettings:
         return cls(**{**data, "augmentation": Augmentation(**data["augmentation"])}).check()
 
     def check(self) -> "MaskSettings":
-        """Refuse values no run can use, whoever wrote them (a checkpoint is a stranger's file): a width of
-        512 would take gigabytes before a weight is compared, a string size or NaN rate would crash."""
-        for name, (low, high) in SETTING_RANGES.items():
-            value = getattr(self, name)
-            if not (_number(value) and low <= value <= high and (name == "learning_rate" or type(value) is int)):
-                raise EngineError(f"mask setting {name} {value!r} is not a {'number' if name == 'learning_rate' else 'whole number'} "
-                                  f"from {low:g} to {high:g}")
+        """Refuse values no run can use, whoever wrote them."""
+        check(self, prefix="mask setting ")
+        check(self.augmentation, prefix="mask augmentation ")
         if self.size % 16 or self.width % 4:
             raise EngineError(f"mask size {self.size} is not a multiple of 16, or width {self.width} of 4")
-        for name, value in asdict(self.augmentation).items():
-            if not (_number(value) and 0 <= value <= (180 if name == "rotation" else 1)):
-                raise EngineError(f"mask augmentation {name} {value!r} is out of range")
-        if self.learning_rate <= 0:
-            raise EngineError(f"mask learning rate {self.learning_rate!r} is not above 0")
         return self
-
-
-# What MaskSettings may hold (the command line's options keep to these too).
-SETTING_RANGES = {"size": (32, 512), "width": (4, 64), "batch": (1, 1024), "learning_rate": (0, 1),
-                  "seed": (0, 2**32 - 1), "log_every": (1, 10**7), "save_every": (1, 10**7), "keep": (1, 1000)}
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def add_arguments(parser) -> None:
@@ -116,12 +102,7 @@ def add_arguments(parser) -> None:
     train_parser.add_argument("--iterations", type=number_in(1, 10**7, kind=int), default=600, metavar="N",
                               help="stop at this iteration, counted over resumes (600)")
     train_parser.add_argument("--resume", action="store_true", help="continue the model in --model where it stopped")
-    train_parser.add_argument("--size", type=number_in(32, 512, kind=int), metavar="PX",
-                              help=f"network resolution, a multiple of 16 ({MaskSettings.size})")
-    train_parser.add_argument("--batch", type=number_in(1, 1024, kind=int), metavar="N", help=f"faces per iteration ({MaskSettings.batch})")
-    train_parser.add_argument("--learning-rate", type=number_in(0, 1, above=True), metavar="X",
-                              help=f"Adam learning rate ({MaskSettings.learning_rate:g})")
-    train_parser.add_argument("--seed", type=number_in(0, 2**32 - 1, kind=int), metavar="N", help="random seed (0)")
+    add_fields(train_parser, MaskSettings, changes=True)
     actions.add_parser("apply", parents=[common], help="write masks/learned/ for every face of the faceset",
                        description="write masks/learned/ for every face of the faceset")
 
@@ -130,7 +111,7 @@ def run(args, events: Events) -> None:
     model = args.model or Path(args.faceset) / MASK_MODEL
     if args.action == "train":
         train(args.faceset, args.labels, model, iterations=args.iterations, resume=args.resume, device=args.device,
-              events=events, size=args.size, batch=args.batch, learning_rate=args.learning_rate, seed=args.seed)
+              events=events, **changes_from_args(MaskSettings, args))
     else:
         apply(args.faceset, model, device=args.device, events=events)
 

@@ -36,13 +36,11 @@ from .faces.expression import compare_expression_coverage, expression_balance_we
 from .faceset import Faceset
 from .losses import LossWeights, face_loss
 from .model import (
-    ARCHITECTURES,
     DEFAULT_PRESETS,
     FORMAT,
     MODEL_FOLDERS,
     PRESET_CHOICES,
     PREVIEW_FILE,
-    SIZES,
     SUMMARY_FILE,
     VERSION,
     FaceModel,
@@ -56,7 +54,7 @@ from .model import (
     trim_history,
     write_preview,
 )
-from .options import number_in
+from .options import add_fields, changes_from_args, check, group, setting, split_changes, with_changes
 
 MIN_FACES = 8  # fewer cannot hold out a validation split and still teach anything
 FEW_FACES = 200  # below this, say that more faces would help
@@ -67,8 +65,6 @@ OVERTRAIN_RISE = 0.01
 # A run away: a training loss this many times above its best over the last rows (and validations) stops it.
 DIVERGENCE_FACTOR = 100
 DIVERGENCE_WINDOW = 50
-# Augmentation options range from 0 to 1 (shares and chances), except these.
-AUGMENTATION_LIMITS = {"rotation": 180}
 # Model fields that a resume may change; any other would not fit the checkpoint.
 RESUMABLE_CHANGES = {"batch", "learning_rate"}
 
@@ -79,12 +75,13 @@ class Schedule:
     the model draws the faces exactly as they are, and learning-rate dropout randomly freezes most
     weights' updates each iteration, which settles the weights finely without lowering the rate."""
 
-    no_warp_after: float = field(default=0.0, metadata={
-        "help": "from this iteration (1 or more), or this share of --iterations or --time-budget (below 1), "
-                "train without the random warp; 0: never"})
-    lr_dropout: float = field(default=1.0, metadata={
-        "help": "share of the weights each Adam update reaches, at random (DeepFaceLab: 0.3), in the late phase "
-                "(or throughout without --no-warp-after); 1: off"})
+    no_warp_after: float = setting(
+        0.0, "from this iteration (1 or more), or this share of --iterations or --time-budget (below 1), train "
+             "without the random warp; 0: never", low=0, metavar="X", label="Late Phase")
+    lr_dropout: float = setting(
+        1.0, "share of the weights each Adam update reaches, at random (DeepFaceLab: 0.3), in the late phase (or "
+             "throughout without --no-warp-after); 1: off", low=0, high=1, above=True, metavar="X",
+        label="LR Dropout")
 
 
 @dataclass
@@ -93,36 +90,71 @@ class Adversarial:
     converged, a small patch discriminator judges the model's faces against the real ones, inside the mask,
     and the model learns to pass for real too, which sharpens skin and fine detail."""
 
-    weight: float = field(default=0.0, metadata={
-        "help": "weight of the adversarial loss beside the face loss (DeepFaceLab: about 0.1); 0: off"})
-    after: float = field(default=0.0, metadata={
-        "help": "start it from this iteration (1 or more), or this share of --iterations or --time-budget "
-                "(below 1), once the face is learnt; 0: with the late phase (--no-warp-after)"})
+    weight: float = setting(0.0, "weight of the adversarial loss beside the face loss (DeepFaceLab: about 0.1); "
+                                 "0: off", low=0, metavar="W", label="Adversarial")
+    after: float = setting(0.0, "start it from this iteration (1 or more), or this share of --iterations or "
+                                "--time-budget (below 1), once the face is learnt; 0: with the late phase "
+                                "(--no-warp-after)", low=0, metavar="X", label="Adversarial After")
 
 
 @dataclass
 class TrainSettings:
-    """How a model is trained (its shape is ModelConfig); stored in every checkpoint for --resume."""
+    """How a model is trained (its shape is ModelConfig); stored in every checkpoint for --resume, which
+    keeps them but for the options given again. One option per field (engine.options)."""
 
-    seed: int = 0
-    mask: str = "extended"  # the faceset mask the model learns to predict and the loss is weighted by
-    validation: float = 0.1  # share of each faceset held out (its last faces, so it is not the train set's neighbours)
-    log_every: int = 10  # iterations per row of history.csv and per progress event
-    preview_every: int = 100  # iterations per preview grid and validation
-    save_every: int = 500  # iterations per checkpoint (and always on stop)
-    keep: int = 3  # checkpoints kept
-    preview_rows: int = 4
-    balance_expressions: bool = False  # show the mouth openings a faceset has few faces of more often
-    augmentation: Augmentation = field(default_factory=Augmentation)
-    loss: LossWeights = field(default_factory=LossWeights)
-    schedule: Schedule = field(default_factory=Schedule)
-    adversarial: Adversarial = field(default_factory=Adversarial)
+    seed: int = setting(0, "random seed", low=0, high=2**32 - 1, metavar="N")
+    mask: str = setting("extended", "faceset mask to learn and weight the loss by", choices=["extended", "hull"])
+    validation: float = setting(0.1, "share of each faceset held out (its last faces, so it is not the train "
+                                     "set's neighbours)", low=0, high=0.5, below=True, metavar="X")
+    log_every: int = setting(10, "iterations per history row and progress event", low=1, metavar="N")
+    preview_every: int = setting(100, "iterations per preview and validation", low=1, metavar="N")
+    save_every: int = setting(500, "iterations per checkpoint (and always on stop)", low=1, metavar="N")
+    keep: int = setting(3, "checkpoints to keep", low=1, metavar="N")
+    preview_rows: int = setting(4, "faces per person in the preview", low=1, metavar="N")
+    balance_expressions: bool = setting(
+        False, "show the mouth openings a faceset has few faces of more often (each step of opening by the square "
+               "root of its faces, not their number): the swap's mouth then opens as far as B's, not half as far",
+        panel=True)
+    augmentation: Augmentation = group(Augmentation, "augmentation")
+    loss: LossWeights = group(LossWeights, "loss weights", "--{}-weight")
+    schedule: Schedule = group(Schedule, "late phase")
+    adversarial: Adversarial = group(Adversarial, "adversarial phase", "--gan-{}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainSettings":
-        return cls(**{**data, "augmentation": Augmentation(**data["augmentation"]), "loss": LossWeights(**data["loss"]),
-                      "schedule": Schedule(**data.get("schedule", {})),
-                      "adversarial": Adversarial(**data.get("adversarial", {}))})
+        """The settings a checkpoint stores; a part it lacks (older checkpoints) has its defaults."""
+        parts = {f.name: f.default_factory().__class__(**data.get(f.name, {})) for f in fields(cls)
+                 if "group" in f.metadata}
+        return cls(**{**data, **parts})
+
+
+@dataclass
+class TrainRun:
+    """What one run of train is given each time and no checkpoint keeps: when to stop, how to load."""
+
+    iterations: int | None = setting(None, "stop at this iteration (counted over resumes)", kind=int, low=1,
+                                     metavar="N")
+    time_budget: float | None = setting(None, "stop after this long", kind=float, low=0, above=True,
+                                        metavar="SECONDS", unit="s")
+    target_loss: float | None = setting(None, "stop when the mean training loss is this low", kind=float, low=0,
+                                        above=True, metavar="X")
+    workers: int | None = setting(None, "data loader processes (default: 0 on the CPU, up to 8 on CUDA)", kind=int,
+                                  low=0, high=64, metavar="N")
+    compile: bool = setting(False, "torch.compile the model (CUDA; slow to start)")
+
+
+class Done(NamedTuple):
+    """The "done" event of a run, and what train() returns (as a dict)."""
+
+    iterations: int
+    loss_a: float | None
+    loss_b: float | None
+    val_loss_a: float | None
+    val_loss_b: float | None
+    stopped: str  # one of loop.STOP_REASONS
+    checkpoint: str
+    model: str
+    preview: str
 
 
 def add_arguments(parser) -> None:
@@ -137,77 +169,25 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", choices=PRESET_CHOICES,
                         help="model preset (default: " + ", ".join(f"{p} on {d}" for d, p in DEFAULT_PRESETS.items())
                         + "; on --resume, the model's own)")
-    parser.add_argument("--size", type=int, metavar="N", help=f"model resolution: {', '.join(map(str, SIZES))} "
-                                                                "(default: the preset's)")
-    parser.add_argument("--batch", type=int, metavar="N", help="faces per person per iteration (per GPU)")
-    parser.add_argument("--iterations", type=int, metavar="N", help="stop at this iteration (counted over resumes)")
-    parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this long")
-    parser.add_argument("--target-loss", type=float, metavar="X", help="stop when the mean training loss is this low")
     parser.add_argument("--resume", action="store_true", help="continue the model in --model exactly where it stopped")
-    parser.add_argument("--seed", type=number_in(0, 2**32 - 1, kind=int), metavar="N", help="random seed (default 0)")
-    parser.add_argument("--workers", type=int, metavar="N", help="data loader processes (default: 0 on the CPU, up to 8 on CUDA)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slow to start)")
-    model = parser.add_argument_group("model (override the preset)")
-    model.add_argument("--architecture", choices=ARCHITECTURES,
-                       help="df: one decoder per person; liae: shared and B-only intermediates, one decoder (df)")
-    model.add_argument("--encoder-width", type=int, metavar="N",
-                       help="channels of the first of the encoder's 4 downscales (each next one doubles them)")
-    model.add_argument("--decoder-width", type=int, metavar="N", help="channels where the decoders start (halves 3 times)")
-    model.add_argument("--latent", type=int, metavar="N", help="width of the dense bottleneck")
-    model.add_argument("--residual-blocks", type=int, metavar="N", help="residual blocks after each decoder upscale")
-    model.add_argument("--learning-rate", type=number_in(0, 1, above=True), metavar="X", help="Adam learning rate")
-    feedback = parser.add_argument_group("feedback and checkpoints")
-    feedback.add_argument("--log-every", type=int, metavar="N", help=f"iterations per history row and progress event ({TrainSettings.log_every})")
-    feedback.add_argument("--preview-every", type=int, metavar="N", help=f"iterations per preview and validation ({TrainSettings.preview_every})")
-    feedback.add_argument("--save-every", type=int, metavar="N", help=f"iterations per checkpoint ({TrainSettings.save_every})")
-    feedback.add_argument("--keep", type=int, metavar="N", help=f"checkpoints to keep ({TrainSettings.keep})")
-    feedback.add_argument("--preview-rows", type=int, metavar="N", help=f"faces per person in the preview ({TrainSettings.preview_rows})")
-    feedback.add_argument("--validation", type=float, metavar="X", help=f"share of each faceset held out ({TrainSettings.validation})")
-    loss = parser.add_argument_group("loss weights")
-    loss.add_argument("--mask", choices=["extended", "hull"], help="faceset mask to learn and weight the loss by (extended)")
-    for f in fields(LossWeights):
-        loss.add_argument(f"--{f.name}-weight", type=number_in(0), dest=f"loss_{f.name}", metavar="W",
-                          help=f"{f.metadata['help']} ({f.default:g})")
-    augmentation = parser.add_argument_group("augmentation")
-    for f in fields(Augmentation):
-        augmentation.add_argument(f"--{f.name.replace('_', '-')}", type=number_in(0, AUGMENTATION_LIMITS.get(f.name, 1)),
-                                  dest=f"augment_{f.name}", metavar="X",
-                                  help=f"{f.metadata['help']} ({f.default:g})")
-    augmentation.add_argument("--balance-expressions", action="store_const", const=True,
-                              help="show the mouth openings a faceset has few faces of more often (each step of opening "
-                                   "by the square root of its faces, not their number): the swap's mouth then opens as "
-                                   "far as B's, not half as far")
-    schedule = parser.add_argument_group("late phase")
-    for f in fields(Schedule):
-        schedule.add_argument(f"--{f.name.replace('_', '-')}", type=float, dest=f"schedule_{f.name}", metavar="X",
-                              help=f"{f.metadata['help']} ({f.default:g})")
-    adversarial = parser.add_argument_group("adversarial phase")
-    for f in fields(Adversarial):
-        adversarial.add_argument(f"--gan-{f.name}", type=number_in(0) if f.name == "weight" else float,
-                                 dest=f"gan_{f.name}", metavar="W" if f.name == "weight" else "X",
-                                 help=f"{f.metadata['help']} ({f.default:g})")
+    add_fields(parser, TrainRun, changes=True)
+    add_fields(parser.add_argument_group("model (override the preset)"), ModelConfig, changes=True, own_defaults=False)
+    add_fields(parser, TrainSettings, changes=True)
+
+
+SETTINGS = (TrainRun, ModelConfig, TrainSettings)  # what train()'s keywords and the command line set
 
 
 def run(args, events: Events) -> None:
-    options = vars(args)
     if args.pretrain:
         if not args.faces or args.a or args.b:
             raise EngineError("--pretrain takes its facesets as --faces FACESET ... (not --a and --b)")
     elif args.faces or not (args.a and args.b):
         raise EngineError("train a pair with --a FACESET --b FACESET (or a base model with --pretrain --faces ...)")
-    train(
-        args.faces if args.pretrain else args.a, None if args.pretrain else args.b, args.model, init_from=args.init_from, preset=args.preset, size=args.size, batch=args.batch, iterations=args.iterations,
-        time_budget=args.time_budget, target_loss=args.target_loss, resume=args.resume, seed=args.seed,
-        device=args.device, workers=args.workers, compile=args.compile, events=events,
-        model_options={k: options[k] for k in ("architecture", "encoder_width", "decoder_width", "latent",
-                                               "residual_blocks", "learning_rate")},
-        schedule={f.name: options[f"schedule_{f.name}"] for f in fields(Schedule)},
-        adversarial={f.name: options[f"gan_{f.name}"] for f in fields(Adversarial)},
-        loss={f.name: options[f"loss_{f.name}"] for f in fields(LossWeights)},
-        augmentation={f.name: options[f"augment_{f.name}"] for f in fields(Augmentation)},
-        **{k: options[k] for k in ("mask", "validation", "log_every", "preview_every", "save_every", "keep",
-                                   "preview_rows", "balance_expressions")},
-    )
+    changes = {name: value for cls in SETTINGS for name, value in changes_from_args(cls, args).items()}
+    train(args.faces if args.pretrain else args.a, None if args.pretrain else args.b, args.model,
+          init_from=args.init_from, preset=args.preset, resume=args.resume, device=args.device, events=events,
+          **changes)
 
 
 @media.holds_folder_locks
@@ -217,35 +197,25 @@ def train(
     model_dir: str | Path,
     init_from: str | Path | None = None,
     preset: str | None = None,
-    size: int | None = None,
-    batch: int | None = None,
-    iterations: int | None = None,
-    time_budget: float | None = None,
-    target_loss: float | None = None,
     resume: bool = False,
-    seed: int | None = None,
     device: str = "auto",
-    workers: int | None = None,
-    compile: bool = False,
-    model_options: dict | None = None,
-    loss: dict | None = None,
-    augmentation: dict | None = None,
-    schedule: dict | None = None,
-    adversarial: dict | None = None,
     events: Events | None = None,
-    **settings,
+    **changes,
 ) -> dict:
     """Train (or with `resume`, continue) the model in `model_dir` on facesets `a` and `b`.
 
     A base model (pretraining): `a` is a list of facesets of many people and `b` is None; both decoders
     learn from all of them. `init_from` starts a new model from another model's weights (same shape).
     `preset` None means model.default_preset for a new model (by device) and the model's own on resume.
-    `model_options`, `loss`, `augmentation`, `schedule`, `adversarial` and `settings` change fields of
-    ModelConfig, LossWeights, Augmentation, Schedule, Adversarial and TrainSettings; None values are
-    ignored. Returns the "done" event's summary.
+    `changes` are fields of TrainRun, of ModelConfig (its options) and of TrainSettings (a part as a
+    dict: loss={"eyes": 2}); None values keep the model's own (or the default). Returns the Done event.
     """
     events = events or Events("train")
     model_dir = Path(model_dir)
+    run_changes, model_changes, setting_changes = split_changes(changes, *SETTINGS)
+    limits = TrainRun(**run_changes)
+    check(limits)
+    iterations, time_budget, target_loss = limits.iterations, limits.time_budget, limits.target_loss
     rank, world, device = _start_processes(device)
     main_process = rank == 0
     # Stop asked for during start-up ends the run at once; in the loop it saves first (checkpoints.StopRequests)
@@ -259,19 +229,17 @@ def train(
         facesets = _pretrain_facesets(a) if pretrain else {"a": Faceset(a), "b": Faceset(b)}
         _check_facesets(facesets)
         begin = _resumed_start if resume else _new_start
-        start = begin(model_dir, init_from, preset, {"size": size, "batch": batch, **(model_options or {})}, facesets,
-                      device, events, main_process)
+        start = begin(model_dir, init_from, preset, model_changes, facesets, device, events, main_process)
         config, progress = start.config, start.progress
-        train_settings = _changed_settings(start.settings, {"seed": seed, **settings}, augmentation, loss, schedule,
-                                           adversarial)
-        _check_settings(train_settings, iterations, time_budget, target_loss)
+        train_settings = with_changes(start.settings, setting_changes)
+        _check_settings(train_settings, limits)
         data = _data(facesets, pretrain, config, train_settings, rank, world)
-        loader = batch_loader(data.batches, progress.iteration, iterations, workers, device, world)
+        loader = batch_loader(data.batches, progress.iteration, iterations, limits.workers, device, world)
         model, optimizer = _model_and_optimizer(config, train_settings.seed, device, start.state,
                                                 start.checkpoint if resume else None)
         adversary = _resumed_adversary(train_settings, config, device, world, progress, start.state, start.checkpoint)
         del start  # the loaded weights: the model holds them now
-        train_model = _parallel(model, device, world, compile)
+        train_model = _parallel(model, device, world, limits.compile)
         parameters = sum(p.numel() for p in model.parameters())
         if main_process:
             _tidy(model_dir, progress.iteration)
@@ -312,7 +280,7 @@ def train(
                 feedback = iteration % train_settings.preview_every == 0
                 row = iteration % train_settings.log_every == 0 or feedback
                 if row and target_loss is not None and window.sum().item() / (2 * window_iterations) <= target_loss:
-                    stop_reason = stop_reason or "target loss"
+                    stop_reason = stop_reason or loop.STOP_TARGET_LOSS
                 if world > 1:
                     stop_reason = _agree(stop_reason, device)
                 stopping = stop_reason is not None
@@ -343,10 +311,10 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     if stop_reason is None:  # the loader ran dry: --iterations was already reached before this run
-        stop_reason = "iterations"
+        stop_reason = loop.STOP_ITERATIONS
         checkpoint = checkpoint_paths(model_dir)[0] if main_process else None
-    summary = {"iterations": iteration, **losses, "stopped": stop_reason, "checkpoint": str(checkpoint),
-               "model": str(model_dir), "preview": str(model_dir / PREVIEW_FILE)}
+    summary = Done(iteration, **losses, stopped=stop_reason, checkpoint=str(checkpoint), model=str(model_dir),
+                   preview=str(model_dir / PREVIEW_FILE))._asdict()
     events.done(**summary)
     return summary
 
@@ -423,18 +391,6 @@ def _new_start(model_dir: Path, init_from, preset, model_changes: dict, facesets
     config = _resumed_config(config_from_state(base), preset, model_changes, None, coverage, init_from,
                              "start from it at")
     return Start(replace(config, face_size=face_size), TrainSettings(), Progress(), {"model": base["model"]})
-
-
-def _changed_settings(settings: TrainSettings, changes: dict, augmentation: dict | None, loss: dict | None,
-                      schedule: dict | None, adversarial: dict | None) -> TrainSettings:
-    """`settings` with the given (not None) values of its own fields and of its parts' fields."""
-    return replace(
-        settings, **_given(changes),
-        augmentation=replace(settings.augmentation, **_given(augmentation or {})),
-        loss=replace(settings.loss, **_given(loss or {})),
-        schedule=replace(settings.schedule, **_given(schedule or {})),
-        adversarial=replace(settings.adversarial, **_given(adversarial or {})),
-    )
 
 
 @dataclass
@@ -711,35 +667,22 @@ def _resumed_config(stored: ModelConfig, preset, changes: dict, face_size: int |
     return replace(stored, **{k: v for k, v in changes.items() if k in RESUMABLE_CHANGES})
 
 
-def _check_settings(settings: TrainSettings, iterations, time_budget, target_loss) -> None:
-    for name in ("log_every", "preview_every", "save_every", "keep", "preview_rows"):
-        if getattr(settings, name) < 1:
-            raise EngineError(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(settings, name)}")
-    if not 0 <= settings.validation < 0.5:
-        raise EngineError(f"--validation must be at least 0 and below 0.5, got {settings.validation}")
-    if settings.mask not in ("extended", "hull"):
-        raise EngineError(f"--mask must be extended or hull, got {settings.mask!r}")
-    schedule = settings.schedule
-    _check_phase_start("--no-warp-after", schedule.no_warp_after, iterations, time_budget)
-    if not 0 < schedule.lr_dropout <= 1:
-        raise EngineError(f"--lr-dropout must be above 0 and at most 1, got {schedule.lr_dropout:g}")
-    gan = settings.adversarial
-    if gan.weight < 0:
-        raise EngineError(f"--gan-weight must be 0 (off) or more, got {gan.weight:g}")
-    _check_phase_start("--gan-after", gan.after, iterations, time_budget)
+def _check_settings(settings: TrainSettings, limits: TrainRun) -> None:
+    """Refuse settings no run can use: out of their fields' ranges, or phases that cannot start."""
+    check(settings)
+    schedule, gan = settings.schedule, settings.adversarial
+    _check_phase_start("--no-warp-after", schedule.no_warp_after, limits)
+    _check_phase_start("--gan-after", gan.after, limits)
     if gan.weight > 0 and not gan.after and not schedule.no_warp_after:
         raise EngineError("--gan-weight needs --gan-after X (or --no-warp-after X, whose late phase it then joins): "
                           "the adversarial phase starts only once the face is learnt")
-    for name, value in (("iterations", iterations), ("time-budget", time_budget), ("target-loss", target_loss)):
-        if value is not None and value <= 0:
-            raise EngineError(f"--{name} must be above 0, got {value}")
 
 
-def _check_phase_start(option: str, after: float, iterations, time_budget) -> None:
+def _check_phase_start(option: str, after: float, limits: TrainRun) -> None:
     """A phase starts at an iteration, or at a share (below 1) of a budget that must then be given (see _reached)."""
-    if after < 0 or (0 < after < 1 and iterations is None and time_budget is None):
+    if 0 < after < 1 and limits.iterations is None and limits.time_budget is None:
         raise EngineError(f"{option} takes an iteration, or a share (below 1) of --iterations or --time-budget; "
-                          f"got {after:g}" + (" with neither given" if after > 0 else ""))
+                          f"got {after:g} with neither given")
 
 
 def late_phase(schedule: Schedule, iteration: int, iterations: int | None, seconds: float,

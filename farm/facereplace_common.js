@@ -31,6 +31,32 @@ const SCENE_SETTING = {
     key: "scene", type: "string", eval: `${SCENE}.name`, visible: "web", description: "The sequencer's scene",
 };
 
+// The job settings of a panel's properties (ENGINE_SETTINGS[panel], which `make farm` builds from the
+// engine's schema, and `extra` of the add-on's own), read from the .blend when the job is submitted.
+function panelSettings(panel, extra = []) {
+    return ENGINE_SETTINGS[panel].concat(extra).map((setting) => Object.assign({}, setting, {
+        eval: `${SCENE}.facereplace.${panel}.${setting.key}`, visible: "submission",
+    }));
+}
+
+// Python that sets the scene's panel properties to the job's `settings` of them (panelSettings), so the
+// task runs as submitted, whatever the .blend was saved with.
+function panelAssignments(panel, panelSettings, settings) {
+    const lines = [];
+    for (const { key, type } of panelSettings) {
+        const value = settings[key];
+        if (value === undefined || value === null) {
+            continue;
+        }
+        if (type !== "bool" && !Number.isFinite(Number(value))) {
+            throw `FaceReplace ${key} ${JSON.stringify(value)} is not a number`;
+        }
+        const python = type === "bool" ? (value ? "True" : "False") : String(Number(value));
+        lines.push(`(getattr(bpy.context, 'sequencer_scene', None) or bpy.context.scene).facereplace.${panel}.${key} = ${python}`);
+    }
+    return lines;
+}
+
 // Each of `paths` ({setting key: what sets it}) must be absolute: a "//" path is relative to the .blend,
 // which Flamenco's packer copies elsewhere, and a relative one depends on the worker's folder.
 function requireAbsolute(settings, paths) {

@@ -7,6 +7,12 @@
 // is run again with more iterations, goes on where the last run saved. Put this file in the Flamenco
 // Manager's scripts/ folder as `make farm` builds it; see docs/farm.md.
 
+// The Train panel's settings the job carries: the engine's (from its schema) and the add-on's own.
+const TRAIN_PANEL = panelSettings("train", [
+    { key: "enhancer_iterations", type: "int32", label: "Enhancer Iterations",
+      description: "After the face model, train its enhancer (engine enhance) to this many iterations; 0: none" },
+]);
+
 const JOB_TYPE = {
     label: "FaceReplace Train",
     description: "Train the FaceReplace model of the .blend's shots, as one task (give it a GPU worker)",
@@ -18,6 +24,7 @@ const JOB_TYPE = {
         },
         { key: "iterations", type: "int32", eval: `${SCENE}.facereplace.train.iterations`,
           description: "Stop at this iteration, counted over every run of the model" },
+        ...TRAIN_PANEL,
         ENGINE_PYTHON_SETTING,
         ADDON_MODULE_SETTING,
         // Read from the .blend, checked to be paths every worker sees.
@@ -35,5 +42,7 @@ function compileJob(job) {
     if (settings.iterations > 0) {
         options.push(`iterations=${Number(settings.iterations)}`);
     }
-    job.addTask(blenderTask("train", settings, `bpy.ops.facereplace.train(${options.join(", ")})`));
+    const call = panelAssignments("train", TRAIN_PANEL, settings)
+        .concat([`bpy.ops.facereplace.train(${options.join(", ")})`]);
+    job.addTask(blenderTask("train", settings, call.join("; ")));
 }

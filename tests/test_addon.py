@@ -730,7 +730,7 @@ def test_train_records_the_model(swapped):
 def test_train_panel_passes_architecture_balance_and_the_late_phases(swapped, addon):
     """The Train panel's architecture, late phase, learning-rate dropout and adversarial weight reach the
     engine as its own options, parsed by the engine's parser; left at their defaults, none is passed."""
-    from engine.__main__ import build_parser
+    from engine.verbs import build_parser
 
     scene = bpy.context.scene
     train = scene.facereplace.train
@@ -740,7 +740,7 @@ def test_train_panel_passes_architecture_balance_and_the_late_phases(swapped, ad
         return build_parser("train").parse_args(argv[argv.index("train"):])
 
     plain = parsed()
-    assert (plain.architecture, plain.schedule_no_warp_after, plain.schedule_lr_dropout, plain.gan_weight,
+    assert (plain.architecture, plain.schedule_no_warp_after, plain.schedule_lr_dropout, plain.adversarial_weight,
             plain.balance_expressions) == (None, None, None, None, None)
     train.architecture, train.late_phase, train.lr_dropout, train.gan_weight = "liae", 0.8, 0.3, 0.1
     train.balance_expressions = True
@@ -750,14 +750,14 @@ def test_train_panel_passes_architecture_balance_and_the_late_phases(swapped, ad
         train.architecture, train.late_phase, train.lr_dropout, train.gan_weight = "PRESET", 0.0, 1.0, 0.0
         train.balance_expressions = False
     assert given.architecture == "liae" and given.balance_expressions is True
-    assert (given.schedule_no_warp_after, given.schedule_lr_dropout, given.gan_weight) == (0.8, 0.3, 0.1)
+    assert (given.schedule_no_warp_after, given.schedule_lr_dropout, given.adversarial_weight) == (0.8, 0.3, 0.1)
 
 
 def test_train_panel_runs_the_enhancer_after_the_model_when_asked(swapped, addon):
     """Enhancer Iterations adds `engine enhance` on faceset A into the model folder train writes, its options
     parsed by the engine's parser; at 0, the default, train runs alone (and so does the farm's train task,
     which runs the same operator)."""
-    from engine.__main__ import build_parser
+    from engine.verbs import build_parser
 
     scene = bpy.context.scene
     train = scene.facereplace.train

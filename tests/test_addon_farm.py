@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.build_extension import build_farm
+from scripts.build_extension import ROOT, build_farm
 
 # What the Manager gives a job type: Flamenco's task authoring API and frame chunker, as stand-ins that
 # record what the job type asks for.
@@ -60,16 +60,17 @@ DEFAULTS = {"frames": "1-60", "chunk_size": 25, "engine_python": "", "blendfile"
             "output": "/mnt/projects/fr/Scene/output", "iterations": 20000}
 
 
-def run_job_type(tmp_path: Path, job_type: str = "convert", **settings) -> subprocess.CompletedProcess:
+def run_job_type(tmp_path: Path, job_type: str = "convert", root: Path = ROOT, **settings) -> subprocess.CompletedProcess:
+    """The job type built from the sources in `root` (the repository's), compiled with `settings`."""
     harness = tmp_path / "harness.js"
     harness.write_text(HARNESS)
-    [script] = [p for p in build_farm(dist=tmp_path) if p.name == f"facereplace_{job_type}.js"]
+    [script] = [p for p in build_farm(root, dist=tmp_path) if p.name == f"facereplace_{job_type}.js"]
     return subprocess.run(["node", str(harness), str(script), json.dumps({**DEFAULTS, **settings})],
                           capture_output=True, text=True, timeout=60)
 
 
-def compile_job(tmp_path: Path, job_type: str = "convert", **settings) -> dict:
-    done = run_job_type(tmp_path, job_type, **settings)
+def compile_job(tmp_path: Path, job_type: str = "convert", root: Path = ROOT, **settings) -> dict:
+    done = run_job_type(tmp_path, job_type, root, **settings)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -164,3 +165,18 @@ def test_train_runs_as_one_task_that_resumes_its_model(tmp_path):
     assert args[:4] == ["--scene", "Scene", "--python-exit-code", "1"]
     # train(model=...) resumes what the folder holds (--resume), so a requeued task goes on.
     assert operator_call(args[5], "train") == {"model": "/mnt/projects/fr/Scene/model", "iterations": 50000}
+
+
+def test_the_train_job_trains_with_the_train_panels_settings(tmp_path):
+    """Enhancer Iterations and the engine's panel options (Balance Expressions) are job settings read
+    from the .blend, and the task sets them on the scene before it trains, so it trains as submitted."""
+    keys = {s["key"]: s for s in _job_type_settings(tmp_path, "train")}
+    assert keys["enhancer_iterations"]["eval"].endswith(".facereplace.train.enhancer_iterations")
+    assert keys["balance_expressions"]["type"] == "bool"
+    [task] = compile_job(tmp_path, "train", enhancer_iterations=500, balance_expressions=True)["tasks"]
+    script = ast.unparse(ast.parse(task["commands"][0]["parameters"]["args"][5]))
+    scene = "(getattr(bpy.context, 'sequencer_scene', None) or bpy.context.scene).facereplace.train"
+    assert f"{scene}.enhancer_iterations = 500" in script and f"{scene}.balance_expressions = True" in script
+    assert script.index("enhancer_iterations = 500") < script.index("bpy.ops.facereplace.train(")
+    done = run_job_type(tmp_path, "train", enhancer_iterations="many")
+    assert done.returncode != 0 and 'FaceReplace enhancer_iterations "many" is not a number' in done.stderr

@@ -89,7 +89,7 @@ def test_distributed_data_parallel_trains_one_discriminator(faceset_a, faceset_b
     (["--gan-weight", "-0.1"], "argument --gan-weight: -0.1 is not at least 0"),
     (["--gan-weight", "0.1"], "--gan-weight needs --gan-after"),
     (["--gan-weight", "0.1", "--gan-after", "0.5"], "--gan-after takes an iteration, or a share"),
-    (["--gan-weight", "0.1", "--gan-after", "-2", "--iterations", "5"], "--gan-after takes an iteration"),
+    (["--gan-weight", "0.1", "--gan-after", "-2", "--iterations", "5"], "argument --gan-after: -2 is not at least 0"),
 ])
 def test_bad_values_are_refused(faceset_a, faceset_b, tmp_path, capsys, options, words):
     code, _, err = cli(capsys, "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "m", "--preset", "tiny",

@@ -754,7 +754,7 @@ def test_checkpoint_settings_are_range_checked_before_a_network_is_built(mask_mo
     state["settings"]["width"] = 512  # 2 GB of network, from a file of a few kilobytes
     torch.save(state, path)
     code, _, err = run(capsys, "mask", "apply", "--faceset", faceset, "--device", "cpu")
-    refused(code, err, "every mask checkpoint", "width 512")
+    refused(code, err, "every mask checkpoint", "width must be a whole number from 4 to 64, got 512")
     model = copy(quick_model, tmp_path / "model")
     poison_checkpoint(checkpoint_paths(model)[0], change=lambda s: s["config"].update(latent=10**6))
     code, _, err = run(capsys, "convert", shot_b, "--alignments", faceset_b, "--model", model, "--output",

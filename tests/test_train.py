@@ -333,7 +333,7 @@ def test_model_folder_errors(tiny_model, faceset_a, faceset_b, tmp_path, capsys)
     assert {p.name: p.read_bytes() for p in (model / "checkpoints").iterdir()} == before  # nothing touched
 
     code, _, err = cli(capsys, "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "m", "--size", 100)
-    assert code == 2 and "model size 100 is not supported" in err
+    assert code == 2 and "argument --size: invalid choice: 100" in err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -65,7 +65,7 @@ def test_late_phase_as_a_share_of_the_run(faceset_a, faceset_b, tmp_path, capsys
     assert code == 2 and "error: --no-warp-after takes an iteration" in err and "neither given" in err
     code, _, err = cli(capsys, "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "n", "--iterations", 5,
                        "--lr-dropout", 0)
-    assert code == 2 and "error: --lr-dropout must be above 0" in err
+    assert code == 2 and "error: python -m engine train: argument --lr-dropout: 0 is not above 0" in err
 
 
 def test_learning_rate_dropout_updates_only_a_share_of_the_weights():
@@ -84,7 +84,7 @@ def test_learning_rate_dropout_updates_only_a_share_of_the_weights():
 
 
 def test_liae_trains_resumes_exactly_and_converts(faceset_a, faceset_b, shot_b, tmp_path):
-    options = {"seed": 1, "model_options": {"architecture": "liae"}}
+    options = {"seed": 1, "architecture": "liae"}
     straight = quick(faceset_a, faceset_b, tmp_path / "straight", iterations=40, **options)
     quick(faceset_a, faceset_b, tmp_path / "resumed", iterations=20, **options)
     resumed = quick(faceset_a, faceset_b, tmp_path / "resumed", iterations=40, resume=True)
