@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import bpy
@@ -232,7 +233,8 @@ def train_step(scene, resume: bool, into: str = "", iterations: int = 0) -> Step
             raise ClientError(f"there is no model in {model} to resume")
     else:
         model = engine_args.new_model_folder(work)
-    args = engine_args.train_args(faceset_a, faceset_b, model, plain(TrainPanel, train), resume, iterations)
+    panel = replace(plain(TrainPanel, train), panel_options=tuple(contract.panel_args("train", train)))
+    args = engine_args.train_args(faceset_a, faceset_b, model, panel, resume, iterations)
     argv = engine_command(engine_python(), "train", args, prefs().device, processes=prefs().train_processes)
 
     def finish(scene, summary: dict) -> str:

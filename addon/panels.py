@@ -173,7 +173,8 @@ class SEQUENCER_PT_facereplace_train(FaceReplacePanel, bpy.types.Panel):
         col.prop(train, "architecture")
         col.prop(train, "iterations")
         col.prop(train, "time_budget")
-        col.prop(train, "balance_expressions")
+        for prop in contract.panel_options("train"):  # the options the engine marks for the panel
+            col.prop(train, prop)
         col.prop(train, "enhancer_iterations")
         col = layout.column()
         col.prop(train, "late_phase")

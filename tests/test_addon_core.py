@@ -14,8 +14,9 @@ from addon.core import done, engine_args, panel_state, results
 from addon.core.engine_args import ConvertPanel, TrainPanel
 from addon.engine_client import ClientError, engine_command, parse_line
 from engine import colorspace, loop, output
-from engine.__main__ import Parser, _parse, add_verb_arguments
+from engine.__main__ import _parse
 from engine.events import EngineError
+from engine.verbs import Parser, add_verb_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,8 @@ def test_the_core_imports_without_blender():
 
 def test_train_arguments_are_what_the_engine_reads(tmp_path):
     panel = TrainPanel(iterations=300, preset="tiny", size="128", architecture="df", late_phase=0.8,
-                       lr_dropout=0.3, gan_weight=0.1, balance_expressions=True, time_budget=60.0)
+                       lr_dropout=0.3, gan_weight=0.1, time_budget=60.0,
+                       panel_options=("--balance-expressions",))
     model = engine_args.new_model_folder(tmp_path)
     read = _engine_reads("train", engine_args.train_args(tmp_path / "a", tmp_path / "b", model, panel, resume=False))
     assert (read("--a"), read("--b"), read("--model")) == (str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "model"))
@@ -48,7 +50,7 @@ def test_train_arguments_are_what_the_engine_reads(tmp_path):
     assert (read("--no-warp-after"), read("--lr-dropout"), read("--gan-weight")) == (0.8, 0.3, 0.1)
     assert read("--balance-expressions") and read("--time-budget") == 60.0 and not read("--resume")
     # A resumed model keeps its preset, size and architecture: none is sent; the operator's iterations win.
-    auto = TrainPanel(300, "AUTO", "PRESET", "PRESET", 0.0, 0.3, 0.0, False, 0.0)
+    auto = TrainPanel(300, "AUTO", "PRESET", "PRESET", 0.0, 0.3, 0.0, 0.0)
     args = engine_args.train_args(tmp_path / "a", tmp_path / "b", model, panel, resume=True, iterations=50)
     read = _engine_reads("train", args)
     assert read("--resume") and read("--iterations") == 50 and "--preset" not in args and "--size" not in args
@@ -226,7 +228,7 @@ def test_the_engine_runs_the_cores_arguments_and_ends_in_what_the_core_reads(fac
     the output folder convert wrote plans the result strips."""
     model = engine_args.new_model_folder(tmp_path)
     panel = TrainPanel(iterations=2, preset="tiny", size="PRESET", architecture="PRESET", late_phase=0.0,
-                       lr_dropout=0.3, gan_weight=0.0, balance_expressions=False, time_budget=0.0)
+                       lr_dropout=0.3, gan_weight=0.0, time_budget=0.0)
     trained = done.read(done.TrainDone, _run("train", engine_args.train_args(faceset_a, faceset_b, model, panel, False)))
     assert (trained.iterations, trained.stopped, Path(trained.preview).parent) == (2, "iterations", model)
     assert done.stop_words(trained.stopped) == " (reached its iterations)" and engine_args.has_model(model)

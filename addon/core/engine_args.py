@@ -11,8 +11,9 @@ NEW_MODEL_LIMIT = 1000  # model, model_2, ... model_999: the folders a new model
 
 
 def plain(cls, group):
-    """The dataclass `cls` filled from the same-named properties of `group` (a scene's property group)."""
-    return cls(**{f.name: getattr(group, f.name) for f in fields(cls)})
+    """The dataclass `cls` filled from the same-named properties of `group` (a scene's property group); a
+    field the group lacks keeps its default."""
+    return cls(**{f.name: getattr(group, f.name) for f in fields(cls) if hasattr(group, f.name)})
 
 
 def shot_args(source: Path, frames: str, face_size: int, colour: list, reference: tuple[int, int] | None = None) -> list:
@@ -61,8 +62,8 @@ class TrainPanel:
     late_phase: float
     lr_dropout: float
     gan_weight: float
-    balance_expressions: bool
     time_budget: float
+    panel_options: tuple = ()  # the options of the properties the engine's schema makes (contract.panel_args)
 
 
 def train_args(faceset_a: Path, faceset_b: Path, model: Path, panel: TrainPanel, resume: bool,
@@ -79,8 +80,7 @@ def train_args(faceset_a: Path, faceset_b: Path, model: Path, panel: TrainPanel,
         args += ["--no-warp-after", round(panel.late_phase, 3), "--lr-dropout", round(panel.lr_dropout, 3)]
         if panel.gan_weight > 0:
             args += ["--gan-weight", round(panel.gan_weight, 3)]
-    if panel.balance_expressions:
-        args.append("--balance-expressions")
+    args += panel.panel_options
     if panel.time_budget > 0:
         args += ["--time-budget", round(panel.time_budget, 1)]
     return args
