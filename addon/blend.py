@@ -26,7 +26,7 @@ VERSION = 2  # the core group's layout: a group of another version is rebuilt
 CONVERTED_EDGE = "Converted Edge"
 UNIFORM_STD = math.sqrt(12)  # a uniform 0..1 variable times this has a standard deviation of 1
 # Blender's Gaussian Blur of size s has a sigma of about s/3 (measured); convert's edge W pixels wide has a
-# sigma of W/4 (engine.convert.shape_mask): a blur this size per pixel of width matches it.
+# sigma of W/4 (engine.stages.convert.shape_mask): a blur this size per pixel of width matches it.
 FEATHER_BLUR_SIZE = 0.75
 EDGE_BLUR_SIZE = 1.5  # Edge Blur's blur per pixel: a sigma of half of it, visible from its first pixel
 

@@ -45,11 +45,11 @@ def engine_root() -> Path:
 
 
 def shared_module(name: str):
-    """The engine's module `name` that both sides share (engine/frames.py: standard library only), loaded
+    """The engine's module `name` that both sides share (engine/base/frames.py: standard library only), loaded
     from the bundled engine's own file, so the add-on keeps no copy of the engine's rules."""
     qualified = f"{__package__}.engine_{name}"
     if qualified not in sys.modules:
-        spec = importlib.util.spec_from_file_location(qualified, engine_root() / "engine" / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(qualified, engine_root() / "engine" / "base" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         sys.modules[qualified] = module

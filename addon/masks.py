@@ -1,4 +1,4 @@
-"""The Masks sub-panel: occlusion mattes (engine.occlusion) learned from a few frames that the artist labels
+"""The Masks sub-panel: occlusion mattes (engine.stages.occlusion) learned from a few frames that the artist labels
 with Blender's own Mask tools.
 
 Label Current Frame makes one Mask datablock per labelled frame of shot A or B: a "Face" layer already

@@ -76,7 +76,7 @@ def run_env(interactive: bool | None = None) -> dict[str, str]:
     user folder (never the user's home cache), and its CPU manners: a share of the cores beside the other
     runs and, started from Blender's window (`interactive`, by default: not headless), a passive OpenMP
     wait and a core left for Blender."""
-    # The runs' lock files (engine/device.py), so every run the add-on starts shares the cores with the others.
+    # The runs' lock files (engine/base/device.py), so every run the add-on starts shares the cores with the others.
     env = {"TORCH_HOME": str(extension_user_folder("torch")), "FACEREPLACE_RUNTIME_DIR": str(extension_user_folder("runs"))}
     preferences = prefs()
     interactive = not bpy.app.background if interactive is None else interactive

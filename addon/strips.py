@@ -123,7 +123,7 @@ def parse_ranges(text: str) -> list[tuple[int, int]]:
 
 
 def sequence_numbers(folder: Path) -> dict[str, int]:
-    """{file name: frame number} as the engine numbers an image folder (engine/frames.py)."""
+    """{file name: frame number} as the engine numbers an image folder (engine/base/frames.py)."""
     try:
         names = [p.name for p in frame_rules.sequence_files(folder)]
     except OSError as e:

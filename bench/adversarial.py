@@ -1,4 +1,4 @@
-"""Cost of the adversarial phase (--gan-weight): seconds per training step, engine.train's own train_step,
+"""Cost of the adversarial phase (--gan-weight): seconds per training step, engine.stages.train's own train_step,
 with and without the patch discriminator, on the same model and the same batches. The two are timed in
 alternating rounds, so a machine whose load drifts weighs on both alike; the FLOPs of one step each
 (counted by torch, forward and backward) give the cost on a machine that no other work disturbs.
@@ -19,13 +19,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.train import flops_per_image, make_facesets, timed  # noqa: E402
-from engine.adversarial import make_adversary  # noqa: E402
-from engine.augment import Augmentation, FaceBatches  # noqa: E402
-from engine.device import pick_device  # noqa: E402
-from engine.faceset import Faceset  # noqa: E402
-from engine.losses import LossWeights  # noqa: E402
-from engine.model import PRESETS, SIZES, FaceModel, make_config  # noqa: E402
-from engine.train import pair_loss, train_step  # noqa: E402
+from engine.base.device import pick_device  # noqa: E402
+from engine.folders.faceset import Faceset  # noqa: E402
+from engine.networks.adversarial import make_adversary  # noqa: E402
+from engine.networks.augment import Augmentation, FaceBatches  # noqa: E402
+from engine.networks.losses import LossWeights  # noqa: E402
+from engine.networks.model import PRESETS, SIZES, FaceModel, make_config  # noqa: E402
+from engine.stages.train import pair_loss, train_step  # noqa: E402
 
 
 def main() -> None:

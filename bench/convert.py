@@ -12,7 +12,7 @@ reads all their channels back with OpenEXR (PNG: OpenCV).
     .venv/bin/python bench/convert.py --io [--resolutions 1080p]     still-image read/write only
 
 --io times reading and writing one frame of convert's outputs (16-bit RGBA PNG, float RGBA EXR) through
-engine.media (OpenImageIO), against the path before it: OpenCV for PNG, the OpenEXR module for EXR.
+engine.base.media (OpenImageIO), against the path before it: OpenCV for PNG, the OpenEXR module for EXR.
 
 The shots are the Grace Hopper sample moving with known transforms, so their alignments come from the
 transforms (no detector in the timing): the photo's 68 landmarks, found once by dlib, are kept in
@@ -34,11 +34,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo import samples  # noqa: E402
-from engine import colorspace, media  # noqa: E402
-from engine import model as model_module  # noqa: E402
-from engine.convert import StageClock, convert  # noqa: E402
+from engine.base import colorspace, media  # noqa: E402
 from engine.faces import align  # noqa: E402
-from engine.faceset import Alignments, Face, Frame  # noqa: E402
+from engine.folders.faceset import Alignments, Face, Frame  # noqa: E402
+from engine.networks import model as model_module  # noqa: E402
+from engine.stages.convert import StageClock, convert  # noqa: E402
 
 RESOLUTIONS = {"480p": (854, 480), "1080p": (1920, 1080), "4k": (3840, 2160)}
 FORMATS = ("png16", "exr", "exr-multilayer")

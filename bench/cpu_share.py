@@ -1,6 +1,6 @@
 """Training beside other work on the same CPU: how much of the CPU a train gets, and how much training it
 makes of it, alone, beside one and two busy programs in another session, and two trains at once; with
-the thread count fixed at every core (as before) and re-picked while it runs (engine.device.ThreadAdapter,
+the thread count fixed at every core (as before) and re-picked while it runs (engine.base.device.ThreadAdapter,
 what the add-on's runs do).
 
     .venv/bin/python bench/cpu_share.py                  # fast preset, 64 px, 30 s per run
@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from demo import samples  # noqa: E402
-from engine.extract import extract  # noqa: E402
-from engine.model import PRESETS  # noqa: E402
+from engine.networks.model import PRESETS  # noqa: E402
+from engine.stages.extract import extract  # noqa: E402
 
 BUSY = "while True: pass"  # a process that wants a whole core, as Blender playing back does
 

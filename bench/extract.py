@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.random_fan import write_random_fan_weights  # noqa: E402
 from demo import samples  # noqa: E402
-from engine import media  # noqa: E402
-from engine.events import EngineError, Events  # noqa: E402
-from engine.extract import extract  # noqa: E402
+from engine.base import media  # noqa: E402
+from engine.base.events import EngineError, Events  # noqa: E402
 from engine.faces import detect  # noqa: E402
+from engine.stages.extract import extract  # noqa: E402
 
 RESOLUTIONS = {"480p": (854, 480), "1080p": (1920, 1080)}
 

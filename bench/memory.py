@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.losses import LossWeights, face_loss  # noqa: E402
-from engine.model import ARCHITECTURES, PRESETS, SIZES, FaceModel, make_config  # noqa: E402
+from engine.networks.losses import LossWeights, face_loss  # noqa: E402
+from engine.networks.model import ARCHITECTURES, PRESETS, SIZES, FaceModel, make_config  # noqa: E402
 
 GIB = 1 << 30
 

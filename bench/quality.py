@@ -50,8 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from demo import samples  # noqa: E402
-from engine import media  # noqa: E402
-from engine.model import PREVIEW_FILE  # noqa: E402
+from engine.base import media  # noqa: E402
+from engine.networks.model import PREVIEW_FILE  # noqa: E402
 
 
 def default_clips() -> Path:
@@ -247,7 +247,7 @@ def _run_train(data: dict, folder: Path, record: Path, train_args: list[str], bu
     stop = ["--time-budget", str(budget[1] * 60)] if budget[0] == "minutes" else ["--iterations", str(int(budget[1]))]
     done = engine("train", "--a", str(data["a"]), "--b", str(data["b"]), "--model", str(folder), *stop, *resume,
                   *train_args)
-    from engine.model import read_history
+    from engine.networks.model import read_history
 
     history = read_history(folder / "history.csv")
     summary = {"model": str(folder), "iterations": done["iterations"], "stopped": done["stopped"],
@@ -273,8 +273,8 @@ def still(data: dict, layers: Path, report: dict, path: Path) -> Path:
     """Plate beside composite, at the shot's middle evaluated frame, for looking at."""
     import numpy as np
 
-    from engine import colorspace
-    from engine.evaluate import composite, layer_space
+    from engine.base import colorspace
+    from engine.stages.evaluate import composite, layer_space
 
     numbers = [r["frame"] for r in report["frames"]]
     number = numbers[len(numbers) // 2]
@@ -294,9 +294,9 @@ def face_grid(data: dict, rows: list[dict], path: Path) -> Path:
     import cv2
     import numpy as np
 
-    from engine import colorspace
-    from engine.evaluate import composite, layer_space
-    from engine.faceset import Alignments
+    from engine.base import colorspace
+    from engine.folders.faceset import Alignments
+    from engine.stages.evaluate import composite, layer_space
 
     alignments = Alignments.load(data["b"])
     evaluated = rows[0]["frames"]
@@ -380,7 +380,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, metavar="FILE", help="results file (default WORK/quality.json)")
     args = parser.parse_args()
 
-    from engine.evaluate import evaluate
+    from engine.stages.evaluate import evaluate
 
     work = args.work.resolve()
     data = prepare_data(work, args.clips, tuple(args.pair))

@@ -26,14 +26,14 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo import samples  # noqa: E402
-from engine import media  # noqa: E402
-from engine.augment import Augmentation, FaceBatches  # noqa: E402
-from engine.device import pick_device  # noqa: E402
-from engine.extract import extract  # noqa: E402
-from engine.faceset import Faceset  # noqa: E402
-from engine.losses import LossWeights, face_loss  # noqa: E402
-from engine.model import PRESETS, SIZES, FaceModel, make_config  # noqa: E402
-from engine.train import train_step  # noqa: E402
+from engine.base import media  # noqa: E402
+from engine.base.device import pick_device  # noqa: E402
+from engine.folders.faceset import Faceset  # noqa: E402
+from engine.networks.augment import Augmentation, FaceBatches  # noqa: E402
+from engine.networks.losses import LossWeights, face_loss  # noqa: E402
+from engine.networks.model import PRESETS, SIZES, FaceModel, make_config  # noqa: E402
+from engine.stages.extract import extract  # noqa: E402
+from engine.stages.train import train_step  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s), from the vendors' data sheets, by a piece of the device name.
 GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
@@ -102,7 +102,7 @@ def sync(device):
 
 
 def training_step(model, optimizer, batch_source, device, loss_fn, compile_model=None):
-    """engine.train's own step (train_step) on the next batch of `batch_source`."""
+    """engine.stages.train's own step (train_step) on the next batch of `batch_source`."""
     forward = model if compile_model is None else compile_model  # a compiled module has no truth value
 
     def step():

@@ -1,6 +1,6 @@
 """Synthetic occluders with exact ground truth, pasted over a sample clip: a hand-like shape that slides
 across the mouth and chin, and a microphone on a bar that rises toward the cheek. The tests and the demo
-use them to teach and check the learned occlusion mattes (engine.occlusion).
+use them to teach and check the learned occlusion mattes (engine.stages.occlusion).
 """
 
 import math

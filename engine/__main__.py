@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 
-from .events import EngineError, Events, one_line
+from .base.events import EngineError, Events, one_line
 from .verbs import VERBS, ParserError, build_parser
 
 

@@ -1,7 +1,7 @@
 """`python -m engine schema`: the contract between the engine and the add-on, as one JSON object.
 
 Every verb's options (their type, range, default, unit, label and help; a choice's values, labels and
-descriptions) come from the verbs' own parsers, which the settings dataclasses make (engine.options), the
+descriptions) come from the verbs' own parsers, which the settings dataclasses make (engine.base.options), the
 shape of each verb's "done" event from its module's Done, the presets and sizes from model.py, and the file layout of each folder from the module that
 owns it, so nothing here restates them. The add-on builds its menus from this answer (a copy generated
 from it ships in addon/engine_schema.json for before the engine is set up), and tests/test_schema.py
@@ -13,7 +13,7 @@ import importlib
 import json
 from dataclasses import asdict
 
-from .options import label_of
+from .base.options import label_of
 
 
 def add_arguments(parser) -> None:
@@ -21,13 +21,13 @@ def add_arguments(parser) -> None:
 
 
 def _describe(choices, value) -> dict:
-    """A choice's label and description: a dict of Choice (engine.options) gives them, a list only values."""
+    """A choice's label and description: a dict of Choice (engine.base.options) gives them, a list only values."""
     named = choices[value] if isinstance(choices, dict) else None
     return {"label": getattr(named, "label", str(value)), "description": getattr(named, "description", "")}
 
 
 def _type(action: argparse.Action) -> dict:
-    """The option's type and, for a number, its range (engine.options.number_in keeps it on the type)."""
+    """The option's type and, for a number, its range (engine.base.options.number_in keeps it on the type)."""
     if action.nargs == 0:
         return {"type": "bool"}
     if action.choices:
@@ -62,12 +62,13 @@ def _actions(parser: argparse.ArgumentParser) -> dict:
 
 
 def schema() -> dict:
-    from . import __version__, output
-    from .checkpoints import CHECKPOINTS, STOP_FILE
-    from .enhancer import PREVIEW_COLUMNS as ENHANCER_PREVIEW_COLUMNS
-    from .faceset import ALIGNMENTS_FILE, ASIDE_DIR, DETECTIONS_FILE, EXTRACT_FILE, MASK_MODEL
-    from .loop import STOP_REASONS
-    from .model import (
+    from . import __version__
+    from .base.checkpoints import CHECKPOINTS, STOP_FILE
+    from .base.loop import STOP_REASONS
+    from .folders import output
+    from .folders.faceset import ALIGNMENTS_FILE, ASIDE_DIR, DETECTIONS_FILE, EXTRACT_FILE, MASK_MODEL
+    from .networks.enhancer import PREVIEW_COLUMNS as ENHANCER_PREVIEW_COLUMNS
+    from .networks.model import (
         DEFAULT_PRESETS,
         ENHANCER,
         HISTORY_FILE,

@@ -5,7 +5,7 @@ import argparse
 import importlib
 
 from . import __version__
-from .device import DEVICES
+from .base.device import DEVICES
 
 DESCRIPTION = "The engine's command line: one verb per stage, each a thin wrapper over its module's `run`."
 
@@ -20,14 +20,14 @@ class Parser(argparse.ArgumentParser):
 
 
 VERBS = {
-    "extract": ("engine.extract", "frames -> faceset: detect, align, mask and embed faces"),
-    "train": ("engine.train", "two facesets -> model: the shared-encoder, two-decoder autoencoder"),
-    "enhance": ("engine.enhance", "trained model + A's faceset -> its enhancer: A's face at 2-4x the model's size"),
-    "mask": ("engine.occlusion", "labelled frames -> occlusion mattes: mask train, then mask apply"),
-    "convert": ("engine.convert", "shot + alignments + model -> face layers, mattes, frames, patches"),
-    "curate": ("engine.curate", "score a faceset, flag bad faces and move them aside"),
-    "evaluate": ("engine.evaluate", "measure identity, expression, stability and seams of a converted shot"),
-    "weights": ("engine.weights", "fetch the FAN detector's weights into a folder, hash-checked, for offline extract"),
+    "extract": ("engine.stages.extract", "frames -> faceset: detect, align, mask and embed faces"),
+    "train": ("engine.stages.train", "two facesets -> model: the shared-encoder, two-decoder autoencoder"),
+    "enhance": ("engine.stages.enhance", "trained model + A's faceset -> its enhancer: A's face at 2-4x the model's size"),
+    "mask": ("engine.stages.occlusion", "labelled frames -> occlusion mattes: mask train, then mask apply"),
+    "convert": ("engine.stages.convert", "shot + alignments + model -> face layers, mattes, frames, patches"),
+    "curate": ("engine.stages.curate", "score a faceset, flag bad faces and move them aside"),
+    "evaluate": ("engine.stages.evaluate", "measure identity, expression, stability and seams of a converted shot"),
+    "weights": ("engine.stages.weights", "fetch the FAN detector's weights into a folder, hash-checked, for offline extract"),
     "info": ("engine.info", "engine version, torch, CUDA and GPU, as the add-on's Check engine shows"),
     "schema": ("engine.schema", "every verb's choices, defaults and folder layouts, as JSON: the add-on's menus"),
 }

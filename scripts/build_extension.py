@@ -2,7 +2,7 @@
 
 The zip holds blender_manifest.toml and the add-on (with engine_schema.json and its core/) at its root, the engine
 package in engine/ (the add-on puts that folder on the engine subprocess's PYTHONPATH and loads its
-standard-library-only engine/frames.py itself) and engine-requirements.txt, which
+standard-library-only engine/base/frames.py itself) and engine-requirements.txt, which
 "Set up engine" pip-installs into the engine's venv: the engine's dependencies (pyproject.toml) at the
 versions requirements.txt pins. Entries carry a fixed date, so the same sources give the same zip.
 """

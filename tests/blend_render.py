@@ -124,7 +124,7 @@ out["baked"] = {"moved": blend.bake(face, convert, 6.0), "erode": convert.erode,
                                                             if k in ("Erode", "Feather", "Gain")}}
 
 # Feather and Edge Blur, one pixel a step, on a layer as convert writes one: a soft edge EDGE pixels wide
-# (a Gaussian of sigma EDGE/4, as engine.convert.shape_mask draws it) and detail (stripes 4 pixels apart)
+# (a Gaussian of sigma EDGE/4, as engine.stages.convert.shape_mask draws it) and detail (stripes 4 pixels apart)
 # up to it, in a wider frame so the widest edge stays inside
 EDGE, SOFT_W, SOFT_H = 12.0, 192, 96
 scene.render.resolution_x, scene.render.resolution_y = SOFT_W, SOFT_H

@@ -35,7 +35,7 @@ def shot_b(tmp_path_factory) -> Path:
 
 
 def _extract(shot: Path, folder: Path) -> Path:
-    from engine.extract import extract
+    from engine.stages.extract import extract
 
     extract(shot, folder, detector="dlib", size=128)
     return folder
@@ -70,7 +70,7 @@ TINY_ITERATIONS = 600
 @pytest.fixture(scope="session")
 def tiny_model(faceset_a, faceset_b, tmp_path_factory) -> Path:
     """A tiny-preset model (64 px) trained A<->B on the sample facesets; previews every 200 iterations."""
-    from engine.train import train
+    from engine.stages.train import train
 
     folder = tmp_path_factory.mktemp("tiny_model") / "model"
     train(faceset_a, faceset_b, folder, preset="tiny", iterations=TINY_ITERATIONS, preview_every=200, seed=0,
@@ -81,7 +81,7 @@ def tiny_model(faceset_a, faceset_b, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def quick_model(faceset_a, faceset_b, tmp_path_factory) -> Path:
     """A tiny-preset model after 2 iterations: a real model folder for tests of what reads one, in seconds."""
-    from engine.train import train
+    from engine.stages.train import train
 
     folder = tmp_path_factory.mktemp("quick_model") / "model"
     train(faceset_a, faceset_b, folder, preset="tiny", iterations=2, preview_every=1000, seed=0, device="cpu")
@@ -92,7 +92,7 @@ def assert_same_run(straight: dict, resumed: dict, folder_a: Path, folder_b: Pat
     """Two training runs (their `done` summaries and model folders) agree loss for loss and weight for weight."""
     import torch
 
-    from engine.model import read_checkpoint, read_history
+    from engine.networks.model import read_checkpoint, read_history
 
     a, b = read_history(folder_a / "history.csv"), read_history(folder_b / "history.csv")
     assert [r["iteration"] for r in a] == [r["iteration"] for r in b]
@@ -113,7 +113,7 @@ def run_engine(*args, timeout=300, env=None) -> subprocess.CompletedProcess:
 
 def empty_copy(faceset: Path, folder: Path) -> Path:
     """A copy of `faceset` whose alignments list every frame with no face."""
-    from engine.faceset import ALIGNMENTS_FILE, Alignments
+    from engine.folders.faceset import ALIGNMENTS_FILE, Alignments
 
     shutil.copytree(faceset, folder)
     alignments = Alignments.load(folder)
@@ -129,7 +129,8 @@ def mask_model(faceset_b, tmp_path_factory) -> Path:
     all-face label of frame 1 (in the copy's parent, labels/): a real mask model folder in seconds."""
     import numpy as np
 
-    from engine import media, occlusion
+    from engine.base import media
+    from engine.stages import occlusion
 
     root = tmp_path_factory.mktemp("masked")
     faceset = root / "faceset"

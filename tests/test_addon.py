@@ -130,7 +130,7 @@ def test_zip_is_an_extension_with_the_engine_inside(extension):
         manifest = archive.read("blender_manifest.toml").decode()
         requirements = archive.read("engine-requirements.txt").decode()
     assert {"blender_manifest.toml", "__init__.py", "operators.py", "engine_schema.json", "engine/__main__.py",
-            "engine/extract.py", "engine/train.py", "engine/convert.py", "engine/frames.py"} <= names
+            "engine/stages/extract.py", "engine/stages/train.py", "engine/stages/convert.py", "engine/base/frames.py"} <= names
     assert not any("__pycache__" in n or n.startswith(("tests/", "addon/")) for n in names)
     for line in ('schema_version = "1.0.0"', 'id = "facereplace"', 'type = "add-on"',
                  'blender_version_min = "4.2.0"', "[permissions]",

@@ -1,5 +1,5 @@
 """The add-on's engine client (addon/engine_client.py, no bpy) against hostile engine output, and the
-engine's CPU share beside other engine runs (engine/device.py).
+engine's CPU share beside other engine runs (engine/base/device.py).
 
 The "engines" here are small Python scripts that print what a broken or stranger's engine could print."""
 
@@ -100,12 +100,12 @@ def test_engine_runs_share_the_cores(tmp_path):
     command line) torch keeps its own count."""
     env = {"FACEREPLACE_RUNTIME_DIR": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from engine import device; device._join_runs(); print('ready', "
+        [sys.executable, "-c", "import sys; from engine.base import device; device._join_runs(); print('ready', "
          "flush=True); sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**env, "PATH": ""}, cwd=ROOT)
 
     def threads(**extra) -> int:
-        done = subprocess.run([sys.executable, "-c", "from engine import device; print(device.cpu_threads(8))"],
+        done = subprocess.run([sys.executable, "-c", "from engine.base import device; print(device.cpu_threads(8))"],
                               capture_output=True, text=True, env={**env, **extra}, cwd=ROOT, check=True)
         return int(done.stdout)
 
@@ -118,7 +118,7 @@ def test_engine_runs_share_the_cores(tmp_path):
         first.kill()
         first.wait()
     assert threads() == 8
-    done = subprocess.run([sys.executable, "-c", "from engine import device; print(device.cpu_threads(8))"],
+    done = subprocess.run([sys.executable, "-c", "from engine.base import device; print(device.cpu_threads(8))"],
                           capture_output=True, text=True, cwd=ROOT, check=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": ""})
     assert done.stdout.strip() == "None"

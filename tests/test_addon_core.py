@@ -13,9 +13,10 @@ import pytest
 from addon.core import done, engine_args, panel_state, results
 from addon.core.engine_args import ConvertPanel, TrainPanel
 from addon.engine_client import ClientError, engine_command, parse_line
-from engine import colorspace, loop, output
 from engine.__main__ import _parse
-from engine.events import EngineError
+from engine.base import colorspace, loop
+from engine.base.events import EngineError
+from engine.folders import output
 from engine.verbs import Parser, add_verb_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +170,7 @@ def test_result_strips_take_the_lowest_free_channels():
 
 
 def test_done_events_read_as_the_engine_sends_them(shot_a, tmp_path):
-    from engine.extract import extract
+    from engine.stages.extract import extract
 
     summary = json.loads(json.dumps(extract(shot_a, tmp_path / "faceset", detector="dlib", size=128, frames="1-3")))
     record = done.read(done.ExtractDone, summary)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.adversarial import make_adversary
-from engine.checkpoints import checkpoint_paths
-from engine.losses import patch_mean
-from engine.model import load_model, read_checkpoint, read_history
+from engine.base.checkpoints import checkpoint_paths
+from engine.networks.adversarial import make_adversary
+from engine.networks.losses import patch_mean
+from engine.networks.model import load_model, read_checkpoint, read_history
 from tests.conftest import ROOT, assert_same_run
 from tests.test_train import face_tiles
 from tests.test_train_options import cli, quick

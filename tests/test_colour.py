@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from demo import samples
-from engine import colorspace, media
-from engine.convert import convert
-from engine.extract import extract
-from engine.faceset import Alignments
+from engine.base import colorspace, media
+from engine.folders.faceset import Alignments
+from engine.stages.convert import convert
+from engine.stages.extract import extract
 from tests.conftest import run_engine
 from tests.test_convert import passthrough_model, source_frames  # noqa: F401  (a fixture)
 from tests.test_extract import assert_one_line_error

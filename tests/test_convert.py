@@ -14,16 +14,16 @@ import torch
 from skimage.color import rgb2lab
 
 from demo import samples
-from engine import colorspace, media
-from engine import model as model_module
-from engine.color import COLOR_MODES
-from engine.convert import MASK_MODES, Converter, ConvertSettings, FaceJob, convert, shape_mask
-from engine.events import Events
-from engine.extract import extract
+from engine.base import colorspace, media
+from engine.base.color import COLOR_MODES
+from engine.base.events import Events
 from engine.faces import align, masks
-from engine.faceset import Alignments, learned_mask
-from engine.model import ModelConfig, model_hash
-from engine.output import read_marking
+from engine.folders.faceset import Alignments, learned_mask
+from engine.folders.output import read_marking
+from engine.networks import model as model_module
+from engine.networks.model import ModelConfig, model_hash
+from engine.stages.convert import MASK_MODES, Converter, ConvertSettings, FaceJob, convert, shape_mask
+from engine.stages.extract import extract
 from tests.conftest import run_engine
 
 

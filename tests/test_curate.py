@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from demo import samples
-from engine import curate as curate_module
-from engine import faceset as faceset_module
-from engine import media
 from engine.__main__ import main
-from engine.curate import curate, restore, sharpness
+from engine.base import media
 from engine.faces import align, masks
 from engine.faces.detect import make_detector
 from engine.faces.pose import MODEL, camera_matrix, head_pose
-from engine.faceset import Alignments, Faceset, Frame
+from engine.folders import faceset as faceset_module
+from engine.folders.faceset import Alignments, Faceset, Frame
+from engine.stages import curate as curate_module
+from engine.stages.curate import curate, restore, sharpness
 from tests.conftest import empty_copy
 
 OTHER, BLURRED, NEAR_COPY = 1001, 1002, 1003

@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import media
-from engine.convert import convert
+from engine.base import media
 from engine.faces import masks
-from engine.faceset import Alignments, Faceset
+from engine.folders.faceset import Alignments, Faceset
+from engine.stages.convert import convert
 
 SIGMA = 1.5  # the detail measure: mean absolute (grey image minus its 1.5 px Gaussian blur)
 
@@ -104,7 +104,7 @@ def test_edge_match_closes_the_seam_and_leaves_the_middle(tiny_model, faceset_b,
     """--edge-match: the colour step across the matte's edge moves toward the plate's own (seam excess, as
     evaluate measures it, down by more than a quarter), while the middle of the face (nose and mouth)
     stays as drawn."""
-    from engine.evaluate import seam_steps
+    from engine.stages.evaluate import seam_steps
 
     frames = {}
     for name, options in (("plain", {}), ("matched", {"edge_match": 1.0})):

@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from engine import enhance as enhance_module
-from engine import media
-from engine.augment import load_face
-from engine.checkpoints import checkpoint_paths
-from engine.convert import convert
-from engine.enhance import enhance
-from engine.enhancer import load_enhancer, parse_checkpoint
-from engine.faceset import ALIGNMENTS_FILE, Alignments, Faceset
-from engine.model import enhancer_dir, read_history
-from engine.output import read_marking
-from engine.train import train
+from engine.base import media
+from engine.base.checkpoints import checkpoint_paths
+from engine.folders.faceset import ALIGNMENTS_FILE, Alignments, Faceset
+from engine.folders.output import read_marking
+from engine.networks.augment import load_face
+from engine.networks.enhancer import load_enhancer, parse_checkpoint
+from engine.networks.model import enhancer_dir, read_history
+from engine.stages import enhance as enhance_module
+from engine.stages.convert import convert
+from engine.stages.enhance import enhance
+from engine.stages.train import train
 from tests.conftest import run_engine
 
 TINY = {"width": 8, "blocks": 1, "batch": 2, "device": "cpu"}  # an enhancer of a few thousand weights

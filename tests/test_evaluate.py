@@ -12,14 +12,14 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import colorspace, media
 from engine.__main__ import main
-from engine.convert import convert
-from engine.evaluate import composite, evaluate, layer_space
+from engine.base import colorspace, media
+from engine.base.frames import format_ranges, parse_ranges
 from engine.faces import align, masks
-from engine.faceset import Alignments
-from engine.frames import format_ranges, parse_ranges
-from engine.output import layer_path, read_manifest
+from engine.folders.faceset import Alignments
+from engine.folders.output import layer_path, read_manifest
+from engine.stages.convert import convert
+from engine.stages.evaluate import composite, evaluate, layer_space
 from tests.conftest import empty_copy
 
 
@@ -121,7 +121,7 @@ def test_same_person_and_gallery_tell_a_from_b(shot_b, faceset_a, faceset_b, cle
 
 def test_an_untrained_blob_is_not_the_same_person(shot_b, faceset_a, faceset_b, tmp_path):
     """22 iterations: a blotchy layer that is nearer A than B often enough to pass ID retrieval."""
-    from engine.train import train
+    from engine.stages.train import train
 
     train(faceset_a, faceset_b, tmp_path / "model", preset="tiny", iterations=22, seed=0, device="cpu")
     layers = tmp_path / "layers"
@@ -294,7 +294,7 @@ def test_bad_input_gets_one_clear_line(shot_a, shot_b, faceset_a, faceset_b, lay
 def test_evaluate_composites_the_frames_convert_writes(shot_b, faceset_b, tiny_model, tmp_path):
     """Evaluate's composite of convert's face layer over the plate is convert's own finished frame
     (--write-frames) to the 8-bit level: both put the layer over in linear light, premultiplied, through
-    engine.composite, so what evaluate scores is what convert writes. (A straight mix in the plate's sRGB
+    engine.base.composite, so what evaluate scores is what convert writes. (A straight mix in the plate's sRGB
     is many levels off wherever the matte is soft.)"""
     source = media.FrameSource(shot_b)
     numbers = source.numbers[:3]

@@ -13,11 +13,12 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import exr_layers, media
-from engine.convert import convert
+from engine.base import media
 from engine.faces import align
-from engine.faceset import Alignments, learned_mask
-from engine.output import read_marking
+from engine.folders import exr_layers
+from engine.folders.faceset import Alignments, learned_mask
+from engine.folders.output import read_marking
+from engine.stages.convert import convert
 from tests.test_convert import SoftMaskModel, passthrough_model  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]

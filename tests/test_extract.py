@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from demo import samples
-from engine import colorspace, media
-from engine.extract import extract
+from engine.base import colorspace, media
 from engine.faces import align
 from engine.faces.detect import make_detector
-from engine.faceset import Alignments, Faceset
+from engine.folders.faceset import Alignments, Faceset
+from engine.stages.extract import extract
 from tests.conftest import ROOT, run_engine
 
 

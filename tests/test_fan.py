@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from bench.random_fan import BOX_CENTER, BOX_SIDE, write_random_fan_weights
-from engine import media
 from engine.__main__ import main
-from engine.events import EngineError
+from engine.base import media
+from engine.base.events import EngineError
 from engine.faces import detect
-from engine.faceset import Alignments
+from engine.folders.faceset import Alignments
 from tests.conftest import run_engine
 
 DETECTOR_FILE = detect.FAN_WEIGHTS["detector"].name

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import media
 from engine.__main__ import main
-from engine.convert import convert
+from engine.base import media
+from engine.stages.convert import convert
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = int(os.environ.get("FUZZ_CASES", "12"))
@@ -203,7 +203,7 @@ def odd_image(path: Path, rng: random.Random) -> str:
 def test_mask_verbs_take_or_refuse_odd_checkpoints_faces_and_labels(mask_model, tmp_path, capsys):
     import torch
 
-    from engine.checkpoints import checkpoint_paths
+    from engine.base.checkpoints import checkpoint_paths
 
     mutator, rng = Mutator(2000), random.Random(2000)
     for case in range(CASES):

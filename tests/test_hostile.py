@@ -19,15 +19,16 @@ import numpy as np
 import pytest
 import torch
 
-from engine import colorspace, media, occlusion
 from engine.__main__ import main
-from engine.checkpoints import checkpoint_paths
-from engine.convert import convert
-from engine.events import EngineError, Events
-from engine.extract import extract
-from engine.faceset import Alignments
-from engine.model import load_model
-from engine.train import train
+from engine.base import colorspace, media
+from engine.base.checkpoints import checkpoint_paths
+from engine.base.events import EngineError, Events
+from engine.folders.faceset import Alignments
+from engine.networks.model import load_model
+from engine.stages import occlusion
+from engine.stages.convert import convert
+from engine.stages.extract import extract
+from engine.stages.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -234,7 +235,7 @@ def test_convert_frames_refuses_a_dangling_lock_link_and_creates_nothing(shot_b,
 
 def test_a_diverging_run_stops_with_an_error_and_keeps_its_last_good_checkpoint(faceset_a, faceset_b, tmp_path,
                                                                                  capsys, monkeypatch):
-    from engine import train as train_module
+    from engine.stages import train as train_module
 
     calls = {"n": 0}
     real_loss = train_module.face_loss

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import colorspace, media
-from engine.convert import convert
-from engine.output import read_marking
+from engine.base import colorspace, media
+from engine.folders.output import read_marking
+from engine.stages.convert import convert
 
 FRAMES = (2, 3)  # two frames of the 16-frame shot
 TOLERANCE = 1e-3  # in linear light, on 0-1 values

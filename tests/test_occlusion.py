@@ -1,4 +1,4 @@
-"""Occlusion mattes learned from a few labelled frames (engine.occlusion), on real pixels: Grace Hopper's
+"""Occlusion mattes learned from a few labelled frames (engine.stages.occlusion), on real pixels: Grace Hopper's
 clip with a hand-like shape and a microphone pasted over her face, moving from frame to frame, with exact
 ground truth (demo/occluders.py). Eight frames are labelled; the other eight are where it must work."""
 
@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from demo import occluders, samples
-from engine import media, occlusion
 from engine.__main__ import main
-from engine.augment import load_face
-from engine.faceset import LEARNED_MASKS, Faceset
+from engine.base import media
+from engine.folders.faceset import LEARNED_MASKS, Faceset
+from engine.networks.augment import load_face
+from engine.stages import occlusion
 from tests.conftest import ROOT, SHOT_FRAMES, SHOT_SIZE
 
 LABELLED = list(range(1, SHOT_FRAMES + 1, 2))  # the frames an artist labels; the others are held out
@@ -35,7 +36,7 @@ def occluded(tmp_path_factory):
     frames, matrices = samples.make_clip("grace_hopper", SHOT_FRAMES, SHOT_SIZE, scale=0.6)
     shot, occluder, label = occluders.occlude(frames, occluders.clip_landmarks("grace_hopper", matrices))
     folder = samples.write_sequence(root / "shot", shot)
-    from engine.extract import extract
+    from engine.stages.extract import extract
 
     extract(folder, root / "faceset", detector="dlib", size=128)
     labels = root / "labels"
@@ -84,8 +85,8 @@ def test_learned_matte_matches_the_ground_truth_on_unlabelled_frames(occluded, a
 
 
 def test_convert_with_learned_mask_keeps_the_occluder_as_the_plate(occluded, applied, tmp_path):
-    from engine.convert import convert
-    from engine.train import train
+    from engine.stages.convert import convert
+    from engine.stages.train import train
 
     face_model = tmp_path / "face_model"  # at the faceset's size, so the matte keeps its resolution in convert
     train(occluded["faceset"], occluded["faceset"], face_model, preset="tiny", size=128, iterations=2,
@@ -189,9 +190,9 @@ def test_cli_events_and_bad_input(occluded, applied, capsys, tmp_path):
 
 
 def test_convert_refuses_learned_mask_before_apply(occluded, applied, tmp_path):
-    from engine.convert import convert
-    from engine.events import EngineError
-    from engine.train import train
+    from engine.base.events import EngineError
+    from engine.stages.convert import convert
+    from engine.stages.train import train
 
     bare = tmp_path / "faceset"
     shutil.copytree(occluded["faceset"], bare, ignore=shutil.ignore_patterns("learned", "mask_model"))

@@ -17,8 +17,8 @@ import torch
 from packaging.utils import canonicalize_name
 
 from addon.paths import blend_absolute, blend_relative, folder_name, not_reserved, rebased
-from engine import device
-from engine.events import EngineError
+from engine.base import device
+from engine.base.events import EngineError
 from tests.conftest import ROOT
 
 POSIX_ONLY_MODULES = {"fcntl", "termios", "resource", "pwd", "grp"}
@@ -91,7 +91,7 @@ def test_no_file_imports_a_posix_only_module_at_its_top():
 
 def test_a_temp_file_name_is_at_most_14_characters_longer_than_its_target(tmp_path):
     """So a deep output path that fits Windows' 260 characters still fits while it is being written."""
-    from engine import media
+    from engine.base import media
 
     for name in ("face_000001.exr", "a_very_long_output_name_from_a_studio_pipeline_v0012.exr"):
         with media.atomic_path(tmp_path / name) as temp:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import color, frames, model
+from engine.base import color, frames
 from engine.faces import detect
+from engine.networks import model
 from engine.schema import schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def test_the_schema_verb_prints_the_contract():
 
 def test_each_combined_mask_says_the_masks_it_combines():
     """A mask mode's tooltip names, by their own labels, the masks the engine combines for it."""
-    from engine.convert import mask_sources
+    from engine.stages.convert import mask_sources
 
     modes = schema()["verbs"]["convert"]["mask"]["choices"]
     said = modes["intersection"]["description"].lower()
@@ -59,11 +60,11 @@ def test_one_preset_default_for_the_cli_the_api_and_the_add_on():
 
 
 def test_frame_rules_load_without_numpy_or_the_engine():
-    """What the add-on (Blender's Python, no numpy) loads from the bundled engine: engine/frames.py alone."""
+    """What the add-on (Blender's Python, no numpy) loads from the bundled engine: engine/base/frames.py alone."""
     script = (
         "import importlib.util, sys\n"
         "sys.modules['numpy'] = None\n"  # any import of numpy fails
-        f"spec = importlib.util.spec_from_file_location('frames', {str(ROOT / 'engine' / 'frames.py')!r})\n"
+        f"spec = importlib.util.spec_from_file_location('frames', {str(ROOT / 'engine' / 'base' / 'frames.py')!r})\n"
         "frames = importlib.util.module_from_spec(spec); spec.loader.exec_module(frames)\n"
         "print(frames.parse_ranges('1..3,5,9-10'), frames.sequence_numbers(['a_7.png', 'a_9.png']))\n"
     )

@@ -1,4 +1,4 @@
-"""One source for every setting: a field of a settings dataclass (engine/options.py) is its command-line
+"""One source for every setting: a field of a settings dataclass (engine/base/options.py) is its command-line
 option, its check, its schema entry, its add-on property (and, marked for the panel, its Train panel
 property, its argv and its farm job setting), with no other edit. Shown for a field added in the test."""
 
@@ -9,14 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine import options
-from engine import train as train_module
 from engine.__main__ import main
-from engine.convert import ConvertSettings
-from engine.events import EngineError
-from engine.model import ModelConfig, check_config
+from engine.base import options
+from engine.base.events import EngineError
+from engine.networks.model import ModelConfig, check_config
 from engine.schema import schema
-from engine.train import TrainSettings
+from engine.stages import train as train_module
+from engine.stages.convert import ConvertSettings
+from engine.stages.train import TrainSettings
 from engine.verbs import build_parser
 from scripts.build_extension import ROOT
 from tests.test_addon_farm import compile_job, operator_call

@@ -1,12 +1,12 @@
-"""engine.device.ThreadAdapter: a CPU train re-picks its thread count from the cores it actually gets.
+"""engine.base.device.ThreadAdapter: a CPU train re-picks its thread count from the cores it actually gets.
 
 The clocks are the adapter's hooks: each test plays a machine (how much CPU time the run gets per second
 of wall time, and how fast it iterates with each thread count) instead of loading this one."""
 
 import torch
 
-from engine import device
-from engine.device import ADAPT_WINDOW_S, PROBE_BACKOFF, PROBE_EVERY_S, ThreadAdapter
+from engine.base import device
+from engine.base.device import ADAPT_WINDOW_S, PROBE_BACKOFF, PROBE_EVERY_S, ThreadAdapter
 
 
 class Machine:

@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine import media
 from engine.__main__ import main
-from engine.augment import Augmentation, FaceBatches, load_face, unaugmented_params
-from engine.checkpoints import checkpoint_paths
-from engine.color import lab_to_rgb, rgb_to_lab
-from engine.faceset import Faceset
-from engine.model import load_model, model_hash, read_checkpoint, read_history
-from engine.train import overtraining, train
+from engine.base import media
+from engine.base.checkpoints import checkpoint_paths
+from engine.base.color import lab_to_rgb, rgb_to_lab
+from engine.folders.faceset import Faceset
+from engine.networks.augment import Augmentation, FaceBatches, load_face, unaugmented_params
+from engine.networks.model import load_model, model_hash, read_checkpoint, read_history
+from engine.stages.train import overtraining, train
 from tests.conftest import assert_same_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,7 +307,7 @@ def test_empty_or_too_small_faceset(faceset_a, faceset_b, tmp_path, capsys, keep
 
 
 def test_facesets_of_different_size_or_coverage(faceset_a, shot_b, tmp_path, capsys):
-    from engine.extract import extract
+    from engine.stages.extract import extract
 
     other = tmp_path / "b96"
     extract(shot_b, other, detector="dlib", size=96, coverage=0.7)
@@ -353,9 +353,9 @@ def test_out_of_gpu_memory_names_the_fix(faceset_a, faceset_b, tmp_path, capsys)
 def test_a_batch_too_big_for_the_machine_is_refused_before_it_is_built(faceset_a, faceset_b, tmp_path, capsys,
                                                                       monkeypatch):
     """On a machine of 4 GiB (the faces may take a quarter), the largest batch at 256 px would not fit."""
-    import engine.augment
+    import engine.networks.augment
 
-    monkeypatch.setattr(engine.augment, "memory_budget", lambda: 1 << 30)
+    monkeypatch.setattr(engine.networks.augment, "memory_budget", lambda: 1 << 30)
     code, _, err = cli(capsys, "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "m", "--preset", "tiny",
                        "--size", 256, "--batch", 4096, "--iterations", 1, "--device", "cpu")
     last = err.strip().splitlines()[-1]

@@ -7,15 +7,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import media
-from engine import train as train_module
 from engine.__main__ import main
-from engine.augment import Augmentation, FaceBatches
-from engine.convert import convert
+from engine.base import media
 from engine.faces.expression import EXPRESSION_STEP, expression_balance_weights, openings
-from engine.faceset import Faceset
-from engine.model import FORMAT, VERSION, latest_checkpoint, load_model, read_checkpoint, read_history
-from engine.train import masked_step, train
+from engine.folders.faceset import Faceset
+from engine.networks.augment import Augmentation, FaceBatches
+from engine.networks.model import (
+    FORMAT,
+    VERSION,
+    latest_checkpoint,
+    load_model,
+    read_checkpoint,
+    read_history,
+)
+from engine.stages import train as train_module
+from engine.stages.convert import convert
+from engine.stages.train import masked_step, train
 from tests.conftest import assert_same_run
 
 

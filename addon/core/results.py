@@ -1,5 +1,5 @@
 """Convert's output folder as the result strips need it: its manifest (read with the engine's own check,
-engine/frames.py), and the plan of the strips: which files each strip holds, in which alpha mode and
+engine/base/frames.py), and the plan of the strips: which files each strip holds, in which alpha mode and
 colour space, on which channels."""
 
 import json

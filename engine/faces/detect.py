@@ -21,9 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .. import media
-from ..events import EngineError
-from ..options import Choice
+from ..base import media
+from ..base.events import EngineError
+from ..base.options import Choice
 
 log = logging.getLogger("engine")
 

@@ -10,7 +10,7 @@ faceset needs faces with that expression.
 
 import numpy as np
 
-from ..frames import format_ranges
+from ..base.frames import format_ranges
 
 LEFT_EYE_CORNER, RIGHT_EYE_CORNER = 36, 45
 MOUTH_GAPS = ((61, 67), (62, 66), (63, 65))  # inner lip pairs, upper to lower

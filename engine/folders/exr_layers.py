@@ -23,8 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import media
-from .faces import align, masks
+from ..base import media
+from ..faces import align, masks
 
 LAYERS = ("face", "matte", "occlusion", "hull")
 

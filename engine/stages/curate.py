@@ -32,12 +32,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import media
-from .events import EngineError, Events
-from .faces import align, identity, masks
-from .faces.expression import compare_expression_coverage
-from .faces.pose import head_pose
-from .faceset import (
+from ..base import media
+from ..base.events import EngineError, Events
+from ..faces import align, identity, masks
+from ..faces.expression import compare_expression_coverage
+from ..faces.pose import head_pose
+from ..folders.faceset import (
     ALIGNMENTS_FILE,
     ASIDE_DIR,
     Alignments,

@@ -1,5 +1,5 @@
-"""A training run's folder as every network trained here keeps it: the face model (engine.model), its
-enhancer (engine.enhancer) and the occlusion mask model (engine.occlusion) alike.
+"""A training run's folder as every network trained here keeps it: the face model (engine.networks.model), its
+enhancer (engine.networks.enhancer) and the occlusion mask model (engine.stages.occlusion) alike.
 
     FOLDER/
       checkpoints/model_%08d.pt   the last few checkpoints, written atomically (torch.load(weights_only=True),

@@ -12,7 +12,7 @@ read it through the manifest's file patterns.
       patch/patch_mask_%06d.png|exr  (--write-patches)
 
 %06d is the source frame number. PNGs are 16-bit, EXRs 32-bit float, both in the output colour space
-(engine.colorspace: the plate's; without --colorspace, sRGB PNGs and scene-linear EXRs). Every
+(engine.base.colorspace: the plate's; without --colorspace, sRGB PNGs and scene-linear EXRs). Every
 file carries a synthetic-media marking (PNG iTXt / EXR header) with the tool, version, model hash and
 settings, and nothing that depends on which frames a run was asked for, so farm chunks write disjoint
 files that together are byte-identical to one full run.
@@ -25,10 +25,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import __version__, colorspace, media
-from .events import EngineError
-from .faces import align
-from .frames import MANIFEST_FILE, check_manifest, frame_file
+from .. import __version__
+from ..base import colorspace, media
+from ..base.events import EngineError
+from ..base.frames import MANIFEST_FILE, check_manifest, frame_file
+from ..faces import align
 
 
 class OutputFormat(NamedTuple):

@@ -23,9 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import media
-from .augment import Augmentation, sample_params, shift_lab
-from .checkpoints import (
+from ..base import media
+from ..base.checkpoints import (
     CHECKPOINTS,
     StopRequests,
     check_weights,
@@ -36,11 +35,12 @@ from .checkpoints import (
     stop_requests,
     write_checkpoint,
 )
-from .device import DEVICES
-from .events import EngineError, Events
-from .faceset import LEARNED_MASKS, MASK_MODEL, Faceset, read_face_image
-from .frames import IMAGE_EXTENSIONS, frame_number
-from .options import add_fields, changes_from_args, check, number_in, setting
+from ..base.device import DEVICES
+from ..base.events import EngineError, Events
+from ..base.frames import IMAGE_EXTENSIONS, frame_number
+from ..base.options import add_fields, changes_from_args, check, number_in, setting
+from ..folders.faceset import LEARNED_MASKS, MASK_MODEL, Faceset, read_face_image
+from ..networks.augment import Augmentation, sample_params, shift_lab
 
 FORMAT = "facereplace.occlusion"
 VERSION = 1
@@ -251,7 +251,7 @@ def _train_segmenter(faceset, labels, model_dir: Path, iterations: int, resume: 
                      requests: StopRequests, changes: dict) -> dict:
     import torch
 
-    from .device import pick_device
+    from ..base.device import pick_device
 
     fs = Faceset(faceset)
     torch_device = pick_device(device)
@@ -365,7 +365,7 @@ def apply(faceset: str | Path, model_dir: str | Path, device: str = "auto", even
     import torch
     from torch.nn import functional as F
 
-    from .device import pick_device
+    from ..base.device import pick_device
 
     events = events or Events("mask")
     fs = Faceset(faceset)

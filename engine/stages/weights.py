@@ -4,8 +4,8 @@ The add-on's Download Detector Weights runs this; a farm admin can run it once p
 
 from pathlib import Path
 
-from .events import EngineError
-from .faces import detect
+from ..base.events import EngineError
+from ..faces import detect
 
 
 def add_arguments(parser) -> None:

@@ -1,4 +1,4 @@
-"""Enhance: a trained face model and A's faceset -> the model folder's enhancer (engine.enhancer), which
+"""Enhance: a trained face model and A's faceset -> the model folder's enhancer (engine.networks.enhancer), which
 convert then runs after the face model to draw A's face at 2 or 4 times the model's size.
 
     python -m engine enhance --model MODEL --faceset-a FACESET_A [--size 256] [--iterations 2000] [--resume]
@@ -24,11 +24,14 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
-from . import loop, media
-from .augment import Augmentation, FaceBatches, augment, batch_loader, memory_budget
-from .checkpoints import CHECKPOINTS, checkpoint_paths, clear_stop, stop_requests, write_checkpoint
-from .device import pick_device, thread_adapter
-from .enhancer import (
+from ..base import loop, media
+from ..base.checkpoints import CHECKPOINTS, checkpoint_paths, clear_stop, stop_requests, write_checkpoint
+from ..base.device import pick_device, thread_adapter
+from ..base.events import EngineError, Events, log
+from ..base.options import add_fields, check, from_args
+from ..folders.faceset import Faceset
+from ..networks.augment import Augmentation, FaceBatches, augment, batch_loader, memory_budget
+from ..networks.enhancer import (
     FACTORS,
     FORMAT,
     HISTORY_COLUMNS,
@@ -38,13 +41,11 @@ from .enhancer import (
     EnhancerConfig,
     model_input,
 )
-from .enhancer import check_config as check_enhancer_config
-from .enhancer import config_from_state as enhancer_config_from_state
-from .enhancer import latest_state as latest_enhancer_state
-from .events import EngineError, Events, log
-from .faceset import Faceset
-from .losses import LossWeights, image_loss
-from .model import (
+from ..networks.enhancer import check_config as check_enhancer_config
+from ..networks.enhancer import config_from_state as enhancer_config_from_state
+from ..networks.enhancer import latest_state as latest_enhancer_state
+from ..networks.losses import LossWeights, image_loss
+from ..networks.model import (
     MODEL_FOLDERS,
     PREVIEW_FILE,
     SUMMARY_FILE,
@@ -54,7 +55,6 @@ from .model import (
     trim_history,
     write_preview,
 )
-from .options import add_fields, check, from_args
 
 DEFAULTS = EnhancerConfig(input_size=0, size=0)  # the shape a new enhancer gets where no option is given
 # Fields of EnhanceSettings that shape the enhancer (its EnhancerConfig) and those a resume may change.
@@ -64,7 +64,7 @@ RESUMABLE_CHANGES = {"batch", "learning_rate"}
 
 @dataclass(frozen=True)
 class EnhanceSettings:
-    """How an enhancer is trained: one command-line option per field (engine.options.add_fields). Those that
+    """How an enhancer is trained: one command-line option per field (engine.base.options.add_fields). Those that
     default to None take, on a new enhancer, the default they name and, on --resume, the enhancer's own."""
 
     size: int | None = field(default=None, metadata={

@@ -1,7 +1,7 @@
 """Evaluate: measure a converted shot, frame by frame and in summary, the way face-swap papers do.
 
 Each frame's face layer (LAYERS/face/face_%06d.png|exr, with the alpha its manifest names) is composited
-over the shot's frame as convert composites its finished frames (engine.composite: premultiplied, in linear
+over the shot's frame as convert composites its finished frames (engine.base.composite: premultiplied, in linear
 light), so what is scored is what convert writes, and the result is compared with the original:
 
 - identity: cosine similarity of the swapped face's 128-D embedding (dlib, at its re-detected
@@ -43,22 +43,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import colorspace, media
-from .composite import layer_over_plate, straight
-from .events import EngineError, Events
-from .faces import align, identity, masks
-from .faces.detect import DETECTORS, make_detector, on_torch
-from .faces.expression import (
+from ..base import colorspace, media
+from ..base.composite import layer_over_plate, straight
+from ..base.events import EngineError, Events
+from ..base.frames import frame_runs
+from ..faces import align, identity, masks
+from ..faces.detect import DETECTORS, make_detector, on_torch
+from ..faces.expression import (
     LEFT_EYE_CORNER,
     RIGHT_EYE_CORNER,
     compare_expression_coverage,
     openings,
     uncovered,
 )
-from .faces.pose import head_pose
-from .faceset import ALIGNMENTS_FILE, Alignments, check_alignments, check_same_shot
-from .frames import frame_runs
-from .output import layer_path, read_manifest
+from ..faces.pose import head_pose
+from ..folders.faceset import ALIGNMENTS_FILE, Alignments, check_alignments, check_same_shot
+from ..folders.output import layer_path, read_manifest
 
 FORMAT = "facereplace.evaluation"
 VERSION = 1
@@ -167,7 +167,7 @@ def layer_space(manifest: dict) -> colorspace.Space | None:
 def composite(frame: np.ndarray, layer: np.ndarray, plate: colorspace.Space,
               layer_space: colorspace.Space | None) -> tuple[np.ndarray, np.ndarray]:
     """(composite as sRGB uint8, alpha float32): the straight-alpha `layer` (in `layer_space`) over
-    `frame` (in `plate`) as convert makes its finished frames (engine.composite), shown in sRGB."""
+    `frame` (in `plate`) as convert makes its finished frames (engine.base.composite), shown in sRGB."""
     if layer_space is None:
         layer_space = colorspace.BUILTIN_LINEAR if layer.dtype.kind == "f" else colorspace.MODEL
     colour = colorspace.ShotColour(plate, layer_space)
@@ -562,7 +562,7 @@ def evaluate(
     folder = media.check_writable(Path(output) if output else layers / "evaluate")
     media.lock_folder(folder)
 
-    from .device import pick_device
+    from ..base.device import pick_device
 
     torch_device = str(pick_device(device)) if on_torch(detector) else "cpu"
     shot_faces = [(n, shot_alignments.frame(n).faces[0]) for n in numbers]

@@ -1,6 +1,6 @@
 """The enhancer: a second network per pair that turns the face model's output, at the model's size, into
-A's face at 2 or 4 times that size. `engine enhance` (engine.enhance) trains it; convert runs it after the
-face model. It lives in the model folder's enhancer/ subfolder (engine.model lays it out).
+A's face at 2 or 4 times that size. `engine enhance` (engine.stages.enhance) trains it; convert runs it after the
+face model. It lives in the model folder's enhancer/ subfolder (engine.networks.model lays it out).
 
 It learns from A alone: its input is the face model's own reconstruction of A's faces, its target the
 same faces at its size from A's faceset, so it learns the softness it has to undo and can draw nothing
@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .checkpoints import check_weights, checkpoint_paths, load_state, newest_loadable
-from .events import EngineError
+from ..base.checkpoints import check_weights, checkpoint_paths, load_state, newest_loadable
+from ..base.events import EngineError
 from .model import (
     ResidualBlock,
     enhancer_dir,

@@ -13,7 +13,7 @@ from pathlib import Path
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".dpx", ".bmp"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 _RANGE = re.compile(r"\s*(-?\d+)\s*(?:(?:-|\.\.)\s*(-?\d+)\s*)?")
-MANIFEST_FILE = "manifest.json"  # convert's record of an output folder (engine/output.py writes it)
+MANIFEST_FILE = "manifest.json"  # convert's record of an output folder (engine/folders/output.py writes it)
 _FILE_PATTERN = re.compile(r"[^%]*%0?\d{0,2}d[^%]*")  # a file name with one printf frame-number field
 
 

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import colorspace, media
-from .events import EngineError, Events
-from .faces import align, identity, masks
-from .faces.detect import BACKENDS, DETECTORS, Detection, make_detector, on_torch
-from .faces.smooth import SmoothSettings, runs, smooth_landmarks
-from .faceset import (
+from ..base import colorspace, media
+from ..base.events import EngineError, Events
+from ..base.options import number_in
+from ..faces import align, identity, masks
+from ..faces.detect import BACKENDS, DETECTORS, Detection, make_detector, on_torch
+from ..faces.smooth import SmoothSettings, runs, smooth_landmarks
+from ..folders.faceset import (
     ALIGNMENTS_FILE,
     EXTRACT_FILE,
     FACESET_FOLDERS,
@@ -28,7 +29,6 @@ from .faceset import (
     Frame,
     check_extract_settings,
 )
-from .options import number_in
 
 
 def add_arguments(parser) -> None:
@@ -132,7 +132,7 @@ def extract(
     media.write_json(folder / EXTRACT_FILE, settings)
     events.start(input=str(source.path), frames=len(numbers), output=str(folder))
 
-    from .device import pick_device
+    from ..base.device import pick_device
 
     torch_device = pick_device(device) if on_torch(detector) else "cpu"
     detector_impl = make_detector(detector, str(torch_device), **detector_options)

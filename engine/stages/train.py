@@ -1,4 +1,4 @@
-"""Train: two facesets -> a model folder (see engine.model for its layout).
+"""Train: two facesets -> a model folder (see engine.networks.model for its layout).
 
     python -m engine train --a FACESET_A --b FACESET_B --model MODEL [--preset fast] [--iterations 20000]
     torchrun --nproc_per_node 4 -m engine train ...     one process per GPU, DistributedDataParallel
@@ -26,16 +26,17 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
-from . import loop, media
-from .adversarial import Adversary, make_adversary
-from .augment import Augmentation, FaceBatches, augment, batch_loader, memory_budget
-from .checkpoints import CHECKPOINTS, checkpoint_paths, clear_stop, stop_requests, write_checkpoint
-from .device import pick_device, thread_adapter
-from .events import EngineError, Events, log
-from .faces.expression import compare_expression_coverage, expression_balance_weights
-from .faceset import Faceset
-from .losses import LossWeights, face_loss
-from .model import (
+from ..base import loop, media
+from ..base.checkpoints import CHECKPOINTS, checkpoint_paths, clear_stop, stop_requests, write_checkpoint
+from ..base.device import pick_device, thread_adapter
+from ..base.events import EngineError, Events, log
+from ..base.options import add_fields, changes_from_args, check, group, setting, split_changes, with_changes
+from ..faces.expression import compare_expression_coverage, expression_balance_weights
+from ..folders.faceset import Faceset
+from ..networks.adversarial import Adversary, make_adversary
+from ..networks.augment import Augmentation, FaceBatches, augment, batch_loader, memory_budget
+from ..networks.losses import LossWeights, face_loss
+from ..networks.model import (
     DEFAULT_PRESETS,
     FORMAT,
     MODEL_FOLDERS,
@@ -54,7 +55,6 @@ from .model import (
     trim_history,
     write_preview,
 )
-from .options import add_fields, changes_from_args, check, group, setting, split_changes, with_changes
 
 MIN_FACES = 8  # fewer cannot hold out a validation split and still teach anything
 FEW_FACES = 200  # below this, say that more faces would help
@@ -86,7 +86,7 @@ class Schedule:
 
 @dataclass
 class Adversarial:
-    """The adversarial phase (DeepFaceLab's GAN power; see engine.adversarial): once the reconstruction has
+    """The adversarial phase (DeepFaceLab's GAN power; see engine.networks.adversarial): once the reconstruction has
     converged, a small patch discriminator judges the model's faces against the real ones, inside the mask,
     and the model learns to pass for real too, which sharpens skin and fine detail."""
 
@@ -100,7 +100,7 @@ class Adversarial:
 @dataclass
 class TrainSettings:
     """How a model is trained (its shape is ModelConfig); stored in every checkpoint for --resume, which
-    keeps them but for the options given again. One option per field (engine.options)."""
+    keeps them but for the options given again. One option per field (engine.base.options)."""
 
     seed: int = setting(0, "random seed", low=0, high=2**32 - 1, metavar="N")
     mask: str = setting("extended", "faceset mask to learn and weight the loss by", choices=["extended", "hull"])

@@ -6,7 +6,7 @@ import numpy as np
 from .events import STOP_READER_GONE
 
 # Why a run stopped (its "done" event's "stopped"): the iterations or the time budget reached, train's target
-# loss, the model folder's stop file, a signal (engine.checkpoints.STOP_SIGNALS), or no reader of the events; each
+# loss, the model folder's stop file, a signal (engine.base.checkpoints.STOP_SIGNALS), or no reader of the events; each
 # in the add-on's words, in the order train's processes agree on one (the later wins).
 STOP_ITERATIONS, STOP_TIME_BUDGET = "iterations", "time budget"
 STOP_TARGET_LOSS, STOP_BY_FILE = "target loss", "stop file"

@@ -1,6 +1,6 @@
 """The training loss: structural similarity and L1 inside the face mask, weighted up on the eyes and the
 mouth (where people look, and where a swap first gives itself away), plus a loss on the predicted mask;
-and the adversarial phase's least-squares GAN losses, per patch inside the face mask (engine.adversarial).
+and the adversarial phase's least-squares GAN losses, per patch inside the face mask (engine.networks.adversarial).
 
 Everything is computed in float32 whatever precision the model ran in.
 """
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .options import setting
+from ..base.options import setting
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5

@@ -1,12 +1,12 @@
 """Convert: shot + alignments + model -> face layers, mattes, finished frames and patches for compositing.
 
-The output folder's layout, file patterns, markings and encodings are engine.output's. A rerun skips
+The output folder's layout, file patterns, markings and encodings are engine.folders.output's. A rerun skips
 frames whose files are already there with the same marking (every file is written atomically), so
 farm chunks (--frames FIRST-LAST) write disjoint files that together are byte-identical to one full run.
 
 Per face: crop the frame with the stored matrix scaled to the model's size (or, when the model folder
 holds an enhancer, to its size: the crop is shrunk to the model's, and the decoder's face enhanced back
-to it, engine.enhancer), run the decoder, match the colour to the original face inside the mask (in
+to it, engine.networks.enhancer), run the decoder, match the colour to the original face inside the mask (in
 aligned space), and warp face and mask back by the exact inverse matrix (torch grid_sample, on the GPU
 when there is one); the mask is then eroded or dilated and feathered in frame pixels. The layer goes over the plate in linear light, as compositing
 applications do, so finished frames equal what they make of the layer. A reader thread decodes, the
@@ -27,12 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, colorspace, exr_layers, media
-from .color import COLOR_MODES
-from .composite import over, straight
-from .events import EngineError, Events
-from .faces import align, masks
-from .faceset import (
+from .. import __version__
+from ..base import colorspace, media
+from ..base.color import COLOR_MODES
+from ..base.composite import over, straight
+from ..base.events import EngineError, Events
+from ..base.options import Choice, add_fields, check, from_args
+from ..faces import align, masks
+from ..folders import exr_layers
+from ..folders.faceset import (
     ALIGNMENTS_FILE,
     LEARNED_MASKS,
     Alignments,
@@ -41,8 +44,7 @@ from .faceset import (
     learned_mask,
     read_face_image,
 )
-from .options import Choice, add_fields, check, from_args
-from .output import (
+from ..folders.output import (
     ALPHA_MODES,
     DEFAULT_ALPHA,
     FORMATS,
@@ -190,7 +192,7 @@ class FaceJob:
 
 def _enhancer(model_dir: Path, model, settings: ConvertSettings, device, events: Events):
     """The model folder's enhancer that --enhancer auto uses (it draws A, so a2b only), or None."""
-    from .enhancer import load_enhancer
+    from ..networks.enhancer import load_enhancer
 
     if settings.enhancer == "off" or settings.direction != "a2b":
         return None
@@ -347,7 +349,7 @@ def shape_mask(mask, erode: int, feather: float):
     """Erode (or, negative, dilate) by `erode` pixels with a round kernel, then feather: a Gaussian with
     sigma feather/4 cut at feather/2, so the edge fades from exactly 0 to exactly 1 over `feather` pixels
     (2% to 98% over 0.87 of them) and the matte is solid inside and clean outside."""
-    from .detail import gaussian_blur
+    from ..base.detail import gaussian_blur
 
     if erode > 0:
         mask = 1 - _dilate(1 - mask, erode, outside=1.0)
@@ -372,7 +374,7 @@ class Converter:
 
     def __init__(self, model, size: int, device, settings: ConvertSettings, colour: colorspace.ShotColour,
                  enhancer=None):
-        """`size`: the faces', the model's or, with an `enhancer` (engine.enhancer), its own; `settings` with
+        """`size`: the faces', the model's or, with an `enhancer` (engine.networks.enhancer), its own; `settings` with
         its feather resolved; `colour`: the model works in display sRGB, the plate and faces in the plate's space."""
         self.model, self.size, self.device, self.settings, self.colour = model, size, device, settings, colour
         self.enhancer = enhancer
@@ -441,7 +443,7 @@ class Converter:
             return self.model.swap(faces, self.decoder)
         from torch.nn import functional as F
 
-        from .enhancer import model_input
+        from ..networks.enhancer import model_input
 
         rgb, mask = self.model.swap(model_input(faces, self.model.config.size), self.decoder)
         return self.enhancer.enhance(rgb), F.interpolate(mask, size=(self.size, self.size), mode="bilinear",
@@ -453,8 +455,8 @@ class Converter:
         """Mask, colour-match and warp one swapped face back into frame pixels."""
         import torch
 
-        from .color import match_color
-        from .detail import extend_colour
+        from ..base.color import match_color
+        from ..base.detail import extend_colour
 
         mask = snap_levels(self.choose_mask(job, predicted), MASK_SNAP)
         face = match_color(self.settings.color, rgb[None], crop[None], mask[None])[0]
@@ -476,7 +478,7 @@ class Converter:
         alpha = torch.minimum(alpha, torch.from_numpy(self.face_region(frame_landmarks, (h, w))).to(alpha))
         alpha = shape_mask(alpha, self.settings.erode, self.settings.feather)[0]
         if self.settings.edge_match:
-            from .detail import match_edges
+            from ..base.detail import match_edges
 
             sigma = EDGE_MATCH_REACH / 2 * _face_width(job, self.size)
             color = match_edges(color[None], _plate_under(region, origin, box), alpha[None], self.settings.edge_match,
@@ -491,10 +493,10 @@ class Converter:
         return result
 
     def add_detail(self, color, job: FaceJob, frame_to_aligned, region, origin, box):
-        """--sharpen and --detail (engine.detail) on the face in frame pixels (3 x h x w over `box`)."""
+        """--sharpen and --detail (engine.base.detail) on the face in frame pixels (3 x h x w over `box`)."""
         import torch
 
-        from .detail import gaussian_blur, restore_detail, sharpen
+        from ..base.detail import gaussian_blur, restore_detail, sharpen
 
         if self.settings.sharpen:  # at the scale of the model's pixels, as enlarged into the frame
             color = sharpen(color[None], self.settings.sharpen, max(1.0, 1 / _face_scale(job.matrix)))[0]
@@ -540,7 +542,7 @@ class Converter:
 
     def composite(self, region, origin, results: list[FaceResult]) -> "Composite":
         """The frame's faces over the uploaded region, in linear light (an sRGB shot is decoded first), as
-        compositing applications do it (engine.composite, which evaluate scores with)."""
+        compositing applications do it (engine.base.composite, which evaluate scores with)."""
         import torch
 
         def linear(t):
@@ -693,8 +695,8 @@ def convert(
 
     import torch
 
-    from .device import available_cores, pick_device
-    from .model import load_model
+    from ..base.device import available_cores, pick_device
+    from ..networks.model import load_model
 
     torch_device = pick_device(device)
     if torch_device.type == "cuda":  # the same algorithms in every process, so chunks match a full run

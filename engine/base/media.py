@@ -3,7 +3,7 @@
 Still images (DPX, TIFF, EXR, PNG, JPEG, ...) are read and written through OpenImageIO, their size
 checked from the header before any pixel is decoded; video stays on OpenCV's decoder. Images inside the
 engine are RGB(A) numpy arrays: uint8 or uint16 for integer files (DPX's 10 and 12 bits scaled to 16),
-float32 for float ones (EXR). What the values mean is the plate's colour space (engine.colorspace).
+float32 for float ones (EXR). What the values mean is the plate's colour space (engine.base.colorspace).
 OpenCV's BGR order stays inside this module.
 """
 

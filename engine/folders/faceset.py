@@ -6,9 +6,9 @@ extract writes and every later stage reads.
       faces/000012_0.png       aligned face, RGB, face_size x face_size
       masks/hull/000012_0.png  landmark-hull mask, 8-bit, aligned space
       masks/extended/...       hull reaching up to the forehead, 8-bit, aligned space
-      masks/learned/...        the occlusion matte `mask apply` draws (engine.occlusion), when there is one
+      masks/learned/...        the occlusion matte `mask apply` draws (engine.stages.occlusion), when there is one
       mask_model/              the occlusion mask model `mask train` trains, unless told another folder
-                               (a training folder as engine.checkpoints keeps it)
+                               (a training folder as engine.base.checkpoints keeps it)
       extract.json             the settings of the extract that wrote it
       detections.jsonl         extract's first pass, every frame's detected faces (resumable)
       aside/                   faces curate moved aside, and moved.json, their record
@@ -26,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import media
-from .events import EngineError
+from ..base import media
+from ..base.events import EngineError
 
 FORMAT = "facereplace.alignments"
 VERSION = 1
 ALIGNMENTS_FILE = "alignments.json"
 LEARNED_MASKS = "masks/learned"  # named as the faces: faces/000012_0.png -> masks/learned/000012_0.png
-MASK_MODEL = "mask_model"  # the occlusion mask model (engine.occlusion) when `mask train` is given no --model
+MASK_MODEL = "mask_model"  # the occlusion mask model (engine.stages.occlusion) when `mask train` is given no --model
 FACESET_FOLDERS = ("faces", "masks/hull", "masks/extended")  # what extract writes into
 EXTRACT_FILE = "extract.json"  # the settings of the extract that writes the faceset: a rerun must match them
 DETECTIONS_FILE = "detections.jsonl"  # extract's first pass: every frame's detected faces, one frame a line
@@ -59,7 +59,7 @@ class Face:
     landmark_confidence: float | None = None  # mean per-point confidence where the backend gives one
 
     def aligned_landmarks(self) -> np.ndarray:
-        from .faces.align import transform_points
+        from ..faces.align import transform_points
 
         return transform_points(np.asarray(self.landmarks), np.asarray(self.matrix))
 

@@ -14,8 +14,8 @@ lays out.
       history.csv                 losses over time
       preview.png, previews/      the latest preview grid, and one per preview interval (a timelapse)
       stop                        create this file to make a running train save and stop
-                                  (checkpoints/ and stop as engine.checkpoints keeps them for every network)
-      enhancer/                   the optional enhancer (engine.enhancer, `engine enhance`), laid out as
+                                  (checkpoints/ and stop as engine.base.checkpoints keeps them for every network)
+      enhancer/                   the optional enhancer (engine.networks.enhancer, `engine enhance`), laid out as
                                   this folder is: model.json, checkpoints/, history.csv, preview.png,
                                   previews/ and stop, of its own
 
@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import media
-from .checkpoints import (
+from ..base import media
+from ..base.checkpoints import (
     CHECKPOINT_NAME,
     CHECKPOINTS,
     check_weights,
@@ -45,8 +45,8 @@ from .checkpoints import (
     load_state,
     newest_loadable,
 )
-from .events import EngineError
-from .options import Choice, check, setting
+from ..base.events import EngineError
+from ..base.options import Choice, check, setting
 
 log = logging.getLogger("engine")
 
@@ -71,7 +71,7 @@ ARCHITECTURES = {
 class ModelConfig:
     """Every setting that shapes the model, and the training defaults it is tuned for. A preset is one of
     these; a checkpoint stores one, so a model always rebuilds as it was trained. Its fields with help are
-    train's options that override the preset (engine.options); the ranges hold far beyond any preset,
+    train's options that override the preset (engine.base.options); the ranges hold far beyond any preset,
     short of a model no machine holds, and check_config holds a checkpoint's config to them too."""
 
     preset: str = "tiny"

@@ -13,7 +13,7 @@ resampling and colour work on the whole batch at once:
 Batch i's faces and random numbers come from a generator seeded by (seed, i, rank), so a run gives the
 same batches however many workers load them and however often it stops and resumes.
 
-Owned by no stage: train and enhance take their face batches from here, and mask train (engine.occlusion)
+Owned by no stage: train and enhance take their face batches from here, and mask train (engine.stages.occlusion)
 the augmentation alone (Augmentation, sample_params, shift_lab) for its faces and label mattes.
 """
 
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .color import lab_to_rgb, rgb_to_lab
-from .events import EngineError
-from .faces import masks
-from .faceset import FaceSample, read_face_image
-from .options import setting
+from ..base.color import lab_to_rgb, rgb_to_lab
+from ..base.events import EngineError
+from ..base.options import setting
+from ..faces import masks
+from ..folders.faceset import FaceSample, read_face_image
 
 # The random warp's control points: a 5 x 5 grid, as faceswap uses, smoothly interpolated to every pixel.
 WARP_GRID = 5
