@@ -169,6 +169,17 @@ def test_result_strips_take_the_lowest_free_channels():
         results.free_channel([(c, 1, 10) for c in range(1, 129)], 1, 2, 1, 5)
 
 
+def test_the_typed_done_records_read_keys_the_engine_publishes():
+    """Train's and enhance's records read only what their done events carry, by the engine's own schema."""
+    from dataclasses import fields
+
+    from engine.schema import schema
+
+    published = schema()["done"]
+    for verb, record in (("train", done.TrainDone), ("enhance", done.EnhanceDone)):
+        assert {f.name for f in fields(record)} <= set(published[verb]), verb
+
+
 def test_done_events_read_as_the_engine_sends_them(shot_a, tmp_path):
     from engine.stages.extract import extract
 
