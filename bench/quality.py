@@ -269,22 +269,28 @@ def convert(data: dict, work: Path, name: str, model: dict, convert_args: list[s
     return folder
 
 
+def swapped(layers: Path, number: int, frame, plate):
+    """B's frame `number` (`frame`, in the plate's colour space `plate`) with the face layer that convert
+    wrote into `layers` over it, as sRGB uint8: evaluate's composite, which is convert's."""
+    from engine.stages.evaluate import composite, layer_space
+
+    manifest = media.read_json(layers / "manifest.json")
+    layer = media.read_image(layers / (manifest["files"]["face"] % number))
+    return composite(frame, layer, plate, layer_space(manifest))[0]
+
+
 def still(data: dict, layers: Path, report: dict, path: Path) -> Path:
     """Plate beside composite, at the shot's middle evaluated frame, for looking at."""
     import numpy as np
 
     from engine.base import colorspace
-    from engine.stages.evaluate import composite, layer_space
 
     numbers = [r["frame"] for r in report["frames"]]
     number = numbers[len(numbers) // 2]
     source = media.FrameSource(data["shot"])
     _, frame = next(iter(source.frames([number])))
-    manifest = media.read_json(layers / "manifest.json")
-    layer = media.read_image(layers / (manifest["files"]["face"] % number))
-    swapped, _ = composite(frame, layer, colorspace.plate_space(None, None, source.linear),
-                            layer_space(manifest))
-    media.write_image(path, np.concatenate([media.to_srgb8(frame), swapped], axis=1))
+    picture = swapped(layers, number, frame, colorspace.plate_space(None, None, source.linear))
+    media.write_image(path, np.concatenate([media.to_srgb8(frame), picture], axis=1))
     return path
 
 
@@ -296,7 +302,6 @@ def face_grid(data: dict, rows: list[dict], path: Path) -> Path:
 
     from engine.base import colorspace
     from engine.folders.faceset import Alignments
-    from engine.stages.evaluate import composite, layer_space
 
     alignments = Alignments.load(data["b"])
     evaluated = rows[0]["frames"]
@@ -329,11 +334,8 @@ def face_grid(data: dict, rows: list[dict], path: Path) -> Path:
     plate = colorspace.plate_space(None, None, source.linear)
     lines = [labelled("B (plate)", [crop(media.to_srgb8(plates[n]), b) for n, b in zip(numbers, boxes, strict=True)])]
     for row in rows:
-        manifest = media.read_json(Path(row["layers"]) / "manifest.json")
-        cells = []
-        for number, box in zip(numbers, boxes, strict=True):
-            layer = media.read_image(Path(row["layers"]) / (manifest["files"]["face"] % number))
-            cells.append(crop(composite(plates[number], layer, plate, layer_space(manifest))[0], box))
+        cells = [crop(swapped(Path(row["layers"]), number, plates[number], plate), box)
+                 for number, box in zip(numbers, boxes, strict=True)]
         lines.append(labelled(f"{row['config']}\n{row['budget']}\n{row['train_seconds'] / 60:.0f} min", cells))
     media.write_image(path, np.concatenate(lines, axis=0))
     return path
