@@ -29,16 +29,22 @@ def model_copy(quick_model, tmp_path):
     return shutil.copytree(quick_model, tmp_path / "model")
 
 
-def test_a_stopped_and_resumed_enhancer_ends_bit_identical_to_a_straight_run(quick_model, faceset_a, tmp_path):
+@pytest.mark.parametrize("gan_weight", [0, 0.5])
+def test_a_stopped_and_resumed_enhancer_ends_bit_identical_to_a_straight_run(gan_weight, quick_model, faceset_a, tmp_path):
+    """With the adversarial loss too: its discriminator is saved with the enhancer and comes back on --resume."""
     straight, resumed = (shutil.copytree(quick_model, tmp_path / name) for name in ("straight", "resumed"))
-    done = enhance(straight, faceset_a, iterations=6, log_every=1, seed=3, **TINY)
-    first = enhance(resumed, faceset_a, iterations=3, log_every=1, seed=3, **TINY)
+    done = enhance(straight, faceset_a, iterations=6, log_every=1, seed=3, gan_weight=gan_weight, **TINY)
+    first = enhance(resumed, faceset_a, iterations=3, log_every=1, seed=3, gan_weight=gan_weight, **TINY)
     assert first["stopped"] == "iterations" and first["iterations"] == 3
     again = enhance(resumed, faceset_a, iterations=6, log_every=1, resume=True, device="cpu")
     assert again["iterations"] == done["iterations"] == 6 and again["size"] == done["size"] == 128
-    weights = [parse_checkpoint((p := checkpoint_paths(enhancer_dir(m))[0]).read_bytes())["model"]
-               for m in (straight, resumed)]
+    states = [parse_checkpoint((p := checkpoint_paths(enhancer_dir(m))[0]).read_bytes()) for m in (straight, resumed)]
+    weights = [state["model"] for state in states]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert ("discriminator" in states[1]) == bool(gan_weight) and states[1]["config"]["gan_weight"] == gan_weight
+    if gan_weight:
+        critics = [state["discriminator"]["model"] for state in states]
+        assert all(torch.equal(critics[0][k], critics[1][k]) for k in critics[0])
     assert any(weights[0][k].abs().sum() > 0 for k in weights[0] if k.startswith("tail"))  # it learnt something
     rows = [read_history(enhancer_dir(m) / "history.csv", ["iteration", "elapsed_s", "loss"]) for m in (straight, resumed)]
     assert [r["iteration"] for r in rows[0]] == [r["iteration"] for r in rows[1]] == [1, 2, 3, 4, 5, 6]

@@ -41,6 +41,7 @@ class EnhancerConfig:
     blocks: int = 4  # residual blocks at the input's size
     batch: int = 8
     learning_rate: float = 2e-4
+    gan_weight: float = 0.0  # the adversarial term's weight beside the pixel losses (0: none)
 
 
 def check_config(config: EnhancerConfig) -> EnhancerConfig:
@@ -57,6 +58,9 @@ def check_config(config: EnhancerConfig) -> EnhancerConfig:
     rate = config.learning_rate
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
         raise EngineError(f"enhancer learning rate must be above 0 and at most 1, got {rate!r}")
+    gan = config.gan_weight
+    if isinstance(gan, bool) or not isinstance(gan, (int, float)) or not 0 <= gan <= 100:
+        raise EngineError(f"enhancer GAN weight must be from 0 to 100, got {gan!r}")
     return config
 
 

@@ -30,6 +30,7 @@ from ..base.device import pick_device, thread_adapter
 from ..base.events import EngineError, Events, log
 from ..base.options import add_fields, check, from_args
 from ..folders.faceset import Faceset
+from ..networks.adversarial import Adversary, make_adversary
 from ..networks.augment import Augmentation, FaceBatches, augment, batch_loader, memory_budget
 from ..networks.enhancer import (
     FACTORS,
@@ -58,8 +59,8 @@ from ..networks.model import (
 
 DEFAULTS = EnhancerConfig(input_size=0, size=0)  # the shape a new enhancer gets where no option is given
 # Fields of EnhanceSettings that shape the enhancer (its EnhancerConfig) and those a resume may change.
-SHAPE_FIELDS = ("width", "blocks", "batch", "learning_rate")
-RESUMABLE_CHANGES = {"batch", "learning_rate"}
+SHAPE_FIELDS = ("width", "blocks", "batch", "learning_rate", "gan_weight")
+RESUMABLE_CHANGES = {"batch", "learning_rate", "gan_weight"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,10 @@ class EnhanceSettings:
         "low": 1, "high": 4096, "kind": int, "metavar": "N", "help": f"faces per iteration ({DEFAULTS.batch})"})
     learning_rate: float | None = field(default=None, metadata={
         "low": 0, "high": 1, "above": True, "metavar": "X", "help": f"Adam learning rate ({DEFAULTS.learning_rate:g})"})
+    gan_weight: float | None = field(default=None, metadata={
+        "low": 0, "high": 100, "metavar": "W",
+        "help": "weight of the adversarial loss: a patch discriminator asks for eyes, mouth and skin that look like "
+                f"A's real ones where the pixel losses settle for a blur (0: off) ({DEFAULTS.gan_weight:g})"})
     seed: int | None = field(default=None, metadata={
         "low": 0, "high": 2**32 - 1, "kind": int, "metavar": "N", "help": "random seed (0)"})
     workers: int | None = field(default=None, metadata={
@@ -175,6 +180,7 @@ def enhance(model_dir: str | Path, faceset_a: str | Path, settings: EnhanceSetti
         preview_faces = batches.fixed(loop.spread(samples, settings.preview_rows))
         loader = batch_loader(batches, start.iteration, settings.iterations, settings.workers, torch_device)
         enhancer, optimizer = _enhancer_and_optimizer(config, start, torch_device, folder)
+        adversary = _adversary(config, start, torch_device, folder)
         media.sweep_temp_files(folder)
         trim_history(folder, start.iteration, HISTORY_COLUMNS)
         parameters = sum(p.numel() for p in enhancer.parameters())
@@ -185,13 +191,13 @@ def enhance(model_dir: str | Path, faceset_a: str | Path, settings: EnhanceSetti
             events.warning(f"A's faceset holds {faceset.face_size} px faces but the enhancer draws {config.size} px: "
                            f"it learns enlarged faces (extract A at --size {config.size} or more for sharper ones)")
 
-        run = Run(folder, enhancer, face_model, optimizer, start, faceset, parameters, settings, preview_faces,
-                  torch_device, events, run_started)
+        run = Run(folder, enhancer, face_model, optimizer, adversary, start, faceset, parameters, settings,
+                  preview_faces, torch_device, events, run_started)
         iteration, stopped = start.iteration, None
         threads = thread_adapter(torch_device, 1)  # beside Blender and other runs, as train does
         requests.training = True
         for iteration, batch in zip(itertools.count(start.iteration + 1), loader, strict=False):
-            run.window += enhance_step(enhancer, face_model, optimizer, batch["a"], torch_device, run.weights)
+            run.window += enhance_step(enhancer, face_model, optimizer, batch["a"], torch_device, run.weights, adversary)
             run.window_iterations += 1
             if threads:
                 threads.step()
@@ -281,6 +287,18 @@ def _enhancer_and_optimizer(config: EnhancerConfig, start: Start, device, folder
     return enhancer, optimizer
 
 
+def _adversary(config: EnhancerConfig, start: Start, device, folder: Path) -> Adversary | None:
+    """The patch discriminator where config.gan_weight asks for one: new from the seed, or the checkpoint's
+    (a resume that turns the adversarial loss on starts a new one)."""
+    if not config.gan_weight:
+        return None
+    state = (start.state or {}).get("discriminator")
+    try:
+        return make_adversary(config.gan_weight, config.learning_rate, start.seed, device, state=state)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise EngineError(f"the enhancer's discriminator in {folder} cannot be resumed: {type(e).__name__}: {e}") from None
+
+
 # ---------------------------------------------------------------- the loop's feedback
 
 
@@ -288,10 +306,11 @@ class Run:
     """A run's state between iterations: the losses summed since the last history row, and what it reports
     and saves after each iteration."""
 
-    def __init__(self, folder: Path, enhancer: Enhancer, face_model, optimizer, start: Start, faceset: Faceset,
-                 parameters: int, settings: EnhanceSettings, preview_faces: dict, device, events: Events,
-                 started: float):
+    def __init__(self, folder: Path, enhancer: Enhancer, face_model, optimizer, adversary: Adversary | None,
+                 start: Start, faceset: Faceset, parameters: int, settings: EnhanceSettings, preview_faces: dict,
+                 device, events: Events, started: float):
         self.folder, self.enhancer, self.face_model, self.optimizer = folder, enhancer, face_model, optimizer
+        self.adversary = adversary
         self.start, self.faceset, self.parameters, self.settings = start, faceset, parameters, settings
         self.preview_faces, self.device, self.events, self.started = preview_faces, device, events, started
         self.weights = LossWeights()
@@ -322,30 +341,37 @@ class Run:
             path = write_preview(self.folder, grid, iteration, PREVIEW_COLUMNS)
             self.events.preview(path=str(path), iteration=iteration)
         if iteration % s.save_every == 0 or stopped:
-            self.checkpoint = _save(self.folder, self.enhancer, self.optimizer, self.start, iteration, seconds,
-                                    self.loss, self.face_model, self.faceset, self.parameters, s.keep)
+            self.checkpoint = _save(self.folder, self.enhancer, self.optimizer, self.adversary, self.start, iteration,
+                                    seconds, self.loss, self.face_model, self.faceset, self.parameters, s.keep)
 
 
 # ---------------------------------------------------------------- one step, one save, one preview
 
 
-def enhance_step(enhancer: Enhancer, face_model, optimizer, batch: dict, device, weights: LossWeights) -> torch.Tensor:
+def enhance_step(enhancer: Enhancer, face_model, optimizer, batch: dict, device, weights: LossWeights,
+                 adversary: Adversary | None = None) -> torch.Tensor:
     """One step on a batch of A's faces: the face model redraws them at its size (A -> A), the enhancer
-    enlarges that, and learns from image_loss against the faces themselves. Returns the loss, detached."""
+    enlarges that, and learns from image_loss against the faces themselves (and, with an `adversary`, to
+    look real to its discriminator, which then learns from the step's faces). Returns the loss, detached."""
     _, target, mask, eyes, mouth = augment(batch, device, train=False)
     drawn, _ = face_model.swap(model_input(target, enhancer.config.input_size), "a")
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         enhanced = enhancer(drawn.clone())  # a copy outside inference mode, which autograd may keep
     loss = image_loss(enhanced, target, mask, eyes, mouth, weights)
+    if adversary is not None:
+        loss = loss + adversary.generator_loss(enhanced, [target, mask])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    if adversary is not None:
+        adversary.step([enhanced], [[target, mask]])
     return loss.detach()
 
 
-def _save(folder: Path, enhancer: Enhancer, optimizer, start: Start, iteration: int, seconds: float,
-          loss: float | None, face_model, faceset: Faceset, parameters: int, keep: int) -> Path:
-    """The checkpoint (weights, optimiser, random state, the face model it learnt from) and model.json."""
+def _save(folder: Path, enhancer: Enhancer, optimizer, adversary: Adversary | None, start: Start, iteration: int,
+          seconds: float, loss: float | None, face_model, faceset: Faceset, parameters: int, keep: int) -> Path:
+    """The checkpoint (weights, optimiser, random state, the face model it learnt from, the discriminator)
+    and model.json."""
     if not all(torch.isfinite(p).all() for p in enhancer.parameters()):
         raise EngineError(f"the enhancer diverged at iteration {iteration}: its weights are no longer finite numbers "
                           f"(a lower --learning-rate helps)")
@@ -354,6 +380,8 @@ def _save(folder: Path, enhancer: Enhancer, optimizer, start: Start, iteration: 
              "face_model": {"hash": face_model.hash, "iteration": face_model.iteration},
              "faceset": str(faceset.folder.resolve()), "model": enhancer.state_dict(),
              "optimizer": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()}}
+    if adversary is not None:
+        state["discriminator"] = adversary.state_dict()
     path = write_checkpoint(folder, state, keep)
     media.write_json(folder / SUMMARY_FILE, {
         "format": FORMAT, "version": VERSION, "iteration": iteration, "checkpoint": f"{CHECKPOINTS}/{path.name}",
