@@ -233,7 +233,8 @@ def train_step(scene, resume: bool, into: str = "", iterations: int = 0) -> Step
             raise ClientError(f"there is no model in {model} to resume")
     else:
         model = engine_args.new_model_folder(work)
-    panel = replace(plain(TrainPanel, train), panel_options=tuple(contract.panel_args("train", train)))
+    panel = replace(plain(TrainPanel, train), panel_options=tuple(contract.panel_args("train", train)),
+                    base_model=str(absolute(train.base_model)) if train.base_model else "")
     args = engine_args.train_args(faceset_a, faceset_b, model, panel, resume, iterations)
     argv = engine_command(engine_python(), "train", args, prefs().device, processes=prefs().train_processes)
 

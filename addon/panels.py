@@ -171,6 +171,7 @@ class SEQUENCER_PT_facereplace_train(FaceReplacePanel, bpy.types.Panel):
         col.prop(train, "preset")
         col.prop(train, "size")
         col.prop(train, "architecture")
+        col.prop(train, "base_model")
         col.prop(train, "iterations")
         col.prop(train, "time_budget")
         for prop in contract.panel_options("train"):  # the options the engine marks for the panel

@@ -110,6 +110,11 @@ class FaceReplaceTrain(bpy.types.PropertyGroup):
                                    description="After the face model, train its enhancer (A's face at 2-4 times the "
                                                "model's size, learnt from A's faces; convert then uses it) to this "
                                                "many iterations (engine enhance); 0: none")
+    base_model: StringProperty(
+        name="Base Model", subtype="DIR_PATH", options=RELATIVE,
+        description="Start a new model from this model's weights (engine train --init-from): a base made with "
+                    "engine train --pretrain on other people's faces, or any model of the same preset and "
+                    "resolution. A pair then learns in a fraction of the iterations (docs/train.md)")
     # The model and how far it got.
     model: StringProperty(name="Model", subtype="DIR_PATH", options=RELATIVE, description="The model folder")
     iteration: IntProperty(name="Iterations Done")

@@ -776,6 +776,24 @@ def test_train_panel_runs_the_enhancer_after_the_model_when_asked(swapped, addon
     assert steps[1].stop_file.resolve() == model / "enhancer" / "stop"
 
 
+def test_a_new_model_starts_from_the_base_model_the_panel_names(swapped, addon):
+    """Base Model (stored relative to the .blend, as the panel's folders are) becomes --init-from, made
+    absolute, for a new model; a resumed model keeps its own weights."""
+    from engine.verbs import build_parser
+
+    scene = bpy.context.scene
+    train = scene.facereplace.train
+    base = Path(bpy.path.abspath(train.model)).resolve()  # any model may be a base
+    train.base_model = bpy.path.relpath(str(base))
+    try:
+        new, resumed = (addon.operators.train_steps(scene, resume=flag)[0].argv for flag in (False, True))
+    finally:
+        train.base_model = ""
+    given = build_parser("train").parse_args(new[new.index("train"):])
+    assert Path(given.init_from) == base and Path(given.model).resolve() != base
+    assert "--init-from" not in resumed
+
+
 def test_result_strips_sit_above_the_target_frame_aligned(swapped):
     scene = bpy.context.scene
     target = scene.sequence_editor.strips["Hopper"]

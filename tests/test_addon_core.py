@@ -43,18 +43,20 @@ def test_the_core_imports_without_blender():
 def test_train_arguments_are_what_the_engine_reads(tmp_path):
     panel = TrainPanel(iterations=300, preset="tiny", size="128", architecture="df", late_phase=0.8,
                        lr_dropout=0.3, gan_weight=0.1, time_budget=60.0,
-                       panel_options=("--balance-expressions",))
+                       panel_options=("--balance-expressions",), base_model=str(tmp_path / "base"))
     model = engine_args.new_model_folder(tmp_path)
     read = _engine_reads("train", engine_args.train_args(tmp_path / "a", tmp_path / "b", model, panel, resume=False))
     assert (read("--a"), read("--b"), read("--model")) == (str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "model"))
     assert (read("--iterations"), read("--preset"), read("--size"), read("--architecture")) == (300, "tiny", 128, "df")
     assert (read("--no-warp-after"), read("--lr-dropout"), read("--gan-weight")) == (0.8, 0.3, 0.1)
     assert read("--balance-expressions") and read("--time-budget") == 60.0 and not read("--resume")
-    # A resumed model keeps its preset, size and architecture: none is sent; the operator's iterations win.
+    assert read("--init-from") == str(tmp_path / "base")
+    # A resumed model keeps its preset, size, architecture and weights: none is sent; the operator's iterations win.
     auto = TrainPanel(300, "AUTO", "PRESET", "PRESET", 0.0, 0.3, 0.0, 0.0)
     args = engine_args.train_args(tmp_path / "a", tmp_path / "b", model, panel, resume=True, iterations=50)
     read = _engine_reads("train", args)
     assert read("--resume") and read("--iterations") == 50 and "--preset" not in args and "--size" not in args
+    assert "--init-from" not in args
     read = _engine_reads("train", engine_args.train_args(tmp_path / "a", tmp_path / "b", model, auto, resume=False))
     assert read("--preset") is None and read("--gan-weight") is None and read("--time-budget") is None
 

@@ -64,6 +64,7 @@ class TrainPanel:
     gan_weight: float
     time_budget: float
     panel_options: tuple = ()  # the options of the properties the engine's schema makes (contract.panel_args)
+    base_model: str = ""  # a new model starts from this model's weights (absolute; "": from scratch)
 
 
 def train_args(faceset_a: Path, faceset_b: Path, model: Path, panel: TrainPanel, resume: bool,
@@ -75,7 +76,8 @@ def train_args(faceset_a: Path, faceset_b: Path, model: Path, panel: TrainPanel,
     else:
         args += (["--preset", panel.preset] if panel.preset != "AUTO" else []) + (
             ["--size", panel.size] if panel.size != "PRESET" else []) + (
-            ["--architecture", panel.architecture] if panel.architecture != "PRESET" else [])
+            ["--architecture", panel.architecture] if panel.architecture != "PRESET" else []) + (
+            ["--init-from", panel.base_model] if panel.base_model else [])
     if panel.late_phase > 0:
         args += ["--no-warp-after", round(panel.late_phase, 3), "--lr-dropout", round(panel.lr_dropout, 3)]
         if panel.gan_weight > 0:
