@@ -14,6 +14,8 @@ shot, evaluate it, and print one table (also written as JSON).
     .venv/bin/python bench/quality.py --iterations 300 600 --base "--preset fast --size 64" \\
         --config scratch="--preset fast --size 64" --config init="--preset fast --size 64 --init-from BASE"
 
+    .venv/bin/python bench/quality.py --combine run1.json run2.json --json both.json   # one table and grid
+
 A configuration is NAME="TRAIN ARGS | CONVERT ARGS | ENHANCE ARGS": engine train's options, after a `|`
 engine convert's and after a second `|` engine enhance's, exactly as on the command line. With the third
 part the model's enhancer is trained (after the face model, on A's faceset) and convert uses it; without
@@ -380,12 +382,18 @@ def main() -> None:
     parser.add_argument("--base-iterations", type=int, default=1546, metavar="N",
                         help="the base model's iterations (default 1546, 10 idle minutes of the fast preset)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="results file (default WORK/quality.json)")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="FILE",
+                        help="train nothing: one table and one face grid per budget from earlier results files of "
+                             "--pair (runs made in other --work folders, or at other times), written as --json")
     args = parser.parse_args()
 
     from engine.stages.evaluate import evaluate
 
     work = args.work.resolve()
     data = prepare_data(work, args.clips, tuple(args.pair))
+    if args.combine:
+        rows = [row for results in args.combine for row in media.read_json(results)["rows"]]
+        return publish(data, work, rows, sorted({row["budget"] for row in rows}, key=rows_order(rows)), args.json)
     configs = [parse_config(c) for c in (args.config or DEFAULT_CONFIGS)]
     if any(BASE in train_args for _, train_args, _, _ in configs):
         if args.base is None:
@@ -421,13 +429,26 @@ def main() -> None:
                          "layers": str(layers), "still": str(picture),
                          "frames": [r["frame"] for r in report["frames"]]})
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-    for budget in budgets:  # one face grid per budget: every configuration's swap beside the plate
-        measured = [row for row in rows if row["budget"] == budget_name(budget)]
-        grid = face_grid(data, measured, work / "stills" / f"{data['pair']}_faces_{budget_name(budget)}.png")
+    publish(data, work, rows, [budget_name(budget) for budget in budgets], args.json)
+
+
+def rows_order(rows: list[dict]):
+    """A sort key for budget names: the order they first appear in `rows`."""
+    first = {}
+    for row in rows:
+        first.setdefault(row["budget"], len(first))
+    return first.__getitem__
+
+
+def publish(data: dict, work: Path, rows: list[dict], budgets: list[str], output: Path | None) -> None:
+    """One face grid per budget (every configuration's swap beside the plate), the results file and the table."""
+    for budget in budgets:
+        measured = [row for row in rows if row["budget"] == budget]
+        grid = face_grid(data, measured, work / "stills" / f"{data['pair']}_faces_{budget}.png")
         for row in measured:
             row["face_grid"] = str(grid)
         print(f"face grid: {grid}")
-    output = args.json or work / "quality.json"
+    output = output or work / "quality.json"
     media.write_json(output, {"data": data["source"], "cpus": os.cpu_count(), "rows": rows})
     print(f"\n{data['source']}\n{table(rows)}\n\nwritten: {output}")
 
