@@ -72,4 +72,9 @@ def mouth_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
     return region_mask(np.asarray(landmarks, np.float64)[48:60], MOUTH_REACH, size)
 
 
+def mouth_interior(landmarks: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Inside the inner lip line: the open mouth's teeth, tongue and dark (empty while the lips meet)."""
+    return _fill_hull(np.asarray(landmarks, np.float64)[60:68], size)
+
+
 MASKS = {"hull": hull_mask, "extended": extended_mask}

@@ -33,7 +33,7 @@ from ..base.color import COLOR_MODES
 from ..base.composite import over, straight
 from ..base.events import EngineError, Events
 from ..base.options import Choice, add_fields, check, from_args
-from ..faces import align, masks
+from ..faces import align, expression, masks
 from ..folders import exr_layers
 from ..folders.faceset import (
     ALIGNMENTS_FILE,
@@ -89,6 +89,10 @@ MASK_SNAP = 0.02
 # ... and after the warp and the feather, whose weights sum to 1 only up to float rounding.
 ROUNDING_SNAP = 1e-5
 MAX_ERODE, MAX_FEATHER = 500, 1000  # frame pixels: wider kernels cost time and memory for nothing
+# --plate-mouth: the hole follows the mouth's opening (expression.openings, a share of the eye distance):
+# none while the lips meet or barely part, whole from the upper bound, so it never pops in from frame to frame.
+PLATE_MOUTH_OPENING = (0.04, 0.10)
+PLATE_MOUTH_FEATHER = 0.02  # the hole's soft edge, a share of the face's (landmark) width
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,10 @@ class ConvertSettings:
         "low": 0, "high": 4, "metavar": "AMOUNT", "label": "Plate Detail",
         "help": "add this much of the plate's own fine detail (skin, grain) onto the face, not on its eyes and "
                 "mouth (0-4; 0: off; 2 suits a 64 px model)"})
+    plate_mouth: bool = field(default=False, metadata={
+        "help": "keep the plate's own mouth interior (teeth, tongue, the dark of an open mouth) inside B's inner "
+                "lip line: the matte has a hole there as the mouth opens, so the swap opens and speaks exactly as "
+                "B does, with the face's lips around it"})
     sharpen: float = field(default=0.0, metadata={
         "low": 0, "high": 4, "metavar": "AMOUNT", "help": "unsharp-mask the face by this amount (0: off)"})
     edge_match: float = field(default=0.0, metadata={
@@ -155,7 +163,8 @@ class ConvertSettings:
         return {"direction": self.direction, "mask": self.mask, "erode": self.erode, "feather": self.feather,
                 "color": self.color, "format": self.format,
                 **({"detail": self.detail, "sharpen": self.sharpen} if self.detail or self.sharpen else {}),
-                **({"edge_match": self.edge_match} if self.edge_match else {})}
+                **({"edge_match": self.edge_match} if self.edge_match else {}),
+                **({"plate_mouth": True} if self.plate_mouth else {})}
 
 
 def add_arguments(parser) -> None:
@@ -485,12 +494,29 @@ class Converter:
                                 sigma)[0].clamp(min=0.0)
             if not self.colour.plate.scene_linear:
                 color = color.clamp(max=1.0)
+        if self.settings.plate_mouth:  # after the edge match, which would pull the plate's colour onto the lips
+            alpha = alpha * (1 - self.mouth_hole(job, frame_landmarks, (h, w)).to(alpha))
+            mask = mask * (1 - self.mouth_hole(job, job.landmarks, self.size).to(mask))
         cx0, cy0, cx1, cy1 = clipped
         inside = (slice(None), slice(cy0 - box[1], cy1 - box[1]), slice(cx0 - box[0], cx1 - box[0]))
         result = FaceResult(clipped, color[inside], alpha[inside])
         if self.settings.write_patches:
             result.patch, result.patch_mask = face.permute(1, 2, 0).cpu().numpy(), mask[0].cpu().numpy()
         return result
+
+    def mouth_hole(self, job: FaceJob, landmarks, size):
+        """--plate-mouth's hole in the matte, 1 x size over `landmarks` (the face's, in the same pixels): B's
+        mouth interior, softened at its edge and faded in with the mouth's opening (PLATE_MOUTH_OPENING)."""
+        import torch
+
+        low, high = PLATE_MOUTH_OPENING
+        opening = (expression.openings(job.landmarks)[0] - low) / (high - low)
+        if opening <= 0:
+            return torch.zeros(1)
+        points = np.asarray(landmarks, np.float64)
+        width = float(np.ptp(points[:, 0]))
+        hole = torch.from_numpy(masks.mouth_interior(points, size))[None, None]
+        return shape_mask(hole, 0, PLATE_MOUTH_FEATHER * width)[0] * min(opening, 1.0)
 
     def add_detail(self, color, job: FaceJob, frame_to_aligned, region, origin, box):
         """--sharpen and --detail (engine.base.detail) on the face in frame pixels (3 x h x w over `box`)."""
