@@ -231,6 +231,7 @@ class SEQUENCER_PT_facereplace_convert(FaceReplacePanel, bpy.types.Panel):
         col.prop(convert, "color")
         col.prop(convert, "detail")
         col.prop(convert, "edge_match")
+        col.prop(convert, "plate_mouth")
         col.prop(convert, "format")
         settings = edited_scene(context).facereplace
         if settings.target_frames:

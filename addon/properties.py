@@ -138,6 +138,7 @@ class FaceReplaceConvert(bpy.types.PropertyGroup):
                        description="Width of the mask's soft edge in pixels")
     detail: _property("convert", "detail", soft_max=2.0)
     edge_match: _property("convert", "edge-match")
+    plate_mouth: _property("convert", "plate-mouth")
     color: EnumProperty(name="Color Match", items=contract.items("convert", "color"),
                         default=contract.default("convert", "color"))
     format: EnumProperty(name="Format", items=contract.items("convert", "format"),

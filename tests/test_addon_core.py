@@ -84,16 +84,17 @@ def test_extract_arguments_are_what_the_engine_reads(tmp_path):
 
 def test_convert_arguments_are_what_the_engine_reads(tmp_path):
     panel = ConvertPanel(mask="extended", erode=2, color="rct", format="exr", detail=0.5, edge_match=0.25,
-                         use_auto_feather=False, feather=7)
+                         use_auto_feather=False, feather=7, plate_mouth=True)
     args = engine_args.convert_args(tmp_path / "shot.mp4", "3-9", [], tmp_path / "faceset", tmp_path / "model",
                                     tmp_path / "output", panel)
     read = _engine_reads("convert", args)
     assert read("--alignments") == str(tmp_path / "faceset" / "alignments.json")
     assert (read("--mask"), read("--erode"), read("--color"), read("--format"), read("--feather"), read("--frames")) == (
         "extended", 2, "rct", "exr", 7, "3-9")
-    assert (read("--detail"), read("--edge-match")) == (0.5, 0.25)
+    assert (read("--detail"), read("--edge-match"), read("--plate-mouth")) == (0.5, 0.25, True)
     auto = ConvertPanel("extended", 2, "rct", "exr", 0.0, 0.0, use_auto_feather=True, feather=7)
-    assert "--feather" not in engine_args.convert_args(tmp_path, "1-2", [], tmp_path, tmp_path, tmp_path, auto)
+    args = engine_args.convert_args(tmp_path, "1-2", [], tmp_path, tmp_path, tmp_path, auto)
+    assert "--feather" not in args and "--plate-mouth" not in args
 
 
 def test_enhance_and_mask_arguments_resume_what_the_folder_holds(tmp_path):

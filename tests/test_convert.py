@@ -533,3 +533,34 @@ def test_bad_inputs_give_one_line_errors(case, words, bad_inputs, tiny_model, sh
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert all(word in lines[0] for word in words), lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_plate_mouth_keeps_bs_open_mouth_and_nothing_else(passthrough_model, talking, tmp_path):
+    """--plate-mouth: where B's mouth is open, the matte (and patch mask) is 0 inside the inner lip line and
+    the finished frame there is the plate; where the lips meet, and everywhere beyond the lips, the matte
+    is the one convert writes without it."""
+    from engine.faces import expression
+
+    shot = Alignments.load(talking["faceset"])
+    opening = {f.number: expression.openings(f.faces[0].landmarks)[0] for f in shot.frames if f.faces}
+    wide, shut = max(opening, key=opening.get), min(opening, key=opening.get)
+    assert opening[wide] >= 0.10 and opening[shut] <= 0.04  # the sample opens and shuts its mouth
+    frames = f"{min(wide, shut)}-{max(wide, shut)}"
+    for name, keep in (("face", False), ("mouth", True)):
+        convert(talking["shot"], talking["faceset"], passthrough_model, tmp_path / name, color="none", feather=4,
+                plate_mouth=keep, write_frames=True, write_patches=True, frames=frames, device="cpu")
+    plate = media.read_image(Path(talking["shot"]) / sorted(p.name for p in Path(talking["shot"]).iterdir())[wide - 1])
+    for number in (wide, shut):
+        landmarks = np.asarray(shot.frame(number).faces[0].landmarks)
+        mattes = [read16(tmp_path / name / "matte" / f"matte_{number:06d}.png") for name in ("face", "mouth")]
+        lips = cv2.dilate((masks.region_mask(landmarks[48:60], 1.0, (240, 320)) > 0).astype(np.uint8), disk(3)) > 0
+        assert np.array_equal(mattes[0][~lips], mattes[1][~lips])
+        if number == shut:
+            assert np.array_equal(mattes[0], mattes[1])
+            continue
+        inside = cv2.erode((masks.mouth_interior(landmarks, (240, 320)) > 0).astype(np.uint8), disk(4)) > 0
+        assert inside.sum() > 20 and np.all(mattes[0][inside] == 1) and np.all(mattes[1][inside] == 0)
+        finished = media.read_image(tmp_path / "mouth" / "frames" / f"frame_{number:06d}.png")
+        assert np.array_equal(finished[inside], plate[inside].astype(np.uint16) * 257)
+        patch_masks = [read16(tmp_path / name / "patch" / f"patch_mask_{number:06d}.png") for name in ("face", "mouth")]
+        assert (patch_masks[1] < patch_masks[0] - 0.5).any()

@@ -110,6 +110,7 @@ class ConvertPanel:
     edge_match: float
     use_auto_feather: bool
     feather: int
+    plate_mouth: bool = False
 
 
 def convert_args(source: Path, frames: str, colour: list, faceset_b: Path, model: Path, output: Path,
@@ -119,7 +120,8 @@ def convert_args(source: Path, frames: str, colour: list, faceset_b: Path, model
     args = [source, "--alignments", alignments, "--model", model, "--output", output, "--mask", panel.mask,
             "--erode", panel.erode, "--color", panel.color, "--format", panel.format, "--detail", panel.detail,
             "--edge-match", panel.edge_match, "--frames", frames, *colour]
-    return args + ([] if panel.use_auto_feather else ["--feather", panel.feather])
+    return args + ([] if panel.use_auto_feather else ["--feather", panel.feather]) + (
+        ["--plate-mouth"] if panel.plate_mouth else [])
 
 
 def mask_train_args(faceset: Path, labels: Path, model: Path, iterations: int) -> list:
