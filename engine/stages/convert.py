@@ -369,6 +369,23 @@ def shape_mask(mask, erode: int, feather: float):
     return snap_levels(mask, ROUNDING_SNAP)
 
 
+def mouth_opened(landmarks) -> float:
+    """How far the hole of --plate-mouth is faded in for a face with these `landmarks`: 0 while the lips meet
+    or barely part, 1 from PLATE_MOUTH_OPENING's upper bound."""
+    low, high = PLATE_MOUTH_OPENING
+    return min(max((expression.openings(landmarks)[0] - low) / (high - low), 0.0), 1.0)
+
+
+def mouth_hole(landmarks, size, opened: float):
+    """--plate-mouth's hole in the matte, 1 x `size` over `landmarks` (in those pixels): B's mouth interior,
+    its edge softened, faded in to `opened`."""
+    import torch
+
+    points = np.asarray(landmarks, np.float64)
+    hole = torch.from_numpy(masks.mouth_interior(points, size))[None, None]
+    return shape_mask(hole, 0, PLATE_MOUTH_FEATHER * float(np.ptp(points[:, 0])))[0] * opened
+
+
 @dataclass
 class FaceResult:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels, clipped to the frame
@@ -494,29 +511,16 @@ class Converter:
                                 sigma)[0].clamp(min=0.0)
             if not self.colour.plate.scene_linear:
                 color = color.clamp(max=1.0)
-        if self.settings.plate_mouth:  # after the edge match, which would pull the plate's colour onto the lips
-            alpha = alpha * (1 - self.mouth_hole(job, frame_landmarks, (h, w)).to(alpha))
-            mask = mask * (1 - self.mouth_hole(job, job.landmarks, self.size).to(mask))
+        # After the edge match, which would pull the plate's colour onto the lips.
+        if self.settings.plate_mouth and (opened := mouth_opened(job.landmarks)) > 0:
+            alpha = alpha * (1 - mouth_hole(frame_landmarks, (h, w), opened).to(alpha))
+            mask = mask * (1 - mouth_hole(job.landmarks, self.size, opened).to(mask))
         cx0, cy0, cx1, cy1 = clipped
         inside = (slice(None), slice(cy0 - box[1], cy1 - box[1]), slice(cx0 - box[0], cx1 - box[0]))
         result = FaceResult(clipped, color[inside], alpha[inside])
         if self.settings.write_patches:
             result.patch, result.patch_mask = face.permute(1, 2, 0).cpu().numpy(), mask[0].cpu().numpy()
         return result
-
-    def mouth_hole(self, job: FaceJob, landmarks, size):
-        """--plate-mouth's hole in the matte, 1 x size over `landmarks` (the face's, in the same pixels): B's
-        mouth interior, softened at its edge and faded in with the mouth's opening (PLATE_MOUTH_OPENING)."""
-        import torch
-
-        low, high = PLATE_MOUTH_OPENING
-        opening = (expression.openings(job.landmarks)[0] - low) / (high - low)
-        if opening <= 0:
-            return torch.zeros(1)
-        points = np.asarray(landmarks, np.float64)
-        width = float(np.ptp(points[:, 0]))
-        hole = torch.from_numpy(masks.mouth_interior(points, size))[None, None]
-        return shape_mask(hole, 0, PLATE_MOUTH_FEATHER * width)[0] * min(opening, 1.0)
 
     def add_detail(self, color, job: FaceJob, frame_to_aligned, region, origin, box):
         """--sharpen and --detail (engine.base.detail) on the face in frame pixels (3 x h x w over `box`)."""
