@@ -393,7 +393,7 @@ def main() -> None:
     data = prepare_data(work, args.clips, tuple(args.pair))
     if args.combine:
         rows = [row for results in args.combine for row in media.read_json(results)["rows"]]
-        return publish(data, work, rows, sorted({row["budget"] for row in rows}, key=rows_order(rows)), args.json)
+        return publish(data, work, rows, list(dict.fromkeys(row["budget"] for row in rows)), args.json)
     configs = [parse_config(c) for c in (args.config or DEFAULT_CONFIGS)]
     if any(BASE in train_args for _, train_args, _, _ in configs):
         if args.base is None:
@@ -430,14 +430,6 @@ def main() -> None:
                          "frames": [r["frame"] for r in report["frames"]]})
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     publish(data, work, rows, [budget_name(budget) for budget in budgets], args.json)
-
-
-def rows_order(rows: list[dict]):
-    """A sort key for budget names: the order they first appear in `rows`."""
-    first = {}
-    for row in rows:
-        first.setdefault(row["budget"], len(first))
-    return first.__getitem__
 
 
 def publish(data: dict, work: Path, rows: list[dict], budgets: list[str], output: Path | None) -> None:
