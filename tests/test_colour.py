@@ -1,5 +1,6 @@
 """Colour-managed plates: ACEScg EXR and 10-bit DPX sequences made from the packaged photos through
-OpenColorIO, converted and extracted in their own colour space; the errors for an unknown space or config."""
+OpenColorIO, converted and extracted in their own colour space; the errors for an unknown space or config.
+Colour matching of A's face to B's on the packaged photos' faces."""
 
 import json
 
@@ -192,3 +193,32 @@ def test_the_srgb_curves_are_one_for_numpy_and_torch_and_are_the_configs(shot_b)
     back = colorspace.linear_to_srgb(linear)
     np.testing.assert_allclose(colorspace.linear_to_srgb(torch.from_numpy(linear)).numpy(), back, rtol=1e-6, atol=1e-7)
     assert np.array_equal(np.round(back * 255), frame[..., :3])  # every 8-bit level comes back to itself
+
+
+def _faces_and_hull(faceset) -> tuple:
+    """The faceset's first face (1 x 3 x H x W in [0, 1]) and its landmark hull (1 x 1 x H x W)."""
+    import torch
+
+    from engine.folders.faceset import Faceset, read_face_image
+
+    sample = Faceset(faceset).samples()[0]
+    face = torch.from_numpy(read_face_image(sample.image, None) / 255.0).float().permute(2, 0, 1)[None]
+    hull = torch.from_numpy(read_face_image(sample.mask_hull, None, grey=True) / 255.0).float()[None, None]
+    return face, hull
+
+
+def test_reinhard_gives_a_bs_light_and_keeps_as_own_colours(faceset_a, faceset_b):
+    """B's face (Hopper: wrinkled, ruddy, glasses) spreads its colours far wider than A's: the match gives
+    A's face B's mean colour and B's lightness contrast, but its colour axes spread at most 1.5 times as
+    wide as A's own, so A's hair and brows at the forehead take no false colours."""
+    from engine.base.color import _weighted_stats, match_color, rgb_to_lab
+
+    face, hull = _faces_and_hull(faceset_a)
+    target, _ = _faces_and_hull(faceset_b)
+    face_mean, face_std = (s.flatten() for s in _weighted_stats(rgb_to_lab(face), hull))
+    target_mean, target_std = (s.flatten() for s in _weighted_stats(rgb_to_lab(target), hull))
+    assert (target_std[1:] / face_std[1:]).max() > 1.5  # what the clamp is for
+    matched_mean, matched_std = (s.flatten() for s in _weighted_stats(rgb_to_lab(match_color("rct", face, target, hull)), hull))
+    assert np.allclose(matched_mean, target_mean, atol=2.0)
+    assert abs(matched_std[0] - target_std[0]) < 0.1 * target_std[0]
+    assert (matched_std[1:] <= 1.5 * face_std[1:] + 0.5).all()

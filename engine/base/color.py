@@ -20,6 +20,10 @@ _WHITE = (0.95047, 1.0, 1.08883)
 _DELTA = 6.0 / 29.0
 # Reinhard's std ratio is clamped: a near-flat region of one face would otherwise blow the other up.
 _STD_RATIO = (1 / 3, 3.0)
+# The colour axes' spread is a face's own (lips, brows, the hair at its edge), not the light's: B's, wrinkled,
+# ruddy and made up, spreads up to 3 times a model's smooth drawing of A, and taking it tints A's hair and
+# brows in false colours, a rainbow band along the forehead.
+_CHROMA_RATIO = (2 / 3, 1.5)
 _QUANTILES = 256  # points of the histogram-matching curve
 _MIN_WEIGHT = 16.0  # pixels' worth of mask needed before a face's statistics mean anything
 
@@ -71,11 +75,13 @@ def match_avg(face, target, weight):
 
 
 def match_rct(face, target, weight):
-    """Reinhard et al. (2001) colour transfer: match each Lab channel's mean and standard deviation."""
+    """Reinhard et al. (2001) colour transfer: match each Lab channel's mean and standard deviation, the
+    colour axes' spread within _CHROMA_RATIO of the face's own."""
     lab = rgb_to_lab(face)
     face_mean, face_std = _weighted_stats(lab, weight)
     target_mean, target_std = _weighted_stats(rgb_to_lab(target), weight)
     ratio = (target_std / face_std.clamp(min=1e-6)).clamp(*_STD_RATIO)
+    ratio = torch.cat((ratio[:, :1], ratio[:, 1:].clamp(*_CHROMA_RATIO)), 1)
     return torch.where(_enough_mask(weight), lab_to_rgb((lab - face_mean) * ratio + target_mean), face)
 
 
