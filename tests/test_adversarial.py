@@ -55,6 +55,14 @@ def test_resume_is_exact_across_the_phase_start(faceset_a, faceset_b, tmp_path):
         torch.testing.assert_close(value, states[1]["discriminator"]["model"][name], rtol=1e-5, atol=1e-6)
 
 
+def test_a_resume_at_a_new_learning_rate_gives_it_to_the_discriminator_too(faceset_a, faceset_b, tmp_path):
+    quick(faceset_a, faceset_b, tmp_path / "m", iterations=10, adversarial={"weight": 0.3, "after": 5})
+    summary = quick(faceset_a, faceset_b, tmp_path / "m", iterations=14, resume=True, learning_rate=2e-4)
+    state = read_checkpoint(Path(summary["checkpoint"]))
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [2e-4]
+    assert [g["lr"] for g in state["discriminator"]["optimizer"]["param_groups"]] == [2e-4]
+
+
 def test_phase_starts_at_a_share_of_the_run_with_one_event(faceset_a, faceset_b, tmp_path, capsys):
     code, out, err = cli(capsys, "--a", faceset_a, "--b", faceset_b, "--model", tmp_path / "m", "--preset", "tiny",
                          "--iterations", 12, "--gan-weight", 0.1, "--gan-after", 0.5, "--events")

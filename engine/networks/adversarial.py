@@ -87,6 +87,8 @@ def make_adversary(weight: float, learning_rate: float, seed: int, device, world
     if state is not None:
         discriminator.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate  # a resume may change it, as it does the face model's
     trained = discriminator
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(
