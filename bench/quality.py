@@ -225,16 +225,15 @@ def train(data: dict, work: Path, train_args: list[str], budget: tuple[str, floa
             return media.read_json(record)
         # --iterations counts from the model's start, --time-budget from the run's
         stop = budget if budget[0] == "iterations" else (budget[0], budget[1] - previous)
-        return _run_train(data, folder, record, train_args, stop,
-                          ["--resume"] if (folder / "model.json").is_file() else [])
+        return _run_train(data, folder, record, train_args, stop, (folder / "model.json").is_file())
     folder = work / "models" / f"{data['pair']}_{_slug(train_args)}_{budget_name(budget)}"
     record = folder / "bench_train.json"
     if record.is_file():
         return media.read_json(record)
-    resume = []
+    resume = False
     if folder.exists():  # interrupted: iterations resume exactly; a wall-clock budget must start again
         if budget[0] == "iterations" and (folder / "model.json").is_file():
-            resume = ["--resume"]
+            resume = True
         else:
             import shutil
 
@@ -243,12 +242,15 @@ def train(data: dict, work: Path, train_args: list[str], budget: tuple[str, floa
 
 
 def _run_train(data: dict, folder: Path, record: Path, train_args: list[str], budget: tuple[str, float],
-               resume: list[str]) -> dict:
+               resume: bool) -> dict:
     print(f"training {' '.join(train_args)} for {budget_name(budget)} -> {folder}", flush=True)
     load_before = os.getloadavg()[0]
     stop = ["--time-budget", str(budget[1] * 60)] if budget[0] == "minutes" else ["--iterations", str(int(budget[1]))]
-    done = engine("train", "--a", str(data["a"]), "--b", str(data["b"]), "--model", str(folder), *stop, *resume,
-                  *train_args)
+    args = train_args
+    if resume:  # the model has its weights: --init-from only starts one, and a resume refuses it
+        at = train_args.index("--init-from") if "--init-from" in train_args else None
+        args = ["--resume", *(train_args if at is None else train_args[:at] + train_args[at + 2:])]
+    done = engine("train", "--a", str(data["a"]), "--b", str(data["b"]), "--model", str(folder), *stop, *args)
     from engine.networks.model import read_history
 
     history = read_history(folder / "history.csv")
