@@ -213,7 +213,7 @@ def test_reinhard_gives_a_bs_light_and_keeps_as_own_colours(faceset_a, faceset_b
     wide as A's own, so A's hair and brows at the forehead take no false colours."""
     from engine.base.color import _weighted_stats, match_color, rgb_to_lab
 
-    face, hull = _faces_and_hull(faceset_a)
+    face, hull = _faces_and_hull(faceset_a)  # aligned crops: A's hull is where both faces are measured
     target, _ = _faces_and_hull(faceset_b)
     face_mean, face_std = (s.flatten() for s in _weighted_stats(rgb_to_lab(face), hull))
     target_mean, target_std = (s.flatten() for s in _weighted_stats(rgb_to_lab(target), hull))
